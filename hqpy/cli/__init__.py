@@ -1,0 +1,1 @@
+"""The `hq` command line: argument parsing, commands and the three output modes."""

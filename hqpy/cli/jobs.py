@@ -1,0 +1,531 @@
+"""`hq submit`, `hq job ...` and `hq task ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hqpy.cli.common import add_selector, duration, emit_log_lines, run_client
+from hqpy.cli.output import Output
+from hqpy.client.connection import ClientError, ServerConnection
+from hqpy.protocol import messages as m
+
+log = logging.getLogger("hqpy.cli")
+
+DEFAULT_STDOUT = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout"
+DEFAULT_STDERR = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr"
+PROGRESS_INTERVAL = 0.5
+STATE_FILTERS = ("waiting", "running", "finished", "failed", "canceled", "aborted", "opened")
+
+
+def _crash_limit(text: str) -> int:
+    if text == "unlimited":
+        return 0
+    if text == "never-restart":
+        return -1
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid crash limit `{text}`: use a positive number, `unlimited` or `never-restart`"
+        )
+    return value
+
+
+def _name(text: str) -> str:
+    if "\n" in text or "\t" in text:
+        raise argparse.ArgumentTypeError("name must not contain a newline or a tab")
+    return text
+
+
+def _states(text: str) -> tuple[str, ...]:
+    states = tuple(s.strip().lower() for s in text.split(",") if s.strip())
+    for s in states:
+        if s not in STATE_FILTERS:
+            raise argparse.ArgumentTypeError(
+                f"unknown state `{s}`; expected a list of {', '.join(STATE_FILTERS)}"
+            )
+    return states
+
+
+def add_submit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--array", help="Task ids of an array: `1-10,20`, `0-100:2`")
+    p.add_argument("--each-line", type=Path, help="One task per line of this file (HQ_ENTRY)")
+    p.add_argument("--from-json", type=Path, help="One task per item of this JSON array (HQ_ENTRY)")
+    p.add_argument("--cpus", help="Cpus per task: `2`, `4 compact!`")
+    p.add_argument("--resource", action="append", default=[], help="`name=amount [policy]`")
+    p.add_argument("--nodes", type=int, default=0, help="Nodes of a multi-node task")
+    p.add_argument("--time-limit", type=duration, help="Kill the task after this long")
+    p.add_argument("--time-request", type=duration, default=0.0, help="Minimal remaining worker time")
+    p.add_argument("--priority", type=int, default=0, help="Higher runs first")
+    p.add_argument("--max-fails", type=int, help="Abort the job after more failed tasks")
+    p.add_argument("--crash-limit", type=_crash_limit, default=5, help="Worker losses a task survives")
+    p.add_argument("--name", type=_name, help="Job name")
+    p.add_argument("--cwd", help="Working directory of tasks (default: the submit dir)")
+    p.add_argument("--env", action="append", default=[], help="`KEY=VALUE` for the tasks")
+    p.add_argument("--stdout", help="Stdout path (placeholders allowed) or `none`")
+    p.add_argument("--stderr", help="Stderr path (placeholders allowed) or `none`")
+    p.add_argument("--task-dir", action="store_true", help="Give each task a temporary directory")
+    p.add_argument("--stdin", action="store_true", help="Pass this command's stdin to each task")
+    p.add_argument("--job", type=int, help="Submit into this open job")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--wait", action="store_true", help="Wait until the job ends")
+    g.add_argument("--progress", action="store_true", help="Show a progress bar until the job ends")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="The program and its arguments")
+    p.set_defaults(func=cmd_submit)
+
+
+def register(tree: Any, nouns: Any) -> None:
+    add_submit_options(tree.command(nouns, "submit", "Submit a job"))
+
+    job = tree.command(nouns, "job", "Commands for managing jobs")
+    verbs = tree.group(job, "verb")
+    add_submit_options(tree.command(verbs, "submit", "Submit a job"))
+
+    p = tree.command(verbs, "list", "List jobs")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--all", action="store_true", help="Show all jobs")
+    g.add_argument("--filter", type=_states, help="Show jobs in these states")
+    p.add_argument("--verbose", "-v", action="store_true", help="Show cancel reasons")
+    p.set_defaults(func=cmd_list)
+
+    p = tree.command(verbs, "info", "Show details of jobs")
+    add_selector(p, "Job")
+    p.set_defaults(func=cmd_info)
+
+    p = tree.command(verbs, "cancel", "Cancel jobs")
+    add_selector(p, "Job")
+    p.add_argument("--reason", help="Why (at most 200 characters)")
+    p.set_defaults(func=cmd_cancel)
+
+    p = tree.command(verbs, "forget", "Forget completed jobs")
+    add_selector(p, "Job")
+    p.add_argument("--filter", type=_states, default=(), help="Only jobs in these states")
+    p.set_defaults(func=cmd_forget)
+
+    for name, helptext in (("wait", "Wait until jobs end"), ("progress", "Show the progress of jobs")):
+        p = tree.command(verbs, name, helptext)
+        add_selector(p, "Job")
+        p.add_argument("--without-close", action="store_true", help="Do not wait for open jobs to close")
+        p.set_defaults(func=cmd_wait, progress=name == "progress")
+
+    p = tree.command(verbs, "cat", "Print the output of tasks")
+    p.add_argument("job_id", help="Job id or `last`")
+    p.add_argument("stream", choices=("stdout", "stderr"))
+    p.add_argument("--tasks", help="Task ids")
+    p.add_argument("--task-status", type=_states, default=(), help="Only tasks in these states")
+    p.add_argument("--print-task-header", action="store_true", help="A `# Job J, task T` line first")
+    p.set_defaults(func=cmd_cat)
+
+    p = tree.command(verbs, "task-ids", "Print the task ids of jobs")
+    add_selector(p, "Job")
+    p.add_argument("--filter", type=_states, default=(), help="Only tasks in these states")
+    p.set_defaults(func=cmd_task_ids)
+
+    p = tree.command(verbs, "summary", "Count jobs by state")
+    p.set_defaults(func=cmd_summary)
+
+    p = tree.command(verbs, "open", "Open a job that tasks can be submitted into")
+    p.add_argument("--name", type=_name)
+    p.add_argument("--max-fails", type=int)
+    p.set_defaults(func=cmd_open)
+
+    p = tree.command(verbs, "close", "Close open jobs")
+    add_selector(p, "Job")
+    p.set_defaults(func=cmd_close)
+
+    task = tree.command(nouns, "task", "Commands for tasks")
+    tverbs = tree.group(task, "verb")
+    p = tree.command(tverbs, "list", "List tasks of jobs")
+    add_selector(p, "Job")
+    p.add_argument("--tasks", help="Task ids")
+    p.add_argument("--task-status", type=_states, default=(), help="Only tasks in these states")
+    p.add_argument("--verbose", "-v", action="store_true", help="Full error messages")
+    p.set_defaults(func=cmd_task_list)
+
+    p = tree.command(tverbs, "info", "Show details of tasks")
+    p.add_argument("job_id", help="Job id or `last`")
+    p.add_argument("task_ids", help="Task ids")
+    p.add_argument("--verbose", "-v", action="store_true", help="Full error messages")
+    p.set_defaults(func=cmd_task_info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Submit
+
+
+def build_submit(args: argparse.Namespace) -> m.SubmitRequest:
+    """Turn `hq submit` options into a request; raises ValueError with a user-facing message."""
+    from hqpy.common.idset import parse_id_set
+    from hqpy.common.resources import build_request
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ValueError("no command given; usage: hq submit [options] -- <program> [args...]")
+    if args.each_line is not None and args.from_json is not None:
+        raise ValueError("--each-line and --from-json cannot be used together")
+    entries: list[str] | None = None
+    if args.each_line is not None:
+        entries = _read(args.each_line).splitlines()
+    elif args.from_json is not None:
+        try:
+            data = json.loads(_read(args.from_json))
+        except ValueError as e:
+            raise ValueError(f"--from-json: `{args.from_json}` is not valid JSON: {e}") from None
+        if not isinstance(data, list):
+            raise ValueError(f"--from-json: the root of `{args.from_json}` must be an array")
+        entries = [json.dumps(item) for item in data]
+    if args.array is not None:
+        ids = parse_id_set(args.array)
+        if entries is not None and ids and ids.max() >= len(entries):
+            raise ValueError(f"--array: id {ids.max()} is past the {len(entries)} entries")
+        ids_text = str(ids)
+    elif entries is not None:
+        ids_text = f"0-{len(entries) - 1}" if entries else ""
+    else:
+        ids_text = "0"
+    env: dict[str, str] = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env `{item}`: expected KEY=VALUE")
+        env[key] = value
+    request = build_request(
+        args.cpus, args.resource, n_nodes=args.nodes, time_request=args.time_request
+    )
+    submit_dir = os.getcwd()
+    cwd = os.path.abspath(args.cwd) if args.cwd else submit_dir
+    stdin = sys.stdin.read() if args.stdin else None
+    return m.SubmitRequest(
+        submit=m.SubmitDesc(
+            ids=ids_text,
+            args=tuple(command),
+            env=env,
+            cwd=cwd,
+            stdout=_output_path(args.stdout, DEFAULT_STDOUT),
+            stderr=_output_path(args.stderr, DEFAULT_STDERR),
+            submit_dir=submit_dir,
+            request=request,
+            entries=entries,
+            priority=args.priority,
+            time_limit=args.time_limit,
+            crash_limit=args.crash_limit,
+            task_dir=args.task_dir,
+            stdin=stdin,
+        ),
+        name=args.name,
+        max_fails=args.max_fails,
+        job_id=args.job,
+    )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read `{path}`: {e.strerror}") from None
+
+
+def _output_path(value: str | None, default: str) -> str | None:
+    if value is None:
+        return default
+    if value == "none":
+        return None
+    if value.endswith(":rm-if-finished"):
+        value = value[: -len(":rm-if-finished")]
+    return value if value.startswith("%{") or os.path.isabs(value) else os.path.abspath(value)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from hqpy.cli.common import output_of
+
+    try:
+        request = build_submit(args)
+    except ValueError as e:
+        output_of(args).error(str(e))
+        return 1
+
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(request, m.SubmitResponse)
+        out.job_submitted(resp.job_id)
+        if args.wait or args.progress:
+            await wait_for_jobs(conn, out, str(resp.job_id), False, args.progress)
+
+    return run_client(args, call)
+
+
+# ---------------------------------------------------------------------------------------------
+# Waiting and progress
+
+
+async def wait_for_jobs(
+    conn: ServerConnection, out: Output, selector: str, without_close: bool, progress: bool
+) -> None:
+    started = time.monotonic()
+    if progress and not isinstance(out, _quiet_type()):
+        bar = ProgressBar(sys.stdout.isatty())
+        async with trio.open_nursery() as nursery:
+            resp_holder: list[m.JobListResponse] = []
+
+            async def waiter() -> None:
+                resp_holder.append(
+                    await conn.request(m.WaitJobsRequest(selector, without_close), m.JobListResponse)
+                )
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(waiter)
+            await _poll_progress(selector, conn.server_dir, bar)
+        jobs = resp_holder[0].jobs if resp_holder else []
+        bar.finish(jobs)
+    else:
+        resp = await conn.request(m.WaitJobsRequest(selector, without_close), m.JobListResponse)
+        jobs = resp.jobs
+    out.job_wait_result(jobs, time.monotonic() - started)
+
+
+def _quiet_type() -> type:
+    from hqpy.cli.output.quiet import QuietOutput
+
+    return QuietOutput
+
+
+async def _poll_progress(selector: str, server_dir: Path, bar: ProgressBar) -> None:
+    """Poll job counts on a second connection while the first one waits."""
+    from hqpy.client.connection import connect
+
+    conn = None
+    try:
+        while True:
+            if conn is None:
+                conn = await connect(server_dir)
+            resp = await conn.request(m.JobDetailsRequest(selector), m.JobDetailsResponse)
+            bar.draw([j.info for j in resp.jobs])
+            await trio.sleep(PROGRESS_INTERVAL)
+    finally:
+        if conn is not None:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+
+
+class ProgressBar:
+    """A bar redrawn in place on a terminal; elsewhere a line now and then, on stdout."""
+
+    WIDTH = 40
+    LINE_INTERVAL = 5.0
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.last_line = 0.0
+        self.last_text = ""
+
+    def render(self, jobs: list[m.JobView]) -> str:
+        total = sum(j.task_count for j in jobs)
+        s = [j.task_stats for j in jobs]
+        done = sum(x.finished + x.failed + x.canceled + x.aborted for x in s)
+        filled = int(self.WIDTH * done / total) if total else self.WIDTH
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        running = sum(x.running for x in s)
+        failed = sum(x.failed for x in s)
+        return f"[{bar}] {done}/{total} tasks done, {running} running, {failed} failed"
+
+    def draw(self, jobs: list[m.JobView]) -> None:
+        text = self.render(jobs)
+        if self.tty:
+            sys.stdout.write("\r" + text)
+            sys.stdout.flush()
+        elif time.monotonic() - self.last_line >= self.LINE_INTERVAL and text != self.last_text:
+            print(text, flush=True)
+            self.last_line = time.monotonic()
+            self.last_text = text
+
+    def finish(self, jobs: list[m.JobView]) -> None:
+        if not jobs:
+            return
+        text = self.render(jobs)
+        if self.tty:
+            sys.stdout.write("\r" + text + "\n")
+        elif text != self.last_text:
+            print(text)
+        sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Job commands
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    states: tuple[str, ...] | None
+    if args.all:
+        states = None
+    elif args.filter:
+        states = args.filter
+    else:
+        states = ("waiting", "running", "opened")
+
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.ListJobsRequest(states), m.JobListResponse)
+        out.job_list(resp.jobs, resp.total, args.verbose)
+
+    return run_client(args, call)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(
+            m.JobDetailsRequest(args.selector, include_tasks=args.output_mode == "json"),
+            m.JobDetailsResponse,
+        )
+        for job_id in resp.missing:
+            log.error("Job %d not found", job_id)
+        if resp.jobs or not resp.missing:
+            out.job_details(resp.jobs)
+
+    return run_client(args, call)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    if args.reason is not None and len(args.reason) > 200:
+        from hqpy.cli.common import output_of
+
+        output_of(args).error("--reason must be at most 200 characters long")
+        return 1
+
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.CancelJobsRequest(args.selector, args.reason), m.LogLinesResponse)
+        emit_log_lines(resp.lines)
+
+    return run_client(args, call)
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.ForgetJobsRequest(args.selector, args.filter), m.LogLinesResponse)
+        emit_log_lines(resp.lines)
+
+    return run_client(args, call)
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.CloseJobsRequest(args.selector), m.LogLinesResponse)
+        emit_log_lines(resp.lines)
+
+    return run_client(args, call)
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.OpenJobRequest(args.name, args.max_fails), m.SubmitResponse)
+        out.job_opened(resp.job_id)
+
+    return run_client(args, call)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        await wait_for_jobs(conn, out, args.selector, args.without_close, args.progress)
+
+    return run_client(args, call)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.ListJobsRequest(None), m.JobListResponse)
+        out.job_summary(resp.jobs)
+
+    return run_client(args, call)
+
+
+def cmd_task_ids(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.TaskIdsRequest(args.selector, args.filter), m.TaskIdsResponse)
+        out.task_ids(resp.jobs)
+
+    return run_client(args, call)
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(
+            m.TaskListRequest(args.job_id, args.tasks, args.task_status), m.TaskListResponse
+        )
+        if not resp.jobs:
+            log.error("No jobs were found")
+            return
+        for job_id, tasks in resp.jobs:
+            if args.tasks is not None:
+                from hqpy.common.idset import parse_id_set
+
+                found = {t.id for t in tasks}
+                for tid in parse_id_set(args.tasks):
+                    if tid not in found:
+                        log.warning("Task %d of job %d not found", tid, job_id)
+            for task in tasks:
+                path = task.stdout if args.stream == "stdout" else task.stderr
+                if task.state == "waiting" and path is None:
+                    continue
+                if path is None:
+                    log.warning("Task %d has no `%s` stream associated with it", task.id, args.stream)
+                    continue
+                if args.print_task_header:
+                    sys.stdout.write(f"# Job {job_id}, task {task.id}\n")
+                try:
+                    with open(path, "rb") as f:
+                        sys.stdout.flush()
+                        sys.stdout.buffer.write(f.read())
+                except OSError:
+                    pass
+        sys.stdout.flush()
+
+    return run_client(args, call)
+
+
+def cmd_task_list(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(
+            m.TaskListRequest(args.selector, args.tasks, args.task_status), m.TaskListResponse
+        )
+        for job_id in resp.missing:
+            log.error("Job %d not found", job_id)
+        out.task_list(resp.jobs, args.verbose)
+
+    return run_client(args, call)
+
+
+def cmd_task_info(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        job_id = await _resolve_job_id(conn, args.job_id)
+        if job_id is None:
+            log.error("Job %s not found", args.job_id)
+            return
+        resp = await conn.request(m.TaskInfoRequest(job_id, args.task_ids), m.TaskInfoResponse)
+        if resp.job is None:
+            log.error("Job %d not found", job_id)
+            return
+        for tid in resp.missing:
+            log.warning("Task %d not found", tid)
+        out.task_info(resp.job, resp.tasks, args.verbose)
+
+    return run_client(args, call)
+
+
+async def _resolve_job_id(conn: ServerConnection, text: str) -> int | None:
+    if text != "last":
+        try:
+            return int(text)
+        except ValueError:
+            raise ClientError(f"invalid job id `{text}`: expected a number or `last`") from None
+    resp = await conn.request(m.ListJobsRequest(None), m.JobListResponse)
+    return max((j.id for j in resp.jobs), default=None)

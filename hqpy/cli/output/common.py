@@ -1,0 +1,104 @@
+"""Rules shared by the output modes, so `cli`, `json` and `quiet` never disagree on a state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+from hqpy.common.durations import format_makespan
+from hqpy.common.idset import IdSet, format_id_set, parse_id_set
+from hqpy.protocol import messages as m
+
+DATE_FORMAT = "%d.%m.%Y %H:%M:%S"
+"""`task info` Start/End, `job info` Submission date, `worker info` Started (local time)."""
+
+JOB_STATES = ("RUNNING", "WAITING", "FINISHED", "FAILED", "ABORTED", "CANCELED")
+"""The `job summary` rows, in HyperQueue's order."""
+
+
+def job_state(view: m.JobView) -> str:
+    """One state for a whole job, by HyperQueue's precedence (running beats waiting beats ...)."""
+    stats = view.task_stats
+    if stats.running > 0:
+        return "RUNNING"
+    if stats.waiting > 0:
+        return "WAITING"
+    if stats.failed > 0:
+        return "FAILED"
+    if stats.aborted > 0:
+        return "ABORTED"
+    if stats.canceled > 0:
+        return "CANCELED"
+    if view.is_open:
+        return "OPENED"
+    return "FINISHED"
+
+
+def iso(t: float | None) -> str | None:
+    """ISO 8601 in UTC, the JSON mode's timestamp format (None stays null)."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat()
+
+
+def local_time(t: float | None, fmt: str = DATE_FORMAT) -> str:
+    """A timestamp in local time for tables; empty when there is none (e.g. not started)."""
+    if t is None:
+        return ""
+    return datetime.fromtimestamp(t).astimezone().strftime(fmt)
+
+
+def truncate_middle(text: str, max_len: int = 50) -> str:
+    """`job list` Name: a long name keeps its start and end (24 + `...` + 23 for 50)."""
+    if len(text) <= max_len:
+        return text
+    keep = max_len - 3
+    head = (keep + 1) // 2
+    tail = keep - head
+    return f"{text[:head]}...{text[len(text) - tail :]}"
+
+
+def truncate_error(error: str, limit: int) -> tuple[str, bool]:
+    """HyperQueue cuts errors of `limit` chars or more to `limit` + `...`; says if it cut."""
+    if len(error) >= limit:
+        return error[:limit] + "...", True
+    return error, False
+
+
+def task_makespan(task: m.TaskView, now: float) -> str:
+    """Empty until the task starts, then live until it ends."""
+    if task.started_at is None:
+        return ""
+    end = task.ended_at if task.ended_at is not None else now
+    return format_makespan(max(0.0, end - task.started_at))
+
+
+def format_crash_limit(limit: int) -> str:
+    if limit == 0:
+        return "unlimited"
+    if limit < 0:
+        return "never-restart"
+    return str(limit)
+
+
+def format_env(env: Mapping[str, str]) -> str:
+    """`K=V` lines, sorted, without the variables HyperQueue sets itself (`HQ_*`)."""
+    return "\n".join(f"{k}={v}" for k, v in sorted(env.items()) if not k.startswith("HQ_"))
+
+
+def format_stdio(path: str | None) -> str:
+    return "<None>" if path is None else path
+
+
+def job_task_ids(submits: Iterable[m.SubmitView]) -> str:
+    """The id set of all submits of a job (`1-6,10-20`)."""
+    ids = IdSet()
+    for submit in submits:
+        if submit.ids.strip():
+            ids = ids.union(parse_id_set(submit.ids))
+    return format_id_set(ids)
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,226 @@
+"""The `json` output mode: exactly one JSON document on stdout per command.
+
+Key sets follow `hq-cli-compat.md` §9 exactly, because callers compare them; timestamps are ISO 8601
+in UTC and durations float seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from hqpy.cli.output.common import iso, job_state
+from hqpy.common.resources import descriptor_to_json, request_to_json
+from hqpy.protocol import messages as m
+
+_SUMMARY_KEYS = {
+    "ABORTED": "Aborted",
+    "CANCELED": "Canceled",
+    "FAILED": "Failed",
+    "FINISHED": "Finished",
+    "RUNNING": "Running",
+    "WAITING": "Waiting",
+}
+
+
+def _dump(value: Any) -> None:
+    print(json.dumps(value, indent=2), file=sys.stdout)
+
+
+def server_info_json(info: m.ServerInfoView) -> dict[str, Any]:
+    return {
+        "worker_host": info.worker_host,
+        "client_host": info.client_host,
+        "worker_port": info.worker_port,
+        "client_port": info.client_port,
+        "server_dir": None,
+        "version": info.version,
+        "server_uid": info.server_uid,
+        "start_date": iso(info.start_date),
+        "pid": info.pid,
+        "journal_path": info.journal_path,
+    }
+
+
+def task_stats_json(stats: m.TaskStats) -> dict[str, int]:
+    return {
+        "aborted": stats.aborted,
+        "canceled": stats.canceled,
+        "failed": stats.failed,
+        "finished": stats.finished,
+        "running": stats.running,
+        "waiting": stats.waiting,
+    }
+
+
+def job_json(job: m.JobView) -> dict[str, Any]:
+    """A `job list` entry."""
+    return {
+        "id": job.id,
+        "name": job.name,
+        "task_count": job.task_count,
+        "task_stats": task_stats_json(job.task_stats),
+    }
+
+
+def task_json(task: m.TaskView) -> dict[str, Any]:
+    """A waiting task is exactly `{id, state}`; others also say where and when they ran."""
+    if task.state == "waiting":
+        return {"id": task.id, "state": "waiting"}
+    result: dict[str, Any] = {
+        "id": task.id,
+        "state": task.state,
+        "worker": task.workers[0] if task.workers else None,
+        "started_at": iso(task.started_at),
+        "finished_at": iso(task.ended_at),
+        "cwd": task.cwd,
+        "stdout": task.stdout,
+        "stderr": task.stderr,
+    }
+    if task.state == "failed":
+        result["error"] = task.error or ""
+    return result
+
+
+def submit_json(submit: m.SubmitView) -> dict[str, Any]:
+    return {
+        "array": {
+            "resources": [request_to_json(submit.request)],
+            "priority": submit.priority,
+            "program": {
+                "args": list(submit.args),
+                "env": dict(submit.env),
+                "cwd": submit.cwd,
+                "stdout": submit.stdout,
+                "stderr": submit.stderr,
+            },
+            "pin_mode": None,
+            "crash_limit": submit.crash_limit,
+            "task_dir": submit.task_dir,
+            "time_limit": submit.time_limit,
+        }
+    }
+
+
+def job_detail_json(job: m.JobDetailView) -> dict[str, Any]:
+    info = job.info
+    return {
+        "info": {
+            "id": info.id,
+            "name": info.name,
+            "task_count": info.task_count,
+            "task_stats": task_stats_json(info.task_stats),
+            "is_open": info.is_open,
+            "cancel_reason": info.cancel_reason,
+        },
+        "submits": [submit_json(s) for s in job.submits],
+        "finished_at": iso(job.finished_at),
+        "max_fails": job.max_fails,
+        # HyperQueue's `started_at` is when the job was created, i.e. submitted.
+        "started_at": iso(job.submitted_at),
+        "tasks": [task_json(t) for t in job.tasks] if job.tasks is not None else [],
+    }
+
+
+def worker_json(worker: m.WorkerView) -> dict[str, Any]:
+    config = worker.configuration
+    manager = config.manager
+    return {
+        "id": worker.id,
+        "configuration": {
+            "heartbeat_interval": float(config.heartbeat_interval),
+            "hostname": config.hostname,
+            "idle_timeout": None if config.idle_timeout is None else float(config.idle_timeout),
+            "listen_address": config.listen_address,
+            "resources": {
+                "resources": [descriptor_to_json(r) for r in config.resources],
+                "coupling": {"weights": []},
+            },
+            "time_limit": None if config.time_limit is None else float(config.time_limit),
+            "work_dir": config.work_dir,
+            "group": config.group,
+            "on_server_lost": config.on_server_lost,
+            "min_utilization": float(config.min_utilization),
+        },
+        "allocation": (
+            None if manager is None else {"manager": manager.manager, "id": manager.allocation_id}
+        ),
+        "started": iso(worker.started_at),
+        "ended": iso(worker.ended_at),
+        "runtime_info": {
+            "SingleNodeTasks": {
+                "assigned_tasks": worker.assigned_tasks,
+                "is_reserved": False,
+                "running_tasks": worker.running_tasks,
+            }
+        },
+        "last_task_started": iso(worker.last_task_started),
+    }
+
+
+class JsonOutput:
+    """Machine-readable output; errors go to stdout too, as `{"error": ...}`."""
+
+    def server_started(self, info: m.ServerInfoView) -> None:
+        _dump(server_info_json(info))
+        sys.stdout.flush()
+
+    def server_info(self, info: m.ServerInfoView) -> None:
+        _dump(server_info_json(info))
+
+    def job_submitted(self, job_id: int) -> None:
+        _dump({"id": job_id})
+
+    def job_opened(self, job_id: int) -> None:
+        _dump({"id": job_id})
+
+    def job_list(self, jobs: list[m.JobView], total: int, verbose: bool) -> None:
+        _dump([job_json(j) for j in jobs])
+
+    def job_details(self, jobs: list[m.JobDetailView]) -> None:
+        _dump([job_detail_json(j) for j in jobs])
+
+    def job_summary(self, jobs: list[m.JobView]) -> None:
+        counts = dict.fromkeys(sorted(_SUMMARY_KEYS.values()), 0)
+        for job in jobs:
+            key = _SUMMARY_KEYS.get(job_state(job))
+            if key is not None:
+                counts[key] += 1
+        _dump(counts)
+
+    def job_wait_result(self, jobs: list[m.JobView], duration: float) -> None:
+        _dump([job_json(j) for j in jobs])
+
+    def task_list(self, jobs: list[tuple[int, list[m.TaskView]]], verbose: bool) -> None:
+        _dump(
+            {
+                str(job_id): [{"id": t.id, "state": t.state} for t in sorted(tasks, key=_task_id)]
+                for job_id, tasks in sorted(jobs, key=lambda j: j[0])
+            }
+        )
+
+    def task_info(self, job: m.JobDetailView, tasks: list[m.TaskView], verbose: bool) -> None:
+        _dump([task_json(t) for t in tasks])
+
+    def task_ids(self, jobs: list[tuple[int, str]]) -> None:
+        _dump({str(job_id): ids for job_id, ids in jobs})
+
+    def worker_list(self, workers: list[m.WorkerView]) -> None:
+        _dump([{**worker_json(w), "state": w.state} for w in sorted(workers, key=lambda w: w.id)])
+
+    def worker_info(self, workers: list[m.WorkerView]) -> None:
+        _dump([worker_json(w) for w in workers])
+
+    def worker_address(self, hostname: str) -> None:
+        _dump(hostname)
+
+    def empty(self) -> None:
+        _dump({})
+
+    def error(self, message: str) -> None:
+        _dump({"error": message})
+
+
+def _task_id(task: m.TaskView) -> int:
+    return task.id

@@ -1,0 +1,148 @@
+"""`hq server start|stop|info|wait|generate-access`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hqpy.cli.common import duration, output_of, run_client
+from hqpy.client.connection import ClientError, ServerConnection, connect
+from hqpy.cli.output import Output
+from hqpy.protocol import messages as m
+
+log = logging.getLogger("hqpy.cli")
+
+
+def register(tree: Any, nouns: Any) -> None:
+    server = tree.command(nouns, "server", "Commands for controlling the server")
+    verbs = tree.group(server, "verb")
+
+    p = tree.command(verbs, "start", "Start the server (stays in the foreground)")
+    p.add_argument("--host", help="Hostname that clients and workers use to reach the server")
+    p.add_argument("--client-port", type=int, default=0, help="Port for clients (default: random)")
+    p.add_argument("--worker-port", type=int, default=0, help="Port for workers (default: random)")
+    p.add_argument("--access-file", type=Path, help="Serve the hosts, ports and keys of this file")
+    p.add_argument(
+        "--idle-timeout", type=duration, help="Default idle timeout of workers that set none"
+    )
+    p.set_defaults(func=cmd_start, long_running=True)
+
+    p = tree.command(verbs, "stop", "Stop the server")
+    p.set_defaults(func=cmd_stop)
+
+    p = tree.command(verbs, "info", "Show information about the running server")
+    p.set_defaults(func=cmd_info)
+
+    p = tree.command(verbs, "wait", "Wait until a server is running")
+    p.add_argument("--timeout", type=duration, default=300.0, help="How long to wait (default 5m)")
+    p.set_defaults(func=cmd_wait)
+
+    p = tree.command(verbs, "generate-access", "Write an access file for `server start --access-file`")
+    p.add_argument("file", type=Path)
+    p.add_argument("--client-port", type=int, required=True)
+    p.add_argument("--worker-port", type=int, required=True)
+    p.add_argument("--host")
+    p.add_argument("--client-host")
+    p.add_argument("--worker-host")
+    p.add_argument("--client-file", type=Path)
+    p.add_argument("--worker-file", type=Path)
+    p.set_defaults(func=cmd_generate_access)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from hqpy.common.serverdir import AccessError
+    from hqpy.server.server import Server, ServerConfig
+
+    out = output_of(args)
+    config = ServerConfig(
+        server_dir=args.server_dir,
+        host=args.host,
+        client_port=args.client_port,
+        worker_port=args.worker_port,
+        access_file=args.access_file,
+        idle_timeout=args.idle_timeout,
+    )
+
+    async def run() -> None:
+        server = Server(config)
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(server.run)
+            out.server_started(info)
+
+    errors: list[str] = []
+    try:
+        trio.run(run)
+    except* AccessError as group:
+        errors.append(str(group.exceptions[0]))
+    except* OSError as group:
+        errors.append(f"Cannot start the server: {group.exceptions[0]}")
+    if errors:
+        out.error(errors[0])
+        return 1
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        await conn.request(m.StopServerRequest(), m.OkResponse)
+
+    return run_client(args, call)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.ServerInfoRequest(), m.ServerInfoResponse)
+        out.server_info(resp.info)
+
+    return run_client(args, call)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    out = output_of(args)
+
+    async def wait() -> None:
+        with trio.fail_after(args.timeout):
+            while True:
+                try:
+                    conn = await connect(args.server_dir, wait=0)
+                    await conn.aclose()
+                    return
+                except ClientError:
+                    await trio.sleep(0.2)
+
+    try:
+        trio.run(wait)
+    except trio.TooSlowError:
+        from hqpy.common.durations import format_duration
+
+        out.error(
+            f"Timeout after {format_duration(args.timeout)}: Could not connect to server at "
+            f"`{args.server_dir}`. Make sure that the server is running."
+        )
+        return 1
+    return 0
+
+
+def cmd_generate_access(args: argparse.Namespace) -> int:
+    from hqpy import __version__
+    from hqpy.common import serverdir
+    from hqpy.protocol.auth import new_secret
+
+    host = args.host or socket.gethostname()
+    client = serverdir.Endpoint(args.client_host or host, args.client_port, new_secret())
+    worker = serverdir.Endpoint(args.worker_host or host, args.worker_port, new_secret())
+    uid = serverdir.new_server_uid()
+    full = serverdir.AccessRecord(__version__, uid, client, worker)
+    if (args.client_file is None) != (args.worker_file is None):
+        output_of(args).error("--client-file and --worker-file must be given together")
+        return 1
+    serverdir.write_access(args.file, full)
+    if args.client_file is not None:
+        serverdir.write_access(args.client_file, serverdir.AccessRecord(__version__, uid, client, None))
+        serverdir.write_access(args.worker_file, serverdir.AccessRecord(__version__, uid, None, worker))
+    return 0

@@ -1,0 +1,466 @@
+"""Compact sets of task/job/worker ids, the `1-10,20` / `0-100:2` syntax, and CLI selectors.
+
+An `IdSet` keeps a canonical tuple of runs `(start, stop, step)` (Python `range` arguments):
+maximal contiguous blocks are stored as step-1 runs, and a series of isolated ids with a constant
+gap (what `0-1000000:2` produces) as one stepped run. The canonical form is a pure function of
+the members, so equality and hashing compare runs, and `0-999999` or `0-1000000:2` take O(1)
+memory. Set operations only expand runs whose spans overlap runs of the other operand.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import re
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+import attrs
+
+Run = tuple[int, int, int]
+"""`(start, stop, step)`: the ids of `range(start, stop, step)`; `stop` is always last + 1."""
+
+
+class _Builder:
+    """Turns ascending, non-overlapping pieces into canonical runs (merging adjacent blocks)."""
+
+    def __init__(self) -> None:
+        self.runs: list[Run] = []
+        # Pending isolated ids forming an arithmetic series: first, last, gap, count.
+        self._first = 0
+        self._last = 0
+        self._gap = 0
+        self._count = 0
+        # Pending contiguous block (only when _count == 0).
+        self._bstart = 0
+        self._bstop = 0
+        self._has_block = False
+
+    def _flush_singles(self) -> None:
+        if self._count == 1:
+            self.runs.append((self._first, self._first + 1, 1))
+        elif self._count > 1:
+            self.runs.append((self._first, self._last + 1, self._gap))
+        self._count = 0
+
+    def _flush_block(self) -> None:
+        if self._has_block:
+            self.runs.append((self._bstart, self._bstop, 1))
+            self._has_block = False
+
+    def _pop_last_single(self) -> int:
+        value = self._last
+        if self._count == 1:
+            self._count = 0
+        elif self._count == 2:
+            self._count = 1
+            self._last = self._first
+        else:
+            self._count -= 1
+            self._last -= self._gap
+        return value
+
+    def _end(self) -> int | None:
+        """One past the last id added so far (None when nothing pending)."""
+        if self._has_block:
+            return self._bstop
+        if self._count:
+            return self._last + 1
+        return None
+
+    def add_block(self, start: int, stop: int) -> None:
+        if stop <= start:
+            return
+        end = self._end()
+        if end is not None and start < end:
+            raise AssertionError("pieces must be ascending and non-overlapping")
+        if self._has_block:
+            if start == self._bstop:
+                self._bstop = stop
+                return
+            if stop - start > 1:
+                self._flush_block()
+                self._bstart, self._bstop, self._has_block = start, stop, True
+                return
+            self._flush_block()
+            self._add_single(start)
+            return
+        if self._count and start == self._last + 1:
+            start = self._pop_last_single()
+        if stop - start == 1:
+            self._add_single(start)
+        else:
+            self._flush_singles()
+            self._bstart, self._bstop, self._has_block = start, stop, True
+
+    def _add_single(self, value: int) -> None:
+        if self._count == 0:
+            self._first = self._last = value
+            self._count = 1
+        elif self._count == 1:
+            self._gap = value - self._last
+            self._last = value
+            self._count = 2
+        elif value - self._last == self._gap:
+            self._last = value
+            self._count += 1
+        else:
+            self._flush_singles()
+            self._first = self._last = value
+            self._count = 1
+
+    def add_run(self, start: int, stop: int, step: int) -> None:
+        if step == 1:
+            self.add_block(start, stop)
+            return
+        ids = range(start, stop, step)
+        # After three ids the pending series always ends at ids[2] with gap `step` (only the
+        # first id can merge into a preceding block), so the rest extends it in O(1).
+        for value in ids[:3]:
+            self.add_block(value, value + 1)
+        if len(ids) > 3:
+            self._last = ids[-1]
+            self._count += len(ids) - 3
+
+    def finish(self) -> tuple[Run, ...]:
+        self._flush_block()
+        self._flush_singles()
+        return tuple(self.runs)
+
+
+def _last(run: Run) -> int:
+    start, stop, step = run
+    return start + (len(range(start, stop, step)) - 1) * step
+
+
+def _blocks_of(runs: Iterable[Run]) -> Iterator[tuple[int, int]]:
+    for start, stop, step in runs:
+        if step == 1:
+            yield (start, stop)
+        else:
+            for value in range(start, stop, step):
+                yield (value, value + 1)
+
+
+def _merge_blocks(blocks: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted blocks in, overlapping and adjacent ones merged."""
+    merged: list[tuple[int, int]] = []
+    for start, stop in blocks:
+        if merged and start <= merged[-1][1]:
+            if stop > merged[-1][1]:
+                merged[-1] = (merged[-1][0], stop)
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def _intersect_blocks(
+    a: list[tuple[int, int]], b: list[tuple[int, int]]
+) -> Iterator[tuple[int, int]]:
+    i = j = 0
+    while i < len(a) and j < len(b):
+        start = max(a[i][0], b[j][0])
+        stop = min(a[i][1], b[j][1])
+        if start < stop:
+            yield (start, stop)
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+
+
+def _subtract_blocks(
+    a: list[tuple[int, int]], b: list[tuple[int, int]]
+) -> Iterator[tuple[int, int]]:
+    j = 0
+    for start, stop in a:
+        cur = start
+        while j < len(b) and b[j][1] <= cur:
+            j += 1
+        k = j
+        while k < len(b) and b[k][0] < stop:
+            if b[k][0] > cur:
+                yield (cur, b[k][0])
+            cur = max(cur, b[k][1])
+            k += 1
+        if cur < stop:
+            yield (cur, stop)
+
+
+_Op = Literal["union", "intersection", "difference"]
+
+
+class IdSet:
+    """An immutable set of non-negative ints stored as canonical runs (see the module doc)."""
+
+    __slots__ = ("_runs", "_starts", "_hash")
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        """`IdSet([1, 2, 5])`; the same as `IdSet.from_ids`."""
+        self._runs: tuple[Run, ...] = IdSet.from_ids(ids)._runs
+        self._starts: list[int] | None = None
+        self._hash: int | None = None
+
+    @classmethod
+    def _of_runs(cls, runs: tuple[Run, ...]) -> IdSet:
+        """Wraps runs that are already canonical (built by `_Builder`)."""
+        result = cls.__new__(cls)
+        result._runs = runs
+        result._starts = None
+        result._hash = None
+        return result
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def _from_sorted_pieces(cls, runs: Iterable[Run]) -> IdSet:
+        builder = _Builder()
+        for start, stop, step in runs:
+            builder.add_run(start, stop, step)
+        return cls._of_runs(builder.finish())
+
+    @classmethod
+    def from_ids(cls, ids: Iterable[int]) -> IdSet:
+        if isinstance(ids, IdSet):
+            return ids
+        if isinstance(ids, range) and ids.step > 0:
+            return cls.from_range(ids[0], ids[-1], ids.step) if ids else cls._of_runs(())
+        values = sorted(set(ids))
+        if values and values[0] < 0:
+            raise ValueError(f"invalid id {values[0]}: ids must be non-negative")
+        builder = _Builder()
+        i = 0
+        n = len(values)
+        while i < n:
+            # Find the end of the consecutive run starting at values[i] without per-id calls.
+            j = i + 1
+            while j < n and values[j] == values[j - 1] + 1:
+                j += 1
+            builder.add_block(values[i], values[j - 1] + 1)
+            i = j
+        return cls._of_runs(builder.finish())
+
+    @classmethod
+    def from_ranges(cls, ranges: Iterable[tuple[int, int]]) -> IdSet:
+        """From inclusive `(first, last)` pairs, in any order, overlaps allowed."""
+        blocks: list[tuple[int, int]] = []
+        for first, last in ranges:
+            if first < 0 or last < first:
+                raise ValueError(f"invalid id range ({first}, {last}): expected 0 <= first <= last")
+            blocks.append((first, last + 1))
+        blocks.sort()
+        builder = _Builder()
+        for start, stop in _merge_blocks(blocks):
+            builder.add_block(start, stop)
+        return cls._of_runs(builder.finish())
+
+    @classmethod
+    def from_range(cls, first: int, last: int, step: int = 1) -> IdSet:
+        """All ids `first, first+step, ...` up to `last` inclusive."""
+        if first < 0 or last < first or step < 1:
+            raise ValueError(
+                f"invalid id range {first}-{last}:{step}: expected 0 <= first <= last, step >= 1"
+            )
+        return cls._from_sorted_pieces([(first, last + 1, step)])
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def runs(self) -> tuple[Run, ...]:
+        """The canonical `(start, stop, step)` runs; cheap even for huge stepped sets."""
+        return self._runs
+
+    def __len__(self) -> int:
+        return sum(len(range(*run)) for run in self._runs)
+
+    def __bool__(self) -> bool:
+        return bool(self._runs)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.chain.from_iterable(range(*run) for run in self._runs)
+
+    def __reversed__(self) -> Iterator[int]:
+        return itertools.chain.from_iterable(reversed(range(*run)) for run in reversed(self._runs))
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int):
+            return False
+        if self._starts is None:
+            self._starts = [run[0] for run in self._runs]
+        i = bisect.bisect_right(self._starts, value) - 1
+        return i >= 0 and value in range(*self._runs[i])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IdSet):
+            return self._runs == other._runs
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(self._runs)
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"IdSet({format_id_set(self)!r})"
+
+    def __str__(self) -> str:
+        return format_id_set(self)
+
+    def min(self) -> int:
+        if not self._runs:
+            raise ValueError("min() of an empty IdSet")
+        return self._runs[0][0]
+
+    def max(self) -> int:
+        if not self._runs:
+            raise ValueError("max() of an empty IdSet")
+        return _last(self._runs[-1])
+
+    def iter_ranges(self) -> Iterator[tuple[int, int]]:
+        """Maximal contiguous runs as inclusive `(first, last)`, lazily."""
+        for start, stop in _blocks_of(self._runs):
+            yield (start, stop - 1)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """Maximal contiguous runs as inclusive `(first, last)` (a stepped run expands)."""
+        return list(self.iter_ranges())
+
+    # --- set algebra --------------------------------------------------------------------------
+
+    def _combine(self, other: IdSet, op: _Op) -> IdSet:
+        """Walks both run lists; only clusters of runs whose spans overlap get expanded."""
+        tagged: Iterator[tuple[Run, int]] = heapq.merge(
+            ((r, 0) for r in self._runs), ((r, 1) for r in other._runs), key=lambda t: t[0][0]
+        )
+        builder = _Builder()
+        cluster: list[tuple[Run, int]] = []
+        cluster_last = -1
+
+        def emit() -> None:
+            owners = {owner for _, owner in cluster}
+            if len(owners) == 1:
+                (owner,) = owners
+                keep = op == "union" or (op == "difference" and owner == 0)
+                if keep:
+                    for run, _ in cluster:
+                        builder.add_run(*run)
+                return
+            a = [b for run, owner in cluster if owner == 0 for b in _blocks_of([run])]
+            b = [b for run, owner in cluster if owner == 1 for b in _blocks_of([run])]
+            if op == "union":
+                result: Iterable[tuple[int, int]] = _merge_blocks(sorted(a + b))
+            elif op == "intersection":
+                result = _intersect_blocks(a, b)
+            else:
+                result = _subtract_blocks(a, b)
+            for start, stop in result:
+                builder.add_block(start, stop)
+
+        for run, owner in tagged:
+            if cluster and run[0] > cluster_last:
+                emit()
+                cluster = []
+            cluster.append((run, owner))
+            cluster_last = max(cluster_last, _last(run))
+        if cluster:
+            emit()
+        return IdSet._of_runs(builder.finish())
+
+    def union(self, other: Iterable[int]) -> IdSet:
+        o = IdSet.from_ids(other)
+        if not o:
+            return self
+        if not self:
+            return o
+        return self._combine(o, "union")
+
+    def intersection(self, other: Iterable[int]) -> IdSet:
+        o = IdSet.from_ids(other)
+        if not self or not o:
+            return IdSet()
+        return self._combine(o, "intersection")
+
+    def difference(self, other: Iterable[int]) -> IdSet:
+        o = IdSet.from_ids(other)
+        if not self or not o:
+            return self
+        return self._combine(o, "difference")
+
+    __or__ = union
+    __and__ = intersection
+    __sub__ = difference
+
+
+_NUM = r"[0-9](?:_?[0-9])*"
+_ITEM_RE = re.compile(
+    rf"\s*(?P<a>{_NUM})(?:\s*-\s*(?P<b>{_NUM})(?:\s*:\s*(?P<step>{_NUM}))?)?\s*", re.ASCII
+)
+
+
+def parse_id_set(text: str, *, allow_overlap: bool = True) -> IdSet:
+    """Parses `1-10,20`, `0-100:2`, `1-1000_000` (end inclusive, as in `hq submit --array`).
+
+    `allow_overlap=False` rejects overlapping items, as `hq submit --array` does.
+    """
+    items = text.split(",")
+    runs: list[Run] = []
+    for item in items:
+        m = _ITEM_RE.fullmatch(item)
+        if not m:
+            raise ValueError(
+                f"invalid id set {text!r}: bad item {item.strip()!r}, "
+                "expected comma-separated N, A-B or A-B:STEP (e.g. 1-10,20 or 0-100:2)"
+            )
+        first = int(m["a"])
+        last = int(m["b"]) if m["b"] is not None else first
+        step = int(m["step"]) if m["step"] is not None else 1
+        if last < first:
+            raise ValueError(
+                f"invalid id set {text!r}: range {item.strip()!r} ends before it starts"
+            )
+        if m["step"] is not None and not 0 < step <= last - first:
+            raise ValueError(
+                f"invalid id set {text!r}: the step in {item.strip()!r} must be between 1 "
+                "and end - start"
+            )
+        runs.append((first, last + 1, step))
+    runs.sort()
+    if all(_last(a) < b[0] for a, b in itertools.pairwise(runs)):
+        return IdSet._from_sorted_pieces(runs)
+    result = IdSet()
+    for run in runs:
+        result = result.union(IdSet._from_sorted_pieces([run]))
+    if not allow_overlap and len(result) != sum(len(range(*run)) for run in runs):
+        raise ValueError(f"invalid id set {text!r}: ranges overlap")
+    return result
+
+
+def format_id_set(ids: Iterable[int]) -> str:
+    """`2,7,9,20-30`: ascending, consecutive runs compressed, empty set -> ``."""
+    id_set = ids if isinstance(ids, IdSet) else IdSet.from_ids(ids)
+    return ",".join(
+        str(first) if first == last else f"{first}-{last}" for first, last in id_set.iter_ranges()
+    )
+
+
+@attrs.frozen
+class Selector:
+    """What a CLI command acts on: `all`, the `last` one, or explicit ids."""
+
+    kind: Literal["all", "last", "ids"]
+    ids: IdSet | None = None
+
+
+def parse_selector(text: str) -> Selector:
+    """`all`, `last` or an id set (`1-3,7`)."""
+    stripped = text.strip()
+    if stripped == "all":
+        return Selector("all")
+    if stripped == "last":
+        return Selector("last")
+    try:
+        return Selector("ids", parse_id_set(stripped))
+    except ValueError as e:
+        raise ValueError(
+            f"invalid selector {text!r}: expected all, last or ids such as 1, 1-3 or 1,5-7"
+        ) from e

@@ -1,0 +1,154 @@
+"""The server directory: numbered instance dirs, the `hq-current` link and `access.json`.
+
+Layout (as HyperQueue's): `D/001/`, `D/002/`, ... one per `server start`; `D/hq-current` links to
+the live one and is removed on a clean stop; `D/NNN/access.json` (mode 0600) holds hosts, ports
+and the two secrets. Clients and workers also accept a plain `hq-current` directory, or a server
+dir that holds an `access.json` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from hqpy import __version__
+
+CURRENT = "hq-current"
+ACCESS_FILE = "access.json"
+
+
+@attrs.frozen
+class Endpoint:
+    host: str
+    port: int
+    secret_key: str | None
+
+
+@attrs.frozen
+class AccessRecord:
+    version: str
+    server_uid: str
+    client: Endpoint | None
+    worker: Endpoint | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version, "server_uid": self.server_uid}
+        for role in ("client", "worker"):
+            ep: Endpoint | None = getattr(self, role)
+            if ep is not None:
+                out[role] = {"host": ep.host, "port": ep.port, "secret_key": ep.secret_key}
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> AccessRecord:
+        try:
+            eps = {}
+            for role in ("client", "worker"):
+                ep = data.get(role)
+                eps[role] = (
+                    None
+                    if ep is None
+                    else Endpoint(str(ep["host"]), int(ep["port"]), ep.get("secret_key"))
+                )
+            return cls(str(data["version"]), str(data["server_uid"]), eps["client"], eps["worker"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise AccessError(f"Access file `{source}` is malformed: {e}") from None
+
+
+class AccessError(Exception):
+    """The access record is missing, unreadable or from another version."""
+
+
+def default_server_dir() -> Path:
+    env = os.environ.get("HQ_SERVER_DIR")
+    return Path(env) if env else Path.home() / ".hq-server"
+
+
+def new_server_uid() -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(6))
+
+
+def create_instance_dir(server_dir: Path) -> Path:
+    """Make the next numbered instance dir (`001`, `002`, ...)."""
+    server_dir.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name) for p in server_dir.iterdir() if p.name.isdigit() and p.is_dir()]
+    n = max(numbers, default=0) + 1
+    while True:
+        path = server_dir / f"{n:03}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def write_access(path: Path, record: AccessRecord) -> None:
+    """Write an access file readable only by its owner."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record.to_json(), f, indent=2)
+    os.chmod(path, 0o600)
+
+
+def read_access_file(path: Path) -> AccessRecord:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AccessError(f"Access file `{path}` does not exist") from None
+    except (OSError, ValueError) as e:
+        raise AccessError(f"Cannot read access file `{path}`: {e}") from None
+    return AccessRecord.from_json(data, str(path))
+
+
+def resolve_access_path(server_dir: Path) -> Path:
+    """The access file of the live server in `server_dir` (through `hq-current` if it exists)."""
+    current = server_dir / CURRENT
+    if current.exists():
+        return current / ACCESS_FILE
+    return server_dir / ACCESS_FILE
+
+
+def load_access(server_dir: Path) -> AccessRecord:
+    """Read the live server's access record and check that its version is ours."""
+    path = resolve_access_path(server_dir)
+    if not path.exists():
+        raise AccessError(
+            f"No running instance of HQ found at `{server_dir}`. "
+            "Make sure that the server is running (`hq server start`)."
+        )
+    record = read_access_file(path)
+    if record.version != __version__:
+        raise AccessError(
+            "Hyperqueue version mismatch detected.\n"
+            f"Access record contains version {record.version}, "
+            f"but the current version is {__version__}."
+        )
+    return record
+
+
+def link_current(server_dir: Path, instance: Path) -> None:
+    current = server_dir / CURRENT
+    tmp = server_dir / f".{CURRENT}.{os.getpid()}"
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(instance.name)
+    if current.is_dir() and not current.is_symlink():
+        raise AccessError(f"`{current}` is a directory; remove it before starting a server")
+    os.replace(tmp, current)
+
+
+def unlink_current(server_dir: Path, instance: Path) -> None:
+    """Remove `hq-current` if it still points at our instance."""
+    current = server_dir / CURRENT
+    try:
+        if current.is_symlink() and os.readlink(current) in (instance.name, str(instance)):
+            current.unlink()
+    except OSError:
+        pass

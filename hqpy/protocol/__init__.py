@@ -1,0 +1,1 @@
+"""The wire protocol: frames, the authenticated handshake and the messages."""

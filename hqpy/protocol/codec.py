@@ -1,0 +1,99 @@
+"""One cattrs converter for the whole wire protocol.
+
+Unions are tagged with `op` and an explicit kebab-case name per class (`OPS`), so the wire format
+does not depend on Python class names. Encoding is JSON (compact separators, UTF-8).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import cattrs
+from cattrs.preconf.json import make_converter
+from cattrs.strategies import configure_tagged_union
+
+from hqpy.protocol import messages as m
+
+T = TypeVar("T")
+
+OPS: dict[type, str] = {
+    m.ServerHello: "server-hello",
+    m.PeerHello: "peer-hello",
+    m.Welcome: "welcome",
+    m.Refused: "refused",
+    m.RegisterWorker: "register-worker",
+    m.WorkerRegistered: "worker-registered",
+    m.ComputeTasks: "compute-tasks",
+    m.CancelTasks: "cancel-tasks",
+    m.StopWorker: "stop-worker",
+    m.TaskUpdates: "task-updates",
+    m.Heartbeat: "heartbeat",
+    m.WorkerStopping: "worker-stopping",
+    m.ServerInfoRequest: "server-info",
+    m.StopServerRequest: "stop-server",
+    m.SubmitRequest: "submit",
+    m.OpenJobRequest: "job-open",
+    m.CloseJobsRequest: "job-close",
+    m.CancelJobsRequest: "job-cancel",
+    m.ForgetJobsRequest: "job-forget",
+    m.ListJobsRequest: "job-list",
+    m.JobDetailsRequest: "job-details",
+    m.WaitJobsRequest: "job-wait",
+    m.TaskListRequest: "task-list",
+    m.TaskInfoRequest: "task-info",
+    m.TaskIdsRequest: "task-ids",
+    m.ListWorkersRequest: "worker-list",
+    m.WorkerInfoRequest: "worker-info",
+    m.StopWorkersRequest: "worker-stop",
+    m.WaitWorkersRequest: "worker-wait",
+    m.ErrorResponse: "error",
+    m.OkResponse: "ok",
+    m.SubmitResponse: "submitted",
+    m.LogLinesResponse: "log-lines",
+    m.JobListResponse: "jobs",
+    m.JobDetailsResponse: "job-details-result",
+    m.TaskListResponse: "tasks",
+    m.TaskInfoResponse: "task-info-result",
+    m.TaskIdsResponse: "task-ids-result",
+    m.WorkerListResponse: "workers",
+    m.ServerInfoResponse: "server-info-result",
+}
+
+Handshake = m.ServerHello | m.PeerHello | m.Welcome | m.Refused
+
+UNIONS: tuple[Any, ...] = (Handshake, m.ToWorker, m.FromWorker, m.ClientRequest, m.ClientResponse)
+
+
+class DecodeError(Exception):
+    """A frame that is not a valid message of the expected union."""
+
+
+def _make() -> cattrs.Converter:
+    conv = make_converter(forbid_extra_keys=True)
+    for union in UNIONS:
+        configure_tagged_union(union, conv, tag_name="op", tag_generator=OPS.__getitem__)
+    return conv
+
+
+converter = _make()
+
+
+def encode(message: Any, union: Any) -> bytes:
+    """Encode `message` as a member of `union` (the tag is only written for unions)."""
+    data = converter.unstructure(message, unstructure_as=union)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(payload: bytes, union: type[T] | Any) -> Any:
+    """Decode a frame into a member of `union`, raising `DecodeError` for anything else."""
+    try:
+        data = json.loads(payload)
+        return converter.structure(data, union)
+    except (ValueError, TypeError, KeyError, cattrs.BaseValidationError, RecursionError) as e:
+        raise DecodeError(f"malformed message: {_short(e)}") from None
+
+
+def _short(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) < 200 else text[:200] + "..."

@@ -1,0 +1,499 @@
+"""Every message that crosses a connection, as frozen attrs classes.
+
+Each direction has one tagged union (`op` tag, kebab-case names from `OPS`), so renaming a class
+never changes the wire format. The hot path (task assignment and task updates) carries rows of
+plain values instead of nested objects: one frame holds many tasks and costs little to encode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from hqpy.common.resources import ResourceDescriptorItem, ResourceRequest
+
+# ---------------------------------------------------------------------------------------------
+# Handshake (sent before authentication; kept tiny).
+
+
+@attrs.frozen
+class ServerHello:
+    protocol: str
+    version: str
+    nonce: str
+
+
+@attrs.frozen
+class PeerHello:
+    protocol: str
+    version: str
+    role: str
+    """`client` or `worker`: which secret the proof is made with."""
+    nonce: str
+    proof: str
+
+
+@attrs.frozen
+class Welcome:
+    proof: str
+
+
+@attrs.frozen
+class Refused:
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared data.
+
+
+@attrs.frozen
+class ManagerInfo:
+    """The batch system allocation a worker runs in."""
+
+    manager: str
+    """`SLURM`, `PBS` or `LOCAL` (upper case, as HyperQueue shows it)."""
+    allocation_id: str
+    time_limit: float | None = None
+
+
+@attrs.frozen
+class WorkerConfiguration:
+    hostname: str
+    work_dir: str
+    listen_address: str
+    heartbeat_interval: float
+    idle_timeout: float | None
+    time_limit: float | None
+    """Seconds of life the worker had when it registered; None for unlimited."""
+    resources: tuple[ResourceDescriptorItem, ...]
+    group: str
+    on_server_lost: str
+    pid: int
+    manager: ManagerInfo | None = None
+    overview_interval: float | None = None
+    min_utilization: float = 0.0
+
+
+@attrs.frozen
+class TaskBody:
+    """What all tasks of one submit share; sent to a worker once, then referred to by `group_id`."""
+
+    group_id: int
+    job_id: int
+    args: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    stdout: str | None
+    """A path template with placeholders, or None for `--stdout none`."""
+    stderr: str | None
+    submit_dir: str
+    request: ResourceRequest
+    priority: int = 0
+    time_limit: float | None = None
+    task_dir: bool = False
+    stdin: str | None = None
+    server_uid: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker <-> server.
+
+
+@attrs.frozen
+class RegisterWorker:
+    configuration: WorkerConfiguration
+
+
+@attrs.frozen
+class WorkerRegistered:
+    worker_id: int
+    server_uid: str
+    idle_timeout: float | None
+
+
+@attrs.frozen
+class ComputeTasks:
+    """Tasks for a worker to run: rows `[job_id, task_id, instance_id, group_id, entry]`."""
+
+    bodies: list[TaskBody]
+    tasks: list[list[Any]]
+
+
+@attrs.frozen
+class CancelTasks:
+    """Rows `[job_id, task_id, instance_id]` the worker should kill or drop."""
+
+    tasks: list[list[Any]]
+
+
+@attrs.frozen
+class StopWorker:
+    reason: str
+    """`stopped`, `idle-timeout`: recorded by the server as the worker's final state."""
+
+
+@attrs.frozen
+class TaskUpdates:
+    """Rows `[job_id, task_id, instance_id, status, started_at, ended_at, error]`.
+
+    `status` is one of `TASK_RUNNING`, `TASK_FINISHED`, `TASK_FAILED`, `TASK_CANCELED`; a task
+    that starts and ends within one batch is reported once, finished, with its start time.
+    """
+
+    updates: list[list[Any]]
+
+
+TASK_RUNNING = 1
+TASK_FINISHED = 2
+TASK_FAILED = 3
+TASK_CANCELED = 4
+
+
+@attrs.frozen
+class Heartbeat:
+    pass
+
+
+@attrs.frozen
+class WorkerStopping:
+    """The worker is ending on its own (`time-limit`, `idle-timeout`); its tasks are handed back."""
+
+    reason: str
+
+
+ToWorker = WorkerRegistered | ComputeTasks | CancelTasks | StopWorker
+FromWorker = RegisterWorker | TaskUpdates | Heartbeat | WorkerStopping
+
+# ---------------------------------------------------------------------------------------------
+# Views: what the server tells clients about its state.
+
+
+@attrs.frozen
+class TaskStats:
+    waiting: int = 0
+    running: int = 0
+    finished: int = 0
+    failed: int = 0
+    canceled: int = 0
+    aborted: int = 0
+
+
+@attrs.frozen
+class JobView:
+    id: int
+    name: str
+    task_count: int
+    task_stats: TaskStats
+    is_open: bool
+    cancel_reason: str | None = None
+
+
+@attrs.frozen
+class SubmitView:
+    ids: str
+    """The task ids of this submit as an id set (`1-10,20`)."""
+    args: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    stdout: str | None
+    stderr: str | None
+    request: ResourceRequest
+    priority: int
+    time_limit: float | None
+    crash_limit: int
+    task_dir: bool
+    has_entries: bool
+
+
+@attrs.frozen
+class TaskView:
+    id: int
+    state: str
+    """Lower case: waiting, running, finished, failed, canceled."""
+    instance_id: int = 0
+    workers: tuple[str, ...] = ()
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+    cwd: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    crash_count: int = 0
+    group: int = 0
+    """Index of the submit the task came from, into `JobDetailView.submits`."""
+
+
+@attrs.frozen
+class JobDetailView:
+    info: JobView
+    submits: tuple[SubmitView, ...]
+    submitted_at: float
+    submit_dir: str
+    started_at: float | None
+    finished_at: float | None
+    max_fails: int | None
+    workers: tuple[str, ...]
+    """Hostnames of the workers that ran its tasks, in order of first use."""
+    failed_tasks: tuple[TaskView, ...]
+    """Up to 5 failed tasks, by id, for the table under `job info`."""
+    tasks: tuple[TaskView, ...] | None = None
+
+
+@attrs.frozen
+class WorkerView:
+    id: int
+    state: str
+    """`RUNNING`, `CONNECTION LOST`, `HEARTBEAT LOST`, `STOPPED`, `IDLE TIMEOUT`, `TIME LIMIT REACHED`."""
+    configuration: WorkerConfiguration
+    started_at: float
+    ended_at: float | None
+    assigned_tasks: int
+    running_tasks: int
+    last_task_started: float | None
+
+
+@attrs.frozen
+class ServerInfoView:
+    server_uid: str
+    client_host: str
+    client_port: int
+    worker_host: str
+    worker_port: int
+    version: str
+    pid: int
+    start_date: float
+    server_dir: str
+    journal_path: str | None = None
+
+
+@attrs.frozen
+class LogLine:
+    level: str
+    """`INFO`, `WARN` or `ERROR`: how the client logs `text`."""
+    text: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Client requests.
+
+
+@attrs.frozen
+class SubmitDesc:
+    """One `hq submit`: a task array sharing one body."""
+
+    ids: str
+    args: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    stdout: str | None
+    stderr: str | None
+    submit_dir: str
+    request: ResourceRequest
+    entries: list[str] | None = None
+    priority: int = 0
+    time_limit: float | None = None
+    crash_limit: int = 5
+    """0 means unlimited, -1 never restart."""
+    task_dir: bool = False
+    stdin: str | None = None
+
+
+@attrs.frozen
+class ServerInfoRequest:
+    pass
+
+
+@attrs.frozen
+class StopServerRequest:
+    pass
+
+
+@attrs.frozen
+class SubmitRequest:
+    submit: SubmitDesc
+    name: str | None = None
+    max_fails: int | None = None
+    job_id: int | None = None
+    """Submit into this open job instead of creating a new one."""
+
+
+@attrs.frozen
+class OpenJobRequest:
+    name: str | None = None
+    max_fails: int | None = None
+
+
+@attrs.frozen
+class CloseJobsRequest:
+    selector: str
+
+
+@attrs.frozen
+class CancelJobsRequest:
+    selector: str
+    reason: str | None = None
+
+
+@attrs.frozen
+class ForgetJobsRequest:
+    selector: str
+    states: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ListJobsRequest:
+    states: tuple[str, ...] | None = None
+    """None: all jobs."""
+
+
+@attrs.frozen
+class JobDetailsRequest:
+    selector: str
+    include_tasks: bool = False
+
+
+@attrs.frozen
+class WaitJobsRequest:
+    selector: str
+    without_close: bool = False
+
+
+@attrs.frozen
+class TaskListRequest:
+    selector: str
+    task_ids: str | None = None
+    states: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class TaskInfoRequest:
+    job_id: int
+    task_ids: str
+
+
+@attrs.frozen
+class TaskIdsRequest:
+    selector: str
+    states: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ListWorkersRequest:
+    filter: str = "running"
+    """`running`, `offline` or `all`."""
+
+
+@attrs.frozen
+class WorkerInfoRequest:
+    selector: str
+
+
+@attrs.frozen
+class StopWorkersRequest:
+    selector: str
+
+
+@attrs.frozen
+class WaitWorkersRequest:
+    count: int
+
+
+ClientRequest = (
+    ServerInfoRequest
+    | StopServerRequest
+    | SubmitRequest
+    | OpenJobRequest
+    | CloseJobsRequest
+    | CancelJobsRequest
+    | ForgetJobsRequest
+    | ListJobsRequest
+    | JobDetailsRequest
+    | WaitJobsRequest
+    | TaskListRequest
+    | TaskInfoRequest
+    | TaskIdsRequest
+    | ListWorkersRequest
+    | WorkerInfoRequest
+    | StopWorkersRequest
+    | WaitWorkersRequest
+)
+
+# ---------------------------------------------------------------------------------------------
+# Responses.
+
+
+@attrs.frozen
+class ErrorResponse:
+    message: str
+
+
+@attrs.frozen
+class OkResponse:
+    pass
+
+
+@attrs.frozen
+class SubmitResponse:
+    job_id: int
+
+
+@attrs.frozen
+class LogLinesResponse:
+    lines: list[LogLine]
+
+
+@attrs.frozen
+class JobListResponse:
+    jobs: list[JobView]
+    total: int
+
+
+@attrs.frozen
+class JobDetailsResponse:
+    jobs: list[JobDetailView]
+    missing: list[int]
+
+
+@attrs.frozen
+class TaskListResponse:
+    jobs: list[tuple[int, list[TaskView]]]
+    missing: list[int]
+
+
+@attrs.frozen
+class TaskInfoResponse:
+    job: JobDetailView | None
+    tasks: list[TaskView]
+    missing: list[int]
+
+
+@attrs.frozen
+class TaskIdsResponse:
+    jobs: list[tuple[int, str]]
+
+
+@attrs.frozen
+class WorkerListResponse:
+    workers: list[WorkerView]
+
+
+@attrs.frozen
+class ServerInfoResponse:
+    info: ServerInfoView
+
+
+ClientResponse = (
+    ErrorResponse
+    | OkResponse
+    | SubmitResponse
+    | LogLinesResponse
+    | JobListResponse
+    | JobDetailsResponse
+    | TaskListResponse
+    | TaskInfoResponse
+    | TaskIdsResponse
+    | WorkerListResponse
+    | ServerInfoResponse
+)

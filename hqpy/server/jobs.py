@@ -1,0 +1,274 @@
+"""Jobs, task groups and tasks, stored compactly.
+
+A job is made of task groups, one per submit. A group keeps its task ids as an `IdSet` and hands
+out tasks from a cursor; a `Task` object exists only once a task has been touched (assigned,
+canceled one by one, ...). So a million-task array costs a few objects until it runs.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterator
+import trio
+
+from hqpy.common.idset import IdSet
+from hqpy.protocol.messages import TaskBody
+
+
+class TaskState(enum.IntEnum):
+    WAITING = 0
+    """Not started yet; it may already be assigned to a worker that has not started it."""
+    RUNNING = 1
+    """A worker reported that the process started."""
+    FINISHED = 2
+    FAILED = 3
+    CANCELED = 4
+    """Canceled by the user."""
+    ABORTED = 5
+    """Canceled by the server, because the job hit its `--max-fails`."""
+
+
+STATE_NAMES = ("waiting", "running", "finished", "failed", "canceled", "aborted")
+DONE_STATES = frozenset({TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELED, TaskState.ABORTED})
+
+
+class Task:
+    """A touched task. `worker_id` is set while it is assigned to a worker."""
+
+    __slots__ = (
+        "id",
+        "group",
+        "state",
+        "instance_id",
+        "crash_count",
+        "worker_id",
+        "started_at",
+        "ended_at",
+        "error",
+        "hostname",
+    )
+
+    def __init__(self, task_id: int, group: TaskGroup) -> None:
+        self.id = task_id
+        self.group = group
+        self.state = TaskState.WAITING
+        self.instance_id = 0
+        self.crash_count = 0
+        self.worker_id: int | None = None
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.error: str | None = None
+        self.hostname: str | None = None
+
+
+class TaskGroup:
+    """The tasks of one submit: they share a body, a priority and a resource request."""
+
+    __slots__ = (
+        "body",
+        "ids",
+        "entries",
+        "crash_limit",
+        "index",
+        "_cursor",
+        "untouched",
+        "untouched_state",
+        "requeued",
+        "duration_sum",
+        "duration_count",
+    )
+
+    def __init__(
+        self,
+        body: TaskBody,
+        ids: IdSet,
+        entries: list[str] | None,
+        crash_limit: int,
+        index: int,
+    ) -> None:
+        self.body = body
+        self.ids = ids
+        self.entries = entries
+        self.crash_limit = crash_limit
+        self.index = index
+        self._cursor: Iterator[int] = iter(ids)
+        self.untouched = len(ids)
+        """Tasks never materialised; they are in `untouched_state`."""
+        self.untouched_state = TaskState.WAITING
+        self.requeued: deque[Task] = deque()
+        """Waiting tasks that already exist (their worker was lost); they go first."""
+        self.duration_sum = 0.0
+        self.duration_count = 0
+
+    @property
+    def group_id(self) -> int:
+        return self.body.group_id
+
+    @property
+    def priority(self) -> int:
+        return self.body.priority
+
+    def has_waiting(self) -> bool:
+        return bool(self.requeued) or (
+            self.untouched > 0 and self.untouched_state is TaskState.WAITING
+        )
+
+    def take(self, job: Job) -> Task | None:
+        """The next waiting task, materialised."""
+        while self.requeued:
+            task = self.requeued.popleft()
+            if task.state is TaskState.WAITING and task.worker_id is None:
+                return task
+        if self.untouched_state is not TaskState.WAITING:
+            return None
+        for task_id in self._cursor:
+            if task_id in job.tasks:
+                continue
+            self.untouched -= 1
+            task = Task(task_id, self)
+            job.tasks[task_id] = task
+            return task
+        return None
+
+    def materialise(self, job: Job, task_id: int) -> Task:
+        """The task object for `task_id`, creating it in the untouched state if needed."""
+        task = job.tasks.get(task_id)
+        if task is None:
+            task = Task(task_id, self)
+            task.state = self.untouched_state
+            self.untouched -= 1
+            job.tasks[task_id] = task
+        return task
+
+    def close_untouched(self, state: TaskState) -> int:
+        """Move every untouched task to `state` (cancel, abort); returns how many."""
+        if self.untouched_state is not TaskState.WAITING:
+            return 0
+        self.untouched_state = state
+        n = self.untouched
+        return n
+
+    def entry(self, task_id: int) -> str | None:
+        if self.entries is None:
+            return None
+        return self.entries[task_id]
+
+    def mean_duration(self) -> float | None:
+        if self.duration_count == 0:
+            return None
+        return self.duration_sum / self.duration_count
+
+
+class Job:
+    __slots__ = (
+        "id",
+        "name",
+        "max_fails",
+        "is_open",
+        "groups",
+        "tasks",
+        "counts",
+        "submitted_at",
+        "started_at",
+        "finished_at",
+        "cancel_reason",
+        "submit_dir",
+        "waiters",
+        "hostnames",
+    )
+
+    def __init__(
+        self, job_id: int, name: str, max_fails: int | None, is_open: bool, now: float
+    ) -> None:
+        self.id = job_id
+        self.name = name
+        self.max_fails = max_fails
+        self.is_open = is_open
+        self.groups: list[TaskGroup] = []
+        self.tasks: dict[int, Task] = {}
+        self.counts = [0] * len(TaskState)
+        self.submitted_at = now
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.cancel_reason: str | None = None
+        self.submit_dir = ""
+        self.waiters: list[trio.Event] = []
+        self.hostnames: dict[str, None] = {}
+
+    @property
+    def task_count(self) -> int:
+        return sum(len(g.ids) for g in self.groups)
+
+    def task_ids(self) -> IdSet:
+        ids = IdSet.from_ids(())
+        for g in self.groups:
+            ids = ids.union(g.ids)
+        return ids
+
+    def has_task(self, task_id: int) -> bool:
+        return task_id in self.tasks or any(task_id in g.ids for g in self.groups)
+
+    def group_of(self, task_id: int) -> TaskGroup | None:
+        task = self.tasks.get(task_id)
+        if task is not None:
+            return task.group
+        for g in self.groups:
+            if task_id in g.ids:
+                return g
+        return None
+
+    def state_of(self, task_id: int) -> TaskState | None:
+        task = self.tasks.get(task_id)
+        if task is not None:
+            return task.state
+        group = self.group_of(task_id)
+        return None if group is None else group.untouched_state
+
+    def is_unfinished(self) -> bool:
+        return self.counts[TaskState.WAITING] + self.counts[TaskState.RUNNING] > 0
+
+    def is_complete(self, ignore_open: bool = False) -> bool:
+        return (ignore_open or not self.is_open) and not self.is_unfinished()
+
+    def state_name(self) -> str:
+        """The job's state as HyperQueue names it (first matching rule wins)."""
+        c = self.counts
+        if c[TaskState.RUNNING]:
+            return "RUNNING"
+        if c[TaskState.WAITING]:
+            return "WAITING"
+        if c[TaskState.FAILED]:
+            return "FAILED"
+        if c[TaskState.ABORTED]:
+            return "ABORTED"
+        if c[TaskState.CANCELED]:
+            return "CANCELED"
+        if self.is_open:
+            return "OPENED"
+        return "FINISHED"
+
+    def move(self, task: Task, state: TaskState) -> None:
+        self.counts[task.state] -= 1
+        self.counts[state] += 1
+        task.state = state
+
+    def iter_tasks(self, ids: IdSet | None = None) -> Iterator[tuple[int, TaskGroup, Task | None]]:
+        """Every task (or those in `ids`) in id order, with its object when it has one."""
+        for g in self.groups:
+            for task_id in g.ids if ids is None else g.ids.intersection(ids):
+                yield task_id, g, self.tasks.get(task_id)
+
+    def notify_waiters(self) -> None:
+        for ev in self.waiters:
+            ev.set()
+        self.waiters.clear()
+
+
+def sort_key(group: TaskGroup) -> tuple[int, int, int]:
+    """Higher priority first, then submission order."""
+    return (-group.priority, group.body.job_id, group.group_id)
+
+
+def describe(state: TaskState) -> str:
+    return STATE_NAMES[state]

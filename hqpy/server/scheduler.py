@@ -1,0 +1,87 @@
+"""Which waiting task runs on which worker: priority first, then submission order.
+
+A task goes to a worker only if its request fits the worker's resources and its time request
+fits the worker's remaining lifetime. Short tasks are assigned ahead ("prefill"): a worker gets
+several rounds of them queued, so it never waits for a round trip to the server between two
+tasks. Long tasks are not prefilled, so an idle worker is never starved by a busy one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hqpy.common.resources import ALL, ResourceRequest
+from hqpy.server.jobs import Job, Task, TaskGroup, sort_key
+from hqpy.server.workers import Worker
+
+PREFILL_HORIZON = 0.25
+"""Seconds of work to keep queued on a worker when a group's tasks are short."""
+MAX_PREFILL_ROUNDS = 32
+
+
+def prefill_rounds(group: TaskGroup) -> int:
+    """Extra rounds of the worker's capacity that may be queued for tasks of this group."""
+    mean = group.mean_duration()
+    if mean is None:
+        return 0
+    return min(MAX_PREFILL_ROUNDS, int(PREFILL_HORIZON / max(mean, 1e-4)))
+
+
+def fits_worker(worker: Worker, request: ResourceRequest, now: float) -> bool:
+    """Could this worker ever run a task with this request (ignoring what it runs now)?"""
+    if request.n_nodes > 0:
+        return False
+    for entry in request.entries:
+        capacity = worker.capacity.get(entry.resource, 0)
+        if entry.amount == ALL:
+            if capacity == 0:
+                return False
+        elif entry.amount > capacity:
+            return False
+    if request.min_time > 0 and worker.deadline is not None:
+        return request.min_time <= worker.deadline - now
+    return True
+
+
+def can_take(worker: Worker, request: ResourceRequest, rounds: int) -> bool:
+    """Is there room for one more task, counting `rounds` extra rounds of capacity?"""
+    for entry in request.entries:
+        capacity = worker.capacity.get(entry.resource, 0)
+        amount = capacity if entry.amount == ALL else entry.amount
+        if worker.assigned.get(entry.resource, 0) + amount > capacity * (1 + rounds):
+            return False
+    return True
+
+
+def schedule(
+    groups: Iterable[tuple[Job, TaskGroup]], workers: list[Worker], now: float
+) -> dict[int, list[Task]]:
+    """Assign waiting tasks to workers; returns the new tasks per worker id.
+
+    First every worker is filled up to its capacity, in priority order; then short tasks are
+    queued ahead on top of that.
+    """
+    out: dict[int, list[Task]] = {}
+    if not workers:
+        return out
+    ordered = sorted(groups, key=lambda jg: sort_key(jg[1]))
+    for prefill in (False, True):
+        for job, group in ordered:
+            if not group.has_waiting():
+                continue
+            rounds = prefill_rounds(group) if prefill else 0
+            if prefill and rounds == 0:
+                continue
+            request = group.body.request
+            for worker in workers:
+                if not fits_worker(worker, request, now):
+                    continue
+                while can_take(worker, request, rounds):
+                    task = group.take(job)
+                    if task is None:
+                        break
+                    worker.assign(task)
+                    out.setdefault(worker.id, []).append(task)
+                if not group.has_waiting():
+                    break
+    return out

@@ -1,0 +1,316 @@
+"""The server process: listeners, sessions and services under one root nursery.
+
+    Server.run
+      +-- client listener   (serve_tcp; one session task per client connection)
+      +-- worker listener   (serve_tcp; one session task per worker)
+      +-- scheduler         (wakes on demand, assigns waiting tasks)
+      +-- reaper            (heartbeat loss, idle timeouts)
+      +-- signal watcher    (SIGINT/SIGTERM: clean stop)
+
+`access.json` is written only once both listeners are bound, so a client that finds it can connect.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from hqpy import __version__
+from hqpy.common import serverdir
+from hqpy.protocol import messages as m
+from hqpy.protocol.auth import AuthError, new_secret, server_handshake
+from hqpy.protocol.framing import FramedStream, ProtocolError
+from hqpy.server.clients import ClientHandlers
+from hqpy.server.state import ServerState
+from hqpy.server.workers import Worker, WorkerState
+
+log = logging.getLogger(__name__)
+
+REAPER_INTERVAL = 0.1
+
+
+@attrs.frozen
+class ServerConfig:
+    server_dir: Path
+    host: str | None = None
+    client_port: int = 0
+    worker_port: int = 0
+    access_file: Path | None = None
+    idle_timeout: float | None = None
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.instance_dir: Path | None = None
+        self.access: serverdir.AccessRecord | None = None
+        uid = serverdir.new_server_uid()
+        if config.access_file is not None:
+            self.access = serverdir.read_access_file(config.access_file)
+            uid = self.access.server_uid
+        self.state = ServerState(uid)
+        self.handlers = ClientHandlers(self.state, self.info, self.request_stop)
+        self._stop = trio.Event()
+        self._schedule = trio.Event()
+        self.state.on_schedule_needed = self._schedule.set
+        self._sessions: dict[int, trio.CancelScope] = {}
+
+    # -----------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def info(self) -> m.ServerInfoView:
+        assert self.access is not None and self.access.client and self.access.worker
+        return m.ServerInfoView(
+            server_uid=self.state.server_uid,
+            client_host=self.access.client.host,
+            client_port=self.access.client.port,
+            worker_host=self.access.worker.host,
+            worker_port=self.access.worker.port,
+            version=__version__,
+            pid=os.getpid(),
+            start_date=self.started_at,
+            server_dir=str(self.instance_dir),
+        )
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        server_dir = self.config.server_dir
+        current = serverdir.resolve_access_path(server_dir)
+        if current.exists():
+            if await _server_alive(current):
+                raise serverdir.AccessError(
+                    f"Server at `{server_dir}` is already running, "
+                    "use another server dir or stop it first (`hq server stop`)"
+                )
+        self.instance_dir = serverdir.create_instance_dir(server_dir)
+        if self.access is None:
+            host = self.config.host or socket.gethostname()
+            self.access = serverdir.AccessRecord(
+                __version__,
+                self.state.server_uid,
+                serverdir.Endpoint(host, self.config.client_port, new_secret()),
+                serverdir.Endpoint(host, self.config.worker_port, new_secret()),
+            )
+        client_ep, worker_ep = self.access.client, self.access.worker
+        if client_ep is None or worker_ep is None or not client_ep.secret_key or not worker_ep.secret_key:
+            raise serverdir.AccessError(
+                "The access file must hold both the client and the worker part, with secret keys"
+            )
+        try:
+            async with trio.open_nursery() as nursery:
+                client_listeners = await nursery.start(
+                    partial(
+                        trio.serve_tcp,
+                        partial(self._serve_connection, role="client", secret=client_ep.secret_key),
+                        client_ep.port,
+                    )
+                )
+                worker_listeners = await nursery.start(
+                    partial(
+                        trio.serve_tcp,
+                        partial(self._serve_connection, role="worker", secret=worker_ep.secret_key),
+                        worker_ep.port,
+                    )
+                )
+                self.access = attrs.evolve(
+                    self.access,
+                    client=attrs.evolve(client_ep, port=_port_of(client_listeners)),
+                    worker=attrs.evolve(worker_ep, port=_port_of(worker_listeners)),
+                )
+                serverdir.write_access(self.instance_dir / serverdir.ACCESS_FILE, self.access)
+                serverdir.link_current(server_dir, self.instance_dir)
+                nursery.start_soon(self._scheduler)
+                nursery.start_soon(self._reaper)
+                nursery.start_soon(self._watch_signals)
+                log.info("Server %s started in %s", self.state.server_uid, self.instance_dir)
+                task_status.started(self.info())
+                await self._stop.wait()
+                log.info("Server is stopping")
+                nursery.cancel_scope.cancel()
+        finally:
+            serverdir.unlink_current(server_dir, self.instance_dir)
+
+    # -----------------------------------------------------------------------------------------
+    # Sessions
+
+    async def _serve_connection(self, stream: trio.SocketStream, *, role: str, secret: str) -> None:
+        """Authenticate a connection and run its session; a bad peer never hurts the server."""
+        framed = FramedStream(stream)
+        peer = _peer_name(stream)
+        try:
+            await server_handshake(framed, {role: secret})
+            if role == "client":
+                await self._client_session(framed)
+            else:
+                await self._worker_session(framed)
+        except (AuthError, ProtocolError) as e:
+            log.warning("Connection from %s refused: %s", peer, e)
+        except trio.TooSlowError:
+            log.warning("Connection from %s refused: handshake timed out", peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as e:
+            log.debug("Connection from %s closed: %s", peer, e)
+        finally:
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await stream.aclose()
+
+    async def _client_session(self, framed: FramedStream) -> None:
+        while True:
+            request = await framed.receive(m.ClientRequest)
+            if request is None:
+                return
+            response = await self.handlers.handle(request)
+            await framed.send(response, m.ClientResponse)
+
+    async def _worker_session(self, framed: FramedStream) -> None:
+        hello = await framed.receive(m.FromWorker)
+        if hello is None:
+            return
+        if not isinstance(hello, m.RegisterWorker):
+            raise ProtocolError(f"a worker must register first, got {type(hello).__name__}")
+        send, receive = trio.open_memory_channel[Any](math.inf)
+        worker = self.state.add_worker(hello.configuration, send)
+        idle = hello.configuration.idle_timeout
+        if idle is None:
+            idle = self.config.idle_timeout
+        await framed.send(
+            m.WorkerRegistered(worker.id, self.state.server_uid, idle), m.ToWorker
+        )
+        reason = WorkerState.CONNECTION_LOST
+        try:
+            with trio.CancelScope() as scope:
+                self._sessions[worker.id] = scope
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_send_loop, framed, receive)
+                    await self._worker_receive_loop(framed, worker)
+                    nursery.cancel_scope.cancel()
+            if scope.cancelled_caught:
+                reason = WorkerState.HEARTBEAT_LOST
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError, ConnectionError):
+            pass
+        finally:
+            self._sessions.pop(worker.id, None)
+            self.state.on_worker_lost(worker, reason)
+
+    async def _worker_receive_loop(self, framed: FramedStream, worker: Worker) -> None:
+        state = self.state
+        while True:
+            msg = await framed.receive(m.FromWorker)
+            if msg is None:
+                return
+            if isinstance(msg, m.TaskUpdates):
+                state.on_task_updates(worker, msg.updates)
+            elif isinstance(msg, m.Heartbeat):
+                state.on_heartbeat(worker)
+            elif isinstance(msg, m.WorkerStopping):
+                state.on_worker_stopping(worker, msg.reason)
+            else:
+                raise ProtocolError(f"unexpected message {type(msg).__name__} from a worker")
+
+    # -----------------------------------------------------------------------------------------
+    # Services
+
+    async def _scheduler(self) -> None:
+        while True:
+            await self._schedule.wait()
+            self._schedule = trio.Event()
+            self.state.on_schedule_needed = self._schedule.set
+            # Let every message that already arrived land before deciding.
+            await trio.sleep(0)
+            self.state.schedule()
+
+    async def _reaper(self) -> None:
+        """Drop workers whose heartbeat stopped, and stop workers that idled too long."""
+        while True:
+            await trio.sleep(REAPER_INTERVAL)
+            now = time.time()
+            for worker in list(self.state.workers.values()):
+                if worker.state != WorkerState.RUNNING:
+                    continue
+                hb = worker.config.heartbeat_interval
+                if now - worker.last_heartbeat > 2 * hb:
+                    log.warning("Worker %d missed its heartbeats", worker.id)
+                    self.state.on_worker_lost(worker, WorkerState.HEARTBEAT_LOST)
+                    scope = self._sessions.get(worker.id)
+                    if scope is not None:
+                        scope.cancel()
+                    continue
+                idle = worker.config.idle_timeout
+                if idle is None:
+                    idle = self.config.idle_timeout
+                if (
+                    idle is not None
+                    and worker.stop_reason is None
+                    and worker.idle_since is not None
+                    and now - worker.idle_since >= idle
+                ):
+                    log.info("Worker %d idle for %.1f s: stopping it", worker.id, idle)
+                    self.state.request_worker_stop(worker, "idle-timeout")
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                self.request_stop()
+                return
+
+
+async def _send_loop(framed: FramedStream, receive: trio.MemoryReceiveChannel[Any]) -> None:
+    """Send queued messages, merging consecutive task assignments into one frame."""
+    async for msg in receive:
+        batch = [msg]
+        while True:
+            try:
+                batch.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        merged: list[Any] = []
+        for item in batch:
+            last = merged[-1] if merged else None
+            if isinstance(item, m.ComputeTasks) and isinstance(last, m.ComputeTasks):
+                merged[-1] = m.ComputeTasks(last.bodies + item.bodies, last.tasks + item.tasks)
+            else:
+                merged.append(item)
+        for item in merged:
+            await framed.send(item, m.ToWorker)
+
+
+def _port_of(listeners: list[trio.SocketListener]) -> int:
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "<unknown>"
+
+
+async def _server_alive(access_path: Path) -> bool:
+    """Is a server answering at the address in this access file?"""
+    try:
+        record = serverdir.read_access_file(access_path)
+    except serverdir.AccessError:
+        return False
+    if record.client is None:
+        return False
+    try:
+        with trio.fail_after(2):
+            stream = await trio.open_tcp_stream(record.client.host, record.client.port)
+            await stream.aclose()
+        return True
+    except (OSError, trio.TooSlowError):
+        return False

@@ -1,0 +1,77 @@
+"""The server's record of a worker: its configuration, capacity and the tasks it holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hqpy.common.resources import ALL
+from hqpy.protocol.messages import WorkerConfiguration
+from hqpy.server.jobs import Task, TaskState
+
+
+class WorkerState:
+    RUNNING = "RUNNING"
+    CONNECTION_LOST = "CONNECTION LOST"
+    HEARTBEAT_LOST = "HEARTBEAT LOST"
+    STOPPED = "STOPPED"
+    IDLE_TIMEOUT = "IDLE TIMEOUT"
+    TIME_LIMIT_REACHED = "TIME LIMIT REACHED"
+
+
+FAILURE_STATES = frozenset({WorkerState.CONNECTION_LOST, WorkerState.HEARTBEAT_LOST})
+"""Losing a worker for these reasons counts against the crash limit of its running tasks."""
+
+STOP_REASONS = {
+    "stopped": WorkerState.STOPPED,
+    "idle-timeout": WorkerState.IDLE_TIMEOUT,
+    "time-limit": WorkerState.TIME_LIMIT_REACHED,
+}
+
+
+class Worker:
+    def __init__(
+        self, worker_id: int, config: WorkerConfiguration, now: float, outbox: Any = None
+    ) -> None:
+        self.id = worker_id
+        self.config = config
+        self.state = WorkerState.RUNNING
+        self.started_at = now
+        self.ended_at: float | None = None
+        self.capacity = {r.name: r.capacity() for r in config.resources}
+        self.assigned: dict[str, int] = {}
+        self.tasks: dict[tuple[int, int], Task] = {}
+        self.running = 0
+        self.last_task_started: float | None = None
+        self.last_heartbeat = now
+        self.idle_since: float | None = now
+        self.deadline = None if config.time_limit is None else now + config.time_limit
+        self.known_groups: set[int] = set()
+        self.stop_reason: str | None = None
+        """Set when the server asked the worker to stop, or the worker said it is stopping."""
+        self.outbox = outbox
+        """Where messages for the worker go (a trio memory channel); None in pure tests."""
+
+    @property
+    def is_running(self) -> bool:
+        return self.state == WorkerState.RUNNING and self.stop_reason is None
+
+    def _add(self, task: Task, sign: int) -> None:
+        for entry in task.group.body.request.entries:
+            amount = self.capacity.get(entry.resource, 0) if entry.amount == ALL else entry.amount
+            self.assigned[entry.resource] = self.assigned.get(entry.resource, 0) + sign * amount
+
+    def assign(self, task: Task) -> None:
+        task.worker_id = self.id
+        self.tasks[(task.group.body.job_id, task.id)] = task
+        self._add(task, 1)
+        self.idle_since = None
+
+    def release(self, task: Task, now: float) -> None:
+        if self.tasks.pop((task.group.body.job_id, task.id), None) is None:
+            return
+        if task.state is TaskState.RUNNING:
+            self.running -= 1
+        self._add(task, -1)
+        task.worker_id = None
+        if not self.tasks:
+            self.idle_since = now

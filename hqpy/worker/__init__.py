@@ -1,0 +1,1 @@
+"""The worker agent: it connects to the server, runs tasks as processes and reports back."""

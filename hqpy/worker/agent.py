@@ -1,0 +1,334 @@
+"""The worker agent: register with the server, run the tasks it assigns, report their ends.
+
+Task updates are batched: whatever finished while the last batch was being sent goes out in the
+next frame, and a task that starts and ends within one batch is reported once. Tasks assigned
+ahead of time wait in a local queue and start as soon as resources free up, with no round trip.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from hqpy.common import serverdir
+from hqpy.common.resources import ResourceDescriptorItem, ResourcePool
+from hqpy.protocol import messages as m
+from hqpy.protocol.auth import AuthError, peer_handshake
+from hqpy.protocol.framing import FramedStream, ProtocolError
+from hqpy.worker.launcher import Launcher
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_SERVER_LOST = 1
+
+
+@attrs.frozen
+class WorkerOptions:
+    server_dir: Path
+    resources: tuple[ResourceDescriptorItem, ...]
+    hostname: str = attrs.field(factory=socket.gethostname)
+    heartbeat: float = 8.0
+    idle_timeout: float | None = None
+    time_limit: float | None = None
+    group: str = "default"
+    on_server_lost: str = "stop"
+    work_dir: Path | None = None
+    manager: m.ManagerInfo | None = None
+    zero_worker: bool = False
+    """Bench-only: complete tasks at once without starting processes."""
+
+
+class WorkerExit(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class _QueuedTask:
+    __slots__ = ("key", "job_id", "task_id", "instance_id", "body", "entry")
+
+    def __init__(
+        self, key: tuple[int, int, int], job_id: int, task_id: int, instance_id: int, body: m.TaskBody, entry: str | None
+    ) -> None:
+        self.key = key
+        self.job_id = job_id
+        self.task_id = task_id
+        self.instance_id = instance_id
+        self.body = body
+        self.entry = entry
+
+    def __lt__(self, other: _QueuedTask) -> bool:
+        return self.key < other.key
+
+
+class WorkerAgent:
+    def __init__(self, options: WorkerOptions, hq_path: str) -> None:
+        self.options = options
+        self.work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="hq-worker")) / "work"
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.launcher = Launcher(self.work_dir, hq_path)
+        self.pool = ResourcePool(list(options.resources))
+        self.bodies: dict[int, m.TaskBody] = {}
+        self.queue: list[_QueuedTask] = []
+        self.seq = 0
+        self.running: dict[tuple[int, int], trio.CancelScope] = {}
+        self.updates: list[list[Any]] = []
+        self.unsent_running: dict[tuple[int, int, int], int] = {}
+        self.updates_ready = trio.Event()
+        self.worker_id = 0
+        self.nursery: trio.Nursery | None = None
+        self.tasks_nursery: trio.Nursery | None = None
+        self.accepting = True
+        self.all_done = trio.Event()
+
+    def configuration(self) -> m.WorkerConfiguration:
+        o = self.options
+        time_limit = o.time_limit
+        if time_limit is None and o.manager is not None:
+            time_limit = o.manager.time_limit
+        return m.WorkerConfiguration(
+            hostname=o.hostname,
+            work_dir=str(self.work_dir),
+            listen_address=f"{o.hostname}:0",
+            heartbeat_interval=o.heartbeat,
+            idle_timeout=o.idle_timeout,
+            time_limit=time_limit,
+            resources=o.resources,
+            group=o.group,
+            on_server_lost=o.on_server_lost,
+            pid=os.getpid(),
+            manager=o.manager,
+        )
+
+    async def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
+        try:
+            framed = await self._connect()
+        except WorkerExit as e:
+            log.error("%s", e.reason)
+            return e.code
+        config = self.configuration()
+        try:
+            await framed.send(m.RegisterWorker(config), m.FromWorker)
+            reply = await framed.receive(m.ToWorker)
+        except (trio.BrokenResourceError, ProtocolError, ConnectionError) as e:
+            log.error("Registration failed: %s", e)
+            return EXIT_SERVER_LOST
+        if not isinstance(reply, m.WorkerRegistered):
+            log.error("Registration failed: the server did not accept this worker")
+            return EXIT_SERVER_LOST
+        self.worker_id = reply.worker_id
+        log.info("Worker %d registered with server %s", reply.worker_id, reply.server_uid)
+        code = EXIT_OK
+        try:
+            async with trio.open_nursery() as tasks_nursery:
+                self.tasks_nursery = tasks_nursery
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self.nursery = nursery
+                        nursery.start_soon(self._heartbeat, framed)
+                        nursery.start_soon(self._flush_updates, framed)
+                        if config.time_limit is not None:
+                            nursery.start_soon(self._time_limit, framed, config.time_limit)
+                        await self._receive(framed)
+                finally:
+                    self.nursery = None
+        except* WorkerExit as group:
+            exc = group.exceptions[0]
+            assert isinstance(exc, WorkerExit)
+            code = exc.code
+            log.info("Worker is stopping: %s", exc.reason)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await framed.aclose()
+        return code
+
+    async def _connect(self) -> FramedStream:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                record = serverdir.load_access(self.options.server_dir)
+                if record.worker is None or not record.worker.secret_key:
+                    raise WorkerExit(1, "The access file has no worker part")
+                stream = await trio.open_tcp_stream(record.worker.host, record.worker.port)
+                break
+            except (serverdir.AccessError, OSError) as e:
+                if time.monotonic() > deadline:
+                    raise WorkerExit(EXIT_SERVER_LOST, f"Cannot connect to the server: {e}") from None
+                await trio.sleep(0.2)
+        framed = FramedStream(stream)
+        try:
+            await peer_handshake(framed, "worker", record.worker.secret_key)
+        except (AuthError, ProtocolError, trio.TooSlowError, trio.BrokenResourceError) as e:
+            raise WorkerExit(EXIT_SERVER_LOST, f"Cannot connect to the server: {e}") from None
+        return framed
+
+    # -----------------------------------------------------------------------------------------
+
+    async def _receive(self, framed: FramedStream) -> None:
+        while True:
+            try:
+                msg = await framed.receive(m.ToWorker)
+            except (trio.BrokenResourceError, ProtocolError, ConnectionError):
+                msg = None
+            if msg is None:
+                await self._on_server_lost()
+                return
+            if isinstance(msg, m.ComputeTasks):
+                self._on_compute(msg)
+            elif isinstance(msg, m.CancelTasks):
+                self._on_cancel(msg)
+            elif isinstance(msg, m.StopWorker):
+                self._kill_all()
+                raise WorkerExit(EXIT_OK, f"the server asked it to stop ({msg.reason})")
+
+    async def _on_server_lost(self) -> None:
+        self.accepting = False
+        self.queue.clear()
+        if self.options.on_server_lost == "finish-running" and self.running:
+            log.warning("Server lost; finishing %d running tasks", len(self.running))
+            await self.all_done.wait()
+        else:
+            self._kill_all()
+        raise WorkerExit(EXIT_SERVER_LOST, "the connection to the server was lost")
+
+    def _kill_all(self) -> None:
+        self.queue.clear()
+        for scope in self.running.values():
+            scope.cancel()
+
+    def _on_compute(self, msg: m.ComputeTasks) -> None:
+        for body in msg.bodies:
+            self.bodies[body.group_id] = body
+        for job_id, task_id, instance_id, group_id, entry in msg.tasks:
+            body = self.bodies[group_id]
+            self.seq += 1
+            heapq.heappush(
+                self.queue,
+                _QueuedTask((-body.priority, job_id, self.seq), job_id, task_id, instance_id, body, entry),
+            )
+        self._start_queued()
+
+    def _on_cancel(self, msg: m.CancelTasks) -> None:
+        drop = {(j, t) for j, t, _ in msg.tasks}
+        before = len(self.queue)
+        self.queue = [q for q in self.queue if (q.job_id, q.task_id) not in drop]
+        if len(self.queue) != before:
+            heapq.heapify(self.queue)
+        for key in drop:
+            scope = self.running.get(key)
+            if scope is not None:
+                scope.cancel()
+
+    def _start_queued(self) -> None:
+        if not self.accepting or self.tasks_nursery is None:
+            return
+        while self.queue:
+            head = self.queue[0]
+            if self.options.zero_worker:
+                heapq.heappop(self.queue)
+                now = time.time()
+                self._report(head, m.TASK_FINISHED, now, now, None)
+                continue
+            allocation = self.pool.try_allocate(head.body.request)
+            if allocation is None:
+                return
+            heapq.heappop(self.queue)
+            scope = trio.CancelScope()
+            self.running[(head.job_id, head.task_id)] = scope
+            self.all_done = trio.Event() if self.all_done.is_set() else self.all_done
+            self.tasks_nursery.start_soon(self._run_task, head, allocation, scope)
+
+    async def _run_task(self, item: _QueuedTask, allocation: Any, scope: trio.CancelScope) -> None:
+        started: list[float] = []
+
+        def on_started(t: float) -> None:
+            started.append(t)
+            self._report(item, m.TASK_RUNNING, t, None, None)
+
+        try:
+            with scope:
+                outcome = await self.launcher.run(
+                    item.body, item.task_id, item.instance_id, item.entry, allocation, on_started, scope
+                )
+        finally:
+            self.pool.release(allocation)
+            self.running.pop((item.job_id, item.task_id), None)
+            if not self.running:
+                self.all_done.set()
+        start = started[0] if started else None
+        now = time.time()
+        if scope.cancel_called:
+            self._report(item, m.TASK_CANCELED, start, now, None)
+        elif outcome.ok:
+            self._report(item, m.TASK_FINISHED, start, now, None)
+        else:
+            self._report(item, m.TASK_FAILED, start, now, outcome.error)
+        self._start_queued()
+
+    def _report(
+        self, item: _QueuedTask, status: int, started: float | None, ended: float | None, error: str | None
+    ) -> None:
+        key = (item.job_id, item.task_id, item.instance_id)
+        row = [item.job_id, item.task_id, item.instance_id, status, started, ended, error]
+        if status == m.TASK_RUNNING:
+            self.unsent_running[key] = len(self.updates)
+            self.updates.append(row)
+        else:
+            index = self.unsent_running.pop(key, None)
+            if index is not None:
+                self.updates[index] = row
+            else:
+                self.updates.append(row)
+        self.updates_ready.set()
+
+    async def _flush_updates(self, framed: FramedStream) -> None:
+        while True:
+            await self.updates_ready.wait()
+            self.updates_ready = trio.Event()
+            await trio.sleep(0)
+            updates, self.updates = self.updates, []
+            self.unsent_running.clear()
+            try:
+                await framed.send(m.TaskUpdates(updates), m.FromWorker)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                return
+
+    async def _heartbeat(self, framed: FramedStream) -> None:
+        while True:
+            await trio.sleep(self.options.heartbeat)
+            try:
+                await framed.send(m.Heartbeat(), m.FromWorker)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                return
+
+    async def _time_limit(self, framed: FramedStream, limit: float) -> None:
+        await trio.sleep(limit)
+        log.info("Time limit of the worker reached")
+        self.accepting = False
+        self._kill_all()
+        try:
+            await framed.send(m.WorkerStopping("time-limit"), m.FromWorker)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass
+        raise WorkerExit(EXIT_OK, "time limit reached")
+
+
+def hq_executable() -> str:
+    """The absolute path of the `hq` this process runs as, for `HQ` in task environments."""
+    argv0 = sys.argv[0]
+    if argv0.endswith("__main__.py") or not argv0:
+        return sys.executable
+    return os.path.abspath(argv0)
