@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
@@ -66,5 +65,3 @@ def emit_log_lines(lines: list[m.LogLine]) -> None:
 
 def add_selector(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("selector", help=f"{what} selector: an id, a range (1-3), `last` or `all`")
-
-

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -66,10 +67,14 @@ def add_submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resource", action="append", default=[], help="`name=amount [policy]`")
     p.add_argument("--nodes", type=int, default=0, help="Nodes of a multi-node task")
     p.add_argument("--time-limit", type=duration, help="Kill the task after this long")
-    p.add_argument("--time-request", type=duration, default=0.0, help="Minimal remaining worker time")
+    p.add_argument(
+        "--time-request", type=duration, default=0.0, help="Minimal remaining worker time"
+    )
     p.add_argument("--priority", type=int, default=0, help="Higher runs first")
     p.add_argument("--max-fails", type=int, help="Abort the job after more failed tasks")
-    p.add_argument("--crash-limit", type=_crash_limit, default=5, help="Worker losses a task survives")
+    p.add_argument(
+        "--crash-limit", type=_crash_limit, default=5, help="Worker losses a task survives"
+    )
     p.add_argument("--name", type=_name, help="Job name")
     p.add_argument("--cwd", help="Working directory of tasks (default: the submit dir)")
     p.add_argument("--env", action="append", default=[], help="`KEY=VALUE` for the tasks")
@@ -113,10 +118,15 @@ def register(tree: Any, nouns: Any) -> None:
     p.add_argument("--filter", type=_states, default=(), help="Only jobs in these states")
     p.set_defaults(func=cmd_forget)
 
-    for name, helptext in (("wait", "Wait until jobs end"), ("progress", "Show the progress of jobs")):
+    for name, helptext in (
+        ("wait", "Wait until jobs end"),
+        ("progress", "Show the progress of jobs"),
+    ):
         p = tree.command(verbs, name, helptext)
         add_selector(p, "Job")
-        p.add_argument("--without-close", action="store_true", help="Do not wait for open jobs to close")
+        p.add_argument(
+            "--without-close", action="store_true", help="Do not wait for open jobs to close"
+        )
         p.set_defaults(func=cmd_wait, progress=name == "progress")
 
     p = tree.command(verbs, "cat", "Print the output of tasks")
@@ -124,7 +134,9 @@ def register(tree: Any, nouns: Any) -> None:
     p.add_argument("stream", choices=("stdout", "stderr"))
     p.add_argument("--tasks", help="Task ids")
     p.add_argument("--task-status", type=_states, default=(), help="Only tasks in these states")
-    p.add_argument("--print-task-header", action="store_true", help="A `# Job J, task T` line first")
+    p.add_argument(
+        "--print-task-header", action="store_true", help="A `# Job J, task T` line first"
+    )
     p.set_defaults(func=cmd_cat)
 
     p = tree.command(verbs, "task-ids", "Print the task ids of jobs")
@@ -281,7 +293,9 @@ async def wait_for_jobs(
 
             async def waiter() -> None:
                 resp_holder.append(
-                    await conn.request(m.WaitJobsRequest(selector, without_close), m.JobListResponse)
+                    await conn.request(
+                        m.WaitJobsRequest(selector, without_close), m.JobListResponse
+                    )
                 )
                 nursery.cancel_scope.cancel()
 
@@ -403,7 +417,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         return 1
 
     async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.CancelJobsRequest(args.selector, args.reason), m.LogLinesResponse)
+        resp = await conn.request(
+            m.CancelJobsRequest(args.selector, args.reason), m.LogLinesResponse
+        )
         emit_log_lines(resp.lines)
 
     return run_client(args, call)
@@ -411,7 +427,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.ForgetJobsRequest(args.selector, args.filter), m.LogLinesResponse)
+        resp = await conn.request(
+            m.ForgetJobsRequest(args.selector, args.filter), m.LogLinesResponse
+        )
         emit_log_lines(resp.lines)
 
     return run_client(args, call)
@@ -477,16 +495,14 @@ def cmd_cat(args: argparse.Namespace) -> int:
                 if task.state == "waiting" and path is None:
                     continue
                 if path is None:
-                    log.warning("Task %d has no `%s` stream associated with it", task.id, args.stream)
+                    log.warning(
+                        "Task %d has no `%s` stream associated with it", task.id, args.stream
+                    )
                     continue
                 if args.print_task_header:
                     sys.stdout.write(f"# Job {job_id}, task {task.id}\n")
-                try:
-                    with open(path, "rb") as f:
-                        sys.stdout.flush()
-                        sys.stdout.buffer.write(f.read())
-                except OSError:
-                    pass
+                sys.stdout.flush()
+                _copy_to_stdout(path)
         sys.stdout.flush()
 
     return run_client(args, call)
@@ -529,3 +545,12 @@ async def _resolve_job_id(conn: ServerConnection, text: str) -> int | None:
             raise ClientError(f"invalid job id `{text}`: expected a number or `last`") from None
     resp = await conn.request(m.ListJobsRequest(None), m.JobListResponse)
     return max((j.id for j in resp.jobs), default=None)
+
+
+def _copy_to_stdout(path: str) -> None:
+    """A task's output file as it is; a missing file (the task never ran) prints nothing."""
+    try:
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+    except OSError:
+        pass

@@ -11,8 +11,8 @@ from typing import Any
 import trio
 
 from hqpy.cli.common import duration, output_of, run_client
-from hqpy.client.connection import ClientError, ServerConnection, connect
 from hqpy.cli.output import Output
+from hqpy.client.connection import ClientError, ServerConnection, connect
 from hqpy.protocol import messages as m
 
 log = logging.getLogger("hqpy.cli")
@@ -42,7 +42,9 @@ def register(tree: Any, nouns: Any) -> None:
     p.add_argument("--timeout", type=duration, default=300.0, help="How long to wait (default 5m)")
     p.set_defaults(func=cmd_wait)
 
-    p = tree.command(verbs, "generate-access", "Write an access file for `server start --access-file`")
+    p = tree.command(
+        verbs, "generate-access", "Write an access file for `server start --access-file`"
+    )
     p.add_argument("file", type=Path)
     p.add_argument("--client-port", type=int, required=True)
     p.add_argument("--worker-port", type=int, required=True)
@@ -143,6 +145,10 @@ def cmd_generate_access(args: argparse.Namespace) -> int:
         return 1
     serverdir.write_access(args.file, full)
     if args.client_file is not None:
-        serverdir.write_access(args.client_file, serverdir.AccessRecord(__version__, uid, client, None))
-        serverdir.write_access(args.worker_file, serverdir.AccessRecord(__version__, uid, None, worker))
+        serverdir.write_access(
+            args.client_file, serverdir.AccessRecord(__version__, uid, client, None)
+        )
+        serverdir.write_access(
+            args.worker_file, serverdir.AccessRecord(__version__, uid, None, worker)
+        )
     return 0

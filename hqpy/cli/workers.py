@@ -11,7 +11,14 @@ from typing import Any
 
 import trio
 
-from hqpy.cli.common import add_selector, duration, emit_log_lines, output_of, positive_int, run_client
+from hqpy.cli.common import (
+    add_selector,
+    duration,
+    emit_log_lines,
+    output_of,
+    positive_int,
+    run_client,
+)
 from hqpy.cli.output import Output
 from hqpy.client.connection import ServerConnection
 from hqpy.protocol import messages as m
@@ -26,7 +33,10 @@ def register(tree: Any, nouns: Any) -> None:
     p = tree.command(verbs, "start", "Start a worker (stays in the foreground)")
     p.add_argument("--cpus", help="Cpus of the worker: `4`, `2x8`, `[0,1,5]` (default: detected)")
     p.add_argument(
-        "--resource", action="append", default=[], help="A resource pool: `gpus=[0,1]`, `mem=sum(1024)`"
+        "--resource",
+        action="append",
+        default=[],
+        help="A resource pool: `gpus=[0,1]`, `mem=sum(1024)`",
     )
     p.add_argument("--no-detect-resources", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
@@ -41,11 +51,15 @@ def register(tree: Any, nouns: Any) -> None:
     p.add_argument("--group", help="Worker group (default: the allocation id, else `default`)")
     p.add_argument("--hostname", help="Hostname reported to the server")
     p.add_argument(
-        "--manager", choices=("detect", "none", "slurm", "pbs"), default="detect",
+        "--manager",
+        choices=("detect", "none", "slurm", "pbs"),
+        default="detect",
         help="Batch system to read the allocation from",
     )
     p.add_argument(
-        "--on-server-lost", choices=("stop", "finish-running"), default="stop",
+        "--on-server-lost",
+        choices=("stop", "finish-running"),
+        default="stop",
         help="What to do with running tasks when the server is lost",
     )
     p.add_argument("--work-dir", type=Path, help="Directory for task dirs and temporary files")
@@ -107,7 +121,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     except ManagerError as e:
         out.error(str(e))
         return 1
-    group = args.group or (manager.allocation_id if manager is not None and manager.manager == "PBS" else "default")
+    group = args.group or (
+        manager.allocation_id if manager is not None and manager.manager == "PBS" else "default"
+    )
     options = WorkerOptions(
         server_dir=args.server_dir,
         resources=tuple(items),

@@ -58,7 +58,10 @@ async def _load_access(server_dir: Path, wait: float) -> serverdir.AccessRecord:
         try:
             return serverdir.load_access(server_dir)
         except serverdir.AccessError:
-            if trio.current_time() >= deadline or serverdir.resolve_access_path(server_dir).exists():
+            if (
+                trio.current_time() >= deadline
+                or serverdir.resolve_access_path(server_dir).exists()
+            ):
                 raise
         await trio.sleep(0.02)
 

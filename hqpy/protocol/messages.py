@@ -245,7 +245,7 @@ class JobDetailView:
 class WorkerView:
     id: int
     state: str
-    """`RUNNING`, `CONNECTION LOST`, `HEARTBEAT LOST`, `STOPPED`, `IDLE TIMEOUT`, `TIME LIMIT REACHED`."""
+    """`RUNNING`, `CONNECTION LOST`, `HEARTBEAT LOST`, `STOPPED`, `IDLE TIMEOUT`, ..."""
     configuration: WorkerConfiguration
     started_at: float
     ended_at: float | None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,7 +9,6 @@ import trio
 
 from hqpy.common.idset import parse_id_set
 from hqpy.protocol import messages as m
-from hqpy.server.jobs import TaskState
 from hqpy.server.state import RequestError, ServerState, parse_states
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
@@ -19,10 +17,9 @@ Handler = Callable[[Any, Any], Awaitable[Any]]
 class ClientHandlers:
     """The request handlers of one server; `server` gives access to info and shutdown."""
 
-    def __init__(self, state: ServerState, info: Callable[[], m.ServerInfoView], stop: Callable[[], None]) -> None:
+    def __init__(self, state: ServerState, info: Callable[[], m.ServerInfoView]) -> None:
         self.state = state
         self.info = info
-        self.stop = stop
 
     async def handle(self, request: Any) -> Any:
         handler = getattr(self, "on_" + type(request).__name__, None)
@@ -37,7 +34,7 @@ class ClientHandlers:
         return m.ServerInfoResponse(self.info())
 
     async def on_StopServerRequest(self, req: m.StopServerRequest) -> Any:
-        self.stop()
+        # The session stops the server once this answer is sent.
         return m.OkResponse()
 
     async def on_SubmitRequest(self, req: m.SubmitRequest) -> Any:
@@ -149,10 +146,3 @@ class ClientHandlers:
             return parse_id_set(text)
         except ValueError as e:
             raise RequestError(str(e)) from None
-
-
-def server_pid() -> int:
-    return os.getpid()
-
-
-__all__ = ["ClientHandlers", "TaskState", "server_pid"]

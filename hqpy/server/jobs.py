@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterator
+
 import trio
 
 from hqpy.common.idset import IdSet
@@ -30,7 +31,9 @@ class TaskState(enum.IntEnum):
 
 
 STATE_NAMES = ("waiting", "running", "finished", "failed", "canceled", "aborted")
-DONE_STATES = frozenset({TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELED, TaskState.ABORTED})
+DONE_STATES = frozenset(
+    {TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELED, TaskState.ABORTED}
+)
 
 
 class Task:

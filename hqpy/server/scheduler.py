@@ -16,7 +16,7 @@ from hqpy.server.workers import Worker
 
 PREFILL_HORIZON = 0.25
 """Seconds of work to keep queued on a worker when a group's tasks are short."""
-MAX_PREFILL_ROUNDS = 32
+MAX_PREFILL_ROUNDS = 512
 
 
 def prefill_rounds(group: TaskGroup) -> int:

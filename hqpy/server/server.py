@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 import trio
+import trio.lowlevel
 
 from hqpy import __version__
 from hqpy.common import serverdir
@@ -60,7 +61,7 @@ class Server:
             self.access = serverdir.read_access_file(config.access_file)
             uid = self.access.server_uid
         self.state = ServerState(uid)
-        self.handlers = ClientHandlers(self.state, self.info, self.request_stop)
+        self.handlers = ClientHandlers(self.state, self.info)
         self._stop = trio.Event()
         self._schedule = trio.Event()
         self.state.on_schedule_needed = self._schedule.set
@@ -104,7 +105,12 @@ class Server:
                 serverdir.Endpoint(host, self.config.worker_port, new_secret()),
             )
         client_ep, worker_ep = self.access.client, self.access.worker
-        if client_ep is None or worker_ep is None or not client_ep.secret_key or not worker_ep.secret_key:
+        if (
+            client_ep is None
+            or worker_ep is None
+            or not client_ep.secret_key
+            or not worker_ep.secret_key
+        ):
             raise serverdir.AccessError(
                 "The access file must hold both the client and the worker part, with secret keys"
             )
@@ -173,6 +179,8 @@ class Server:
                 return
             response = await self.handlers.handle(request)
             await framed.send(response, m.ClientResponse)
+            if isinstance(request, m.StopServerRequest):
+                self.request_stop()
 
     async def _worker_session(self, framed: FramedStream) -> None:
         hello = await framed.receive(m.FromWorker)
@@ -185,9 +193,7 @@ class Server:
         idle = hello.configuration.idle_timeout
         if idle is None:
             idle = self.config.idle_timeout
-        await framed.send(
-            m.WorkerRegistered(worker.id, self.state.server_uid, idle), m.ToWorker
-        )
+        await framed.send(m.WorkerRegistered(worker.id, self.state.server_uid, idle), m.ToWorker)
         reason = WorkerState.CONNECTION_LOST
         try:
             with trio.CancelScope() as scope:
@@ -228,7 +234,7 @@ class Server:
             self._schedule = trio.Event()
             self.state.on_schedule_needed = self._schedule.set
             # Let every message that already arrived land before deciding.
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             self.state.schedule()
 
     async def _reaper(self) -> None:

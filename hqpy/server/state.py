@@ -74,7 +74,9 @@ class ServerState:
             )
         if req.job_id is not None:
             if req.name is not None:
-                raise RequestError("Parameter --name is not allowed when submitting to an open job.")
+                raise RequestError(
+                    "Parameter --name is not allowed when submitting to an open job."
+                )
             if req.max_fails is not None:
                 raise RequestError(
                     "Parameter --max-fails is not allowed when submitting to an open job."
@@ -146,7 +148,9 @@ class ServerState:
         lines = []
         for job in jobs:
             if not job.is_open:
-                lines.append(m.LogLine("ERROR", f"Closing job {job.id} failed; job is already closed"))
+                lines.append(
+                    m.LogLine("ERROR", f"Closing job {job.id} failed; job is already closed")
+                )
                 continue
             job.is_open = False
             lines.append(m.LogLine("INFO", f"Job {job.id} closed"))
@@ -163,7 +167,8 @@ class ServerState:
                 if not all_jobs:
                     lines.append(
                         m.LogLine(
-                            "ERROR", f"Canceling job {job.id} failed; all tasks are already finished"
+                            "ERROR",
+                            f"Canceling job {job.id} failed; all tasks are already finished",
                         )
                     )
                 continue
@@ -173,7 +178,8 @@ class ServerState:
             lines.append(
                 m.LogLine(
                     "INFO",
-                    f"Job {job.id} canceled ({canceled} tasks canceled, {done} tasks already finished)",
+                    f"Job {job.id} canceled ({canceled} tasks canceled, "
+                    f"{done} tasks already finished)",
                 )
             )
         lines += [m.LogLine("ERROR", f"Canceling job {i} failed; job not found") for i in missing]
@@ -287,11 +293,15 @@ class ServerState:
         lines = []
         for w in workers:
             if w.state != WorkerState.RUNNING or w.stop_reason is not None:
-                lines.append(m.LogLine("WARN", f"Stopping worker {w.id} failed; worker is already stopped"))
+                lines.append(
+                    m.LogLine("WARN", f"Stopping worker {w.id} failed; worker is already stopped")
+                )
                 continue
             self.request_worker_stop(w, "stopped")
             lines.append(m.LogLine("INFO", f"Worker {w.id} stopped"))
-        lines += [m.LogLine("ERROR", f"Stopping worker {i} failed; worker not found") for i in missing]
+        lines += [
+            m.LogLine("ERROR", f"Stopping worker {i} failed; worker not found") for i in missing
+        ]
         return lines
 
     def request_worker_stop(self, worker: Worker, reason: str) -> None:
@@ -370,7 +380,13 @@ class ServerState:
                     worker.known_groups.add(group.group_id)
                     bodies.append(group.body)
                 rows.append(
-                    [group.body.job_id, task.id, task.instance_id, group.group_id, group.entry(task.id)]
+                    [
+                        group.body.job_id,
+                        task.id,
+                        task.instance_id,
+                        group.group_id,
+                        group.entry(task.id),
+                    ]
                 )
             n += len(rows)
             self._send(worker_id, m.ComputeTasks(bodies, rows))
@@ -456,7 +472,9 @@ class ServerState:
 
     def task_view(self, job: Job, group: TaskGroup, task_id: int, task: Task | None) -> m.TaskView:
         if task is None:
-            return m.TaskView(id=task_id, state=group.untouched_state.name.lower(), group=group.index)
+            return m.TaskView(
+                id=task_id, state=group.untouched_state.name.lower(), group=group.index
+            )
         paths = resolve_paths(group, task_id, task.instance_id)
         return m.TaskView(
             id=task_id,
@@ -531,7 +549,9 @@ class ServerState:
         )
 
 
-def resolve_paths(group: TaskGroup, task_id: int, instance_id: int) -> tuple[str, str | None, str | None]:
+def resolve_paths(
+    group: TaskGroup, task_id: int, instance_id: int
+) -> tuple[str, str | None, str | None]:
     """The task's cwd, stdout and stderr with placeholders filled, as the worker fills them."""
     from hqpy.common.placeholders import fill_placeholders
 

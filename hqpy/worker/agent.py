@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 import trio
+import trio.lowlevel
 
 from hqpy.common import serverdir
 from hqpy.common.resources import ResourceDescriptorItem, ResourcePool
@@ -60,7 +61,13 @@ class _QueuedTask:
     __slots__ = ("key", "job_id", "task_id", "instance_id", "body", "entry")
 
     def __init__(
-        self, key: tuple[int, int, int], job_id: int, task_id: int, instance_id: int, body: m.TaskBody, entry: str | None
+        self,
+        key: tuple[int, int, int],
+        job_id: int,
+        task_id: int,
+        instance_id: int,
+        body: m.TaskBody,
+        entry: str | None,
     ) -> None:
         self.key = key
         self.job_id = job_id
@@ -166,7 +173,9 @@ class WorkerAgent:
                 break
             except (serverdir.AccessError, OSError) as e:
                 if time.monotonic() > deadline:
-                    raise WorkerExit(EXIT_SERVER_LOST, f"Cannot connect to the server: {e}") from None
+                    raise WorkerExit(
+                        EXIT_SERVER_LOST, f"Cannot connect to the server: {e}"
+                    ) from None
                 await trio.sleep(0.2)
         framed = FramedStream(stream)
         try:
@@ -217,7 +226,9 @@ class WorkerAgent:
             self.seq += 1
             heapq.heappush(
                 self.queue,
-                _QueuedTask((-body.priority, job_id, self.seq), job_id, task_id, instance_id, body, entry),
+                _QueuedTask(
+                    (-body.priority, job_id, self.seq), job_id, task_id, instance_id, body, entry
+                ),
             )
         self._start_queued()
 
@@ -261,7 +272,13 @@ class WorkerAgent:
         try:
             with scope:
                 outcome = await self.launcher.run(
-                    item.body, item.task_id, item.instance_id, item.entry, allocation, on_started, scope
+                    item.body,
+                    item.task_id,
+                    item.instance_id,
+                    item.entry,
+                    allocation,
+                    on_started,
+                    scope,
                 )
         finally:
             self.pool.release(allocation)
@@ -279,7 +296,12 @@ class WorkerAgent:
         self._start_queued()
 
     def _report(
-        self, item: _QueuedTask, status: int, started: float | None, ended: float | None, error: str | None
+        self,
+        item: _QueuedTask,
+        status: int,
+        started: float | None,
+        ended: float | None,
+        error: str | None,
     ) -> None:
         key = (item.job_id, item.task_id, item.instance_id)
         row = [item.job_id, item.task_id, item.instance_id, status, started, ended, error]
@@ -298,7 +320,7 @@ class WorkerAgent:
         while True:
             await self.updates_ready.wait()
             self.updates_ready = trio.Event()
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             updates, self.updates = self.updates, []
             self.unsent_running.clear()
             try:

@@ -113,7 +113,9 @@ class Launcher:
             stderr = self._open_output(
                 None if body.stderr is None else fill_placeholders(body.stderr, values)
             )
-            return await self._spawn(body, cwd, env, stdout, stderr, error_file, on_started, cancel_scope)
+            return await self._spawn(
+                body, cwd, env, stdout, stderr, error_file, on_started, cancel_scope
+            )
         except OSError as e:
             return TaskOutcome(False, f"Cannot create the task's output files: {e}")
         finally:
@@ -178,6 +180,7 @@ class Launcher:
         if timed_out:
             return TaskOutcome(False, "Time limit reached")
         code = proc.returncode
+        assert code is not None
         if code == 0:
             _remove_quietly(error_file)
             return TaskOutcome(True)

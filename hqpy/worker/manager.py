@@ -59,7 +59,9 @@ def _run(argv: list[str]) -> str | None:
     if out.returncode != 0:
         log.warning(
             "`%s` failed (exit code %d): %s; the worker has no time limit",
-            " ".join(argv), out.returncode, out.stderr.strip(),
+            " ".join(argv),
+            out.returncode,
+            out.stderr.strip(),
         )
         return None
     return out.stdout

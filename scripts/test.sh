@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up .venv with the dev extras and run the whole test suite, then the linters.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh dev
+.venv/bin/python -m pytest "$@"
+.venv/bin/ruff check hqpy tests scripts
+.venv/bin/mypy hqpy
