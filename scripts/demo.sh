@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: a server, a worker, a 1,000-task array watched with a
-# progress bar, a summary of the results, and a clean stop. Everything lives in a temporary dir.
+# The main job, end to end on this machine: a server, a local allocation queue that starts workers
+# on demand, a 1,000-task array watched with a progress bar, the queue's allocations and events, a
+# summary of the results, and a clean stop. Everything lives in a temporary dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -19,10 +20,9 @@ echo "== hq server start (server dir: $HQ_SERVER_DIR)"
 "$hq" server wait --timeout 10s
 "$hq" server info
 
-echo "== hq worker start"
-"$hq" worker start --idle-timeout 30s >worker.log 2>&1 &
-"$hq" worker wait 1
-"$hq" worker list
+echo "== hq alloc add local (allocations are local process groups running hq workers)"
+"$hq" alloc add local --time-limit 10m --backlog 1 --workers-per-alloc 2 --idle-timeout 5s
+"$hq" alloc list
 
 echo "== hq submit --array 1-1000 --progress"
 cat >sim.sh <<'SIM'
@@ -32,6 +32,10 @@ echo $(( HQ_TASK_ID * HQ_TASK_ID ))
 SIM
 chmod +x sim.sh
 "$hq" submit --name demo --array 1-1000 --progress -- ./sim.sh
+
+echo "== allocations and their events"
+"$hq" alloc info 1
+"$hq" alloc events 1
 
 echo "== results"
 "$hq" job info last

@@ -273,7 +273,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         resp = await conn.request(request, m.SubmitResponse)
         out.job_submitted(resp.job_id)
         if args.wait or args.progress:
-            await wait_for_jobs(conn, out, str(resp.job_id), False, args.progress)
+            # The submit confirmation is this command's one output; the wait adds nothing.
+            await wait_for_jobs(conn, str(resp.job_id), False, args.progress, quiet_output(out))
 
     return run_client(args, call)
 
@@ -282,11 +283,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
 # Waiting and progress
 
 
+def quiet_output(out: Output) -> bool:
+    from hqpy.cli.output.quiet import QuietOutput
+
+    return isinstance(out, QuietOutput)
+
+
 async def wait_for_jobs(
-    conn: ServerConnection, out: Output, selector: str, without_close: bool, progress: bool
-) -> None:
-    started = time.monotonic()
-    if progress and not isinstance(out, _quiet_type()):
+    conn: ServerConnection, selector: str, without_close: bool, progress: bool, quiet: bool
+) -> list[m.JobView]:
+    """Wait until the jobs end, drawing a progress bar if asked; returns their final state."""
+    if progress and not quiet:
         bar = ProgressBar(sys.stdout.isatty())
         async with trio.open_nursery() as nursery:
             resp_holder: list[m.JobListResponse] = []
@@ -303,16 +310,9 @@ async def wait_for_jobs(
             await _poll_progress(selector, conn.server_dir, bar)
         jobs = resp_holder[0].jobs if resp_holder else []
         bar.finish(jobs)
-    else:
-        resp = await conn.request(m.WaitJobsRequest(selector, without_close), m.JobListResponse)
-        jobs = resp.jobs
-    out.job_wait_result(jobs, time.monotonic() - started)
-
-
-def _quiet_type() -> type:
-    from hqpy.cli.output.quiet import QuietOutput
-
-    return QuietOutput
+        return jobs
+    resp = await conn.request(m.WaitJobsRequest(selector, without_close), m.JobListResponse)
+    return resp.jobs
 
 
 async def _poll_progress(selector: str, server_dir: Path, bar: ProgressBar) -> None:
@@ -403,8 +403,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         )
         for job_id in resp.missing:
             log.error("Job %d not found", job_id)
-        if resp.jobs or not resp.missing:
-            out.job_details(resp.jobs)
+        out.job_details(resp.jobs)
 
     return run_client(args, call)
 
@@ -453,7 +452,11 @@ def cmd_open(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     async def call(conn: ServerConnection, out: Output) -> None:
-        await wait_for_jobs(conn, out, args.selector, args.without_close, args.progress)
+        started = time.monotonic()
+        jobs = await wait_for_jobs(
+            conn, args.selector, args.without_close, args.progress, quiet_output(out)
+        )
+        out.job_wait_result(jobs, time.monotonic() - started)
 
     return run_client(args, call)
 

@@ -70,13 +70,14 @@ class CommandTree:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hqpy.cli import jobs, server, workers
+    from hqpy.cli import alloc, jobs, server, workers
 
     tree = CommandTree()
     nouns = tree.group(tree.root, "noun")
     server.register(tree, nouns)
     workers.register(tree, nouns)
     jobs.register(tree, nouns)
+    alloc.register(tree, nouns)
     return tree.root
 
 

@@ -30,6 +30,16 @@ def register(tree: Any, nouns: Any) -> None:
     p.add_argument(
         "--idle-timeout", type=duration, help="Default idle timeout of workers that set none"
     )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="Serve Prometheus metrics (/metrics) and the status page (/) on this port",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="Address the metrics port listens on (default: 127.0.0.1)",
+    )
     p.set_defaults(func=cmd_start, long_running=True)
 
     p = tree.command(verbs, "stop", "Stop the server")
@@ -68,6 +78,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         worker_port=args.worker_port,
         access_file=args.access_file,
         idle_timeout=args.idle_timeout,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
     async def run() -> None:
@@ -87,6 +99,16 @@ def cmd_start(args: argparse.Namespace) -> int:
         out.error(errors[0])
         return 1
     return 0
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port `{text}`") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (0-65535)")
+    return port
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

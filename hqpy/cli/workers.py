@@ -150,13 +150,12 @@ def cmd_start(args: argparse.Namespace) -> int:
             async def watch_signals() -> None:
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for _ in signals:
-                        agent._kill_all()
-                        nursery.cancel_scope.cancel()
+                        agent.stop(0, "interrupted by a signal")
                         return
 
             nursery.start_soon(serve)
             nursery.start_soon(watch_signals)
-        return result[0] if result else 0
+        return result[0]
 
     return trio.run(run)
 

@@ -47,6 +47,18 @@ OPS: dict[type, str] = {
     m.WorkerInfoRequest: "worker-info",
     m.StopWorkersRequest: "worker-stop",
     m.WaitWorkersRequest: "worker-wait",
+    m.AllocAddRequest: "alloc-add",
+    m.AllocDryRunRequest: "alloc-dry-run",
+    m.AllocListRequest: "alloc-list",
+    m.AllocInfoRequest: "alloc-info",
+    m.AllocEventsRequest: "alloc-events",
+    m.AllocQueueRequest: "alloc-queue",
+    m.AllocLogRequest: "alloc-log",
+    m.QueueCreatedResponse: "queue-created",
+    m.QueueListResponse: "queues",
+    m.AllocationListResponse: "allocations",
+    m.AllocEventsResponse: "alloc-events-result",
+    m.AllocLogResponse: "alloc-log-result",
     m.ErrorResponse: "error",
     m.OkResponse: "ok",
     m.SubmitResponse: "submitted",
@@ -62,31 +74,47 @@ OPS: dict[type, str] = {
 
 Handshake = m.ServerHello | m.PeerHello | m.Welcome | m.Refused
 
-UNIONS: tuple[Any, ...] = (Handshake, m.ToWorker, m.FromWorker, m.ClientRequest, m.ClientResponse)
-
 
 class DecodeError(Exception):
     """A frame that is not a valid message of the expected union."""
 
 
-def _make() -> cattrs.Converter:
-    conv = make_converter(forbid_extra_keys=True)
-    for union in UNIONS:
-        configure_tagged_union(union, conv, tag_name="op", tag_generator=OPS.__getitem__)
-    return conv
+converter = make_converter(forbid_extra_keys=True)
+_configured: set[Any] = set()
 
 
-converter = _make()
+def _rows(value: Any, _: Any) -> list[list[Any]]:
+    """Rows of plain values (the hot path) are checked for shape only, not element by element."""
+    if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
+        raise ValueError("expected a list of rows")
+    return value
+
+
+def _is_rows(t: Any) -> bool:
+    return bool(t == list[list[Any]])
+
+
+converter.register_structure_hook_func(_is_rows, _rows)
+converter.register_unstructure_hook_func(_is_rows, lambda rows: rows)
+
+
+def _ensure(union: Any) -> None:
+    """Register a union's hooks on first use: a client never pays for the worker messages."""
+    if union not in _configured:
+        configure_tagged_union(union, converter, tag_name="op", tag_generator=OPS.__getitem__)
+        _configured.add(union)
 
 
 def encode(message: Any, union: Any) -> bytes:
     """Encode `message` as a member of `union` (the tag is only written for unions)."""
+    _ensure(union)
     data = converter.unstructure(message, unstructure_as=union)
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decode(payload: bytes, union: type[T] | Any) -> Any:
     """Decode a frame into a member of `union`, raising `DecodeError` for anything else."""
+    _ensure(union)
     try:
         data = json.loads(payload)
         return converter.structure(data, union)

@@ -97,6 +97,30 @@ class TaskBody:
     server_uid: str = ""
 
 
+@attrs.frozen
+class QueueParams:
+    """The recipe of an allocation queue, as `hq alloc add` gives it."""
+
+    manager: str
+    """Backend name: `slurm`, `pbs` or `local`."""
+    time_limit: float
+    backlog: int = 1
+    workers_per_alloc: int = 1
+    max_worker_count: int | None = None
+    name: str | None = None
+    idle_timeout: float = 300.0
+    worker_time_limit: float | None = None
+    worker_start_cmd: str | None = None
+    worker_stop_cmd: str | None = None
+    worker_wrap_cmd: str | None = None
+    on_server_lost: str = "finish-running"
+    cpus: str | None = None
+    """As typed after `--cpus` (the worker gets it verbatim)."""
+    resources: tuple[str, ...] = ()
+    """As typed after each `--resource`."""
+    additional_args: tuple[str, ...] = ()
+
+
 # ---------------------------------------------------------------------------------------------
 # Worker <-> server.
 
@@ -269,6 +293,37 @@ class ServerInfoView:
 
 
 @attrs.frozen
+class QueueView:
+    id: int
+    params: QueueParams
+    state: str
+    """`ACTIVE` or `PAUSED`."""
+    known_resources: tuple[ResourceDescriptorItem, ...] | None
+    pause_reason: str | None = None
+
+
+@attrs.frozen
+class AllocationView:
+    id: str
+    state: str
+    """`QUEUED`, `RUNNING`, `FINISHED` or `FAILED`."""
+    workdir: str
+    worker_count: int
+    queued_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+@attrs.frozen
+class AllocEventView:
+    time: float
+    event: str
+    queue_id: int
+    allocation_id: str | None
+    message: str
+
+
+@attrs.frozen
 class LogLine:
     level: str
     """`INFO`, `WARN` or `ERROR`: how the client logs `text`."""
@@ -400,6 +455,49 @@ class WaitWorkersRequest:
     count: int
 
 
+@attrs.frozen
+class AllocAddRequest:
+    params: QueueParams
+    dry_run: bool = True
+
+
+@attrs.frozen
+class AllocDryRunRequest:
+    params: QueueParams
+
+
+@attrs.frozen
+class AllocListRequest:
+    pass
+
+
+@attrs.frozen
+class AllocInfoRequest:
+    queue_id: int
+
+
+@attrs.frozen
+class AllocEventsRequest:
+    queue_id: int
+    after: int = 0
+    """Return only events after this many; with `wait`, block until there is one."""
+    wait: bool = False
+
+
+@attrs.frozen
+class AllocQueueRequest:
+    """Pause, resume or remove a queue."""
+
+    action: str
+    queue_id: int
+    force: bool = False
+
+
+@attrs.frozen
+class AllocLogRequest:
+    allocation_id: str
+
+
 ClientRequest = (
     ServerInfoRequest
     | StopServerRequest
@@ -418,6 +516,13 @@ ClientRequest = (
     | WorkerInfoRequest
     | StopWorkersRequest
     | WaitWorkersRequest
+    | AllocAddRequest
+    | AllocDryRunRequest
+    | AllocListRequest
+    | AllocInfoRequest
+    | AllocEventsRequest
+    | AllocQueueRequest
+    | AllocLogRequest
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -484,6 +589,35 @@ class ServerInfoResponse:
     info: ServerInfoView
 
 
+@attrs.frozen
+class QueueCreatedResponse:
+    queue_id: int
+
+
+@attrs.frozen
+class QueueListResponse:
+    queues: list[QueueView]
+
+
+@attrs.frozen
+class AllocationListResponse:
+    queue: QueueView
+    allocations: list[AllocationView]
+
+
+@attrs.frozen
+class AllocEventsResponse:
+    events: list[AllocEventView]
+    total: int
+    """Events recorded so far; ask for those `after` it next time."""
+    queue_removed: bool
+
+
+@attrs.frozen
+class AllocLogResponse:
+    workdir: str
+
+
 ClientResponse = (
     ErrorResponse
     | OkResponse
@@ -496,4 +630,9 @@ ClientResponse = (
     | TaskIdsResponse
     | WorkerListResponse
     | ServerInfoResponse
+    | QueueCreatedResponse
+    | QueueListResponse
+    | AllocationListResponse
+    | AllocEventsResponse
+    | AllocLogResponse
 )

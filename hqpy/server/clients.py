@@ -17,17 +17,23 @@ Handler = Callable[[Any, Any], Awaitable[Any]]
 class ClientHandlers:
     """The request handlers of one server; `server` gives access to info and shutdown."""
 
-    def __init__(self, state: ServerState, info: Callable[[], m.ServerInfoView]) -> None:
+    def __init__(
+        self, state: ServerState, info: Callable[[], m.ServerInfoView], autoalloc: Any = None
+    ) -> None:
         self.state = state
         self.info = info
+        self.autoalloc = autoalloc
+        """The `AutoAllocService`, once the server has started it."""
 
     async def handle(self, request: Any) -> Any:
         handler = getattr(self, "on_" + type(request).__name__, None)
         if handler is None:
             return m.ErrorResponse(f"unsupported request {type(request).__name__}")
+        from hqpy.autoalloc.service import AllocError
+
         try:
             return await handler(request)
-        except RequestError as e:
+        except (RequestError, AllocError) as e:
             return m.ErrorResponse(str(e))
 
     async def on_ServerInfoRequest(self, req: m.ServerInfoRequest) -> Any:
@@ -146,3 +152,78 @@ class ClientHandlers:
             return parse_id_set(text)
         except ValueError as e:
             raise RequestError(str(e)) from None
+
+    # -----------------------------------------------------------------------------------------
+    # Automatic allocation
+
+    def _queue_view(self, queue: Any) -> m.QueueView:
+        return m.QueueView(
+            id=queue.id,
+            params=queue.params,
+            state=queue.state.value,
+            known_resources=queue.known_resources,
+            pause_reason=queue.pause_reason,
+        )
+
+    async def on_AllocAddRequest(self, req: m.AllocAddRequest) -> Any:
+        queue = await self.autoalloc.add_queue(req.params, req.dry_run)
+        return m.QueueCreatedResponse(queue.id)
+
+    async def on_AllocDryRunRequest(self, req: m.AllocDryRunRequest) -> Any:
+        await self.autoalloc.dry_run(req.params)
+        return m.OkResponse()
+
+    async def on_AllocListRequest(self, req: m.AllocListRequest) -> Any:
+        queues = self.autoalloc.state.live_queues()
+        return m.QueueListResponse([self._queue_view(q) for q in queues])
+
+    async def on_AllocInfoRequest(self, req: m.AllocInfoRequest) -> Any:
+        queue = self.autoalloc.get_queue(req.queue_id)
+        allocations = [
+            m.AllocationView(
+                id=a.id,
+                state=a.state.value,
+                workdir=str(a.workdir),
+                worker_count=a.worker_count,
+                queued_at=a.queued_at,
+                started_at=a.started_at,
+                ended_at=a.finished_at,
+            )
+            for a in queue.allocations.values()
+        ]
+        return m.AllocationListResponse(self._queue_view(queue), allocations)
+
+    async def on_AllocEventsRequest(self, req: m.AllocEventsRequest) -> Any:
+        service = self.autoalloc
+        queue = service.state.queues.get(req.queue_id)
+        if queue is None:
+            return m.ErrorResponse(f"Allocation queue {req.queue_id} not found")
+        if req.wait and not queue.removed:
+            await service.wait_for_events(req.queue_id, req.after)
+        queue = service.state.queues[req.queue_id]
+        kept = len(queue.events)
+        first_kept = queue.event_count - kept
+        skip = max(0, req.after - first_kept)
+        events = [
+            m.AllocEventView(e.time, e.event, e.queue_id, e.allocation_id, e.message)
+            for e in list(queue.events)[skip:]
+        ]
+        return m.AllocEventsResponse(events, queue.event_count, queue.removed)
+
+    async def on_AllocQueueRequest(self, req: m.AllocQueueRequest) -> Any:
+        service = self.autoalloc
+        if req.action == "pause":
+            service.pause(req.queue_id)
+        elif req.action == "resume":
+            service.resume(req.queue_id)
+        elif req.action == "remove":
+            await service.remove(req.queue_id, req.force)
+        else:
+            return m.ErrorResponse(f"unknown queue action `{req.action}`")
+        return m.OkResponse()
+
+    async def on_AllocLogRequest(self, req: m.AllocLogRequest) -> Any:
+        found = self.autoalloc.state.find_allocation(req.allocation_id)
+        if found is None:
+            return m.ErrorResponse(f"Allocation {req.allocation_id} not found")
+        return m.AllocLogResponse(str(found[1].workdir))

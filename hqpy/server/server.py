@@ -5,6 +5,7 @@
       +-- worker listener   (serve_tcp; one session task per worker)
       +-- scheduler         (wakes on demand, assigns waiting tasks)
       +-- reaper            (heartbeat loss, idle timeouts)
+      +-- HTTP listener     (optional: /metrics, status page; hqpy.http)
       +-- signal watcher    (SIGINT/SIGTERM: clean stop)
 
 `access.json` is written only once both listeners are bound, so a client that finds it can connect.
@@ -27,13 +28,15 @@ import trio
 import trio.lowlevel
 
 from hqpy import __version__
+from hqpy.autoalloc.config import AutoAllocConfig
+from hqpy.autoalloc.service import AutoAllocService
 from hqpy.common import serverdir
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, new_secret, server_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
 from hqpy.server.clients import ClientHandlers
 from hqpy.server.state import ServerState
-from hqpy.server.workers import Worker, WorkerState
+from hqpy.server.workers import FAILURE_STATES, Worker, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,9 @@ class ServerConfig:
     worker_port: int = 0
     access_file: Path | None = None
     idle_timeout: float | None = None
+    metrics_port: int | None = None
+    """Serve Prometheus metrics and the status page on this port (None: do not)."""
+    metrics_host: str = "127.0.0.1"
 
 
 class Server:
@@ -66,6 +72,9 @@ class Server:
         self._schedule = trio.Event()
         self.state.on_schedule_needed = self._schedule.set
         self._sessions: dict[int, trio.CancelScope] = {}
+        self.autoalloc: AutoAllocService | None = None
+        self.http_listeners: list[trio.SocketListener] = []
+        """Where `/metrics` and the status page are served (with `metrics_port`)."""
 
     # -----------------------------------------------------------------------------------------
 
@@ -137,6 +146,20 @@ class Server:
                 )
                 serverdir.write_access(self.instance_dir / serverdir.ACCESS_FILE, self.access)
                 serverdir.link_current(server_dir, self.instance_dir)
+                self.autoalloc = autoalloc = AutoAllocService(
+                    self.state, self.instance_dir, AutoAllocConfig.from_env()
+                )
+                self.handlers.autoalloc = autoalloc
+                self._connect_autoalloc(autoalloc)
+                await nursery.start(autoalloc.run)
+                if self.config.metrics_port is not None:
+                    from hqpy.http.server import serve_http
+
+                    self.http_listeners = await nursery.start(
+                        partial(
+                            serve_http, self, self.config.metrics_host, self.config.metrics_port
+                        )
+                    )
                 nursery.start_soon(self._scheduler)
                 nursery.start_soon(self._reaper)
                 nursery.start_soon(self._watch_signals)
@@ -144,9 +167,33 @@ class Server:
                 task_status.started(self.info())
                 await self._stop.wait()
                 log.info("Server is stopping")
+                with trio.CancelScope(shield=True):
+                    await autoalloc.cancel_all()
                 nursery.cancel_scope.cancel()
         finally:
             serverdir.unlink_current(server_dir, self.instance_dir)
+
+    def _connect_autoalloc(self, service: AutoAllocService) -> None:
+        """Feed the allocator the events it reacts to."""
+        state = self.state
+        state.on_job_submitted = lambda job_id: service.notify()
+
+        def added(worker: Worker) -> None:
+            manager = worker.config.manager
+            service.on_worker_connected(
+                worker.id,
+                None if manager is None else manager.allocation_id,
+                worker.config.resources,
+            )
+
+        def removed(worker: Worker) -> None:
+            lifetime = (worker.ended_at or time.time()) - worker.started_at
+            service.on_worker_lost(
+                worker.id, lifetime, worker.state in FAILURE_STATES, worker.state
+            )
+
+        state.on_worker_added = added
+        state.on_worker_removed = removed
 
     # -----------------------------------------------------------------------------------------
     # Sessions
@@ -217,7 +264,10 @@ class Server:
             if msg is None:
                 return
             if isinstance(msg, m.TaskUpdates):
-                state.on_task_updates(worker, msg.updates)
+                try:
+                    state.on_task_updates(worker, msg.updates)
+                except (ValueError, TypeError, KeyError) as e:
+                    raise ProtocolError(f"malformed task update: {e}") from None
             elif isinstance(msg, m.Heartbeat):
                 state.on_heartbeat(worker)
             elif isinstance(msg, m.WorkerStopping):

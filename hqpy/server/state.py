@@ -48,6 +48,11 @@ class ServerState:
         self.on_schedule_needed: Callable[[], None] = lambda: None
         self.on_job_submitted: Callable[[int], None] = lambda job_id: None
         self.worker_waiters: list[tuple[int, Any]] = []
+        self.on_worker_added: Callable[[Worker], None] = lambda worker: None
+        self.on_worker_removed: Callable[[Worker], None] = lambda worker: None
+        self.on_job_forgotten: Callable[[Job], None] = lambda job: None
+        self.on_task_ended: Callable[[Task], None] | None = None
+        """Called when a worker reports a task finished or failed (metrics); None: nothing."""
 
     # -----------------------------------------------------------------------------------------
     # Jobs
@@ -223,6 +228,7 @@ class ServerState:
         forgotten = 0
         for job in jobs:
             if job.is_complete() and job.state_name() in wanted:
+                self.on_job_forgotten(job)
                 del self.jobs[job.id]
                 forgotten += 1
             else:
@@ -246,13 +252,16 @@ class ServerState:
         worker = Worker(self.next_worker_id, config, self.clock(), outbox)
         self.next_worker_id += 1
         self.workers[worker.id] = worker
+        manager = config.manager
         log.info(
-            "Worker %d registered from %s (%s)",
+            "Worker %d registered from %s (%s)%s",
             worker.id,
             config.hostname,
             ", ".join(f"{r.name}" for r in config.resources),
+            "" if manager is None else f" in {manager.manager} allocation {manager.allocation_id}",
         )
         self._wake_worker_waiters()
+        self.on_worker_added(worker)
         self.on_schedule_needed()
         return worker
 
@@ -305,6 +314,7 @@ class ServerState:
         return lines
 
     def request_worker_stop(self, worker: Worker, reason: str) -> None:
+        log.info("Worker %d asked to stop: %s", worker.id, reason)
         worker.stop_reason = reason
         self._send(worker.id, m.StopWorker(reason))
         self._wake_worker_waiters()
@@ -323,8 +333,14 @@ class ServerState:
         now = self.clock()
         worker.state = state
         worker.ended_at = now
-        log.info("Worker %d lost: %s", worker.id, state.lower())
         failure = state in FAILURE_STATES
+        log.info(
+            "Worker %d %s: %s (%d task(s) handed back)",
+            worker.id,
+            "lost" if failure else "ended",
+            state.lower(),
+            len(worker.tasks),
+        )
         for task in list(worker.tasks.values()):
             was_running = task.state is TaskState.RUNNING
             worker.release(task, now)
@@ -352,6 +368,7 @@ class ServerState:
             self.waiting_groups[task.group.group_id] = (job, task.group)
         worker.outbox = None
         self._wake_worker_waiters()
+        self.on_worker_removed(worker)
         self.on_schedule_needed()
 
     def on_heartbeat(self, worker: Worker) -> None:
@@ -396,6 +413,7 @@ class ServerState:
         jobs = self.jobs
         now = self.clock()
         touched: set[int] = set()
+        ended = self.on_task_ended
         for job_id, task_id, instance_id, status, started_at, ended_at, error in updates:
             job = jobs.get(job_id)
             if job is None:
@@ -431,6 +449,8 @@ class ServerState:
                 self._after_failure(job)
             else:
                 job.move(task, TaskState.CANCELED)
+            if ended is not None and status != m.TASK_CANCELED:
+                ended(task)
             touched.add(job_id)
         for job_id in touched:
             job = jobs.get(job_id)

@@ -30,6 +30,8 @@ from hqpy.worker.launcher import Launcher
 
 log = logging.getLogger(__name__)
 
+UPDATE_BATCH_DELAY = 0.002
+"""Seconds a task update may wait for others to share its frame."""
 EXIT_OK = 0
 EXIT_SERVER_LOST = 1
 
@@ -95,10 +97,11 @@ class WorkerAgent:
         self.unsent_running: dict[tuple[int, int, int], int] = {}
         self.updates_ready = trio.Event()
         self.worker_id = 0
-        self.nursery: trio.Nursery | None = None
         self.tasks_nursery: trio.Nursery | None = None
         self.accepting = True
         self.all_done = trio.Event()
+        self.main_scope = trio.CancelScope()
+        self.exit: tuple[int, str] | None = None
 
     def configuration(self) -> m.WorkerConfiguration:
         o = self.options
@@ -138,29 +141,30 @@ class WorkerAgent:
             return EXIT_SERVER_LOST
         self.worker_id = reply.worker_id
         log.info("Worker %d registered with server %s", reply.worker_id, reply.server_uid)
-        code = EXIT_OK
         try:
-            async with trio.open_nursery() as tasks_nursery:
-                self.tasks_nursery = tasks_nursery
-                try:
-                    async with trio.open_nursery() as nursery:
-                        self.nursery = nursery
-                        nursery.start_soon(self._heartbeat, framed)
-                        nursery.start_soon(self._flush_updates, framed)
-                        if config.time_limit is not None:
-                            nursery.start_soon(self._time_limit, framed, config.time_limit)
-                        await self._receive(framed)
-                finally:
-                    self.nursery = None
-        except* WorkerExit as group:
-            exc = group.exceptions[0]
-            assert isinstance(exc, WorkerExit)
-            code = exc.code
-            log.info("Worker is stopping: %s", exc.reason)
+            with self.main_scope:
+                async with trio.open_nursery() as nursery:
+                    self.tasks_nursery = nursery
+                    nursery.start_soon(self._heartbeat, framed)
+                    nursery.start_soon(self._flush_updates, framed)
+                    if config.time_limit is not None:
+                        nursery.start_soon(self._time_limit, framed, config.time_limit)
+                    await self._receive(framed)
+                    nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await framed.aclose()
+        code, reason = self.exit or (EXIT_SERVER_LOST, "the connection to the server was lost")
+        log.info("Worker is stopping: %s", reason)
         return code
+
+    def stop(self, code: int, reason: str) -> None:
+        """End the worker: kill its tasks and leave `run` with this exit code."""
+        if self.exit is None:
+            self.exit = (code, reason)
+        self.accepting = False
+        self._kill_all()
+        self.main_scope.cancel()
 
     async def _connect(self) -> FramedStream:
         deadline = time.monotonic() + 10
@@ -200,8 +204,8 @@ class WorkerAgent:
             elif isinstance(msg, m.CancelTasks):
                 self._on_cancel(msg)
             elif isinstance(msg, m.StopWorker):
-                self._kill_all()
-                raise WorkerExit(EXIT_OK, f"the server asked it to stop ({msg.reason})")
+                self.stop(EXIT_OK, f"the server asked it to stop ({msg.reason})")
+                return
 
     async def _on_server_lost(self) -> None:
         self.accepting = False
@@ -209,9 +213,7 @@ class WorkerAgent:
         if self.options.on_server_lost == "finish-running" and self.running:
             log.warning("Server lost; finishing %d running tasks", len(self.running))
             await self.all_done.wait()
-        else:
-            self._kill_all()
-        raise WorkerExit(EXIT_SERVER_LOST, "the connection to the server was lost")
+        self.stop(EXIT_SERVER_LOST, "the connection to the server was lost")
 
     def _kill_all(self) -> None:
         self.queue.clear()
@@ -345,7 +347,7 @@ class WorkerAgent:
             await framed.send(m.WorkerStopping("time-limit"), m.FromWorker)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass
-        raise WorkerExit(EXIT_OK, "time limit reached")
+        self.stop(EXIT_OK, "time limit reached")
 
 
 def hq_executable() -> str:

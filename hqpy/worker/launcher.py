@@ -6,7 +6,6 @@ import errno
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ import trio
 from hqpy.common.placeholders import fill_placeholders
 from hqpy.common.resources import Allocation
 from hqpy.protocol.messages import TaskBody
+from hqpy.worker.process import TaskProcess, devnull
 
 ERROR_FILE_LIMIT = 2048
 
@@ -59,7 +59,7 @@ class Launcher:
 
     def _open_output(self, path: str | None) -> int:
         if path is None:
-            return subprocess.DEVNULL
+            return -1
         self._ensure_parent(path)
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
@@ -105,7 +105,7 @@ class Launcher:
         else:
             error_file = str(self.work_dir / f"hq-error-{body.job_id}-{task_id}-{instance_id}")
         env["HQ_ERROR_FILENAME"] = error_file
-        stdout = stderr = subprocess.DEVNULL
+        stdout = stderr = -1
         try:
             stdout = self._open_output(
                 None if body.stdout is None else fill_placeholders(body.stdout, values)
@@ -114,7 +114,14 @@ class Launcher:
                 None if body.stderr is None else fill_placeholders(body.stderr, values)
             )
             return await self._spawn(
-                body, cwd, env, stdout, stderr, error_file, on_started, cancel_scope
+                body,
+                cwd,
+                env,
+                devnull() if stdout < 0 else stdout,
+                devnull() if stderr < 0 else stderr,
+                error_file,
+                on_started,
+                cancel_scope,
             )
         except OSError as e:
             return TaskOutcome(False, f"Cannot create the task's output files: {e}")
@@ -136,53 +143,44 @@ class Launcher:
         on_started: Any,
         cancel_scope: trio.CancelScope,
     ) -> TaskOutcome:
-        stdin: Any = subprocess.DEVNULL
+        stdin = devnull()
+        stdin_file = None
         if body.stdin is not None:
-            stdin = subprocess.PIPE
+            stdin_file = tempfile.TemporaryFile(dir=self.work_dir)
+            stdin_file.write(body.stdin.encode())
+            stdin_file.seek(0)
+            stdin = stdin_file.fileno()
         try:
-            proc = await trio.lowlevel.open_process(
-                list(body.args),
-                cwd=cwd,
-                env=env,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
+            proc = TaskProcess(
+                body.args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr
             )
         except OSError as e:
             return TaskOutcome(False, spawn_error(body.args, cwd, e))
+        finally:
+            if stdin_file is not None:
+                stdin_file.close()
         on_started(time.time())
         timed_out = False
         try:
-            if body.stdin is not None and proc.stdin is not None:
-                try:
-                    await proc.stdin.send_all(body.stdin.encode())
-                except trio.BrokenResourceError:
-                    pass
-                await proc.stdin.aclose()
             if body.time_limit is not None:
                 with trio.move_on_after(body.time_limit) as limit:
-                    await proc.wait()
+                    code = await proc.wait()
                 if limit.cancelled_caught:
                     timed_out = True
-                    _kill_group(proc.pid)
-                    with trio.CancelScope(shield=True):
-                        await proc.wait()
+                    proc.kill()
+                    code = await proc.wait()
             else:
-                await proc.wait()
+                code = await proc.wait()
         finally:
-            if proc.returncode is None:
-                _kill_group(proc.pid)
+            if proc.popen.returncode is None:
+                proc.kill()
                 with trio.CancelScope(shield=True):
                     await proc.wait()
         if cancel_scope.cancel_called:
             return TaskOutcome(False, canceled=True)
         if timed_out:
             return TaskOutcome(False, "Time limit reached")
-        code = proc.returncode
-        assert code is not None
         if code == 0:
-            _remove_quietly(error_file)
             return TaskOutcome(True)
         error = read_error_file(error_file)
         if error is None:
@@ -200,13 +198,6 @@ class Launcher:
 
 def _env_name(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _remove_quietly(path: str) -> None:

@@ -41,6 +41,13 @@ class Output(Protocol):
 
     def worker_address(self, hostname: str) -> None: ...
 
+    def queue_list(self, queues: list[m.QueueView]) -> None: ...
+
+    def allocation_list(self, queue: m.QueueView, allocations: list[m.AllocationView]) -> None: ...
+
+    def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
+        """With `follow`, called again for each new batch of events."""
+
     def empty(self) -> None:
         """A command with nothing to show (`{}` in JSON)."""
 

@@ -20,6 +20,7 @@ from hqpy.cli.output.common import (
     job_task_ids,
     local_time,
     now,
+    queue_resources,
     task_makespan,
     truncate_error,
     truncate_middle,
@@ -121,6 +122,8 @@ def _worker_runtime_info(worker: m.WorkerView) -> str:
 
 class CliOutput:
     """Tables on stdout; errors and notes about truncation on stderr."""
+
+    _events_shown = False
 
     def __init__(self, colors: str = "auto", clock: Callable[[], float] = now) -> None:
         if colors == "always":
@@ -389,6 +392,75 @@ class CliOutput:
         self._print(hostname)
 
     # --- misc ---------------------------------------------------------------------------------
+
+    def queue_list(self, queues: list[m.QueueView]) -> None:
+        header = [
+            "ID",
+            "State",
+            "Backlog size",
+            "Max workers per alloc",
+            "Max worker count",
+            "Timelimit",
+            "Manager",
+            "Worker resources",
+            "Name",
+            "Args",
+        ]
+        rows = []
+        for q in queues:
+            p = q.params
+            rows.append(
+                [
+                    str(q.id),
+                    q.state,
+                    str(p.backlog),
+                    str(p.workers_per_alloc),
+                    "" if p.max_worker_count is None else str(p.max_worker_count),
+                    format_duration(p.time_limit),
+                    p.manager.upper(),
+                    queue_resources(q),
+                    p.name or "",
+                    ",".join(p.additional_args),
+                ]
+            )
+        self._horizontal(header, rows)
+
+    def allocation_list(self, queue: m.QueueView, allocations: list[m.AllocationView]) -> None:
+        header = [
+            "ID",
+            "State",
+            "Working directory",
+            "Worker count",
+            "Queue time",
+            "Start time",
+            "Finish time",
+        ]
+        rows = [
+            [
+                a.id,
+                a.state,
+                a.workdir,
+                str(a.worker_count),
+                local_time(a.queued_at),
+                local_time(a.started_at),
+                local_time(a.ended_at),
+            ]
+            for a in allocations
+        ]
+        self._horizontal(header, rows)
+        if queue.pause_reason:
+            self._print(f"The queue is paused: {queue.pause_reason}")
+
+    def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
+        rows = [[local_time(e.time), e.event, e.allocation_id or "", e.message] for e in events]
+        if follow and self._events_shown:
+            for row in rows:
+                self._print("  ".join(cell for cell in row if cell))
+            sys.stdout.flush()
+            return
+        self._events_shown = True
+        self._horizontal(["Time", "Event", "Allocation", "Message"], rows)
+        sys.stdout.flush()
 
     def empty(self) -> None:
         """Nothing to show."""

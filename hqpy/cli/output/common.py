@@ -102,3 +102,25 @@ def job_task_ids(submits: Iterable[m.SubmitView]) -> str:
 
 def now() -> float:
     return time.time()
+
+
+def queue_worker_args(params: m.QueueParams) -> list[str]:
+    """The worker options a queue passes on (`--cpus`, `--resource`), as HyperQueue lists them."""
+    args: list[str] = []
+    if params.cpus is not None:
+        args += ["--cpus", params.cpus]
+    for r in params.resources:
+        args += ["--resource", r]
+    return args
+
+
+def queue_resources(queue: m.QueueView) -> str:
+    """What a queue's workers have: learned from a worker, else declared, else unknown."""
+    from hqpy.common.resources import format_descriptor_short
+
+    if queue.known_resources is not None:
+        return "; ".join(format_descriptor_short(r) for r in queue.known_resources)
+    declared = queue_worker_args(queue.params)
+    if declared:
+        return " ".join(declared)
+    return "<unknown>"

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from hqpy.cli.output.common import iso, job_state
+from hqpy.cli.output.common import iso, job_state, queue_worker_args
 from hqpy.common.resources import descriptor_to_json, request_to_json
 from hqpy.protocol import messages as m
 
@@ -215,6 +215,20 @@ class JsonOutput:
     def worker_address(self, hostname: str) -> None:
         _dump(hostname)
 
+    def queue_list(self, queues: list[m.QueueView]) -> None:
+        _dump([queue_json(q) for q in queues])
+
+    def allocation_list(self, queue: m.QueueView, allocations: list[m.AllocationView]) -> None:
+        _dump([allocation_json(a) for a in allocations])
+
+    def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
+        if follow:
+            # One object per line, so a reader can act on each as it comes.
+            for e in events:
+                print(json.dumps(event_json(e)), flush=True)
+        else:
+            _dump([event_json(e) for e in events])
+
     def empty(self) -> None:
         _dump({})
 
@@ -224,3 +238,44 @@ class JsonOutput:
 
 def _task_id(task: m.TaskView) -> int:
     return task.id
+
+
+def queue_json(queue: m.QueueView) -> dict[str, Any]:
+    p = queue.params
+    return {
+        "id": queue.id,
+        "name": p.name,
+        "state": queue.state,
+        "manager": p.manager.upper(),
+        "additional_args": list(p.additional_args),
+        "backlog": p.backlog,
+        "max_workers_per_alloc": p.workers_per_alloc,
+        "timelimit": p.time_limit,
+        "max_worker_count": p.max_worker_count,
+        "worker_args": queue_worker_args(p),
+        "known_worker_resources": None
+        if queue.known_resources is None
+        else [descriptor_to_json(r) for r in queue.known_resources],
+    }
+
+
+def allocation_json(a: m.AllocationView) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "target_worker_count": a.worker_count,
+        "queued_at": iso(a.queued_at),
+        "started_at": iso(a.started_at),
+        "ended_at": iso(a.ended_at),
+        "status": a.state.lower(),
+        "workdir": a.workdir,
+    }
+
+
+def event_json(e: m.AllocEventView) -> dict[str, Any]:
+    return {
+        "time": iso(e.time),
+        "event": e.event,
+        "queue_id": e.queue_id,
+        "allocation_id": e.allocation_id,
+        "message": e.message,
+    }

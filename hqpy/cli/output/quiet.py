@@ -60,6 +60,17 @@ class QuietOutput:
     def worker_address(self, hostname: str) -> None:
         pass
 
+    def queue_list(self, queues: list[m.QueueView]) -> None:
+        for q in queues:
+            print(f"{q.id} {q.state}")
+
+    def allocation_list(self, queue: m.QueueView, allocations: list[m.AllocationView]) -> None:
+        for a in allocations:
+            print(f"{a.id} {a.state}")
+
+    def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
+        pass
+
     def empty(self) -> None:
         pass
 

@@ -1,0 +1,1 @@
+"""Batch-system adapters: render a submit script, submit it, query and cancel allocations."""

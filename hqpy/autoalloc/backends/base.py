@@ -1,0 +1,112 @@
+"""The interface every batch system implements, and the data it exchanges.
+
+Commands always run as argv lists under a timeout (`CommandRunner`); parsers of their output
+are pure functions, tested on captured real output.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import attrs
+
+
+class ExternalState(enum.Enum):
+    QUEUED = "queued"
+    """Waiting in the batch system's queue."""
+    RUNNING = "running"
+    FINISHED = "finished"
+    """Ended normally, including a walltime TIMEOUT: a pilot job reaching its limit is normal."""
+    FAILED = "failed"
+    """Ended with an error, was cancelled, or the batch system no longer knows it."""
+
+
+@attrs.frozen
+class ExternalStatus:
+    state: ExternalState
+    started_at: float | None = None
+    finished_at: float | None = None
+    raw: str = ""
+    """The batch system's own word for the state (`PENDING`, `R`, ...), for messages."""
+
+
+@attrs.frozen
+class AllocationRequest:
+    """Everything needed to render one allocation's submit script."""
+
+    queue_id: int
+    seq: int
+    """The allocation's number within its queue, from 1."""
+    name: str
+    """`hq-<queue>-<seq>`, or `<queue name>-<seq>` for a named queue."""
+    worker_count: int
+    time_limit: float
+    """Seconds of walltime."""
+    additional_args: tuple[str, ...]
+    """What followed `--` on `hq alloc add`: one extra directive line, verbatim."""
+    worker_command: str
+    """The exec line: `[start && ][HQPY_LOG=.. ][wrap ]<hq> worker start ...[; stop]`."""
+    workdir: Path
+    """The allocation dir; holds `hq-submit.sh`, `jobid`, `stdout`, `stderr`."""
+    dry_run: bool = False
+
+
+@attrs.frozen
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+CommandRunner = Callable[..., Awaitable[CommandResult]]
+"""`await runner(argv, cwd=..., timeout=...)`; raises `BackendError` if it cannot start or hangs."""
+
+
+class BackendError(Exception):
+    """A batch command failed; the message names the command and quotes its output."""
+
+
+class SubmitError(BackendError):
+    pass
+
+
+class StatusQueryError(BackendError):
+    pass
+
+
+class CancelError(BackendError):
+    pass
+
+
+def command_failure(result: CommandResult) -> str:
+    """HyperQueue's text for a command that exited non-zero."""
+    return (
+        f"Exit code: {result.returncode}\nStderr: {result.stderr.strip()}\n"
+        f"Stdout: {result.stdout.strip()}"
+    )
+
+
+class BatchBackend(Protocol):
+    manager: ClassVar[str]
+    """`SLURM`, `PBS` or `LOCAL`: what workers report and what `alloc list` shows."""
+
+    def render_script(self, request: AllocationRequest) -> str:
+        """The whole `hq-submit.sh` (pure)."""
+        ...
+
+    async def submit(self, script: Path, workdir: Path) -> str:
+        """Submit the script; returns the allocation id. Raises `SubmitError`."""
+        ...
+
+    async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
+        """Status of many allocations in as few calls as possible; an id the batch system no
+        longer knows is FAILED. Raises `StatusQueryError` when the command itself fails."""
+        ...
+
+    async def cancel(self, allocation_id: str, workdir: Path) -> None:
+        """Cancel one allocation; one that is already gone is not an error."""
+        ...

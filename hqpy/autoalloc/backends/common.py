@@ -1,0 +1,175 @@
+"""What every backend shares: the worker exec line, the script file, names and command errors.
+
+The exec line follows HyperQueue's `build_worker_args` byte for byte (hq-cli-compat §7.2), so a
+HyperQueue user reading `hq-submit.sh` sees what they expect; only `HQPY_LOG` replaces `RUST_LOG`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from hqpy.autoalloc.backends.base import (
+    AllocationRequest,
+    BackendError,
+    CommandResult,
+    CommandRunner,
+    command_failure,
+)
+from hqpy.common.durations import format_duration, format_hms
+from hqpy.protocol.messages import QueueParams
+
+SCRIPT_NAME = "hq-submit.sh"
+JOBID_NAME = "jobid"
+
+format_walltime = format_hms
+"""`HH:MM:SS` for `--time=`/`walltime=`; hours are never folded into days (`96:00:00`)."""
+
+_MANAGER_ARG = {"slurm": "slurm", "pbs": "pbs", "local": "detect"}
+"""`--manager` value per backend: local workers find their allocation from `HQPY_ALLOCATION_ID`."""
+
+_NEEDS_ESCAPE = re.compile(r'["\\$`]')
+
+
+def quote_double(value: str) -> str:
+    """`"value"` as HyperQueue writes it; `"`, `\\`, `$` and backquotes are escaped so that a
+    strange value cannot break the script (ordinary values come out unchanged)."""
+    return '"' + _NEEDS_ESCAPE.sub(lambda m: "\\" + m.group(0), value) + '"'
+
+
+def quote_single(text: str) -> str:
+    """`'text'` for `bash -c`; single quotes inside are written as `'\\''`."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def build_worker_command(
+    params: QueueParams,
+    *,
+    hq_argv: Sequence[str],
+    server_dir: Path,
+    manager: str,
+    hqpy_log: str | None,
+    cpus_override: str | None = None,
+) -> str:
+    """The one exec line of a submit script, e.g.
+    `/usr/bin/hq worker start --idle-timeout "5m" --manager "slurm" --server-dir "/d/001"
+    --on-server-lost "finish-running" --time-limit "1h"` (on one line).
+
+    Args:
+        hq_argv: how to start `hq` (its absolute path, or `python -m hqpy`).
+        server_dir: the server's numbered instance dir (`<server-dir>/001`).
+        manager: `slurm`, `pbs` or `local`; local workers get `--manager "detect"`.
+        hqpy_log: the server's `HQPY_LOG`, passed on to the workers when set.
+        cpus_override: `--cpus` for a queue without one (the local backend divides the
+            machine's cpus among the workers of an allocation).
+    """
+    try:
+        manager_arg = _MANAGER_ARG[manager.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown manager {manager!r}; expected one of {', '.join(_MANAGER_ARG)}"
+        ) from None
+    parts = [
+        shlex.join(hq_argv),
+        "worker start",
+        f"--idle-timeout {quote_double(format_duration(params.idle_timeout))}",
+        f"--manager {quote_double(manager_arg)}",
+        f"--server-dir {quote_double(str(server_dir))}",
+    ]
+    cpus = params.cpus if params.cpus is not None else cpus_override
+    if cpus is not None:
+        parts.append(f"--cpus {quote_double(cpus)}")
+    parts.extend(f"--resource {quote_double(r)}" for r in params.resources)
+    parts.append(f"--on-server-lost {quote_double(params.on_server_lost)}")
+    limit = params.worker_time_limit if params.worker_time_limit is not None else params.time_limit
+    parts.append(f"--time-limit {quote_double(format_duration(limit))}")
+    line = " ".join(parts)
+    if params.worker_wrap_cmd:
+        line = f"{params.worker_wrap_cmd} {line}"
+    if hqpy_log:
+        line = f"HQPY_LOG={shlex.quote(hqpy_log)} {line}"
+    if params.worker_start_cmd:
+        line = f"{params.worker_start_cmd} && {line}"
+    if params.worker_stop_cmd:
+        line = f"{line}; {params.worker_stop_cmd}"
+    return line
+
+
+def is_simple_command(line: str) -> bool:
+    """Whether `line` is one plain command that a launcher (`srun`) can exec directly: no
+    `&&`/`;`/pipes (start and stop commands) and no leading `VAR=value` (`HQPY_LOG`)."""
+    try:
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+    except ValueError:
+        return False
+    if not tokens or "=" in tokens[0]:
+        return False
+    return not any(token and set(token) <= set("();<>|&") for token in tokens)
+
+
+def allocation_name(queue_id: int, seq: int, name: str | None) -> str:
+    """`hq-<queue>-<seq>` (`hq-1-1`), or `<name>-<seq>` (`foo-1`) for a named queue."""
+    return f"{name}-{seq}" if name else f"hq-{queue_id}-{seq}"
+
+
+def write_script(request: AllocationRequest, text: str) -> Path:
+    """Write `<workdir>/hq-submit.sh` (mode 0755) and return its path."""
+    request.workdir.mkdir(parents=True, exist_ok=True)
+    path = request.workdir / SCRIPT_NAME
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def write_jobid(workdir: Path, allocation_id: str) -> None:
+    """Record the batch id beside the script, as HyperQueue does (`jobid`)."""
+    (workdir / JOBID_NAME).write_text(allocation_id + "\n")
+
+
+async def run_checked(
+    runner: CommandRunner,
+    argv: Sequence[str],
+    *,
+    cwd: Path | None,
+    command_timeout: float,
+    error: type[BackendError],
+    what: str,
+) -> CommandResult:
+    """Run a command; a start failure, a timeout or a non-zero exit raises `error`.
+
+    The message is HyperQueue's: `<what> execution failed` and the quoted output.
+    """
+    result = await run_unchecked(
+        runner, argv, cwd=cwd, command_timeout=command_timeout, error=error
+    )
+    if result.returncode != 0:
+        raise error(f"{what} execution failed\n{command_failure(result)}")
+    return result
+
+
+async def run_unchecked(
+    runner: CommandRunner,
+    argv: Sequence[str],
+    *,
+    cwd: Path | None,
+    command_timeout: float,
+    error: type[BackendError],
+) -> CommandResult:
+    """Run a command; only a start failure or a timeout raises (as `error`)."""
+    try:
+        result: CommandResult = await runner(list(argv), cwd=cwd, timeout=command_timeout)
+    except BackendError as e:
+        if type(e) is error:
+            raise
+        raise_as(error, e)
+    return result
+
+
+def raise_as(error: type[BackendError], cause: BackendError) -> NoReturn:
+    """Re-raise a runner failure as the error type the caller expects (same text)."""
+    raise error(str(cause)) from cause

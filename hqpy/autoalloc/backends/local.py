@@ -1,0 +1,334 @@
+"""The local backend: an allocation is a process group on this machine running the script.
+
+It gives laptops, CI and single nodes the same autoalloc flow as a cluster (design §7). The id
+`local-<N>` comes from a per-backend counter and reaches the script and its workers as
+`HQPY_ALLOCATION_ID`, which `hq worker start --manager detect` reads.
+
+States (answered from memory, no command is run):
+- QUEUED (`STARTING`) from submit until `mark_started` (the first worker registered), even
+  though the process runs at once: like a batch job, the allocation counts against the backlog
+  until it has a worker;
+- RUNNING after `mark_started`;
+- FINISHED when the script exits 0 (`COMPLETED`) or is ended at its time limit (`TIMEOUT`:
+  SIGTERM to the group, SIGKILL after `grace`), as a Slurm walltime is a normal end;
+- FAILED on any other exit (`FAILED`) or after `cancel` (`CANCELLED`); an id this backend never
+  handed out is FAILED too (`""`, as a purged Slurm job).
+A dry-run script is only checked with `bash -n` and stays QUEUED (`HELD`) until cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import attrs
+import trio
+
+from hqpy.autoalloc.backends.base import (
+    AllocationRequest,
+    CommandRunner,
+    ExternalState,
+    ExternalStatus,
+    SubmitError,
+)
+from hqpy.autoalloc.backends.common import format_walltime, run_checked, write_jobid
+from hqpy.autoalloc.backends.runner import run_command
+
+logger = logging.getLogger(__name__)
+
+ALLOCATION_ID_ENV = "HQPY_ALLOCATION_ID"
+
+_TIME_LIMIT_RE = re.compile(r"^# time limit (\d+):(\d\d):(\d\d)$", re.MULTILINE)
+_DRY_RUN_RE = re.compile(r"^# dry run$", re.MULTILINE)
+
+_FOREIGN_ALLOCATION_ENV = ("SLURM_JOB_ID", "PBS_JOBID", "PBS_ENVIRONMENT")
+"""Removed from a local allocation's environment: a server that itself runs inside a Slurm or
+PBS job must not make its local workers report that job as their allocation."""
+
+
+def render_local_script(request: AllocationRequest) -> str:
+    """A bash script that starts `worker_count` workers in the background and waits for them.
+
+    The comment lines are read back by `submit` (time limit, dry run), so the script on disk
+    is the whole truth, as `#SBATCH` lines are for Slurm. The exit status is the last failing
+    worker's, so a crashing allocation is FAILED.
+    """
+    lines = [
+        "#!/bin/bash",
+        f"# hqpy local allocation {request.name}",
+        f"# time limit {format_walltime(request.time_limit)}",
+        f"# workers {request.worker_count}",
+    ]
+    if request.additional_args:
+        lines.append("# args " + " ".join(request.additional_args))
+    if request.dry_run:
+        lines.append("# dry run")
+    lines.append(f"# The server sets {ALLOCATION_ID_ENV}; `--manager detect` reads it.")
+    body = [
+        "pids=()",
+        f"for i in $(seq {request.worker_count}); do",
+        f"    ( {request.worker_command} ) &",
+        '    pids+=("$!")',
+        "done",
+        "status=0",
+        'for pid in "${pids[@]}"; do',
+        '    wait "$pid" || status=$?',
+        "done",
+        'exit "$status"',
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(body) + "\n"
+
+
+def read_time_limit(text: str) -> float | None:
+    """Seconds from the script's `# time limit HH:MM:SS` line, if it has one."""
+    match = _TIME_LIMIT_RE.search(text)
+    if match is None:
+        return None
+    hours, minutes, seconds = (int(g) for g in match.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+@attrs.define(eq=False)
+class _LocalAllocation:
+    id: str
+    workdir: Path
+    time_limit: float | None
+    process: trio.Process | None
+    """None for a dry run (never started)."""
+    started_at: float | None = None
+    registered: bool = False
+    finished_at: float | None = None
+    returncode: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+    def status(self) -> ExternalStatus:
+        if self.cancelled:
+            state, raw = ExternalState.FAILED, "CANCELLED"
+        elif self.process is None:
+            state, raw = ExternalState.QUEUED, "HELD"
+        elif not self.done.is_set():
+            if self.registered:
+                state, raw = ExternalState.RUNNING, "RUNNING"
+            else:
+                state, raw = ExternalState.QUEUED, "STARTING"
+        elif self.timed_out:
+            state, raw = ExternalState.FINISHED, "TIMEOUT"
+        elif self.returncode == 0:
+            state, raw = ExternalState.FINISHED, "COMPLETED"
+        else:
+            state, raw = ExternalState.FAILED, "FAILED"
+        started = self.started_at if state is not ExternalState.QUEUED else None
+        return ExternalStatus(state, started_at=started, finished_at=self.finished_at, raw=raw)
+
+
+def _open_output(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the group (zombies wait for their reaper)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # `pid (comm) state ppid pgrp ...`; comm may contain spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 3 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+class LocalBackend:
+    """Runs allocations as local process groups; their watchers live in the given nursery.
+
+    Args:
+        nursery: long-lived, owned by the caller; one watcher task per allocation runs in it.
+        grace: seconds between SIGTERM and SIGKILL when an allocation is ended.
+        env: extra environment for the scripts (on top of the server's).
+    """
+
+    manager: ClassVar[str] = "LOCAL"
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        grace: float = 5.0,
+        runner: CommandRunner = run_command,
+        timeout: float = 30.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._nursery = nursery
+        self._grace = grace
+        self._run = runner
+        self._timeout = timeout
+        self._env = dict(env or {})
+        self._counter = 0
+        self._allocations: dict[str, _LocalAllocation] = {}
+
+    def render_script(self, request: AllocationRequest) -> str:
+        return render_local_script(request)
+
+    async def check_script(self, script: Path) -> None:
+        """`bash -n`: the dry run of the local backend. Raises `SubmitError` on a syntax error."""
+        await run_checked(
+            self._run,
+            ["bash", "-n", str(script)],
+            cwd=script.parent,
+            command_timeout=self._timeout,
+            error=SubmitError,
+            what="bash -n",
+        )
+
+    async def submit(self, script: Path, workdir: Path) -> str:
+        text = await trio.Path(script).read_text()
+        await self.check_script(script)
+        self._counter += 1
+        allocation_id = f"local-{self._counter}"
+        if _DRY_RUN_RE.search(text):
+            self._allocations[allocation_id] = _LocalAllocation(
+                allocation_id, workdir, None, process=None
+            )
+            write_jobid(workdir, allocation_id)
+            return allocation_id
+        env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ALLOCATION_ENV}
+        env.update(self._env)
+        env[ALLOCATION_ID_ENV] = allocation_id
+        stdout = _open_output(workdir / "stdout")
+        try:
+            stderr = _open_output(workdir / "stderr")
+            try:
+                process = await trio.lowlevel.open_process(
+                    ["bash", str(script)],
+                    cwd=workdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+            finally:
+                os.close(stderr)
+        except OSError as e:
+            raise SubmitError(f"bash start failed: {e.strerror or e}") from e
+        finally:
+            os.close(stdout)
+        allocation = _LocalAllocation(
+            allocation_id,
+            workdir,
+            read_time_limit(text),
+            process=process,
+            started_at=time.time(),
+        )
+        self._allocations[allocation_id] = allocation
+        write_jobid(workdir, allocation_id)
+        logger.debug("local allocation %s is process group %d", allocation_id, process.pid)
+        self._nursery.start_soon(self._watch, allocation, name=f"local allocation {allocation_id}")
+        return allocation_id
+
+    def mark_started(self, allocation_id: str) -> None:
+        """A worker of this allocation registered: from now on it is RUNNING."""
+        allocation = self._allocations.get(allocation_id)
+        if allocation is not None:
+            allocation.registered = True
+
+    async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
+        statuses: dict[str, ExternalStatus] = {}
+        for allocation_id in ids:
+            allocation = self._allocations.get(allocation_id)
+            if allocation is None:
+                statuses[allocation_id] = ExternalStatus(ExternalState.FAILED, raw="")
+            else:
+                statuses[allocation_id] = allocation.status()
+        return statuses
+
+    async def cancel(self, allocation_id: str, workdir: Path) -> None:
+        allocation = self._allocations.get(allocation_id)
+        if allocation is None or allocation.done.is_set():
+            return
+        if allocation.timed_out:
+            await allocation.done.wait()
+            return
+        allocation.cancelled = True
+        if allocation.process is None:
+            allocation.finished_at = time.time()
+            allocation.done.set()
+            return
+        await self._terminate(allocation)
+        await allocation.done.wait()
+
+    async def cancel_all(self) -> None:
+        """End every live allocation (server shutdown), all at once."""
+        async with trio.open_nursery() as nursery:
+            for allocation in list(self._allocations.values()):
+                if not allocation.done.is_set():
+                    nursery.start_soon(self.cancel, allocation.id, allocation.workdir)
+
+    async def _terminate(self, allocation: _LocalAllocation) -> None:
+        """SIGTERM to the group, SIGKILL to what is left after `grace`; returns once no
+        process of the group is left (the script's own exit is recorded by `_watch`)."""
+        assert allocation.process is not None
+        pgid = allocation.process.pid
+        _signal_group(pgid, signal.SIGTERM)
+        with trio.move_on_after(self._grace):
+            # No event tells when the last member of a group exits: poll.
+            while _group_alive(pgid):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        if _group_alive(pgid):
+            logger.info("allocation %s ignored SIGTERM; killing it", allocation.id)
+            _signal_group(pgid, signal.SIGKILL)
+            with trio.move_on_after(5):
+                while _group_alive(pgid):  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+
+    async def _watch(self, allocation: _LocalAllocation) -> None:
+        """Wait for the script to exit, ending it at its time limit; record how it ended."""
+        process = allocation.process
+        assert process is not None
+        try:
+            if allocation.time_limit is not None:
+                with trio.move_on_after(allocation.time_limit):
+                    await process.wait()
+                if process.returncode is None and not allocation.cancelled:
+                    logger.info("local allocation %s reached its time limit", allocation.id)
+                    allocation.timed_out = True
+                    await self._terminate(allocation)
+            await process.wait()
+        finally:
+            if process.returncode is None:
+                # The nursery is being cancelled (server exit): leave nothing behind.
+                _signal_group(process.pid, signal.SIGKILL)
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await process.wait()
+        allocation.returncode = process.returncode
+        allocation.finished_at = time.time()
+        allocation.done.set()
+        logger.debug("local allocation %s exited with %s", allocation.id, process.returncode)

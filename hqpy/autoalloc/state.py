@@ -1,0 +1,314 @@
+"""Queues, allocations and their state machines, the rate limiter and the event log. No I/O.
+
+QUEUED --(first worker registers, or the batch system says running)--> RUNNING
+QUEUED/RUNNING --(all its workers gone, or the batch system says it ended)--> FINISHED | FAILED
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+
+from hqpy.common.resources import ResourceDescriptorItem
+from hqpy.protocol.messages import QueueParams
+
+SUBMISSION_DELAYS = (0.0, 60.0, 15 * 60.0, 30 * 60.0, 60 * 60.0)
+"""Waits between submission attempts after consecutive failures (HyperQueue's steps)."""
+MAX_SUBMISSION_FAILS = 10
+MAX_QUEUED_STATUS_ERRORS = 10
+MAX_RUNNING_STATUS_ERRORS = 20
+CRASH_LIFETIME = 60.0
+"""A worker that dies this soon after it started counts as a crash of its allocation."""
+MAX_EVENTS_PER_QUEUE = 10_000
+
+
+class AllocationState(enum.Enum):
+    QUEUED = "QUEUED"
+    """Submitted; waiting in the batch system's queue, no worker has registered yet."""
+    RUNNING = "RUNNING"
+    """A worker from it registered, or the batch system says it runs."""
+    FINISHED = "FINISHED"
+    """All its workers are gone, or the batch system says it ended normally (walltime too)."""
+    FAILED = "FAILED"
+    """Its workers all crashed within a minute, it was cancelled or it vanished, or its
+    status checks kept failing while it was queued."""
+
+
+class QueueState(enum.Enum):
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+
+
+@attrs.frozen
+class AllocEvent:
+    time: float
+    event: str
+    """`queue-created`, `allocation-queued`, `allocation-started`, `allocation-finished`,
+    `allocation-failed`, `submit-failed`, `status-error`, `queue-paused`, `queue-resumed`,
+    `queue-removed`."""
+    queue_id: int
+    allocation_id: str | None
+    message: str
+
+
+@attrs.define
+class Allocation:
+    id: str
+    queue_id: int
+    seq: int
+    worker_count: int
+    workdir: Path
+    queued_at: float
+    state: AllocationState = AllocationState.QUEUED
+    started_at: float | None = None
+    finished_at: float | None = None
+    connected: set[int] = attrs.Factory(set)
+    disconnected: list[tuple[int, float, bool]] = attrs.Factory(list)
+    """(worker id, lifetime in seconds, whether it was lost by a failure)."""
+    status_errors: int = 0
+    cancel_reason: str | None = None
+    """Set when hqpy cancels it, so the loss of its workers is not taken for a crash."""
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in (AllocationState.QUEUED, AllocationState.RUNNING)
+
+
+@attrs.define
+class RateLimiter:
+    """Backs off after failures and tells when a queue should pause itself."""
+
+    delays: tuple[float, ...] = SUBMISSION_DELAYS
+    max_submission_fails: int = MAX_SUBMISSION_FAILS
+    max_allocation_fails: int = 3
+    submission_fails: int = 0
+    allocation_fails: int = 0
+    step: int = 0
+    last_attempt: float | None = None
+
+    def next_attempt_at(self) -> float:
+        if self.last_attempt is None:
+            return 0.0
+        return self.last_attempt + self.delays[min(self.step, len(self.delays) - 1)]
+
+    def can_submit(self, now: float) -> bool:
+        return now >= self.next_attempt_at()
+
+    def on_attempt(self, now: float) -> None:
+        self.last_attempt = now
+
+    def on_submission_success(self) -> None:
+        self.submission_fails = 0
+        if self.allocation_fails == 0:
+            self.step = 0
+
+    def on_submission_fail(self) -> None:
+        self.submission_fails += 1
+        self.step = min(self.step + 1, len(self.delays) - 1)
+
+    def on_allocation_success(self) -> None:
+        self.allocation_fails = 0
+        self.step = 0
+
+    def on_allocation_fail(self) -> None:
+        self.allocation_fails += 1
+        self.step = min(self.step + 1, len(self.delays) - 1)
+
+    def pause_reason(self) -> str | None:
+        if self.submission_fails >= self.max_submission_fails:
+            return f"{self.submission_fails} submissions in a row failed"
+        if self.allocation_fails >= self.max_allocation_fails:
+            return f"{self.allocation_fails} allocations in a row failed"
+        return None
+
+    def reset(self) -> None:
+        """Forget past failures (on `hq alloc resume`, so a resumed queue really resumes)."""
+        self.submission_fails = 0
+        self.allocation_fails = 0
+        self.step = 0
+        self.last_attempt = None
+
+
+@attrs.define
+class AllocationQueue:
+    id: int
+    params: QueueParams
+    dir_name: str
+    """`<id>` or `<id>-<name>`: the queue's folder under `autoalloc/`."""
+    limiter: RateLimiter
+    state: QueueState = QueueState.ACTIVE
+    allocations: dict[str, Allocation] = attrs.Factory(dict)
+    next_seq: int = 1
+    known_resources: tuple[ResourceDescriptorItem, ...] | None = None
+    """Resources of the latest worker that registered from this queue."""
+    events: deque[AllocEvent] = attrs.Factory(lambda: deque(maxlen=MAX_EVENTS_PER_QUEUE))
+    event_count: int = 0
+    """Events ever recorded (also those dropped from the front of `events`)."""
+    removed: bool = False
+    pause_reason: str | None = None
+
+    def active(self) -> Iterator[Allocation]:
+        return (a for a in self.allocations.values() if a.is_active)
+
+    def queued(self) -> list[Allocation]:
+        return [a for a in self.allocations.values() if a.state is AllocationState.QUEUED]
+
+    def running(self) -> list[Allocation]:
+        return [a for a in self.allocations.values() if a.state is AllocationState.RUNNING]
+
+    def active_worker_count(self) -> int:
+        """Workers that queued and running allocations stand for (their target counts)."""
+        return sum(a.worker_count for a in self.active())
+
+    def worker_time_limit(self) -> float:
+        p = self.params
+        return p.worker_time_limit if p.worker_time_limit is not None else p.time_limit
+
+
+class AutoAllocState:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.queues: dict[int, AllocationQueue] = {}
+        self.next_queue_id = 1
+        self.allocation_queue: dict[str, int] = {}
+        """Allocation id -> queue id, for workers that register with an allocation id."""
+        self.worker_allocation: dict[int, str] = {}
+        self.on_event: Callable[[AllocEvent], None] = lambda event: None
+
+    def record(
+        self, queue: AllocationQueue, event: str, allocation_id: str | None, message: str
+    ) -> AllocEvent:
+        ev = AllocEvent(self.clock(), event, queue.id, allocation_id, message)
+        queue.events.append(ev)
+        queue.event_count += 1
+        self.on_event(ev)
+        return ev
+
+    def live_queues(self) -> list[AllocationQueue]:
+        return [q for q in self.queues.values() if not q.removed]
+
+    def get_live(self, queue_id: int) -> AllocationQueue | None:
+        q = self.queues.get(queue_id)
+        return None if q is None or q.removed else q
+
+    def add_queue(self, params: QueueParams, max_allocation_fails: int) -> AllocationQueue:
+        qid = self.next_queue_id
+        self.next_queue_id += 1
+        dir_name = f"{qid}-{params.name}" if params.name else str(qid)
+        queue = AllocationQueue(
+            qid, params, dir_name, RateLimiter(max_allocation_fails=max_allocation_fails)
+        )
+        self.queues[qid] = queue
+        self.record(queue, "queue-created", None, f"{params.manager} queue, {_describe(params)}")
+        return queue
+
+    def add_allocation(self, queue: AllocationQueue, alloc: Allocation) -> None:
+        queue.allocations[alloc.id] = alloc
+        self.allocation_queue[alloc.id] = queue.id
+        self.record(
+            queue, "allocation-queued", alloc.id, f"{alloc.worker_count} worker(s) requested"
+        )
+
+    def find_allocation(self, allocation_id: str) -> tuple[AllocationQueue, Allocation] | None:
+        qid = self.allocation_queue.get(allocation_id)
+        if qid is None:
+            return None
+        queue = self.queues[qid]
+        alloc = queue.allocations.get(allocation_id)
+        return None if alloc is None else (queue, alloc)
+
+    # -----------------------------------------------------------------------------------------
+    # Transitions
+
+    def start(self, queue: AllocationQueue, alloc: Allocation, message: str) -> None:
+        if alloc.state is not AllocationState.QUEUED:
+            return
+        alloc.state = AllocationState.RUNNING
+        alloc.started_at = self.clock()
+        self.record(queue, "allocation-started", alloc.id, message)
+
+    def end(self, queue: AllocationQueue, alloc: Allocation, failed: bool, message: str) -> None:
+        if not alloc.is_active:
+            return
+        alloc.state = AllocationState.FAILED if failed else AllocationState.FINISHED
+        alloc.finished_at = self.clock()
+        if failed:
+            queue.limiter.on_allocation_fail()
+        elif alloc.started_at is not None:
+            queue.limiter.on_allocation_success()
+        self.record(
+            queue, "allocation-failed" if failed else "allocation-finished", alloc.id, message
+        )
+
+    def on_worker_connected(
+        self, worker_id: int, allocation_id: str, resources: tuple[ResourceDescriptorItem, ...]
+    ) -> bool:
+        """A worker registered from an allocation; False if the allocation is not ours."""
+        found = self.find_allocation(allocation_id)
+        if found is None:
+            return False
+        queue, alloc = found
+        alloc.connected.add(worker_id)
+        self.worker_allocation[worker_id] = allocation_id
+        queue.known_resources = resources
+        self.start(queue, alloc, f"worker {worker_id} registered")
+        return True
+
+    def on_worker_lost(self, worker_id: int, lifetime: float, failure: bool, reason: str) -> None:
+        allocation_id = self.worker_allocation.pop(worker_id, None)
+        if allocation_id is None:
+            return
+        found = self.find_allocation(allocation_id)
+        if found is None:
+            return
+        queue, alloc = found
+        alloc.connected.discard(worker_id)
+        alloc.disconnected.append((worker_id, lifetime, failure))
+        if alloc.cancel_reason is not None:
+            if not alloc.connected:
+                self.end(queue, alloc, False, f"canceled: {alloc.cancel_reason}")
+            return
+        if alloc.connected or len(alloc.disconnected) < alloc.worker_count:
+            return
+        crashed = all(f and life <= CRASH_LIFETIME for _, life, f in alloc.disconnected)
+        if crashed:
+            self.end(queue, alloc, True, f"all its workers crashed (last: {reason.lower()})")
+        else:
+            self.end(queue, alloc, False, f"all its workers ended (last: {reason.lower()})")
+
+    def pause(self, queue: AllocationQueue, reason: str) -> None:
+        if queue.state is QueueState.PAUSED:
+            return
+        queue.state = QueueState.PAUSED
+        queue.pause_reason = reason
+        self.record(queue, "queue-paused", None, reason)
+
+    def resume(self, queue: AllocationQueue) -> None:
+        queue.limiter.reset()
+        if queue.state is QueueState.ACTIVE:
+            return
+        queue.state = QueueState.ACTIVE
+        queue.pause_reason = None
+        self.record(queue, "queue-resumed", None, "failure counters reset")
+
+    def remove(self, queue: AllocationQueue) -> None:
+        queue.removed = True
+        self.record(queue, "queue-removed", None, "")
+
+
+def _describe(p: QueueParams) -> str:
+    from hqpy.common.durations import format_duration
+
+    parts = [
+        f"time limit {format_duration(p.time_limit)}",
+        f"backlog {p.backlog}",
+        f"{p.workers_per_alloc} worker(s) per allocation",
+    ]
+    if p.max_worker_count is not None:
+        parts.append(f"at most {p.max_worker_count} workers")
+    return ", ".join(parts)

@@ -1,0 +1,253 @@
+"""`hq alloc add|dry-run|list|info|events|log|pause|resume|remove`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from typing import Any
+
+from hqpy.cli.common import duration, output_of, positive_int, run_client
+from hqpy.cli.output import Output
+from hqpy.client.connection import ClientError, ServerConnection
+from hqpy.protocol import messages as m
+
+log = logging.getLogger("hqpy.cli")
+
+IDLE_TIMEOUT_WARNING = 10 * 60.0
+MANAGERS = ("slurm", "pbs", "local")
+
+
+def _backlog(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number `{text}`") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("Backlog has to be at least 1")
+    return value
+
+
+def add_queue_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manager", choices=MANAGERS, help="The batch system")
+    p.add_argument(
+        "-t", "--time-limit", type=duration, required=True, help="Walltime of allocations"
+    )
+    p.add_argument("-b", "--backlog", type=_backlog, default=1, help="Allocations kept queued")
+    p.add_argument(
+        "-m",
+        "--workers-per-alloc",
+        "--max-workers-per-alloc",
+        dest="workers_per_alloc",
+        type=positive_int,
+        default=1,
+        help="Workers (nodes) per allocation",
+    )
+    p.add_argument("--max-worker-count", type=positive_int, help="Cap on the queue's workers")
+    p.add_argument("-n", "--name", help="Name of the queue (used in allocation names)")
+    p.add_argument(
+        "--idle-timeout", type=duration, default=300.0, help="Workers' idle timeout (5m)"
+    )
+    p.add_argument("--worker-time-limit", type=duration, help="Workers' time limit")
+    p.add_argument("--worker-start-cmd", help="Shell command run before each worker")
+    p.add_argument("--worker-stop-cmd", help="Shell command run after each worker")
+    p.add_argument("--worker-wrap-cmd", help="Prefix of the worker command")
+    p.add_argument("--on-server-lost", choices=("stop", "finish-running"), default="finish-running")
+    p.add_argument("--cpus", help="Cpus of each worker, as `hq worker start --cpus`")
+    p.add_argument("--resource", action="append", default=[], help="A worker resource pool")
+    p.add_argument("additional_args", nargs="*", help="Extra batch arguments, after `--`")
+
+
+def register(tree: Any, nouns: Any) -> None:
+    alloc = tree.command(nouns, "alloc", "Automatic allocation: queues that submit allocations")
+    verbs = tree.group(alloc, "verb")
+
+    p = tree.command(verbs, "add", "Create an allocation queue")
+    add_queue_options(p)
+    p.add_argument("--no-dry-run", action="store_true", help="Skip the trial submission")
+    p.set_defaults(func=cmd_add)
+
+    p = tree.command(verbs, "dry-run", "Submit a trial allocation and cancel it at once")
+    add_queue_options(p)
+    p.set_defaults(func=cmd_dry_run)
+
+    p = tree.command(verbs, "list", "List allocation queues")
+    p.set_defaults(func=cmd_list)
+
+    p = tree.command(verbs, "info", "List the allocations of a queue")
+    p.add_argument("queue_id", type=int)
+    p.add_argument("--filter", choices=("queued", "running", "finished", "failed"))
+    p.set_defaults(func=cmd_info)
+
+    p = tree.command(verbs, "events", "Show the history of a queue")
+    p.add_argument("queue_id", type=int)
+    p.add_argument("--follow", "-f", action="store_true", help="Keep printing new events")
+    p.set_defaults(func=cmd_events)
+
+    p = tree.command(verbs, "log", "Print the stdout or stderr of an allocation")
+    p.add_argument("allocation_id")
+    p.add_argument("channel", choices=("stdout", "stderr"))
+    p.set_defaults(func=cmd_log)
+
+    for action, helptext in (
+        ("pause", "Stop submitting allocations"),
+        ("resume", "Submit allocations again (also resets the failure counters)"),
+        ("remove", "Remove a queue, cancelling its allocations"),
+    ):
+        p = tree.command(verbs, action, helptext)
+        p.add_argument("queue_id", type=int)
+        if action == "remove":
+            p.add_argument("--force", action="store_true", help="Also if allocations run")
+        p.set_defaults(func=cmd_queue_action, action=action)
+
+
+def queue_params(args: argparse.Namespace) -> m.QueueParams:
+    return m.QueueParams(
+        manager=args.manager,
+        time_limit=args.time_limit,
+        backlog=args.backlog,
+        workers_per_alloc=args.workers_per_alloc,
+        max_worker_count=args.max_worker_count,
+        name=args.name,
+        idle_timeout=args.idle_timeout,
+        worker_time_limit=args.worker_time_limit,
+        worker_start_cmd=args.worker_start_cmd,
+        worker_stop_cmd=args.worker_stop_cmd,
+        worker_wrap_cmd=args.worker_wrap_cmd,
+        on_server_lost=args.on_server_lost,
+        cpus=args.cpus,
+        resources=tuple(args.resource),
+        additional_args=tuple(args.additional_args),
+    )
+
+
+def _check_locally(args: argparse.Namespace, params: m.QueueParams) -> str | None:
+    if params.worker_time_limit is not None and params.worker_time_limit > params.time_limit:
+        return "Worker time limit cannot be larger than queue time limit"
+    return None
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    params = queue_params(args)
+    problem = _check_locally(args, params)
+    if problem:
+        output_of(args).error(problem)
+        return 1
+
+    async def call(conn: ServerConnection, out: Output) -> None:
+        if params.cpus is None and not params.resources and params.manager != "local":
+            log.warning(
+                "No worker resources were provided for this queue. Before the first worker "
+                "connects from an allocation submitted by this queue, the queue will operate "
+                "in probing mode."
+            )
+        if params.idle_timeout > IDLE_TIMEOUT_WARNING:
+            log.warning(
+                "You have set an idle timeout longer than 10 minutes. "
+                "This can result in wasted allocation duration."
+            )
+        resp = await conn.request(
+            m.AllocAddRequest(params, dry_run=not args.no_dry_run), m.QueueCreatedResponse
+        )
+        if not args.no_dry_run:
+            log.info(
+                "A trial allocation was submitted successfully. "
+                "It was immediately canceled to avoid wasting resources."
+            )
+        log.info("Allocation queue %d successfully created", resp.queue_id)
+        out.empty()
+
+    return run_client(args, call)
+
+
+def cmd_dry_run(args: argparse.Namespace) -> int:
+    params = queue_params(args)
+    problem = _check_locally(args, params)
+    if problem:
+        output_of(args).error(problem)
+        return 1
+
+    async def call(conn: ServerConnection, out: Output) -> None:
+        await conn.request(m.AllocDryRunRequest(params), m.OkResponse)
+        log.info(
+            "A trial allocation was submitted successfully. "
+            "It was immediately canceled to avoid wasting resources."
+        )
+        out.empty()
+
+    return run_client(args, call)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.AllocListRequest(), m.QueueListResponse)
+        out.queue_list(resp.queues)
+
+    return run_client(args, call)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.AllocInfoRequest(args.queue_id), m.AllocationListResponse)
+        allocations = resp.allocations
+        if args.filter:
+            allocations = [a for a in allocations if a.state.lower() == args.filter]
+        out.allocation_list(resp.queue, allocations)
+
+    return run_client(args, call)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        resp = await conn.request(m.AllocEventsRequest(args.queue_id), m.AllocEventsResponse)
+        out.alloc_events(resp.events, args.follow)
+        if not args.follow:
+            return
+        seen = resp.total
+        try:
+            while not resp.queue_removed:
+                resp = await conn.request(
+                    m.AllocEventsRequest(args.queue_id, after=seen, wait=True),
+                    m.AllocEventsResponse,
+                )
+                seen = resp.total
+                if resp.events:
+                    out.alloc_events(resp.events, True)
+        except ClientError:
+            # The server stopped: the stream ends here.
+            return
+
+    return run_client(args, call)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    if args.output_mode == "json":
+        output_of(args).error("`hq alloc log` is not supported in JSON mode")
+        return 1
+
+    async def call(conn: ServerConnection, out: Output) -> int:
+        resp = await conn.request(m.AllocLogRequest(args.allocation_id), m.AllocLogResponse)
+        path = f"{resp.workdir}/{args.channel}"
+        try:
+            with open(path, "rb") as f:  # noqa: ASYNC230 - a local file, read once
+                shutil.copyfileobj(f, sys.stdout.buffer)
+        except OSError as e:
+            out.error(f"Cannot read `{path}`: {e.strerror}")
+            return 1
+        sys.stdout.flush()
+        return 0
+
+    return run_client(args, call)
+
+
+def cmd_queue_action(args: argparse.Namespace) -> int:
+    async def call(conn: ServerConnection, out: Output) -> None:
+        await conn.request(
+            m.AllocQueueRequest(args.action, args.queue_id, getattr(args, "force", False)),
+            m.OkResponse,
+        )
+        if args.action == "remove":
+            log.info("Allocation queue %d successfully removed", args.queue_id)
+
+    return run_client(args, call)

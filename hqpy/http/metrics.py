@@ -1,0 +1,415 @@
+"""Prometheus metrics of one server: gauges read from its state at scrape time, plus counters
+and histograms fed by events.
+
+The gauges (tasks, jobs, workers, queues, allocations by state) are computed by a custom
+collector from the server's own objects when Prometheus scrapes, on the trio thread that owns
+them: there is no second copy to drift and no HTTP thread racing the state. A scrape costs
+O(jobs + workers + allocations), never O(tasks), because jobs keep per-state task counts, so a
+million-task array costs what one task costs.
+
+Everything lives in a private `CollectorRegistry`; ids of jobs, tasks and allocations are never
+labels (they are unbounded). Queue ids are: an operator creates a handful of queues.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import platform
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from hqpy import __version__
+from hqpy.autoalloc.state import QueueState
+from hqpy.common.resources import FRACTIONS
+from hqpy.server.jobs import STATE_NAMES, Job, Task, TaskState
+from hqpy.server.workers import Worker, WorkerState
+
+if TYPE_CHECKING:
+    from hqpy.autoalloc.service import AutoAllocService
+    from hqpy.autoalloc.state import AllocationQueue, AllocEvent
+    from hqpy.server.state import ServerState
+
+log = logging.getLogger(__name__)
+
+QUEUE_WAIT_BUCKETS = (
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+    43200.0, 86400.0,
+)  # fmt: skip
+"""1 s to 1 day: a local allocation starts in a second, a big Slurm job may wait a day."""
+TASK_DURATION_BUCKETS = (
+    0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0,
+    86400.0,
+)  # fmt: skip
+BATCH_COMMAND_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Up to the default command timeout (30 s) and a little past it."""
+
+JOB_STATES = ("waiting", "running", "finished", "failed", "canceled", "aborted", "opened")
+WORKER_STATES = (
+    "running",
+    "stopping",
+    "connection_lost",
+    "heartbeat_lost",
+    "stopped",
+    "idle_timeout",
+    "time_limit_reached",
+)
+DISCONNECT_REASONS = WORKER_STATES[2:]
+ALLOCATION_STATES = ("queued", "running", "finished", "failed")
+QUEUE_STATES = ("active", "paused")
+ENDED_TASK_STATES = (TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELED, TaskState.ABORTED)
+MAX_COMMAND_LABEL = 64
+
+
+def worker_state_label(worker: Worker) -> str:
+    """`running`, `stopping` (asked to stop, not gone yet) or why it ended (`idle_timeout`)."""
+    if worker.state == WorkerState.RUNNING:
+        return "running" if worker.stop_reason is None else "stopping"
+    return state_label(worker.state)
+
+
+def state_label(state: str) -> str:
+    """`CONNECTION LOST` -> `connection_lost`: label values in Prometheus' snake case."""
+    return state.lower().replace(" ", "_")
+
+
+class FastHistogram:
+    """A label-less histogram for the task hot path: one `bisect` and two additions per task.
+
+    prometheus-client's `Histogram.observe` takes a lock and costs several microseconds; a
+    server finishing tens of thousands of tasks a second should not pay that per task.
+    """
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.bounds = list(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip([*map(float, self.bounds), float("inf")], self.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.sum)
+
+
+class ServerMetrics:
+    """The metrics of one server. `attach` connects it to the state's and allocator's hooks."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        autoalloc: Callable[[], AutoAllocService | None],
+        started_at: float,
+    ) -> None:
+        # The `_created` series of counters would double the output and mean nothing here.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.state = state
+        self.autoalloc = autoalloc
+        self.started_at = started_at
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.submissions = Counter(
+            "hqpy_allocation_submissions_total",
+            "Allocations submitted to a batch system, by outcome (success or failure)",
+            ("queue", "manager", "outcome"),
+            registry=r,
+        )
+        self.allocations_ended = Counter(
+            "hqpy_allocations_ended_total",
+            "Allocations that ended, by outcome (finished or failed)",
+            ("queue", "manager", "outcome"),
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "hqpy_allocation_queue_wait_seconds",
+            "Time from an allocation's submission until it started (its first worker "
+            "registered or the batch system reported it running)",
+            ("queue", "manager"),
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            "hqpy_batch_command_duration_seconds",
+            "Wall time of batch-system commands (sbatch, squeue, qsub, ...)",
+            ("command",),
+            buckets=BATCH_COMMAND_BUCKETS,
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "hqpy_batch_command_failures_total",
+            "Batch-system commands that exited non-zero, could not start or timed out",
+            ("command",),
+            registry=r,
+        )
+        self.worker_disconnections = Counter(
+            "hqpy_worker_disconnections_total",
+            "Workers that left the server, by reason",
+            ("reason",),
+            registry=r,
+        )
+        for reason in DISCONNECT_REASONS:
+            self.worker_disconnections.labels(reason)
+        self.task_duration = FastHistogram(TASK_DURATION_BUCKETS)
+        self.forgotten = [0] * len(TaskState)
+        """Per-state task counts of jobs removed by `hq job forget`, so counters never drop."""
+        r.register(_StateCollector(self))
+
+    # -----------------------------------------------------------------------------------------
+    # Hooks
+
+    def attach(self, state: ServerState, service: AutoAllocService | None) -> None:
+        """Chain this object's callbacks onto the server's hooks (keeping the ones set)."""
+        state.on_task_ended = self.on_task_ended
+        forget_before = state.on_job_forgotten
+        removed_before = state.on_worker_removed
+
+        def forgotten(job: Job) -> None:
+            forget_before(job)
+            self.on_job_forgotten(job)
+
+        def removed(worker: Worker) -> None:
+            removed_before(worker)
+            self.on_worker_removed(worker)
+
+        state.on_job_forgotten = forgotten
+        state.on_worker_removed = removed
+        if service is not None:
+            submission_before = service.on_submission
+            event_before = service.on_event
+
+            def submitted(queue: AllocationQueue, outcome: str) -> None:
+                submission_before(queue, outcome)
+                self.on_submission(queue, outcome)
+
+            def event(ev: AllocEvent) -> None:
+                event_before(ev)
+                self.on_alloc_event(ev)
+
+            service.on_submission = submitted
+            service.on_event = event
+            for queue in service.state.live_queues():
+                self._init_queue(queue)
+
+    def on_task_ended(self, task: Task) -> None:
+        if task.started_at is not None and task.ended_at is not None:
+            self.task_duration.observe(max(0.0, task.ended_at - task.started_at))
+
+    def on_job_forgotten(self, job: Job) -> None:
+        for state in ENDED_TASK_STATES:
+            self.forgotten[state] += job.counts[state]
+
+    def on_worker_removed(self, worker: Worker) -> None:
+        self.worker_disconnections.labels(state_label(worker.state)).inc()
+
+    def on_submission(self, queue: AllocationQueue, outcome: str) -> None:
+        self.submissions.labels(str(queue.id), queue.params.manager, outcome).inc()
+
+    def on_alloc_event(self, event: AllocEvent) -> None:
+        service = self.autoalloc()
+        if service is None:
+            return
+        queue = service.state.queues.get(event.queue_id)
+        if queue is None:
+            return
+        if event.event == "queue-created":
+            self._init_queue(queue)
+            return
+        if event.allocation_id is None:
+            return
+        alloc = queue.allocations.get(event.allocation_id)
+        if alloc is None:
+            return
+        labels = (str(queue.id), queue.params.manager)
+        if event.event == "allocation-started" and alloc.started_at is not None:
+            self.queue_wait.labels(*labels).observe(max(0.0, alloc.started_at - alloc.queued_at))
+        elif event.event in ("allocation-finished", "allocation-failed"):
+            outcome = "failed" if event.event == "allocation-failed" else "finished"
+            self.allocations_ended.labels(*labels, outcome).inc()
+
+    def _init_queue(self, queue: AllocationQueue) -> None:
+        """Create a queue's series at zero, so rates and alerts see them from the start."""
+        labels = (str(queue.id), queue.params.manager)
+        for outcome in ("success", "failure"):
+            self.submissions.labels(*labels, outcome)
+        for outcome in ("finished", "failed"):
+            self.allocations_ended.labels(*labels, outcome)
+        self.queue_wait.labels(*labels)
+
+    def observe_batch_command(self, command: str, seconds: float, ok: bool) -> None:
+        name = os.path.basename(command)[:MAX_COMMAND_LABEL] or "unknown"
+        self.batch_duration.labels(name).observe(max(0.0, seconds))
+        failures = self.batch_failures.labels(name)
+        if not ok:
+            failures.inc()
+
+    # -----------------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The text exposition of every metric (what `/metrics` answers)."""
+        return generate_latest(self.registry)
+
+
+class _StateCollector:
+    """Gauges computed from the server's state at scrape time, and the task counters/histogram."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        metrics = self.metrics
+        state = metrics.state
+        info = GaugeMetricFamily(
+            "hqpy_build_info",
+            "Always 1; the labels tell the hqpy and Python versions",
+            labels=("version", "python"),
+        )
+        info.add_metric((__version__, platform.python_version()), 1)
+        yield info
+        yield GaugeMetricFamily(
+            "hqpy_server_start_time_seconds",
+            "When the server started, in seconds since the Unix epoch",
+            value=metrics.started_at,
+        )
+
+        task_counts = [0] * len(TaskState)
+        job_counts = dict.fromkeys(JOB_STATES, 0)
+        for job in state.jobs.values():
+            counts = job.counts
+            for i, n in enumerate(counts):
+                task_counts[i] += n
+            job_counts[job.state_name().lower()] += 1
+        tasks = GaugeMetricFamily("hqpy_tasks", "Tasks by state", labels=("state",))
+        for i, name in enumerate(STATE_NAMES):
+            tasks.add_metric((name,), task_counts[i])
+        yield tasks
+        jobs = GaugeMetricFamily(
+            "hqpy_jobs", "Jobs by state (as `hq job list` shows it)", labels=("state",)
+        )
+        for name, n in job_counts.items():
+            jobs.add_metric((name,), n)
+        yield jobs
+        finished = CounterMetricFamily(
+            "hqpy_tasks_finished",
+            "Tasks that reached an end state, by outcome",
+            labels=("outcome",),
+        )
+        for ended in ENDED_TASK_STATES:
+            finished.add_metric(
+                (STATE_NAMES[ended],), task_counts[ended] + metrics.forgotten[ended]
+            )
+        yield finished
+        yield metrics.task_duration.family(
+            "hqpy_task_duration_seconds",
+            "Run time of tasks that finished or failed on a worker (start to end)",
+        )
+
+        worker_counts = dict.fromkeys(WORKER_STATES, 0)
+        cpus = 0
+        cpus_assigned = 0
+        for worker in state.workers.values():
+            label = worker_state_label(worker)
+            worker_counts[label] = worker_counts.get(label, 0) + 1
+            if worker.state == WorkerState.RUNNING:
+                cpus += worker.capacity.get("cpus", 0)
+                cpus_assigned += worker.assigned.get("cpus", 0)
+        workers = GaugeMetricFamily(
+            "hqpy_workers",
+            "Workers by state; ended ones by why they ended",
+            labels=("state",),
+        )
+        for name, n in worker_counts.items():
+            workers.add_metric((name,), n)
+        yield workers
+        yield GaugeMetricFamily(
+            "hqpy_worker_cpus",
+            "CPUs of the connected workers",
+            value=cpus / FRACTIONS,
+        )
+        yield GaugeMetricFamily(
+            "hqpy_worker_cpus_assigned",
+            "CPUs of the connected workers that are assigned to tasks",
+            value=cpus_assigned / FRACTIONS,
+        )
+        yield from self._autoalloc()
+
+    def _autoalloc(self) -> Iterable[Metric]:
+        service = self.metrics.autoalloc()
+        queues = [] if service is None else service.state.live_queues()
+        queue_counts = dict.fromkeys(QUEUE_STATES, 0)
+        self_paused = GaugeMetricFamily(
+            "hqpy_alloc_queue_self_paused",
+            "1 while a queue is paused because its submissions or allocations kept failing",
+            labels=("queue", "manager"),
+        )
+        allocations = GaugeMetricFamily(
+            "hqpy_allocations",
+            "Allocations of live queues, by state",
+            labels=("queue", "manager", "state"),
+        )
+        for queue in queues:
+            queue_counts[queue.state.value.lower()] += 1
+            labels = (str(queue.id), queue.params.manager)
+            paused = queue.state is QueueState.PAUSED and queue.limiter.pause_reason() is not None
+            self_paused.add_metric(labels, 1 if paused else 0)
+            counts = dict.fromkeys(ALLOCATION_STATES, 0)
+            for alloc in queue.allocations.values():
+                counts[alloc.state.value.lower()] += 1
+            for name, n in counts.items():
+                allocations.add_metric((*labels, name), n)
+        alloc_queues = GaugeMetricFamily(
+            "hqpy_alloc_queues", "Allocation queues by state", labels=("state",)
+        )
+        for name, n in queue_counts.items():
+            alloc_queues.add_metric((name,), n)
+        yield alloc_queues
+        yield self_paused
+        yield allocations
+
+
+# ---------------------------------------------------------------------------------------------
+# The server's current metrics, for code that has no reference to the server (the runner).
+
+_current: ServerMetrics | None = None
+
+
+def set_current(metrics: ServerMetrics | None) -> None:
+    """Make `metrics` the target of `observe_batch_command` (None: record nothing)."""
+    global _current
+    _current = metrics
+
+
+def observe_batch_command(command: str, seconds: float, ok: bool) -> None:
+    """Record one batch-system command: how long it took, and whether it failed.
+
+    Called by the backends' command runner after every command. A no-op when the server
+    serves no metrics, so backends never need to know whether metrics are on.
+
+    Args:
+        command: the program (`sbatch`, `/usr/bin/squeue`); only its base name is kept.
+        seconds: wall time, including a timeout's wait.
+        ok: False when it exited non-zero, could not start or timed out.
+    """
+    metrics = _current
+    if metrics is not None:
+        metrics.observe_batch_command(command, seconds, ok)

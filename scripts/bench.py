@@ -1,0 +1,573 @@
+#!/usr/bin/env python3
+"""Throughput and memory benchmark: hqpy beside HyperQueue's own engine and the spawn floor.
+
+Run from the repository root:
+
+    .venv/bin/python scripts/bench.py [--quick] [--only NAME ...] [--json-only]
+
+Benchmarks (names for `--only`):
+
+- ``floor``: ``subprocess.run(["true"])`` from a 2-thread pool, no scheduler at all.
+- ``hq-engine``: HyperQueue's Rust server and one 2-cpu worker
+  (``hyperqueue.cluster.LocalCluster``), jobs of ``true`` tasks submitted with its ``Client``.
+- ``hqpy``: a real ``hq server start`` and ``hq worker start --cpus 2`` (hqpy), then
+  ``hq submit --array 1-N --stdout none --stderr none -- true`` and ``hq job wait last``.
+- ``hqpy-array``: a 1,000,000-task array submitted with no worker; submit time, server RSS and a
+  ``job list`` round trip.
+- ``hqpy-server-only``: as ``hqpy``, but the worker runs with ``HQPY_ZERO_WORKER=1`` (it completes
+  tasks without spawning processes).
+
+The end of the output is a table and one JSON object per figure per line (``grep '^{'``).
+See docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCHES = ("floor", "hq-engine", "hqpy", "hqpy-array", "hqpy-server-only")
+
+# Default wall-time cap (seconds) for one HyperQueue-engine measurement. HyperQueue's engine runs
+# 100,000 `true` tasks at ~150-200 tasks/s on 2 cores, i.e. well over the budget of the whole
+# run; past the cap the measurement reports the rate over the tasks finished so far.
+HQ_ENGINE_CAP = 420.0
+
+STARTUP_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+NO_OUTPUT = ("--stdout", "none", "--stderr", "none")
+
+_log_enabled = True
+
+
+def log(message: str) -> None:
+    if _log_enabled:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    """A measurement failed; the message says why."""
+
+
+@dataclass
+class Result:
+    bench: str
+    tasks: int
+    seconds: float | None = None
+    rate: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {
+            "bench": self.bench,
+            "tasks": self.tasks,
+            "seconds": _round(self.seconds),
+            "rate": _round(self.rate),
+        }
+        data.update({k: _round(v) if isinstance(v, float) else v for k, v in self.extra.items()})
+        if self.error is not None:
+            data["error"] = self.error
+        return json.dumps(data)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def timed_rate(bench: str, tasks: int, seconds: float, **extra: Any) -> Result:
+    return Result(bench, tasks, seconds, tasks / seconds if seconds > 0 else None, dict(extra))
+
+
+# --------------------------------------------------------------------------------------------
+# floor
+
+
+def bench_floor(tasks: int, timeout: float) -> Result:
+    """Spawn `true` `tasks` times from a 2-thread pool: the cost of the processes alone."""
+
+    def spawn(_: int) -> int:
+        return subprocess.run(["true"]).returncode
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        start = time.perf_counter()
+        futures = [pool.submit(spawn, i) for i in range(tasks)]
+        done, not_done = concurrent.futures.wait(futures, timeout=timeout)
+        seconds = time.perf_counter() - start
+        if not_done:
+            for fut in not_done:
+                fut.cancel()
+            raise BenchError(f"timed out after {timeout:.0f} s ({len(done)} of {tasks} done)")
+    failed = sum(1 for fut in futures if fut.result() != 0)
+    if failed:
+        raise BenchError(f"{failed} of {tasks} `true` processes failed")
+    return timed_rate("floor", tasks, seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# HyperQueue's own engine (runs in a child process so that it can be timed out and capped)
+
+
+def hq_engine_child(tasks: int, server_dir: str) -> int:
+    """Child mode: submit `tasks` `true` tasks to a LocalCluster, print JSON progress lines."""
+    from hyperqueue import Client, Job
+    from hyperqueue.cluster import LocalCluster, WorkerConfig
+
+    def emit(**data: Any) -> None:
+        print(json.dumps(data), flush=True)
+
+    with LocalCluster(server_dir=server_dir) as cluster:
+        cluster.start_worker(WorkerConfig(cores=2))
+        client: Client = cluster.client()
+
+        build_start = time.perf_counter()
+        job = Job()
+        # The Python API (hyperqueue 0.27) has no task arrays: one program task per `true`.
+        for _ in range(tasks):
+            job.program(["true"], stdout=None, stderr=None)
+        emit(event="built", build_seconds=time.perf_counter() - build_start)
+
+        start = time.perf_counter()
+        submitted = client.submit(job)
+        emit(event="submitted", submit_seconds=time.perf_counter() - start)
+
+        last_finished = -1
+
+        def progress(jobs: dict[int, dict[str, Any]]) -> None:
+            nonlocal last_finished
+            finished = sum(int(status["finished"]) for status in jobs.values())
+            if finished != last_finished:
+                last_finished = finished
+                emit(event="progress", finished=finished, seconds=time.perf_counter() - start)
+
+        # `Client.wait_for_jobs` draws a tqdm bar; the connection takes our own callback.
+        failed_jobs = client.connection.wait_for_jobs([submitted.id], progress)
+        seconds = time.perf_counter() - start
+        emit(event="done", seconds=seconds, failed_jobs=list(failed_jobs))
+    return 0
+
+
+def _read_events(path: Path) -> dict[str, dict[str, Any]]:
+    """The last JSON event of each kind a child printed (other output is ignored)."""
+    by_kind: dict[str, dict[str, Any]] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by the kill
+            by_kind[event["event"]] = event
+    return by_kind
+
+
+def bench_hq_engine(tasks: int, cap: float, workdir: Path) -> Result:
+    """Run `hq_engine_child` in a child process; past `cap` seconds after the submit, stop it
+    and report the rate over the tasks finished so far."""
+    out_path = workdir / f"hq-engine-{tasks}.out"
+    err_path = workdir / f"hq-engine-{tasks}.err"
+    server_dir = workdir / f"hq-engine-{tasks}-server"
+    server_dir.mkdir()
+    cmd = [sys.executable, os.path.abspath(__file__), "--hq-engine-child", str(tasks)]
+    cmd += ["--hq-engine-server-dir", str(server_dir)]
+    # Starting the cluster and building 100,000 task descriptions take seconds; allow for it.
+    deadline = time.perf_counter() + cap + 120.0
+    submitted_at: float | None = None
+    capped = False
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=workdir, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                now = time.perf_counter()
+                if submitted_at is None and "submitted" in _read_events(out_path):
+                    submitted_at = now
+                if now > deadline or (submitted_at is not None and now > submitted_at + cap):
+                    capped = True
+                    break
+                time.sleep(0.5)
+        finally:
+            _kill_group(proc)
+    events = _read_events(out_path)
+    extra: dict[str, Any] = {}
+    if "built" in events:
+        extra["build_seconds"] = events["built"]["build_seconds"]
+    if "submitted" in events:
+        extra["submit_seconds"] = events["submitted"]["submit_seconds"]
+    if "done" in events:
+        done = events["done"]
+        if done["failed_jobs"]:
+            raise BenchError(f"job failed: {done['failed_jobs']}")
+        return timed_rate("hq-engine", tasks, done["seconds"], **extra)
+    if capped and "progress" in events:
+        last = events["progress"]
+        finished, seconds = int(last["finished"]), float(last["seconds"])
+        extra.update(capped_at=cap, finished=finished)
+        log(f"hq-engine {tasks}: capped after {seconds:.0f} s with {finished} tasks finished")
+        return Result("hq-engine", tasks, seconds, finished / seconds if seconds else None, extra)
+    reason = "timed out" if capped else f"exit code {proc.returncode}"
+    raise BenchError(f"{reason}: {_tail(err_path)}")
+
+
+# --------------------------------------------------------------------------------------------
+# hqpy
+
+
+class HqpyCluster:
+    """A real hqpy server (and optionally one worker) in a temporary server directory."""
+
+    def __init__(self, workdir: Path, name: str) -> None:
+        self.workdir = workdir / name
+        self.workdir.mkdir()
+        self.server_dir = self.workdir / "server"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.server: subprocess.Popen[bytes] | None = None
+        self.server_pid: int | None = None
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "hqpy", "--server-dir", str(self.server_dir), *args]
+
+    def _spawn(
+        self, name: str, args: Sequence[str], env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        with open(self.workdir / f"{name}.log", "wb") as logfile:
+            proc = subprocess.Popen(
+                self.command(*args),
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def run(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run one hq command; raise BenchError on a timeout or a non-zero exit code."""
+        try:
+            done = subprocess.run(
+                self.command(*args),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                cwd=self.workdir,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"`hq {' '.join(args)}` timed out after {timeout:.0f} s") from exc
+        if done.returncode != 0:
+            text = _last_lines(done.stderr) or _last_lines(done.stdout)
+            raise BenchError(f"`hq {' '.join(args)}` exited with {done.returncode}: {text}")
+        return done
+
+    def start_server(self) -> None:
+        self.server = self._spawn("server", ["server", "start"], {})
+        info = self._wait_for(
+            "the server to start",
+            self.server,
+            lambda: json.loads(self.run("--output-mode", "json", "server", "info").stdout),
+        )
+        pid = info.get("pid") if isinstance(info, dict) else None
+        self.server_pid = pid if isinstance(pid, int) else self.server.pid
+
+    def start_worker(self, cpus: int = 2, env: dict[str, str] | None = None) -> None:
+        worker = self._spawn("worker", ["worker", "start", "--cpus", str(cpus)], env or {})
+
+        def registered() -> bool:
+            workers = json.loads(self.run("--output-mode", "json", "worker", "list").stdout)
+            if not workers:
+                raise BenchError("no worker registered yet")
+            return True
+
+        self._wait_for("the worker to register", worker, registered)
+
+    def _wait_for(self, what: str, proc: subprocess.Popen[bytes], probe: Callable[[], Any]) -> Any:
+        deadline = time.perf_counter() + STARTUP_TIMEOUT
+        last_error = ""
+        while time.perf_counter() < deadline:
+            if proc.poll() is not None:
+                raise BenchError(
+                    f"{what}: process exited with {proc.returncode}: {self.log_tail()}"
+                )
+            try:
+                return probe()
+            except (BenchError, ValueError) as exc:
+                last_error = str(exc)
+            time.sleep(0.2)
+        raise BenchError(f"timed out waiting for {what}: {last_error}")
+
+    def rss(self) -> dict[str, float]:
+        """VmRSS and VmHWM of the server process, in MiB."""
+        if self.server_pid is None:
+            raise BenchError("server pid unknown")
+        values: dict[str, float] = {}
+        for line in Path(f"/proc/{self.server_pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024  # kB -> MiB
+        return values
+
+    def log_tail(self) -> str:
+        tails = [f"{p.name}: {_tail(p)}" for p in sorted(self.workdir.glob("*.log"))]
+        return " | ".join(tails)
+
+    def stop(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            try:
+                self.run("server", "stop", timeout=STOP_TIMEOUT)
+            except BenchError as exc:
+                log(f"note: {exc}")
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log(f"note: pid {proc.pid} did not exit after `hq server stop`; killing it")
+            _kill_group(proc)
+
+
+@contextmanager
+def hqpy_cluster(workdir: Path, name: str) -> Iterator[HqpyCluster]:
+    cluster = HqpyCluster(workdir, name)
+    try:
+        yield cluster
+    except BenchError as exc:
+        raise BenchError(f"{exc} [logs: {cluster.log_tail()}]") from exc
+    finally:
+        cluster.stop()
+
+
+def bench_hqpy_throughput(
+    bench: str, tasks: int, workdir: Path, wait_timeout: float, worker_env: dict[str, str]
+) -> Result:
+    with hqpy_cluster(workdir, f"{bench}-{tasks}") as cluster:
+        cluster.start_server()
+        cluster.start_worker(2, worker_env)
+        start = time.perf_counter()
+        cluster.run("submit", "--array", f"1-{tasks}", *NO_OUTPUT, "--", "true")
+        submitted = time.perf_counter()
+        cluster.run("job", "wait", "last", timeout=wait_timeout)
+        end = time.perf_counter()
+        return timed_rate(
+            bench,
+            tasks,
+            end - start,
+            submit_seconds=submitted - start,
+            wait_seconds=end - submitted,
+        )
+
+
+def bench_hqpy_array(tasks: int, workdir: Path) -> Result:
+    with hqpy_cluster(workdir, f"hqpy-array-{tasks}") as cluster:
+        cluster.start_server()
+        before = cluster.rss()
+        start = time.perf_counter()
+        cluster.run("submit", "--array", f"0-{tasks - 1}", *NO_OUTPUT, "--", "true")
+        seconds = time.perf_counter() - start
+        after = cluster.rss()
+        list_start = time.perf_counter()
+        listed = json.loads(cluster.run("--output-mode", "json", "job", "list").stdout)
+        list_seconds = time.perf_counter() - list_start
+        settled = cluster.rss()
+        # The CLI's own start-up cost, which every submit and list above includes.
+        version_start = time.perf_counter()
+        cluster.run("--version")
+        version_seconds = time.perf_counter() - version_start
+        return Result(
+            "hqpy-array",
+            tasks,
+            seconds,
+            tasks / seconds,
+            {
+                "rss_mb_before": before.get("VmRSS"),
+                "rss_mb": after.get("VmRSS"),
+                "rss_mb_after_list": settled.get("VmRSS"),
+                "peak_rss_mb": settled.get("VmHWM"),
+                "job_list_seconds": list_seconds,
+                "jobs_listed": len(listed) if isinstance(listed, list) else None,
+                "cli_version_seconds": version_seconds,
+            },
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a process we started (in its own session) and anything it left in its group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        log(f"note: pid {proc.pid} survived SIGKILL")
+
+
+def _tail(path: Path, lines: int = 3, chars: int = 500) -> str:
+    """The last few non-blank lines of a log file, on one line."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return _last_lines(text, lines, chars)
+
+
+def _last_lines(text: str, lines: int = 3, chars: int = 500) -> str:
+    last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " / ".join(last)[-chars:]
+
+
+@dataclass
+class Plan:
+    name: str
+    tasks: int
+    run: Callable[[], Result]
+
+
+def wait_timeout(tasks: int) -> float:
+    """A timeout generous enough for ~200 tasks/s, capped so that a stuck run ends."""
+    return min(max(120.0, tasks / 200), 600.0)
+
+
+def build_plan(args: argparse.Namespace, workdir: Path) -> list[Plan]:
+    small, large = (2_000, 10_000) if args.quick else (10_000, 100_000)
+    array = 1_000_000
+    zero = {"HQPY_ZERO_WORKER": "1"}
+    plan = [
+        Plan("floor", small, lambda: bench_floor(small, wait_timeout(small))),
+        Plan("hq-engine", small, lambda: bench_hq_engine(small, args.hq_cap, workdir)),
+        Plan("hq-engine", large, lambda: bench_hq_engine(large, args.hq_cap, workdir)),
+        Plan(
+            "hqpy",
+            small,
+            lambda: bench_hqpy_throughput("hqpy", small, workdir, wait_timeout(small), {}),
+        ),
+        Plan(
+            "hqpy",
+            large,
+            lambda: bench_hqpy_throughput("hqpy", large, workdir, wait_timeout(large), {}),
+        ),
+        Plan("hqpy-array", array, lambda: bench_hqpy_array(array, workdir)),
+        Plan(
+            "hqpy-server-only",
+            large,
+            lambda: bench_hqpy_throughput(
+                "hqpy-server-only", large, workdir, wait_timeout(large), zero
+            ),
+        ),
+    ]
+    return [p for p in plan if not args.only or p.name in args.only]
+
+
+def run_plan(plan: Sequence[Plan]) -> list[Result]:
+    results: list[Result] = []
+    for item in plan:
+        log(f"{item.name} {item.tasks}: running")
+        try:
+            result = item.run()
+        except Exception as exc:  # any failure is reported for this row only
+            message = (
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, BenchError) else str(exc)
+            )
+            log(f"{item.name} {item.tasks}: FAILED: {message}")
+            result = Result(item.name, item.tasks, error=message)
+        else:
+            rate = f"{result.rate:,.0f} tasks/s" if result.rate is not None else "-"
+            log(f"{item.name} {item.tasks}: {result.seconds:.3f} s, {rate}")
+        results.append(result)
+    return results
+
+
+def format_extra(result: Result) -> str:
+    if result.error is not None:
+        return f"ERROR: {result.error}"
+    parts = []
+    for key, value in result.extra.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.3f}" if value < 100 else f"{key}={value:.0f}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def print_table(results: Sequence[Result]) -> None:
+    rows = [("name", "tasks", "seconds", "tasks/s", "extra")]
+    for r in results:
+        rows.append(
+            (
+                r.bench,
+                f"{r.tasks:,}",
+                "-" if r.seconds is None else f"{r.seconds:.3f}",
+                "-" if r.rate is None else f"{r.rate:,.0f}",
+                format_extra(r),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [row[i].rjust(widths[i]) for i in (1, 2, 3)]
+        print("  ".join(cells + [row[4]]).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths) + "  -----")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--quick", action="store_true", help="2,000 / 10,000 tasks instead of 10,000 / 100,000"
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=BENCHES, metavar="NAME", help=f"run only {', '.join(BENCHES)}"
+    )
+    parser.add_argument("--json-only", action="store_true", help="print only the JSON lines")
+    parser.add_argument(
+        "--hq-cap",
+        type=float,
+        default=HQ_ENGINE_CAP,
+        metavar="SECONDS",
+        help="wall-time cap of one HyperQueue-engine run; past it, report the rate so far "
+        f"(default {HQ_ENGINE_CAP:.0f})",
+    )
+    # Internal: the HyperQueue engine measurement runs in a child process.
+    parser.add_argument("--hq-engine-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--hq-engine-server-dir", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    global _log_enabled
+    args = parse_args(argv)
+    if args.hq_engine_child is not None:
+        return hq_engine_child(args.hq_engine_child, args.hq_engine_server_dir)
+    _log_enabled = not args.json_only
+    with tempfile.TemporaryDirectory(prefix="hqpy-bench-") as tmp:
+        workdir = Path(tmp)
+        log(f"work directory {workdir}, {os.cpu_count()} cpus, python {sys.version.split()[0]}")
+        total = time.perf_counter()
+        results = run_plan(build_plan(args, workdir))
+        log(f"total {time.perf_counter() - total:.0f} s")
+    if not args.json_only:
+        print()
+        print_table(results)
+        print()
+    for result in results:
+        print(result.to_json())
+    return 0 if all(r.error is None for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

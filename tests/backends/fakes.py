@@ -1,0 +1,58 @@
+"""A recording `CommandRunner` for backend tests: scripted answers, every call kept."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from hqpy.autoalloc.backends.base import BackendError, CommandResult
+
+
+@attrs.frozen
+class Call:
+    argv: tuple[str, ...]
+    cwd: Path | None
+    timeout: float
+
+
+@attrs.define
+class Answer:
+    returncode: int = 0
+    stdout: str = ""
+    stderr: str = ""
+    error: BackendError | None = None
+    """Raised instead of answering (a program that cannot start, or hangs)."""
+
+
+@attrs.define
+class RecordingRunner:
+    """Answers by program name (`argv[0]`), in order; the last answer of a program repeats."""
+
+    answers: dict[str, list[Answer]] = attrs.field(factory=dict)
+    calls: list[Call] = attrs.field(factory=list)
+
+    def answer(self, program: str, *answers: Answer) -> RecordingRunner:
+        self.answers.setdefault(program, []).extend(answers)
+        return self
+
+    async def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the CommandRunner interface
+    ) -> CommandResult:
+        self.calls.append(Call(tuple(argv), cwd, timeout))
+        queue = self.answers.get(argv[0])
+        if not queue:
+            raise AssertionError(f"unexpected command {list(argv)}")
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        if answer.error is not None:
+            raise answer.error
+        return CommandResult(tuple(argv), answer.returncode, answer.stdout, answer.stderr)
+
+    @property
+    def argvs(self) -> list[list[str]]:
+        return [list(c.argv) for c in self.calls]

@@ -1,0 +1,140 @@
+"""`--output-mode json|quiet`: exact documents and lines, errors, and usage errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.harness import HqEnv
+
+pytestmark = pytest.mark.e2e
+
+TASK_STATS = {"aborted", "canceled", "failed", "finished", "running", "waiting"}
+
+
+def test_job_list_json(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.command("submit", "--array", "1-3", "--name", "my-job", "--", "echo", "tt")
+    jobs = hq_env.command("job", "list", json=True)
+    assert jobs == [
+        {
+            "id": 1,
+            "name": "my-job",
+            "task_count": 3,
+            "task_stats": {
+                "aborted": 0,
+                "canceled": 0,
+                "failed": 0,
+                "finished": 0,
+                "running": 0,
+                "waiting": 3,
+            },
+        }
+    ]
+
+
+def test_job_info_json_waiting(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.command("submit", "--array", "1-3", "--", "echo", "tt")
+    jobs = hq_env.command("job", "info", "1", json=True)
+    assert isinstance(jobs, list) and len(jobs) == 1
+    job = jobs[0]
+    assert set(job) == {"info", "submits", "finished_at", "max_fails", "started_at", "tasks"}
+    assert job["info"] == {
+        "id": 1,
+        "name": "echo",
+        "task_count": 3,
+        "task_stats": {k: (3 if k == "waiting" else 0) for k in TASK_STATS},
+        "is_open": False,
+        "cancel_reason": None,
+    }
+    assert job["finished_at"] is None
+    assert job["max_fails"] is None
+    assert isinstance(job["started_at"], str)
+    assert job["tasks"] == [
+        {"id": 1, "state": "waiting"},
+        {"id": 2, "state": "waiting"},
+        {"id": 3, "state": "waiting"},
+    ]
+    assert len(job["submits"]) == 1
+    array = job["submits"][0]["array"]
+    assert set(array) == {
+        "resources",
+        "priority",
+        "program",
+        "pin_mode",
+        "crash_limit",
+        "task_dir",
+        "time_limit",
+    }
+    assert array["priority"] == 0
+    assert array["pin_mode"] is None
+    assert array["task_dir"] is False
+    assert array["time_limit"] is None
+    program = array["program"]
+    assert set(program) == {"args", "env", "cwd", "stdout", "stderr"}
+    assert program["args"] == ["echo", "tt"]
+    assert program["env"] == {}
+
+
+def test_job_info_json_finished_task(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.start_worker()
+    hq_env.command("submit", "--wait", "--", "echo", "tt")
+    job = hq_env.job_info()
+    assert job["info"]["task_stats"]["finished"] == 1
+    assert job["finished_at"] is not None
+    [task] = job["tasks"]
+    assert task["id"] == 0
+    assert task["state"] == "finished"
+    cwd = str(hq_env.work_dir.resolve())
+    assert task["cwd"] == cwd
+    assert task["stdout"] == f"{cwd}/job-1/0.stdout"
+    assert task["stderr"] == f"{cwd}/job-1/0.stderr"
+
+
+def test_task_list_json(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.command("submit", "--array", "1-2", "--", "true")
+    assert hq_env.command("task", "list", "1", json=True) == {
+        "1": [{"id": 1, "state": "waiting"}, {"id": 2, "state": "waiting"}]
+    }
+
+
+def test_quiet_submit(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    assert hq_env.command("submit", "--", "true", mode="quiet") == "1\n"
+    assert hq_env.command("submit", "--", "true", mode="quiet") == "2\n"
+
+
+def test_quiet_worker_list(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.start_worker()
+    assert hq_env.command("worker", "list", mode="quiet") == "1 RUNNING\n"
+
+
+def test_json_error_goes_to_stdout(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    result = hq_env.run(
+        "--output-mode", "json", "submit", "--job", "123", "--", "true", expect_fail=True
+    )
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    assert set(data) == {"error"}
+    assert "Job 123 not found." in data["error"]
+
+
+def test_cli_error_goes_to_stderr(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    result = hq_env.run("submit", "--job", "123", "--", "true", expect_fail=True)
+    assert result.returncode == 1
+    assert "Job 123 not found." in result.stderr
+    assert result.stdout == ""
+
+
+def test_usage_error_exits_2(hq_env: HqEnv) -> None:
+    result = hq_env.run("submit", "--array", expect_fail=True)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr != ""

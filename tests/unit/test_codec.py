@@ -1,0 +1,352 @@
+"""The wire codec: every message of every union survives a round trip; anything else is refused."""
+
+from __future__ import annotations
+
+import enum
+import json
+import types
+import typing
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hqpy.common.resources import AllocationPolicy, ResourceAmountRequest, ResourceRequest
+from hqpy.protocol import messages as m
+from hqpy.protocol.codec import OPS, DecodeError, Handshake, decode, encode
+
+PER_CLASS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+"""Per-message tests run for each of ~60 classes: fewer examples each, no per-example deadline."""
+UNION_WIDE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+UNIONS: tuple[Any, ...] = (Handshake, m.ToWorker, m.FromWorker, m.ClientRequest, m.ClientResponse)
+
+# --- strategies ----------------------------------------------------------------------------------
+
+texts = st.text(max_size=12)
+ids = st.integers(min_value=0, max_value=2**53)
+seconds = st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False)
+maybe_seconds = st.none() | seconds
+maybe_text = st.none() | texts
+
+compute_rows = st.lists(st.tuples(ids, ids, ids, ids, maybe_text).map(list), max_size=5)
+update_rows = st.lists(
+    st.tuples(
+        ids,
+        ids,
+        ids,
+        st.sampled_from([m.TASK_RUNNING, m.TASK_FINISHED, m.TASK_FAILED, m.TASK_CANCELED]),
+        maybe_seconds,
+        maybe_seconds,
+        maybe_text,
+    ).map(list),
+    max_size=5,
+)
+
+TUNED: dict[Any, st.SearchStrategy[Any]] = {
+    str: texts,
+    int: st.integers(min_value=-(2**53), max_value=2**53),
+    float: seconds,
+    bool: st.booleans(),
+    type(None): st.none(),
+    ResourceAmountRequest: st.builds(
+        ResourceAmountRequest,
+        resource=texts,
+        amount=st.integers(min_value=-1, max_value=10**9),
+        policy=st.sampled_from(AllocationPolicy),
+    ),
+    m.ComputeTasks: st.builds(
+        m.ComputeTasks,
+        bodies=st.lists(st.deferred(lambda: derive(m.TaskBody)), max_size=3),
+        tasks=compute_rows,
+    ),
+    m.CancelTasks: st.builds(
+        m.CancelTasks, tasks=st.lists(st.tuples(ids, ids, ids).map(list), max_size=5)
+    ),
+    m.TaskUpdates: st.builds(m.TaskUpdates, updates=update_rows),
+}
+"""Strategies written by hand where the field types say too little (rows of plain values)."""
+
+
+def derive(tp: Any) -> st.SearchStrategy[Any]:
+    """A strategy for any message type, from its annotations (so new messages are covered)."""
+    if tp in TUNED:
+        return TUNED[tp]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return st.none() | ids | texts
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of(*(derive(a) for a in args))
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return st.lists(derive(args[0]), max_size=2).map(tuple)
+        return st.tuples(*(derive(a) for a in args))
+    if origin is list:
+        return st.lists(derive(args[0]), max_size=2)
+    if origin is dict:
+        return st.dictionaries(derive(args[0]), derive(args[1]), max_size=2)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return st.sampled_from(tp)
+    if isinstance(tp, type) and attrs.has(tp):
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: derive(hints[f.name]) for f in attrs.fields(tp)}
+        return st.builds(tp, **fields)
+    raise TypeError(f"no strategy for {tp!r}")
+
+
+def lazy(tp: Any) -> st.SearchStrategy[Any]:
+    """`derive` at draw time, so a message type it cannot handle fails its tests, not collection."""
+    return st.deferred(lambda: derive(tp))
+
+
+def members(union: Any) -> tuple[type, ...]:
+    return typing.get_args(union)
+
+
+ALL_MEMBERS = sorted({cls for union in UNIONS for cls in members(union)}, key=lambda c: c.__name__)
+UNION_OF = {cls: union for union in UNIONS for cls in members(union)}
+
+
+# --- round trips ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ALL_MEMBERS, ids=lambda c: c.__name__)
+@PER_CLASS
+@given(data=st.data())
+def test_every_message_round_trips(cls: type, data: st.DataObject) -> None:
+    msg = data.draw(derive(cls))
+    union = UNION_OF[cls]
+    assert decode(encode(msg, union), union) == msg
+
+
+@UNION_WIDE
+@given(lazy(Handshake))
+def test_handshake_messages_round_trip(msg: Any) -> None:
+    assert decode(encode(msg, Handshake), Handshake) == msg
+
+
+@UNION_WIDE
+@given(lazy(m.ClientRequest))
+def test_client_requests_round_trip(msg: Any) -> None:
+    assert decode(encode(msg, m.ClientRequest), m.ClientRequest) == msg
+
+
+@UNION_WIDE
+@given(lazy(m.SubmitRequest))
+def test_submit_request_round_trips_with_its_resource_request(msg: m.SubmitRequest) -> None:
+    decoded = decode(encode(msg, m.ClientRequest), m.ClientRequest)
+    assert decoded == msg
+    assert isinstance(decoded.submit, m.SubmitDesc)
+    assert isinstance(decoded.submit.request, ResourceRequest)
+    assert all(isinstance(e.policy, AllocationPolicy) for e in decoded.submit.request.entries)
+
+
+@UNION_WIDE
+@given(lazy(m.ClientResponse))
+def test_client_responses_round_trip(msg: Any) -> None:
+    assert decode(encode(msg, m.ClientResponse), m.ClientResponse) == msg
+
+
+@UNION_WIDE
+@given(lazy(m.JobDetailsResponse))
+def test_job_details_response_round_trips_nested_views(msg: m.JobDetailsResponse) -> None:
+    decoded = decode(encode(msg, m.ClientResponse), m.ClientResponse)
+    assert decoded == msg
+    for job in decoded.jobs:
+        assert isinstance(job.info.task_stats, m.TaskStats)
+        assert all(isinstance(s, m.SubmitView) for s in job.submits)
+        assert all(isinstance(t, m.TaskView) for t in job.failed_tasks)
+
+
+@UNION_WIDE
+@given(lazy(m.ToWorker))
+def test_messages_to_workers_round_trip(msg: Any) -> None:
+    assert decode(encode(msg, m.ToWorker), m.ToWorker) == msg
+
+
+@UNION_WIDE
+@given(lazy(m.ComputeTasks))
+def test_compute_tasks_round_trips_bodies_and_rows(msg: m.ComputeTasks) -> None:
+    decoded = decode(encode(msg, m.ToWorker), m.ToWorker)
+    assert decoded == msg
+    assert all(isinstance(body, m.TaskBody) for body in decoded.bodies)
+
+
+@UNION_WIDE
+@given(lazy(m.FromWorker))
+def test_messages_from_workers_round_trip(msg: Any) -> None:
+    assert decode(encode(msg, m.FromWorker), m.FromWorker) == msg
+
+
+@UNION_WIDE
+@given(lazy(m.TaskUpdates))
+def test_task_updates_round_trip_rows(msg: m.TaskUpdates) -> None:
+    assert decode(encode(msg, m.FromWorker), m.FromWorker) == msg
+
+
+# --- tags ----------------------------------------------------------------------------------------
+
+
+def test_encoded_frame_is_tagged_with_the_ops_name() -> None:
+    frame = encode(m.CloseJobsRequest("3"), m.ClientRequest)
+    assert json.loads(frame) == {"op": "job-close", "selector": "3"}
+
+
+@pytest.mark.parametrize("cls", ALL_MEMBERS, ids=lambda c: c.__name__)
+@settings(PER_CLASS, max_examples=5)
+@given(data=st.data())
+def test_every_message_is_tagged_with_its_ops_name(cls: type, data: st.DataObject) -> None:
+    msg = data.draw(derive(cls))
+    assert json.loads(encode(msg, UNION_OF[cls]))["op"] == OPS[cls]
+
+
+def test_tags_are_unique_within_each_union() -> None:
+    for union in UNIONS:
+        tags = [OPS[cls] for cls in members(union)]
+        assert len(tags) == len(set(tags))
+
+
+# --- what decode refuses -------------------------------------------------------------------------
+
+
+def test_unknown_op_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError):
+        decode(b'{"op":"no-such-op"}', m.ClientRequest)
+
+
+def test_missing_op_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError):
+        decode(b'{"selector":"1"}', m.ClientRequest)
+
+
+def test_op_of_another_union_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError):
+        decode(encode(m.CloseJobsRequest("1"), m.ClientRequest), m.ClientResponse)
+
+
+@pytest.mark.parametrize(
+    ("payload", "union"),
+    [
+        (b'{"op":"ok","extra":1}', m.ClientResponse),
+        (b'{"op":"job-close","selector":"1","force":true}', m.ClientRequest),
+        (b'{"op":"welcome","proof":"p","version":"1"}', Handshake),
+    ],
+)
+def test_extra_keys_are_a_decode_error(payload: bytes, union: Any) -> None:
+    with pytest.raises(DecodeError):
+        decode(payload, union)
+
+
+def test_extra_key_in_a_nested_object_is_a_decode_error() -> None:
+    frame = b'{"op":"log-lines","lines":[{"level":"INFO","text":"x","colour":"red"}]}'
+    with pytest.raises(DecodeError):
+        decode(frame, m.ClientResponse)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b'{"op":"submitted"}', id="missing-field"),
+        pytest.param(b'{"op":"submitted","job_id":null}', id="null-for-int"),
+        pytest.param(b'{"op":"submitted","job_id":"x"}', id="word-for-int"),
+        pytest.param(b'{"op":"submitted","job_id":"12"}', id="numeric-string-for-int"),
+        pytest.param(b'{"op":"submitted","job_id":1.5}', id="float-for-int"),
+        pytest.param(b'{"op":"submitted","job_id":true}', id="bool-for-int"),
+        pytest.param(b'{"op":"submitted","job_id":[1]}', id="list-for-int"),
+        pytest.param(b'{"op":"error","message":5}', id="number-for-str"),
+        pytest.param(b'{"op":"error","message":null}', id="null-for-str"),
+        pytest.param(b'{"op":"error","message":["a"]}', id="list-for-str"),
+        pytest.param(b'{"op":"log-lines","lines":"abc"}', id="str-for-list"),
+        pytest.param(b'{"op":"log-lines","lines":{"a":1}}', id="object-for-list"),
+        pytest.param(b'{"op":"log-lines","lines":[5]}', id="int-for-object"),
+    ],
+)
+def test_wrong_types_are_a_decode_error(payload: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(payload, m.ClientResponse)
+
+
+def test_string_for_the_task_update_rows_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError):
+        decode(b'{"op":"task-updates","updates":"abc"}', m.FromWorker)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"not json", id="words"),
+        pytest.param(b"\xff\xfe", id="not-utf8"),
+        pytest.param(b'{"op":"ok"', id="truncated"),
+        pytest.param(b'{"op":"ok"}{"op":"ok"}', id="two-documents"),
+        pytest.param(b"{'op': 'ok'}", id="python-repr"),
+    ],
+)
+def test_non_json_is_a_decode_error(payload: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(payload, m.ClientResponse)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"null", id="null"),
+        pytest.param(b"1", id="number"),
+        pytest.param(b'"ok"', id="string"),
+        pytest.param(b"true", id="bool"),
+        pytest.param(b"[]", id="array"),
+        pytest.param(b'["ok"]', id="array-of-tag"),
+    ],
+)
+def test_json_that_is_not_an_object_is_a_decode_error(payload: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(payload, m.ClientResponse)
+
+
+@pytest.mark.parametrize("payload", [b"null", b"[]", b'"peer-hello"'])
+def test_json_that_is_not_an_object_is_a_decode_error_in_the_handshake(payload: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(payload, Handshake)
+
+
+def test_deeply_nested_json_is_a_decode_error() -> None:
+    depth = 100_000
+    with pytest.raises(DecodeError):
+        decode(b"[" * depth + b"]" * depth, m.ClientResponse)
+
+
+def test_deeply_nested_value_inside_a_message_is_a_decode_error() -> None:
+    depth = 100_000
+    payload = b'{"op":"task-updates","updates":' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(DecodeError):
+        decode(payload, m.FromWorker)
+
+
+@UNION_WIDE
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_decode_or_raise_decode_error(payload: bytes) -> None:
+    try:
+        decoded = decode(payload, m.ClientRequest)
+    except DecodeError:
+        return
+    assert type(decoded) in members(m.ClientRequest)
+
+
+@UNION_WIDE
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+        max_leaves=10,
+    )
+)
+def test_arbitrary_json_decodes_or_raises_decode_error(value: Any) -> None:
+    try:
+        decoded = decode(json.dumps(value).encode(), m.ClientRequest)
+    except DecodeError:
+        return
+    assert type(decoded) in members(m.ClientRequest)
