@@ -43,7 +43,7 @@ BENCHES = ("floor", "hq-engine", "hqpy", "hqpy-array", "hqpy-server-only")
 # Default wall-time cap (seconds) for one HyperQueue-engine measurement. HyperQueue's engine runs
 # 100,000 `true` tasks at ~150-200 tasks/s on 2 cores, i.e. well over the budget of the whole
 # run; past the cap the measurement reports the rate over the tasks finished so far.
-HQ_ENGINE_CAP = 420.0
+HQ_ENGINE_CAP = 300.0
 
 STARTUP_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 60.0

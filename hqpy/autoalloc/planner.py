@@ -76,6 +76,30 @@ def workers_wanted(work: Iterable[WaitingWork], shape: WorkerShape, time_limit: 
     return total
 
 
+def consume(
+    work: Iterable[WaitingWork], shape: WorkerShape | None, workers: int, time_limit: float
+) -> list[WaitingWork]:
+    """The work left after `workers` workers of this shape took what they can run.
+
+    Queues are served in order, so one waiting task does not make every queue submit for it.
+    A worker of unknown shape (probing) is taken to run one task.
+    """
+    left = []
+    for w in work:
+        if workers <= 0 or w.count <= 0 or w.request.min_time > time_limit:
+            left.append(w)
+            continue
+        per = 1 if shape is None else tasks_per_worker(w.request, shape)
+        if per <= 0:
+            left.append(w)
+            continue
+        take = min(w.count, workers * per)
+        workers -= math.ceil(take / per)
+        if w.count > take:
+            left.append(WaitingWork(w.request, w.count - take))
+    return left
+
+
 def any_runnable(work: Iterable[WaitingWork], time_limit: float) -> bool:
     """For a probing queue: is anything waiting that a worker of unknown shape might run?"""
     return any(w.count > 0 and w.request.min_time <= time_limit for w in work)

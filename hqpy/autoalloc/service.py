@@ -32,6 +32,7 @@ from hqpy.autoalloc.planner import (
     WaitingWork,
     any_runnable,
     compute_submission_permit,
+    consume,
     shape_of,
     workers_wanted,
 )
@@ -205,8 +206,11 @@ class AutoAllocService:
                 work.append(WaitingWork(group.body.request, count))
         return work
 
-    def plan(self, queue: AllocationQueue, work: list[WaitingWork]) -> list[int]:
-        """Worker counts of the allocations this queue should submit now."""
+    def plan(
+        self, queue: AllocationQueue, work: list[WaitingWork]
+    ) -> tuple[list[int], list[WaitingWork]]:
+        """Worker counts of the allocations this queue should submit now, and the work that
+        is left for the next queues once this queue's coming workers took their part."""
         p = queue.params
         time_limit = queue.worker_time_limit()
         declared = declared_resources(p)
@@ -247,7 +251,9 @@ class AutoAllocService:
             p.backlog,
             sizes,
         )
-        return sizes
+        if shape is None:
+            coming = sum(a.worker_count for a in queue.active())
+        return sizes, consume(work, shape, coming + sum(sizes), time_limit)
 
     async def submit_pass(self) -> None:
         self._last_pass = self.clock()
@@ -264,7 +270,7 @@ class AutoAllocService:
             if not queue.limiter.can_submit(now):
                 log.debug("Queue %d: backing off after failures", queue.id)
                 continue
-            sizes = self.plan(queue, work)
+            sizes, work = self.plan(queue, work)
             if not sizes:
                 continue
             queue.limiter.on_attempt(now)
@@ -322,13 +328,13 @@ class AutoAllocService:
         seq = queue.next_seq
         queue.next_seq += 1
         workdir = self.instance_dir / "autoalloc" / queue.dir_name / f"{seq:03}"
-        workdir.mkdir(parents=True, exist_ok=True)
         backend = self.backend(queue.params.manager)
         request = self.allocation_request(queue, seq, workers, workdir)
-        script = write_script(request, backend.render_script(request))
         try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            script = write_script(request, backend.render_script(request))
             allocation_id = await backend.submit(script, workdir)
-        except BackendError as e:
+        except (BackendError, OSError) as e:
             queue = self.state.queues[queue_id]
             queue.limiter.on_submission_fail()
             self.state.record(queue, "submit-failed", None, str(e))
@@ -428,11 +434,14 @@ class AutoAllocService:
         validate_params(params)
         self._dry_runs += 1
         workdir = self.instance_dir / "autoalloc" / f"dry-run-{self._dry_runs}"
-        workdir.mkdir(parents=True, exist_ok=True)
         probe = AllocationQueue(0, params, "dry-run", RateLimiter())
         request = self.allocation_request(probe, 1, params.workers_per_alloc, workdir, dry_run=True)
         backend = self.backend(params.manager)
-        script = write_script(request, backend.render_script(request))
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            script = write_script(request, backend.render_script(request))
+        except OSError as e:
+            raise AllocError(f"Could not submit allocation: cannot write {workdir}: {e}") from None
         check = getattr(backend, "check_script", None)
         if check is not None:
             try:

@@ -90,6 +90,23 @@ def _rows(value: Any, _: Any) -> list[list[Any]]:
     return value
 
 
+def _exact(value: Any, target: type) -> Any:
+    """No silent conversions (`"12"` into 12, `null` into `"None"`): wrong types are errors."""
+    if target is float:
+        ok = type(value) in (int, float)
+    elif issubclass(target, str):
+        ok = isinstance(value, str)
+    else:
+        ok = type(value) is target
+    if not ok:
+        raise TypeError(f"expected {target.__name__}, got {type(value).__name__}")
+    return target(value)
+
+
+for _kind in (int, float, str, bool):
+    converter.register_structure_hook(_kind, _exact)
+
+
 def _is_rows(t: Any) -> bool:
     return bool(t == list[list[Any]])
 
@@ -117,6 +134,8 @@ def decode(payload: bytes, union: type[T] | Any) -> Any:
     _ensure(union)
     try:
         data = json.loads(payload)
+        if not isinstance(data, dict):
+            raise DecodeError("malformed message: expected a JSON object")
         return converter.structure(data, union)
     except (ValueError, TypeError, KeyError, cattrs.BaseValidationError, RecursionError) as e:
         raise DecodeError(f"malformed message: {_short(e)}") from None

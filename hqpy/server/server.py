@@ -251,8 +251,14 @@ class Server:
                     nursery.cancel_scope.cancel()
             if scope.cancelled_caught:
                 reason = WorkerState.HEARTBEAT_LOST
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError, ConnectionError):
-            pass
+        except* (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            ProtocolError,
+            ConnectionError,
+        ):
+            # The nursery groups errors; a broken or misbehaving worker only ends its session.
+            log.debug("Session of worker %d ended by an error", worker.id)
         finally:
             self._sessions.pop(worker.id, None)
             self.state.on_worker_lost(worker, reason)

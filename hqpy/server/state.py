@@ -69,6 +69,10 @@ class ServerState:
 
     def submit(self, req: m.SubmitRequest) -> int:
         desc = req.submit
+        if not desc.request.entries and desc.request.n_nodes == 0:
+            raise RequestError("A task must request some resources (at least `--cpus 1`)")
+        if not desc.args:
+            raise RequestError("A task needs a program to run")
         try:
             ids = parse_id_set(desc.ids)
         except ValueError as e:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,7 @@ import pytest
 
 from hqpy.autoalloc.backends.base import CommandRunner
 from hqpy.autoalloc.backends.runner import run_command
-
-EMULATORS = Path(__file__).resolve().parent.parent / "emulators"
-sys.path.insert(0, str(EMULATORS))
-
-import batch_emulator  # noqa: E402
+from tests.emulators import batch_emulator
 
 
 @attrs.define

@@ -167,3 +167,16 @@ async def test_rejected_submission(tmp_path: Path) -> None:
     text = str(info.value)
     assert text.startswith("sbatch execution failed\nExit code: 1\nStderr: sbatch: error: ")
     assert "Batch job submission failed" in text
+
+
+async def test_multi_node_compound_line_runs_whole_on_each_node(tmp_path: Path) -> None:
+    if _idle_nodes() < 2:
+        pytest.skip("needs 2 nodes (SLURM_LOCAL_NODES=2 scripts/slurm-local.sh start)")
+    backend = SlurmBackend()
+    line = "echo start && HQPY_LOG=debug bash -c 'echo \"worker $HQPY_LOG\"'; echo stop"
+    req = request(tmp_path, worker_count=2, worker_command=line)
+    allocation_id = await submit(backend, req)
+    done = await wait_for(backend, allocation_id, ENDED)
+    assert done.state is ExternalState.FINISHED
+    lines = sorted((req.workdir / "stdout").read_text().splitlines())
+    assert lines == ["start", "start", "stop", "stop", "worker debug", "worker debug"]

@@ -425,6 +425,15 @@ class HqEnv:
         return proc
 
     def wait_for_worker(self, proc: HqProcess) -> None:
+        # Client calls are slow, so first wait (briefly, best effort) for the worker to log
+        # its registration; `worker list` below is what decides.
+        with suppress(AssertionError):
+            wait_until(
+                lambda: not proc.is_running() or "registered" in proc.stderr().lower(),
+                timeout=5,
+                interval=0.05,
+            )
+
         def running() -> bool:
             if not proc.is_running():
                 raise AssertionError(f"the worker died during start-up\n{proc.describe()}")

@@ -1011,9 +1011,15 @@ def qdel(argv: list[str]) -> int:
 
 
 def pbsdsh(argv: list[str]) -> int:
-    """`pbsdsh -- cmd...`: the command once per node of the job (`select`)."""
+    """`pbsdsh -- cmd...`: the command once per node of the job (`select`).
+
+    `bash -l` runs as plain `bash`: a login shell resets `PATH` from /etc/profile, and the
+    emulators are only on the test's `PATH` (a real cluster's profile puts PBS on it).
+    """
     if argv[:1] == ["--"]:
         argv = argv[1:]
+    if argv[:2] == ["bash", "-l"]:
+        argv = ["bash", *argv[2:]]
     count = int(os.environ.get("HQPY_EMULATOR_NODES", "1"))
     return _run_copies(argv, count, "PBS_TASKNUM")
 

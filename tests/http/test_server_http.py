@@ -1,4 +1,4 @@
-"""The real server in the test's trio loop with its HTTP side on: metrics, status, page, refusals."""
+"""The real server in the test's trio loop with its HTTP side on: metrics, status, refusals."""
 
 from __future__ import annotations
 

@@ -88,6 +88,11 @@ def add_allocation(
     return alloc
 
 
+def state_of(alloc: Allocation) -> AllocationState:
+    """The allocation's state, read afresh (mypy would keep an earlier `assert` narrowing)."""
+    return alloc.state
+
+
 def events(queue: AllocationQueue) -> list[tuple[str, str | None]]:
     return [(e.event, e.allocation_id) for e in queue.events]
 
@@ -132,7 +137,7 @@ def test_removed_queue_is_no_longer_live(state: AutoAllocState) -> None:
 def test_new_allocation_is_queued(state: AutoAllocState) -> None:
     queue = add_queue(state)
     alloc = add_allocation(state, queue)
-    assert alloc.state is AllocationState.QUEUED
+    assert state_of(alloc) is AllocationState.QUEUED
     assert queue.queued() == [alloc]
     assert state.find_allocation("1.job") == (queue, alloc)
     assert events(queue)[-1] == ("allocation-queued", "1.job")
@@ -143,7 +148,7 @@ def test_first_worker_starts_the_allocation(state: AutoAllocState, clock: FakeCl
     alloc = add_allocation(state, queue, workers=2)
     clock.advance(30)
     assert state.on_worker_connected(1, "1.job", RESOURCES)
-    assert alloc.state is AllocationState.RUNNING
+    assert state_of(alloc) is AllocationState.RUNNING
     assert alloc.started_at == 1030.0
     assert queue.known_resources == RESOURCES
     clock.advance(5)
@@ -172,9 +177,9 @@ def test_allocation_finishes_when_all_its_workers_are_gone(
     state.on_worker_connected(2, "1.job", RESOURCES)
     clock.advance(200)
     state.on_worker_lost(1, 200.0, False, "IDLE TIMEOUT")
-    assert alloc.state is AllocationState.RUNNING
+    assert state_of(alloc) is AllocationState.RUNNING
     state.on_worker_lost(2, 200.0, False, "IDLE TIMEOUT")
-    assert alloc.state is AllocationState.FINISHED
+    assert state_of(alloc) is AllocationState.FINISHED
     assert alloc.finished_at == 1200.0
     assert events(queue)[-1] == ("allocation-finished", "1.job")
     assert queue.queued() == [] and queue.running() == []
@@ -186,10 +191,10 @@ def test_allocation_waits_for_all_its_target_workers(state: AutoAllocState) -> N
     alloc = add_allocation(state, queue, workers=2)
     state.on_worker_connected(1, "1.job", RESOURCES)
     state.on_worker_lost(1, 200.0, False, "STOPPED")
-    assert alloc.state is AllocationState.RUNNING
+    assert state_of(alloc) is AllocationState.RUNNING
     state.on_worker_connected(2, "1.job", RESOURCES)
     state.on_worker_lost(2, 200.0, False, "STOPPED")
-    assert alloc.state is AllocationState.FINISHED
+    assert state_of(alloc) is AllocationState.FINISHED
 
 
 def test_allocation_fails_when_all_its_workers_crashed_within_a_minute(
@@ -201,7 +206,7 @@ def test_allocation_fails_when_all_its_workers_crashed_within_a_minute(
     state.on_worker_connected(2, "1.job", RESOURCES)
     state.on_worker_lost(1, 5.0, True, "CONNECTION LOST")
     state.on_worker_lost(2, CRASH_LIFETIME, True, "HEARTBEAT LOST")
-    assert alloc.state is AllocationState.FAILED
+    assert state_of(alloc) is AllocationState.FAILED
     assert events(queue)[-1] == ("allocation-failed", "1.job")
     assert "crashed" in queue.events[-1].message
     assert queue.limiter.allocation_fails == 1
@@ -223,7 +228,7 @@ def test_allocation_is_not_failed_unless_every_worker_crashed_quickly(
     for worker_id, (lifetime, failure) in enumerate(losses, 1):
         state.on_worker_connected(worker_id, "1.job", RESOURCES)
         state.on_worker_lost(worker_id, lifetime, failure, "X")
-    assert alloc.state is AllocationState.FINISHED
+    assert state_of(alloc) is AllocationState.FINISHED
     assert queue.limiter.allocation_fails == 0
 
 
@@ -236,9 +241,9 @@ def test_canceled_allocation_ends_finished_even_if_its_workers_die_badly(
     state.on_worker_connected(2, "1.job", RESOURCES)
     alloc.cancel_reason = "its queue was removed"
     state.on_worker_lost(1, 1.0, True, "CONNECTION LOST")
-    assert alloc.state is AllocationState.RUNNING
+    assert state_of(alloc) is AllocationState.RUNNING
     state.on_worker_lost(2, 1.0, True, "CONNECTION LOST")
-    assert alloc.state is AllocationState.FINISHED
+    assert state_of(alloc) is AllocationState.FINISHED
     assert queue.events[-1].event == "allocation-finished"
     assert queue.events[-1].message.startswith("canceled:")
     assert "its queue was removed" in queue.events[-1].message
@@ -249,15 +254,15 @@ def test_ended_allocation_does_not_change_again(state: AutoAllocState) -> None:
     queue = add_queue(state)
     alloc = add_allocation(state, queue)
     state.end(queue, alloc, True, "gone")
-    assert alloc.state is AllocationState.FAILED
+    assert state_of(alloc) is AllocationState.FAILED
     count = queue.event_count
     state.end(queue, alloc, False, "again")
     state.start(queue, alloc, "late")
-    assert alloc.state is AllocationState.FAILED
+    assert state_of(alloc) is AllocationState.FAILED
     assert queue.event_count == count
     # A worker that still reports from it does not bring it back.
     state.on_worker_connected(1, "1.job", RESOURCES)
-    assert alloc.state is AllocationState.FAILED
+    assert state_of(alloc) is AllocationState.FAILED
 
 
 def test_successful_allocation_resets_the_allocation_fail_count(state: AutoAllocState) -> None:
@@ -268,7 +273,7 @@ def test_successful_allocation_resets_the_allocation_fail_count(state: AutoAlloc
     second = add_allocation(state, queue, "2.job")
     state.on_worker_connected(1, "2.job", RESOURCES)
     state.on_worker_lost(1, 600.0, False, "IDLE TIMEOUT")
-    assert second.state is AllocationState.FINISHED
+    assert state_of(second) is AllocationState.FINISHED
     assert queue.limiter.allocation_fails == 0
     assert queue.limiter.step == 0
 
@@ -393,7 +398,7 @@ def test_events_use_the_names_of_the_design(state: AutoAllocState) -> None:
     alloc = add_allocation(state, queue, "1.job")
     state.on_worker_connected(1, "1.job", RESOURCES)
     state.on_worker_lost(1, 5.0, True, "CONNECTION LOST")
-    assert alloc.state is AllocationState.FAILED
+    assert state_of(alloc) is AllocationState.FAILED
     done = add_allocation(state, queue, "2.job")
     state.end(queue, done, False, "the batch system reports it ended (COMPLETED)")
     state.record(queue, "submit-failed", None, "sbatch: error")

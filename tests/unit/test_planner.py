@@ -145,15 +145,18 @@ def test_permit_is_empty_without_demand() -> None:
 
 
 def test_permit_is_empty_when_queued_workers_cover_the_demand() -> None:
-    assert compute_submission_permit(
-        wanted_workers=3,
-        coming_workers=5,
-        queued_allocations=1,
-        backlog=4,
-        workers_per_alloc=5,
-        active_workers=5,
-        max_worker_count=None,
-    ) == []
+    assert (
+        compute_submission_permit(
+            wanted_workers=3,
+            coming_workers=5,
+            queued_allocations=1,
+            backlog=4,
+            workers_per_alloc=5,
+            active_workers=5,
+            max_worker_count=None,
+        )
+        == []
+    )
 
 
 @given(

@@ -169,6 +169,8 @@ def _group_alive(pgid: int) -> bool:
 class LocalBackend:
     """Runs allocations as local process groups; their watchers live in the given nursery.
 
+    Keep one instance per server (shared by its local queues): ids come from its counter.
+
     Args:
         nursery: long-lived, owned by the caller; one watcher task per allocation runs in it.
         grace: seconds between SIGTERM and SIGKILL when an allocation is ended.
@@ -209,7 +211,10 @@ class LocalBackend:
         )
 
     async def submit(self, script: Path, workdir: Path) -> str:
-        text = await trio.Path(script).read_text()
+        try:
+            text = await trio.Path(script).read_text()
+        except OSError as e:
+            raise SubmitError(f"cannot read {script}: {e.strerror or e}") from e
         await self.check_script(script)
         self._counter += 1
         allocation_id = f"local-{self._counter}"
@@ -222,25 +227,10 @@ class LocalBackend:
         env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ALLOCATION_ENV}
         env.update(self._env)
         env[ALLOCATION_ID_ENV] = allocation_id
-        stdout = _open_output(workdir / "stdout")
         try:
-            stderr = _open_output(workdir / "stderr")
-            try:
-                process = await trio.lowlevel.open_process(
-                    ["bash", str(script)],
-                    cwd=workdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=stdout,
-                    stderr=stderr,
-                    start_new_session=True,
-                )
-            finally:
-                os.close(stderr)
+            process = await self._spawn(script, workdir, env)
         except OSError as e:
             raise SubmitError(f"bash start failed: {e.strerror or e}") from e
-        finally:
-            os.close(stdout)
         allocation = _LocalAllocation(
             allocation_id,
             workdir,
@@ -253,6 +243,27 @@ class LocalBackend:
         logger.debug("local allocation %s is process group %d", allocation_id, process.pid)
         self._nursery.start_soon(self._watch, allocation, name=f"local allocation {allocation_id}")
         return allocation_id
+
+    @staticmethod
+    async def _spawn(script: Path, workdir: Path, env: dict[str, str]) -> trio.Process:
+        """`bash <script>` as the leader of a new session (so of its own process group)."""
+        stdout = _open_output(workdir / "stdout")
+        try:
+            stderr = _open_output(workdir / "stderr")
+            try:
+                return await trio.lowlevel.open_process(
+                    ["bash", str(script)],
+                    cwd=workdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+            finally:
+                os.close(stderr)
+        finally:
+            os.close(stdout)
 
     def mark_started(self, allocation_id: str) -> None:
         """A worker of this allocation registered: from now on it is RUNNING."""

@@ -1,0 +1,124 @@
+"""The status page in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven
+by selenium with the driver's path given, so nothing is downloaded), during an end-to-end run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import HqEnv, wait_until
+from tests.http.conftest import ARTIFACTS, add_local_queue
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None
+)
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="needs Debian's Chromium and its driver: `apt-get install chromium "
+        "chromium-driver` (.ci/run does so in CI)",
+    ),
+]
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="needs selenium: `pip install -e .[dev]`"
+    )
+    from selenium.webdriver.chrome.service import Service
+
+    # Never let Selenium Manager look for (or download) a driver or a browser.
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def js(driver: Any, script: str) -> Any:
+    return driver.execute_script(script)
+
+
+def test_status_page_shows_queue_allocations_and_job_progress(
+    metrics_env: tuple[HqEnv, int], browser: Any
+) -> None:
+    hq_env, port = metrics_env
+    add_local_queue(hq_env, "--backlog", "1", "--workers-per-alloc", "1", "--max-worker-count", "2")
+    hq_env.command("submit", "--array", "1-24", "--name", "demo", "--", "sleep", "0.5")
+    browser.get(f"http://127.0.0.1:{port}/")
+    assert browser.title == "hqpy status"
+
+    # The queue with an allocation drawn on its timeline.
+    wait_until(
+        lambda: js(
+            browser,
+            "return document.querySelectorAll("
+            "'.queue[data-queue-id=\"1\"] svg.timeline g.alloc rect.alloc-bar').length",
+        ),
+        timeout=60,
+        what="an allocation bar on queue 1's timeline",
+    )
+
+    # The job's progress, part way: some tasks done, not all (it runs for several seconds).
+    def progress() -> tuple[int, int] | None:
+        row = js(
+            browser,
+            "const r = document.querySelector('tr.job[data-job-id=\"1\"]');"
+            "return r && [Number(r.dataset.finished), Number(r.dataset.total),"
+            " r.querySelectorAll('svg.progress rect.finished').length];",
+        )
+        return (row[0], row[1]) if row and row[0] > 0 and row[2] == 1 else None
+
+    finished, total = wait_until(progress, timeout=60, what="job 1 shows progress")
+    assert total == 24 and 0 < finished
+    assert js(browser, "return document.querySelectorAll('tr.worker').length") >= 1
+    assert js(browser, "return document.querySelectorAll('tr.event').length") >= 2
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "status-page-running.png"))
+
+    # It refreshes by itself: the job ends on the page, and the running allocation is drawn.
+    wait_until(
+        lambda: js(
+            browser,
+            "const r = document.querySelector('tr.job[data-job-id=\"1\"]');"
+            "return r && r.dataset.state === 'finished' && r.dataset.finished === '24';",
+        ),
+        timeout=90,
+        what="job 1 finished on the page",
+    )
+    states = js(
+        browser,
+        "return [...document.querySelectorAll('.queue[data-queue-id=\"1\"] g.alloc')]"
+        ".map(g => g.dataset.state);",
+    )
+    assert states and set(states) <= {"queued", "running", "finished", "failed"}
+    assert "running" in states
+    text = js(
+        browser, "return document.querySelector('.queue[data-queue-id=\"1\"] h3').textContent"
+    )
+    assert "Queue 1" in text and "local" in text
+    assert browser.save_screenshot(str(ARTIFACTS / "status-page.png"))
+
+    # No script error and no blocked resource (the page's CSP would report one).
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
