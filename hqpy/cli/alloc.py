@@ -102,7 +102,11 @@ def register(tree: Any, nouns: Any) -> None:
         p.set_defaults(func=cmd_queue_action, action=action)
 
 
-def queue_params(args: argparse.Namespace) -> m.QueueParams:
+def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
+    """The queue described by the options, or None (after printing why) if it cannot be."""
+    if args.worker_time_limit is not None and args.worker_time_limit > args.time_limit:
+        output_of(args).error("Worker time limit cannot be larger than queue time limit")
+        return None
     return m.QueueParams(
         manager=args.manager,
         time_limit=args.time_limit,
@@ -122,17 +126,9 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams:
     )
 
 
-def _check_locally(args: argparse.Namespace, params: m.QueueParams) -> str | None:
-    if params.worker_time_limit is not None and params.worker_time_limit > params.time_limit:
-        return "Worker time limit cannot be larger than queue time limit"
-    return None
-
-
 def cmd_add(args: argparse.Namespace) -> int:
     params = queue_params(args)
-    problem = _check_locally(args, params)
-    if problem:
-        output_of(args).error(problem)
+    if params is None:
         return 1
 
     async def call(conn: ServerConnection, out: Output) -> None:
@@ -163,9 +159,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
     params = queue_params(args)
-    problem = _check_locally(args, params)
-    if problem:
-        output_of(args).error(problem)
+    if params is None:
         return 1
 
     async def call(conn: ServerConnection, out: Output) -> None:

@@ -92,13 +92,20 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         trio.run(run)
     except* AccessError as group:
-        errors.append(str(group.exceptions[0]))
+        errors.append(str(_first_leaf(group)))
     except* OSError as group:
-        errors.append(f"Cannot start the server: {group.exceptions[0]}")
+        errors.append(f"Cannot start the server: {_first_leaf(group)}")
     if errors:
         out.error(errors[0])
         return 1
     return 0
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The first real exception in (nested) nursery exception groups."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
 
 
 def _port(text: str) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from hqpy.common.placeholders import fill_placeholders
 from hqpy.common.resources import ResourceDescriptorItem, ResourceRequest
 
 # ---------------------------------------------------------------------------------------------
@@ -95,6 +96,21 @@ class TaskBody:
     task_dir: bool = False
     stdin: str | None = None
     server_uid: str = ""
+
+    def resolve_paths(self, task_id: int, instance_id: int) -> tuple[str, str | None, str | None]:
+        """One task's cwd, stdout and stderr with their `%{...}` placeholders filled."""
+        values = {
+            "JOB_ID": str(self.job_id),
+            "TASK_ID": str(task_id),
+            "INSTANCE_ID": str(instance_id),
+            "SUBMIT_DIR": self.submit_dir,
+            "SERVER_UID": self.server_uid,
+        }
+        cwd = fill_placeholders(self.cwd, values)
+        values["CWD"] = cwd
+        out = None if self.stdout is None else fill_placeholders(self.stdout, values)
+        err = None if self.stderr is None else fill_placeholders(self.stderr, values)
+        return cwd, out, err
 
 
 @attrs.frozen

@@ -499,7 +499,7 @@ class ServerState:
             return m.TaskView(
                 id=task_id, state=group.untouched_state.name.lower(), group=group.index
             )
-        paths = resolve_paths(group, task_id, task.instance_id)
+        paths = group.body.resolve_paths(task_id, task.instance_id)
         return m.TaskView(
             id=task_id,
             state=task.state.name.lower(),
@@ -571,27 +571,6 @@ class ServerState:
             running_tasks=w.running,
             last_task_started=w.last_task_started,
         )
-
-
-def resolve_paths(
-    group: TaskGroup, task_id: int, instance_id: int
-) -> tuple[str, str | None, str | None]:
-    """The task's cwd, stdout and stderr with placeholders filled, as the worker fills them."""
-    from hqpy.common.placeholders import fill_placeholders
-
-    body = group.body
-    values = {
-        "JOB_ID": str(body.job_id),
-        "TASK_ID": str(task_id),
-        "INSTANCE_ID": str(instance_id),
-        "SUBMIT_DIR": body.submit_dir,
-        "SERVER_UID": body.server_uid,
-    }
-    cwd = fill_placeholders(body.cwd, values)
-    values["CWD"] = cwd
-    out = None if body.stdout is None else fill_placeholders(body.stdout, values)
-    err = None if body.stderr is None else fill_placeholders(body.stderr, values)
-    return cwd, out, err
 
 
 def parse_states(names: tuple[str, ...]) -> set[TaskState] | None:

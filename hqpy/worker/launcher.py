@@ -14,7 +14,6 @@ from typing import Any
 
 import trio
 
-from hqpy.common.placeholders import fill_placeholders
 from hqpy.common.resources import Allocation
 from hqpy.protocol.messages import TaskBody
 from hqpy.worker.process import TaskProcess, devnull
@@ -74,15 +73,7 @@ class Launcher:
         cancel_scope: trio.CancelScope,
     ) -> TaskOutcome:
         """Run the task to its end; `on_started(time)` is called once the process exists."""
-        values = {
-            "JOB_ID": str(body.job_id),
-            "TASK_ID": str(task_id),
-            "INSTANCE_ID": str(instance_id),
-            "SUBMIT_DIR": body.submit_dir,
-            "SERVER_UID": body.server_uid,
-        }
-        cwd = fill_placeholders(body.cwd, values)
-        values["CWD"] = cwd
+        cwd, stdout_path, stderr_path = body.resolve_paths(task_id, instance_id)
         env = dict(self.base_env(body))
         env["HQ_TASK_ID"] = str(task_id)
         env["HQ_INSTANCE_ID"] = str(instance_id)
@@ -107,12 +98,8 @@ class Launcher:
         env["HQ_ERROR_FILENAME"] = error_file
         stdout = stderr = -1
         try:
-            stdout = self._open_output(
-                None if body.stdout is None else fill_placeholders(body.stdout, values)
-            )
-            stderr = self._open_output(
-                None if body.stderr is None else fill_placeholders(body.stderr, values)
-            )
+            stdout = self._open_output(stdout_path)
+            stderr = self._open_output(stderr_path)
             return await self._spawn(
                 body,
                 cwd,

@@ -45,9 +45,15 @@ def test_submit_each_line(hq_env: HqEnv) -> None:
     hq_env.start_worker()
     hq_env.path("input.txt").write_text("first line\nsecond\nthird one\n")
     hq_env.command(
-        "submit", "--each-line", "input.txt", "--", "bash", "-c", 'echo "$HQ_TASK_ID:$HQ_ENTRY"'
+        "submit",
+        "--wait",
+        "--each-line",
+        "input.txt",
+        "--",
+        "bash",
+        "-c",
+        'echo "$HQ_TASK_ID:$HQ_ENTRY"',
     )
-    hq_env.wait_job()
     outputs = [hq_env.path("job-1", f"{i}.stdout").read_text() for i in range(3)]
     assert outputs == ["0:first line\n", "1:second\n", "2:third one\n"]
 
@@ -57,8 +63,9 @@ def test_submit_from_json(hq_env: HqEnv) -> None:
     hq_env.start_worker()
     items = [{"a": 1, "b": [1, 2]}, [3, "x"], "text"]
     hq_env.path("input.json").write_text(json.dumps(items))
-    hq_env.command("submit", "--from-json", "input.json", "--", "bash", "-c", 'echo "$HQ_ENTRY"')
-    hq_env.wait_job()
+    hq_env.command(
+        "submit", "--wait", "--from-json", "input.json", "--", "bash", "-c", 'echo "$HQ_ENTRY"'
+    )
     for i, item in enumerate(items):
         assert json.loads(hq_env.path("job-1", f"{i}.stdout").read_text()) == item
 
@@ -67,9 +74,8 @@ def test_submit_stdout_none_creates_no_files(hq_env: HqEnv) -> None:
     hq_env.start_server()
     hq_env.start_worker()
     hq_env.command(
-        "submit", "--stdout", "none", "--stderr", "none", "--", "bash", "-c", "echo hello"
+        "submit", "--wait", "--stdout", "none", "--stderr", "none", "--", "bash", "-c", "echo hello"
     )
-    hq_env.wait_job()
     assert hq_env.job_info()["info"]["task_stats"]["finished"] == 1
     assert not hq_env.path("job-1").exists()
     assert list(hq_env.work_dir.iterdir()) == []
@@ -79,9 +85,17 @@ def test_submit_custom_stdout_creates_parent_dir(hq_env: HqEnv) -> None:
     hq_env.start_server()
     hq_env.start_worker()
     hq_env.command(
-        "submit", "--array", "1-2", "--stdout", "out/%{TASK_ID}.txt", "--", "bash", "-c", PRINT_IDS
+        "submit",
+        "--wait",
+        "--array",
+        "1-2",
+        "--stdout",
+        "out/%{TASK_ID}.txt",
+        "--",
+        "bash",
+        "-c",
+        PRINT_IDS,
     )
-    hq_env.wait_job()
     assert hq_env.path("out", "1.txt").read_text() == "1 1 0\n"
     assert hq_env.path("out", "2.txt").read_text() == "1 2 0\n"
     assert {p.name for p in hq_env.path("out").iterdir()} == {"1.txt", "2.txt"}
@@ -92,6 +106,7 @@ def test_submit_env(hq_env: HqEnv) -> None:
     hq_env.start_worker()
     hq_env.command(
         "submit",
+        "--wait",
         "--env",
         "FOO=bar baz",
         "--env=NUM=42",
@@ -100,7 +115,6 @@ def test_submit_env(hq_env: HqEnv) -> None:
         "-c",
         'echo "$FOO|$NUM"',
     )
-    hq_env.wait_job()
     assert hq_env.path("job-1", "0.stdout").read_text() == "bar baz|42\n"
 
 
@@ -109,8 +123,7 @@ def test_submit_cwd(hq_env: HqEnv) -> None:
     hq_env.start_worker()
     sub = hq_env.path("sub", "dir")
     sub.mkdir(parents=True)
-    hq_env.command("submit", "--cwd", "sub/dir", "--", "bash", "-c", "pwd -P")
-    hq_env.wait_job()
+    hq_env.command("submit", "--wait", "--cwd", "sub/dir", "--", "bash", "-c", "pwd -P")
     # The default output paths are relative to the task's cwd.
     assert hq_env.path("sub", "dir", "job-1", "0.stdout").read_text() == f"{sub.resolve()}\n"
     assert not hq_env.path("job-1").exists()
@@ -119,16 +132,14 @@ def test_submit_cwd(hq_env: HqEnv) -> None:
 def test_task_time_limit(hq_env: HqEnv) -> None:
     hq_env.start_server()
     hq_env.start_worker()
-    hq_env.command("submit", "--time-limit", "500ms", "--", "sleep", "5")
-    hq_env.wait_job()
+    hq_env.command("submit", "--wait", "--time-limit", "500ms", "--", "sleep", "5")
     assert task_errors(hq_env) == {"0": "Time limit reached"}
 
 
 def test_task_failed_exit_code(hq_env: HqEnv) -> None:
     hq_env.start_server()
     hq_env.start_worker()
-    hq_env.command("submit", "--", "bash", "-c", "exit 3")
-    hq_env.wait_job()
+    hq_env.command("submit", "--wait", "--", "bash", "-c", "exit 3")
     assert task_errors(hq_env) == {"0": "Program terminated with exit code 3."}
     table = parse_table(hq_env.command("job", "list", "--all"))
     assert table.records() == [{"ID": "1", "Name": "bash", "State": "FAILED", "Tasks": "1"}]
@@ -137,8 +148,7 @@ def test_task_failed_exit_code(hq_env: HqEnv) -> None:
 def test_task_program_not_found(hq_env: HqEnv) -> None:
     hq_env.start_server()
     hq_env.start_worker()
-    hq_env.command("submit", "--", "non-existent-program", "--foo", "bar")
-    hq_env.wait_job()
+    hq_env.command("submit", "--wait", "--", "non-existent-program", "--foo", "bar")
     error = task_info_row(hq_env, "Error")
     assert error.startswith('Cannot execute "non-existent-program --foo bar"'), error
     assert "The program that you have tried to execute (`non-existent-program`) was not found." in (
@@ -154,12 +164,12 @@ def test_task_error_file_becomes_error(hq_env: HqEnv) -> None:
     hq_env.start_worker()
     hq_env.command(
         "submit",
+        "--wait",
         "--",
         "bash",
         "-c",
         'printf "custom error\\nsecond line" > "$HQ_ERROR_FILENAME"; exit 1',
     )
-    hq_env.wait_job()
     assert task_errors(hq_env) == {"0": "custom error\nsecond line"}
 
 
@@ -169,6 +179,7 @@ def test_max_fails_cancels_rest_of_job(hq_env: HqEnv) -> None:
     # Tasks 1 and 2 fail at once; the others would run for a long time unless canceled.
     hq_env.command(
         "submit",
+        "--wait",
         "--array",
         "1-10",
         "--max-fails",
@@ -178,7 +189,6 @@ def test_max_fails_cancels_rest_of_job(hq_env: HqEnv) -> None:
         "-c",
         'if [ "$HQ_TASK_ID" -le 2 ]; then exit 1; fi; sleep 100',
     )
-    hq_env.wait_job()
     job = hq_env.job_info()
     assert job["max_fails"] == 1
     stats = job["info"]["task_stats"]
@@ -269,8 +279,9 @@ def test_job_task_ids(hq_env: HqEnv) -> None:
 def test_job_cat_stdout(hq_env: HqEnv) -> None:
     hq_env.start_server()
     hq_env.start_worker()
-    hq_env.command("submit", "--array", "1-3", "--", "bash", "-c", 'echo "out $HQ_TASK_ID"')
-    hq_env.wait_job()
+    hq_env.command(
+        "submit", "--wait", "--array", "1-3", "--", "bash", "-c", 'echo "out $HQ_TASK_ID"'
+    )
     assert hq_env.command("job", "cat", "1", "stdout") == "out 1\nout 2\nout 3\n"
     assert hq_env.command("job", "cat", "1", "stderr") == ""
 

@@ -39,8 +39,7 @@ def test_two_workers_share_array(hq_env: HqEnv) -> None:
         "for i in $(seq 200); do "
         '[ "$(ls started-* | wc -l)" -ge 2 ] && exit 0; sleep 0.05; done; exit 1'
     )
-    hq_env.command("submit", "--array", "1-6", "--", "bash", "-c", script)
-    hq_env.wait_job()
+    hq_env.command("submit", "--wait", "--array", "1-6", "--", "bash", "-c", script)
     table = parse_table(hq_env.command("task", "list", "1"))
     assert set(table.column("State")) == {"FINISHED"}
     assert set(table.column("Worker")) == {"w1", "w2"}

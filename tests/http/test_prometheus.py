@@ -132,43 +132,51 @@ def test_prometheus_reports_what_hq_prints(
     hq_env.wait_job(1)
 
     stats = hq_env.job_info(1)["info"]["task_stats"]
-    allocations = hq_env.command("alloc", "info", "1", json=True)
-    workers = hq_env.command("worker", "list", json=True)
     assert stats["finished"] == 35 and stats["failed"] == 5
-    assert allocations, "the queue submitted no allocation"
-    by_status = {s: sum(a["status"] == s for a in allocations) for s in ("queued", "running")}
-    started = sum(a["started_at"] is not None for a in allocations)
     q = 'queue="1",manager="local"'
-    expected = {
-        'hqpy_tasks{state="finished"}': stats["finished"],
-        'hqpy_tasks{state="failed"}': stats["failed"],
-        'hqpy_tasks{state="waiting"}': stats["waiting"],
-        'hqpy_tasks_finished_total{outcome="finished"}': stats["finished"],
-        'hqpy_tasks_finished_total{outcome="failed"}': stats["failed"],
-        "hqpy_task_duration_seconds_count": stats["finished"] + stats["failed"],
-        'hqpy_jobs{state="failed"}': 1,
-        f'hqpy_allocations{{{q},state="queued"}}': by_status["queued"],
-        f'hqpy_allocations{{{q},state="running"}}': by_status["running"],
-        f"sum(hqpy_allocations{{{q}}})": len(allocations),
-        f'hqpy_allocation_submissions_total{{{q},outcome="success"}}': len(allocations),
-        f'hqpy_allocation_submissions_total{{{q},outcome="failure"}}': 0,
-        f"hqpy_allocation_queue_wait_seconds_count{{{q}}}": started,
-        'hqpy_workers{state="running"}': len(workers),
-        "hqpy_worker_cpus": len(workers),  # one cpu each
-        'hqpy_alloc_queues{state="active"}': 1,
-        f"hqpy_alloc_queue_self_paused{{{q}}}": 0,
-    }
-    last: dict[str, float | None] = {}
+
+    def hq_numbers() -> dict[str, float]:
+        """What hq prints now, as the queries that should give the same numbers. Asked
+        again on each try: an allocation may still be starting when the job ends."""
+        stats = hq_env.job_info(1)["info"]["task_stats"]
+        allocations = hq_env.command("alloc", "info", "1", json=True)
+        workers = hq_env.command("worker", "list", json=True)
+        assert allocations, "the queue submitted no allocation"
+        status = [a["status"] for a in allocations]
+        return {
+            'hqpy_tasks{state="finished"}': stats["finished"],
+            'hqpy_tasks{state="failed"}': stats["failed"],
+            'hqpy_tasks{state="waiting"}': stats["waiting"],
+            'hqpy_tasks_finished_total{outcome="finished"}': stats["finished"],
+            'hqpy_tasks_finished_total{outcome="failed"}': stats["failed"],
+            "hqpy_task_duration_seconds_count": stats["finished"] + stats["failed"],
+            'hqpy_jobs{state="failed"}': 1,
+            f'hqpy_allocations{{{q},state="queued"}}': status.count("queued"),
+            f'hqpy_allocations{{{q},state="running"}}': status.count("running"),
+            f"sum(hqpy_allocations{{{q}}})": len(allocations),
+            f'hqpy_allocation_submissions_total{{{q},outcome="success"}}': len(allocations),
+            f'hqpy_allocation_submissions_total{{{q},outcome="failure"}}': 0,
+            f"hqpy_allocation_queue_wait_seconds_count{{{q}}}": sum(
+                a["started_at"] is not None for a in allocations
+            ),
+            'hqpy_workers{state="running"}': len(workers),
+            "hqpy_worker_cpus": len(workers),  # one cpu each
+            'hqpy_alloc_queues{state="active"}': 1,
+            f"hqpy_alloc_queue_self_paused{{{q}}}": 0,
+        }
+
+    seen: dict[str, tuple[float | None, float]] = {}
 
     def all_match() -> bool:
-        last.clear()
-        last.update({expr: prometheus.query(expr) for expr in expected})
-        return all(last[e] == v for e, v in expected.items())
+        seen.clear()
+        for expr, value in hq_numbers().items():
+            seen[expr] = (prometheus.query(expr), value)
+        return all(got == want for got, want in seen.values())
 
     try:
         wait_until(all_match, timeout=60, interval=0.5, what="Prometheus has the same numbers")
     except AssertionError:
-        diff = {e: (last.get(e), v) for e, v in expected.items() if last.get(e) != v}
+        diff = {e: pair for e, pair in seen.items() if pair[0] != pair[1]}
         raise AssertionError(f"(prometheus, hq) differ: {diff}") from None
     wait_ratio = prometheus.query(
         f"hqpy_allocation_queue_wait_seconds_sum{{{q}}} / "

@@ -79,7 +79,7 @@ def test_status_page_shows_queue_allocations_and_job_progress(
         what="an allocation bar on queue 1's timeline",
     )
 
-    # The job's progress, part way: some tasks done, not all (it runs for several seconds).
+    # The job's progress: a finished part on its bar (the array runs for a few seconds).
     def progress() -> tuple[int, int] | None:
         row = js(
             browser,

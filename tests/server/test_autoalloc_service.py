@@ -94,6 +94,8 @@ class FakeBackend:
         self.statuses: dict[str, ExternalStatus] = {}
         self.query_error: str | None = None
         self.cancel_error: str | None = None
+        self.cancel_gate: trio.Event | None = None
+        """When set, cancels wait for it (a slow `scancel`)."""
         self.managers: list[str] = []
         self._next_id = 1
         self._changed = trio.Event()
@@ -136,6 +138,8 @@ class FakeBackend:
     async def cancel(self, allocation_id: str, workdir: Path) -> None:
         await trio.lowlevel.checkpoint()
         self._record("cancel", allocation_id)
+        if self.cancel_gate is not None:
+            await self.cancel_gate.wait()
         if self.cancel_error is not None:
             raise CancelError(self.cancel_error)
 
@@ -805,6 +809,83 @@ async def test_cancel_all_cancels_every_active_allocation(
     assert sorted(world.fake.cancelled) == active
     for queue in world.service.state.queues.values():
         assert not any(a.is_active for a in queue.allocations.values())
+
+
+async def test_allocation_being_cancelled_ends_canceled_whatever_the_status_says(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # A status poll that runs while hqpy's own cancel is under way sees the batch system say
+    # CANCELLED: that is hqpy's doing, not a failed allocation (which would count towards
+    # pausing the queue).
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    await settle()
+    world.fake.cancel_gate = trio.Event()
+    nursery.start_soon(world.service.cancel_all)
+    await world.fake.wait_for("cancel", 1)
+    world.fake.statuses["1.job"] = ExternalStatus(ExternalState.FAILED, raw="CANCELLED")
+    await world.service.refresh(force=True)
+    world.fake.cancel_gate.set()
+    await settle()
+    alloc = world.queue().allocations["1.job"]
+    assert alloc.state is AllocationState.FINISHED
+    [ended] = [e for e in world.queue().events if e.allocation_id == "1.job"][-1:]
+    assert (ended.event, ended.message) == ("allocation-finished", "canceled: the server stopped")
+    assert world.queue().limiter.allocation_fails == 0
+
+
+async def test_nothing_is_submitted_once_cancel_all_started(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # On server stop, cancelling the first queued allocation frees a backlog slot; a pass that
+    # runs before the last cancel returns must not fill it (that allocation would outlive the
+    # server: nobody cancels it).
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=2)
+    submit(world, 10)
+    await settle()
+    assert world.fake.submitted == ["1.job", "2.job"]
+    world.fake.cancel_gate = trio.Event()
+    stopping = trio.Event()
+
+    async def stop() -> None:
+        await world.service.cancel_all()
+        stopping.set()
+
+    nursery.start_soon(stop)
+    await world.fake.wait_for("cancel", 1)
+    world.fake.cancel_gate.set()
+    await stopping.wait()
+    await settle(3 * CONFIG.max_schedule_delay)
+    assert world.fake.submitted == ["1.job", "2.job"]
+    assert sorted(world.fake.cancelled) == ["1.job", "2.job"]
+    assert not any(a.is_active for a in world.queue().allocations.values())
+
+
+async def test_cancel_all_cancels_what_is_submitted_meanwhile(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # The same race with a slow cancel: a pass runs while `scancel` is under way.
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=2)
+    submit(world, 10)
+    await settle()
+    world.fake.cancel_gate = trio.Event()
+    done = trio.Event()
+
+    async def stop() -> None:
+        await world.service.cancel_all()
+        done.set()
+
+    nursery.start_soon(stop)
+    await world.fake.wait_for("cancel", 1)
+    await settle(3 * CONFIG.max_schedule_delay)  # passes run while the cancel hangs
+    world.fake.cancel_gate.set()
+    await done.wait()
+    active = [a.id for a in world.queue().allocations.values() if a.is_active]
+    assert active == [], "allocations left behind by the server stop"
+    assert sorted(world.fake.cancelled) == world.fake.submitted
 
 
 async def test_failed_cancel_is_recorded(

@@ -16,6 +16,7 @@ from hqpy.autoalloc.planner import (
     WorkerShape,
     any_runnable,
     compute_submission_permit,
+    consume,
     shape_of,
     tasks_per_worker,
     workers_wanted,
@@ -328,3 +329,50 @@ def test_workers_wanted_is_enough_and_not_more_than_one_per_task(
     per = worker_cpus // size
     assert wanted <= sum(counts)
     assert wanted * per >= sum(counts)
+
+
+# --- consume: queues share the demand ------------------------------------------------------------
+
+
+def test_consume_takes_what_the_workers_run() -> None:
+    shape = partial(cpus="4")
+    assert consume([WaitingWork(cpus(1), 10)], shape, 2, HOUR) == [WaitingWork(cpus(1), 2)]
+    assert consume([WaitingWork(cpus(1), 10)], shape, 3, HOUR) == []
+    assert consume([WaitingWork(cpus(1), 10)], shape, 0, HOUR) == [WaitingWork(cpus(1), 10)]
+
+
+def test_consume_goes_through_the_groups_in_order() -> None:
+    shape = partial(cpus="4")
+    work = [WaitingWork(cpus(4), 3), WaitingWork(cpus(1), 8)]
+    assert consume(work, shape, 4, HOUR) == [WaitingWork(cpus(1), 4)]
+
+
+def test_consume_leaves_what_the_workers_cannot_run() -> None:
+    shape = partial(cpus="4")
+    too_big = WaitingWork(cpus(8), 5)
+    too_long = WaitingWork(request(("cpus", 1), min_time=HOUR + 1), 5)
+    assert consume([too_big, too_long], shape, 10, HOUR) == [too_big, too_long]
+
+
+def test_consume_by_probing_workers_takes_one_task_each() -> None:
+    assert consume([WaitingWork(cpus(1), 5)], None, 2, HOUR) == [WaitingWork(cpus(1), 3)]
+
+
+@given(
+    counts=st.lists(st.integers(0, 30), max_size=4),
+    sizes=st.lists(st.integers(1, 6), min_size=4, max_size=4),
+    worker_cpus=st.integers(1, 8),
+    workers=st.integers(0, 40),
+)
+def test_consume_never_adds_work_and_frees_at_most_its_workers(
+    counts: list[int], sizes: list[int], worker_cpus: int, workers: int
+) -> None:
+    shape = partial(cpus=str(worker_cpus))
+    work = [WaitingWork(cpus(size), n) for n, size in zip(counts, sizes, strict=False)]
+    left = consume(work, shape, workers, HOUR)
+    assert sum(w.count for w in left) <= sum(w.count for w in work)
+    before = workers_wanted(work, shape, HOUR)
+    after = workers_wanted(left, shape, HOUR)
+    assert after <= before
+    # Each worker takes at most what it can run, so at most a few rounding workers are lost.
+    assert before - after <= workers

@@ -10,15 +10,17 @@ import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import ClassVar, NoReturn
 
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     BackendError,
     CommandResult,
     CommandRunner,
+    SubmitError,
     command_failure,
 )
+from hqpy.autoalloc.backends.runner import run_command
 from hqpy.common.durations import format_duration, format_hms
 from hqpy.protocol.messages import QueueParams
 
@@ -173,3 +175,38 @@ async def run_unchecked(
 def raise_as(error: type[BackendError], cause: BackendError) -> NoReturn:
     """Re-raise a runner failure as the error type the caller expects (same text)."""
     raise error(str(cause)) from cause
+
+
+class ScriptBackend:
+    """What Slurm and PBS share: one command submits the script, its output names the job.
+
+    Subclasses set `manager` and `submit_program`, and parse the submit output.
+    """
+
+    manager: ClassVar[str]
+    submit_program: ClassVar[str]
+
+    def __init__(self, runner: CommandRunner = run_command, timeout: float = 30.0) -> None:
+        self._run = runner
+        self._timeout = timeout
+
+    @staticmethod
+    def parse_submit_output(stdout: str) -> str:
+        raise NotImplementedError
+
+    async def submit(self, script: Path, workdir: Path) -> str:
+        program = self.submit_program
+        result = await run_checked(
+            self._run,
+            [program, str(script)],
+            cwd=workdir,
+            command_timeout=self._timeout,
+            error=SubmitError,
+            what=program,
+        )
+        try:
+            job_id = self.parse_submit_output(result.stdout)
+        except ValueError as e:
+            raise SubmitError(f"{program} execution failed\n{e}\n{command_failure(result)}") from e
+        write_jobid(workdir, job_id)
+        return job_id

@@ -17,21 +17,17 @@ from typing import Any, ClassVar
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     CancelError,
-    CommandRunner,
     ExternalState,
     ExternalStatus,
     StatusQueryError,
-    SubmitError,
     command_failure,
 )
 from hqpy.autoalloc.backends.common import (
+    ScriptBackend,
     format_walltime,
     quote_single,
-    run_checked,
     run_unchecked,
-    write_jobid,
 )
-from hqpy.autoalloc.backends.runner import run_command
 
 logger = logging.getLogger(__name__)
 
@@ -160,33 +156,15 @@ def parse_qstat_json(text: str, ids: Sequence[str]) -> dict[str, ExternalStatus]
     return statuses
 
 
-class PbsBackend:
+class PbsBackend(ScriptBackend):
     """Allocations are PBS jobs; workers find theirs through `PBS_JOBID` + `PBS_ENVIRONMENT`."""
 
     manager: ClassVar[str] = "PBS"
-
-    def __init__(self, runner: CommandRunner = run_command, timeout: float = 30.0) -> None:
-        self._run = runner
-        self._timeout = timeout
+    submit_program: ClassVar[str] = "qsub"
+    parse_submit_output = staticmethod(parse_qsub_output)
 
     def render_script(self, request: AllocationRequest) -> str:
         return render_qsub_script(request)
-
-    async def submit(self, script: Path, workdir: Path) -> str:
-        result = await run_checked(
-            self._run,
-            ["qsub", str(script)],
-            cwd=workdir,
-            command_timeout=self._timeout,
-            error=SubmitError,
-            what="qsub",
-        )
-        try:
-            job_id = parse_qsub_output(result.stdout)
-        except ValueError as e:
-            raise SubmitError(f"qsub execution failed\n{e}\n{command_failure(result)}") from e
-        write_jobid(workdir, job_id)
-        return job_id
 
     async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
         if not ids:

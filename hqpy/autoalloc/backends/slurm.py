@@ -18,22 +18,19 @@ from typing import ClassVar
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     CancelError,
-    CommandRunner,
     ExternalState,
     ExternalStatus,
     StatusQueryError,
-    SubmitError,
     command_failure,
 )
 from hqpy.autoalloc.backends.common import (
+    ScriptBackend,
     format_walltime,
     is_simple_command,
     quote_single,
     run_checked,
     run_unchecked,
-    write_jobid,
 )
-from hqpy.autoalloc.backends.runner import run_command
 
 logger = logging.getLogger(__name__)
 
@@ -193,33 +190,15 @@ def parse_scontrol_output(text: str) -> ExternalStatus:
     return _status(raw, items.get("StartTime"), items.get("EndTime"))
 
 
-class SlurmBackend:
+class SlurmBackend(ScriptBackend):
     """Allocations are Slurm batch jobs; workers find theirs through `SLURM_JOB_ID`."""
 
     manager: ClassVar[str] = "SLURM"
-
-    def __init__(self, runner: CommandRunner = run_command, timeout: float = 30.0) -> None:
-        self._run = runner
-        self._timeout = timeout
+    submit_program: ClassVar[str] = "sbatch"
+    parse_submit_output = staticmethod(parse_sbatch_output)
 
     def render_script(self, request: AllocationRequest) -> str:
         return render_sbatch_script(request)
-
-    async def submit(self, script: Path, workdir: Path) -> str:
-        result = await run_checked(
-            self._run,
-            ["sbatch", str(script)],
-            cwd=workdir,
-            command_timeout=self._timeout,
-            error=SubmitError,
-            what="sbatch",
-        )
-        try:
-            job_id = parse_sbatch_output(result.stdout)
-        except ValueError as e:
-            raise SubmitError(f"sbatch execution failed\n{e}\n{command_failure(result)}") from e
-        write_jobid(workdir, job_id)
-        return job_id
 
     async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
         if not ids:
