@@ -56,7 +56,8 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-server-lost", choices=("stop", "finish-running"), default="finish-running")
     p.add_argument("--cpus", help="Cpus of each worker, as `hq worker start --cpus`")
     p.add_argument("--resource", action="append", default=[], help="A worker resource pool")
-    p.add_argument("additional_args", nargs="*", help="Extra batch arguments, after `--`")
+    p.set_defaults(additional_args=[])
+    p.epilog = "Arguments after `--` go verbatim into the script as one batch directive line."
 
 
 def register(tree: Any, nouns: Any) -> None:

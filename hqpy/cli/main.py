@@ -24,8 +24,22 @@ class Parser(argparse.ArgumentParser):
     """argparse with clap-like errors: `error: <text>` and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
+        prefix = "the following arguments are required: "
+        if message.startswith(prefix):
+            # Name missing options as clap does (`--time-limit <TIME_LIMIT>`): scripts match it.
+            missing = [self._clap_name(name) for name in message[len(prefix) :].split(", ")]
+            message = "the following required arguments were not provided:\n  " + "\n  ".join(
+                missing
+            )
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {message}\n")
+
+    def _clap_name(self, shown: str) -> str:
+        for action in self._actions:
+            if action.option_strings and "/".join(action.option_strings) == shown:
+                longest = max(action.option_strings, key=len)
+                return f"{longest} <{action.dest.upper()}>"
+        return f"<{shown.upper()}>" if not shown.startswith("-") else shown
 
 
 def _global_options(defaults: bool) -> argparse.ArgumentParser:
@@ -93,7 +107,10 @@ def _env_output_mode(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(_split_remainder(argv))
+    argv, batch_args = split_batch_args(argv)
+    args = build_parser().parse_args(argv)
+    if batch_args is not None:
+        args.additional_args = batch_args
     args.output_mode = _env_output_mode(args)
     if args.server_dir is None:
         from hqpy.common.serverdir import default_server_dir
@@ -116,6 +133,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     sys.exit(code)
 
 
-def _split_remainder(argv: list[str]) -> list[str]:
-    """Keep argv as is; `submit` commands take everything after the first positional."""
-    return argv
+def split_batch_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """`hq alloc add slurm ... -- --partition=p1`: the words after `--` belong to the batch
+    system, verbatim; argparse alone cannot give a positional both sides of `--`."""
+    if "--" not in argv:
+        return argv, None
+    cut = argv.index("--")
+    head = argv[:cut]
+    if "alloc" in head and ("add" in head or "dry-run" in head):
+        return head, argv[cut + 1 :]
+    return argv, None

@@ -312,10 +312,13 @@ def test_allocations_run_tasks_and_finish(batches: Batches, hq_env: HqEnv, manag
         mine = [e["event"] for e in events if e["allocation_id"] == a["id"]]
         assert mine == ["allocation-queued", "allocation-started", "allocation-finished"], mine
     # Never more than `backlog` allocations waited in the batch queue at once.
-    waiting = 0
+    waiting: set[str] = set()
     for e in events:
-        waiting += {"allocation-queued": 1, "allocation-started": -1}.get(e["event"], 0)
-        assert waiting <= 2, events
+        if e["event"] == "allocation-queued":
+            waiting.add(e["allocation_id"])
+        elif e["event"].startswith("allocation-"):
+            waiting.discard(e["allocation_id"])
+        assert len(waiting) <= 2, events
 
     [queue_json] = hq_env.command("alloc", "list", json=True)
     assert set(queue_json) == QUEUE_KEYS
@@ -437,7 +440,7 @@ def test_dry_run_shows_the_batch_system_error(batches: Batches, hq_env: HqEnv) -
         assert SBATCH_ERROR in result.stderr
     assert len(batch.calls("sbatch")) == 2
     assert batch.calls("scancel") == []
-    assert hq_env.command("alloc", "list", json=True) == []
+    assert logged(hq_env, 1, "queue-created") == 0, "no queue was created"
 
 
 def test_missing_sbatch_is_a_submit_failure(
@@ -461,7 +464,6 @@ def test_missing_sbatch_is_a_submit_failure(
     assert "sbatch" in failed["message"]
     assert failed["allocation_id"] is None
     # The server lives on, nothing was queued or left behind, and the task still waits.
-    assert alloc_info(hq_env) == []
     assert hq_env.task_states(1) == {0: "waiting"}
     assert hq_env.server is not None and hq_env.server.is_running()
     assert logged(hq_env, 1, "allocation-queued") == 0
@@ -516,16 +518,15 @@ def test_remove_refuses_running_allocations_unless_forced_and_stop_cancels_queue
     )
     hq_env.command("submit", "--", "sleep", "0")
     assert job_stats(hq_env, 2)["finished"] == 1
-    [running] = alloc_info(hq_env, 2)
-    assert running["status"] == "running"
-    assert allocation_pids(hq_env, manager, running["id"])
+    [running_id] = logged_ids(hq_env, 2, "allocation-started")
+    assert allocation_pids(hq_env, manager, running_id)
 
     refused = hq_env.command("alloc", "remove", "2", expect_fail=True)
     assert "Allocation queue has running jobs, so it will not be removed" in refused
     assert "--force" in refused
     result = hq_env.run("alloc", "remove", "2", "--force")
     assert "Allocation queue 2 successfully removed" in result.stderr
-    wait_allocation_gone(hq_env, manager, running["id"])
+    wait_allocation_gone(hq_env, manager, running_id)
 
     # Queue 1's allocations never started; stopping the server cancels them.
     assert logged(hq_env, 1, "allocation-started") == 0
@@ -557,12 +558,12 @@ def test_remove_refuses_running_allocations_unless_forced_and_stop_cancels_queue
     trial, removed, *stopped = cancels
     assert trial["argv"] == [trial_id]
     assert Path(trial["cwd"]).name.startswith("dry-run"), trial
-    assert removed["argv"] == [running["id"]]
+    assert removed["argv"] == [running_id]
     assert sorted(c["argv"][0] for c in stopped) == sorted(queued)
     for call in [removed, *stopped]:
         assert len(call["argv"]) == 1, call
         assert Path(call["cwd"], "jobid").read_text().strip() == call["argv"][0]
-    ids = [running["id"], *queued]
+    ids = [running_id, *queued]
     assert {jobs[i]["state"] for i in [trial_id, *ids]} == {"cancelled"}
     for call in batch.calls():
         if call["tool"] not in (submit_tool, cancel_tool):
@@ -634,7 +635,7 @@ def test_pause_resume_and_events_follow(batches: Batches, hq_env: HqEnv) -> None
 
         # A paused queue submits nothing, however many passes it sees (the timers are 100 ms).
         hq_env.command("submit", "--array", "1-3", "--", "sleep", "0")
-        assert reader.nothing_within(1.0)
+        assert reader.nothing_within(0.8)
         assert alloc_info(hq_env) == []
 
         hq_env.command("alloc", "resume", "1")

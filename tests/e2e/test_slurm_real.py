@@ -24,7 +24,8 @@ import pytest
 from tests.e2e.harness import HqEnv, wait_until
 
 SKIP_REASON = (
-    "needs a real Slurm: run `bash scripts/slurm-local.sh start` (as root, with slurm-wlm installed)"
+    "needs a real Slurm: run `bash scripts/slurm-local.sh start` "
+    "(as root, with slurm-wlm installed)"
 )
 
 
@@ -65,7 +66,7 @@ ACTIVE_STATES = {
 """Slurm states in which a job still waits for or holds nodes."""
 
 PENDING_FOR_AN_HOUR = "--begin=now+1hour"
-"""An extra sbatch argument that keeps an allocation PENDING (Reason=BeginTime)."""
+"""An extra sbatch argument that keeps a job PENDING (Reason=BeginTime)."""
 
 WAIT = 90.0
 """Bound of the waits that depend on Slurm scheduling jobs (~1 s each here)."""
@@ -152,6 +153,28 @@ class SlurmJobs:
         self.tracked.add(job_id)
         return job_id
 
+    def occupy_all_nodes(self) -> str:
+        """Submit a job that holds every node exclusively, so that allocations stay PENDING
+        (Reason=Resources/Priority); wait until it runs and return its id."""
+        nodes = set(slurm("sinfo", "-h", "-N", "-o", "%N").stdout.split())
+        assert nodes, "Slurm has no nodes"
+        blocker = self.sbatch(
+            f"--nodes={len(nodes)}",
+            "--exclusive",
+            "--time=00:05:00",
+            "--job-name=hq-test-blocker",
+            "--output=/dev/null",
+            "--wrap",
+            "sleep 300",
+        )
+        wait_until(
+            lambda: job_states([blocker]).get(blocker) == "RUNNING",
+            timeout=WAIT,
+            interval=0.2,
+            what=f"the blocker job {blocker} runs on all nodes",
+        )
+        return blocker
+
     def cancel_all(self) -> list[str]:
         """scancel every job of the test that is still active; return their ids."""
         active = [j["id"] for j in self.mine() if j["state"] in ACTIVE_STATES]
@@ -215,7 +238,7 @@ def alloc_info(env: HqEnv, queue_id: int = 1) -> list[dict[str, Any]]:
 def queued_ids(env: HqEnv, queue_id: int = 1) -> list[str]:
     """Allocation ids in the order the server logged them as queued (free to read)."""
     assert env.server is not None
-    return re.findall(rf"Queue {queue_id}: allocation-queued (\S+)", env.server.stderr())
+    return re.findall(rf"Queue {queue_id}: allocation-queued (\d+)\b", env.server.stderr())
 
 
 def wait_queued(env: HqEnv, count: int, queue_id: int = 1) -> list[str]:
@@ -285,11 +308,11 @@ def test_allocations_run_tasks_through_real_slurm(hq_env: HqEnv, slurm_jobs: Slu
     assert dry_id not in ids
 
     # The workers idle out (3 s), their jobs end, and the server sees them FINISHED.
-    def all_finished() -> list[dict[str, Any]] | None:
+    def all_finished() -> list[dict[str, Any]]:
         allocations = alloc_info(hq_env)
-        if allocations and all(a["status"] == "finished" for a in allocations):
+        if all(a["status"] == "finished" for a in allocations):
             return allocations
-        return None
+        return []
 
     allocations = wait_until(all_finished, timeout=WAIT, interval=0.5, what="allocations finish")
     assert sorted(a["id"] for a in allocations) == sorted(queued_ids(hq_env))
@@ -348,13 +371,13 @@ def test_two_node_allocation_starts_a_worker_per_node(
     [allocation_id] = wait_queued(hq_env, 1)
     assert allocation_id.isdigit()
 
-    def two_workers() -> list[dict[str, Any]] | None:
+    def two_workers() -> list[dict[str, Any]]:
         mine = [
             w
             for w in workers_all(hq_env)
             if w["allocation"] is not None and w["allocation"]["id"] == allocation_id
         ]
-        return mine if len(mine) >= 2 else None
+        return mine if len(mine) >= 2 else []
 
     workers = wait_until(two_workers, timeout=WAIT, interval=0.5, what="2 workers register")
     assert len(workers) == 2
@@ -372,25 +395,16 @@ def test_two_node_allocation_starts_a_worker_per_node(
 
 
 def test_remove_force_cancels_pending_allocation(hq_env: HqEnv, slurm_jobs: SlurmJobs) -> None:
+    slurm_jobs.occupy_all_nodes()
     setup_server(hq_env)
-    add_queue(
-        hq_env,
-        "--time-limit",
-        "5m",
-        "--backlog",
-        "1",
-        "--cpus",
-        "1",
-        "--",
-        PENDING_FOR_AN_HOUR,
-    )
+    add_queue(hq_env, "--time-limit", "5m", "--backlog", "1", "--cpus", "1")
     hq_env.command("submit", "--", "true")
     [allocation_id] = wait_queued(hq_env, 1)
     assert allocation_id.isdigit()
 
-    def queued() -> list[dict[str, Any]] | None:
+    def queued() -> list[dict[str, Any]]:
         allocations = alloc_info(hq_env)
-        return allocations if allocations and allocations[0]["status"] == "queued" else None
+        return allocations if allocations and allocations[0]["status"] == "queued" else []
 
     [allocation] = wait_until(queued, timeout=WAIT, interval=0.5, what="allocation is queued")
     assert allocation["id"] == allocation_id
@@ -408,19 +422,10 @@ def test_remove_force_cancels_pending_allocation(hq_env: HqEnv, slurm_jobs: Slur
 
 
 def test_server_stop_cancels_queued_allocations(hq_env: HqEnv, slurm_jobs: SlurmJobs) -> None:
+    slurm_jobs.occupy_all_nodes()
     setup_server(hq_env)
     add_queue(
-        hq_env,
-        "--time-limit",
-        "5m",
-        "--backlog",
-        "2",
-        "--workers-per-alloc",
-        "1",
-        "--cpus",
-        "1",
-        "--",
-        PENDING_FOR_AN_HOUR,
+        hq_env, "--time-limit", "5m", "--backlog", "2", "--workers-per-alloc", "1", "--cpus", "1"
     )
     hq_env.command("submit", "--array", "1-4", "--", "true")
     ids = wait_queued(hq_env, 2)
@@ -442,3 +447,17 @@ def test_server_stop_cancels_queued_allocations(hq_env: HqEnv, slurm_jobs: Slurm
         what=f"allocations {ids} are cancelled in Slurm",
     )
     assert not active_in_squeue(ids)
+
+
+def test_batch_arguments_after_double_dash_reach_sbatch(
+    hq_env: HqEnv, slurm_jobs: SlurmJobs
+) -> None:
+    # HyperQueue's syntax: `hq alloc add slurm <options> -- <sbatch arguments>`.
+    setup_server(hq_env)
+    add_queue(hq_env, "--time-limit", "5m", "--cpus", "1", "--", PENDING_FOR_AN_HOUR)
+    [queue] = hq_env.command("alloc", "list", json=True)
+    assert queue["additional_args"] == [PENDING_FOR_AN_HOUR]
+    hq_env.command("submit", "--", "true")
+    [allocation_id] = wait_queued(hq_env, 1)
+    reason = slurm("squeue", "-h", "-t", "all", "-j", allocation_id, "-o", "%T|%r").stdout
+    assert reason.strip() == "PENDING|BeginTime"
