@@ -110,6 +110,9 @@ class AutoAllocService:
         self._last_pass = 0.0
         self._last_refresh: dict[int, float] = {}
         self._dry_runs = 0
+        self._stopping = False
+        self._submitting = 0
+        """Submissions under way; `cancel_all` waits for them to cancel what they made."""
         self.on_submission: Callable[[AllocationQueue, str], None] = lambda queue, outcome: None
         """Called with `success` or `failure` after each submission (metrics)."""
         self.on_event: Callable[[AllocEvent], None] = lambda event: None
@@ -185,7 +188,13 @@ class AutoAllocService:
         resources: tuple[ResourceDescriptorItem, ...],
     ) -> None:
         if allocation_id is not None:
-            if not self.state.on_worker_connected(worker_id, allocation_id, resources):
+            if self.state.on_worker_connected(worker_id, allocation_id, resources):
+                found = self.state.find_allocation(allocation_id)
+                backend = None if found is None else self._backends.get(found[0].params.manager)
+                mark_started = getattr(backend, "mark_started", None)
+                if mark_started is not None:
+                    mark_started(allocation_id)
+            else:
                 log.debug("Worker %d is from allocation %s of no queue", worker_id, allocation_id)
         self.notify()
 
@@ -256,6 +265,8 @@ class AutoAllocService:
         return sizes, consume(work, shape, coming + sum(sizes), time_limit)
 
     async def submit_pass(self) -> None:
+        if self._stopping:
+            return
         self._last_pass = self.clock()
         # Let the scheduler place what it can first: only what is left waiting is demand.
         self.server.schedule()
@@ -320,6 +331,13 @@ class AutoAllocService:
         )
 
     async def _submit_one(self, queue_id: int, workers: int) -> bool:
+        self._submitting += 1
+        try:
+            return await self._submit_allocation(queue_id, workers)
+        finally:
+            self._submitting -= 1
+
+    async def _submit_allocation(self, queue_id: int, workers: int) -> bool:
         from hqpy.autoalloc.backends.common import write_script
 
         queue = self.state.get_live(queue_id)
@@ -347,6 +365,8 @@ class AutoAllocService:
         self.on_submission(queue, "success")
         if queue.removed:
             await self._cancel(queue_id, allocation_id, "its queue was removed")
+        elif self._stopping:
+            await self._cancel(queue_id, allocation_id, "the server stopped")
         return True
 
     # -----------------------------------------------------------------------------------------
@@ -382,7 +402,7 @@ class AutoAllocService:
         queue = self.state.queues[queue_id]
         for allocation_id, status in statuses.items():
             alloc = queue.allocations.get(allocation_id)
-            if alloc is None or not alloc.is_active:
+            if alloc is None or not alloc.is_active or alloc.cancel_reason is not None:
                 continue
             alloc.status_errors = 0
             ext = status.state.value
@@ -404,7 +424,7 @@ class AutoAllocService:
         self.state.record(queue, "status-error", None, error)
         for allocation_id in ids:
             alloc = queue.allocations.get(allocation_id)
-            if alloc is None or not alloc.is_active:
+            if alloc is None or not alloc.is_active or alloc.cancel_reason is not None:
                 continue
             alloc.status_errors += 1
             if (
@@ -480,9 +500,11 @@ class AutoAllocService:
                 "Allocation queue has running jobs, so it will not be removed. "
                 "Use `--force` if you want to remove the queue anyway"
             )
-        self.state.remove(queue)
+        queue.removed = True
         for alloc in list(queue.active()):
             await self._cancel(queue_id, alloc.id, "its queue was removed")
+        # Recorded last, so a follower of the events sees the cancellations before the end.
+        self.state.remove(self.state.queues[queue_id])
 
     async def _cancel(self, queue_id: int, allocation_id: str, why: str) -> None:
         queue = self.state.queues[queue_id]
@@ -501,11 +523,23 @@ class AutoAllocService:
             self.state.end(queue, alloc, False, f"canceled: {why}")
 
     async def cancel_all(self) -> None:
-        """On server stop: cancel every queued and running allocation."""
+        """On server stop: submit nothing more and cancel every queued and running allocation
+        (also one whose submission was under way)."""
+        self._stopping = True
         with trio.move_on_after(CANCEL_ALL_TIMEOUT):
-            for queue in list(self.state.queues.values()):
-                for alloc in list(queue.active()):
-                    await self._cancel(queue.id, alloc.id, "the server stopped")
+            while True:
+                active = [
+                    (queue.id, alloc.id)
+                    for queue in self.state.queues.values()
+                    for alloc in queue.active()
+                    if alloc.cancel_reason is None
+                ]
+                if not active and not self._submitting:
+                    return
+                for queue_id, allocation_id in active:
+                    await self._cancel(queue_id, allocation_id, "the server stopped")
+                if self._submitting:
+                    await trio.sleep(0.05)
 
     async def wait_for_events(self, queue_id: int, after: int) -> None:
         """Return once the queue has more than `after` events (for `alloc events --follow`)."""

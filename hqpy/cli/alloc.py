@@ -29,6 +29,16 @@ def _backlog(text: str) -> int:
     return value
 
 
+def _utilization(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"`{text}` is not a number between 0 and 1")
+    return value
+
+
 def add_queue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("manager", choices=MANAGERS, help="The batch system")
     p.add_argument(
@@ -56,6 +66,12 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-server-lost", choices=("stop", "finish-running"), default="finish-running")
     p.add_argument("--cpus", help="Cpus of each worker, as `hq worker start --cpus`")
     p.add_argument("--resource", action="append", default=[], help="A worker resource pool")
+    p.add_argument("--group", help="Worker group (default: the allocation id)")
+    p.add_argument("--coupling", help="Passed on to `hq worker start --coupling`")
+    p.add_argument("--no-hyper-threading", action="store_true", help="Passed on to the workers")
+    p.add_argument("--detect-resources", help="Passed on to `hq worker start`")
+    p.add_argument("--overview-interval", type=duration, help="Passed on to the workers")
+    p.add_argument("--min-utilization", type=_utilization, default=0.0, help="0..1, as workers")
     p.set_defaults(additional_args=[])
     p.epilog = "Arguments after `--` go verbatim into the script as one batch directive line."
 
@@ -124,6 +140,12 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
         cpus=args.cpus,
         resources=tuple(args.resource),
         additional_args=tuple(args.additional_args),
+        group=args.group,
+        coupling=args.coupling,
+        no_hyper_threading=args.no_hyper_threading,
+        detect_resources=args.detect_resources,
+        overview_interval=args.overview_interval,
+        min_utilization=args.min_utilization,
     )
 
 

@@ -64,6 +64,8 @@ def register(tree: Any, nouns: Any) -> None:
     )
     p.add_argument("--work-dir", type=Path, help="Directory for task dirs and temporary files")
     p.add_argument("--overview-interval", type=duration, help=argparse.SUPPRESS)
+    p.add_argument("--coupling", help=argparse.SUPPRESS)
+    p.add_argument("--min-utilization", type=float, default=0.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_start, long_running=True)
 
     p = tree.command(verbs, "list", "List workers")
@@ -136,6 +138,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         manager=manager,
         zero_worker=os.environ.get("HQPY_ZERO_WORKER") == "1",
+        min_utilization=args.min_utilization,
+        overview_interval=args.overview_interval,
     )
     agent = WorkerAgent(options, hq_executable())
 

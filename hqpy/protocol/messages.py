@@ -135,6 +135,12 @@ class QueueParams:
     resources: tuple[str, ...] = ()
     """As typed after each `--resource`."""
     additional_args: tuple[str, ...] = ()
+    group: str | None = None
+    coupling: str | None = None
+    no_hyper_threading: bool = False
+    detect_resources: str | None = None
+    overview_interval: float | None = None
+    min_utilization: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------

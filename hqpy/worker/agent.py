@@ -48,6 +48,8 @@ class WorkerOptions:
     on_server_lost: str = "stop"
     work_dir: Path | None = None
     manager: m.ManagerInfo | None = None
+    min_utilization: float = 0.0
+    overview_interval: float | None = None
     zero_worker: bool = False
     """Bench-only: complete tasks at once without starting processes."""
 
@@ -120,6 +122,8 @@ class WorkerAgent:
             on_server_lost=o.on_server_lost,
             pid=os.getpid(),
             manager=o.manager,
+            overview_interval=o.overview_interval,
+            min_utilization=o.min_utilization,
         )
 
     async def run(self) -> int:

@@ -494,18 +494,17 @@ def test_remove_refuses_running_allocations_unless_forced_and_stop_cancels_queue
     batch = batches.setup(hq_env, manager)
     hq_env.start_server()
     # Queue 1: 2-cpu workers whose allocations never start. The dry run submits and cancels
-    # a trial allocation (only `bash -n` for local). The options come before the manager:
-    # after it, `-- <batch args>` is refused by the CLI (see the test above).
+    # a trial allocation (only `bash -n` for local).
     result = hq_env.run(
         "alloc",
         "add",
+        manager,
         "--time-limit",
         "10m",
         "--cpus",
         "2",
         "--backlog",
         "2",
-        manager,
         *HELD[manager],
     )
     assert "A trial allocation was submitted successfully" in result.stderr

@@ -206,7 +206,7 @@ def test_job_priority(hq_env: HqEnv) -> None:
     log = 'echo "$HQ_JOB_ID" >> order.txt'
     hq_env.command("submit", "--array", "1-3", "--", "bash", "-c", log)
     hq_env.command("submit", "--array", "1-3", "--priority", "10", "--", "bash", "-c", log)
-    hq_env.command("submit", "--array", "1-3", "--priority", "-1", "--", "bash", "-c", log)
+    hq_env.command("submit", "--array", "1-3", "--priority=-1", "--", "bash", "-c", log)
     hq_env.start_worker(cpus="1")
     hq_env.command("job", "wait", "all")
     assert hq_env.path("order.txt").read_text().split() == ["2"] * 3 + ["1"] * 3 + ["3"] * 3
@@ -224,8 +224,17 @@ def test_job_cancel_running(hq_env: HqEnv) -> None:
         "-c",
         'echo $$ > "pid-$HQ_TASK_ID"; exec sleep 100',
     )
-    wait_until(lambda: hq_env.path("pid-1").exists() and hq_env.path("pid-2").exists())
-    pids = [int(hq_env.path(f"pid-{i}").read_text()) for i in (1, 2)]
+
+    def written_pids() -> list[int]:
+        texts = [p.read_text() for p in hq_env.work_dir.glob("pid-*")]
+        return [int(t) for t in texts if t.endswith("\n")]
+
+    def two_pids() -> list[int]:
+        pids = written_pids()
+        return pids if len(pids) == 2 else []
+
+    # Two cpus: two tasks run, the third waits.
+    pids = wait_until(two_pids)
 
     result = hq_env.run("job", "cancel", "1")
     lines = [ln for ln in result.stderr.splitlines() if ln]
@@ -234,7 +243,7 @@ def test_job_cancel_running(hq_env: HqEnv) -> None:
     assert lines[0].endswith(f" INFO {message}"), lines[0]
     assert hq_env.task_states() == {1: "canceled", 2: "canceled", 3: "canceled"}
     wait_until(lambda: not any(process_alive(p) for p in pids), what="task processes end")
-    assert not hq_env.path("pid-3").exists()
+    assert len(written_pids()) == 2
     table = parse_table(hq_env.command("job", "list", "--all"))
     assert table.column("State") == ["CANCELED"]
 

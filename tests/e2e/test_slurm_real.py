@@ -103,9 +103,7 @@ def job_states(ids: list[str]) -> dict[str, str]:
     """`squeue -h -t all -j <ids> -o %i|%T`: the state of each id Slurm still knows."""
     if not ids:
         return {}
-    result = slurm(
-        "squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T", check=False
-    )
+    result = slurm("squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T", check=False)
     if result.returncode != 0:
         # 22.05: rc 1 and `Invalid job id specified` when none of the ids is known any more.
         assert "Invalid job id" in result.stderr, result.stderr
@@ -345,9 +343,7 @@ def test_allocations_run_tasks_through_real_slurm(hq_env: HqEnv, slurm_jobs: Slu
     assert {states.get(i, "COMPLETED") for i in ids} == {"COMPLETED"}, states
 
 
-def test_two_node_allocation_starts_a_worker_per_node(
-    hq_env: HqEnv, slurm_jobs: SlurmJobs
-) -> None:
+def test_two_node_allocation_starts_a_worker_per_node(hq_env: HqEnv, slurm_jobs: SlurmJobs) -> None:
     nodes = set(slurm("sinfo", "-h", "-N", "-o", "%N").stdout.split())
     if len(nodes) < 2:
         pytest.skip("needs 2 Slurm nodes (SLURM_LOCAL_NODES=2 scripts/slurm-local.sh start)")
@@ -432,9 +428,7 @@ def test_server_stop_cancels_queued_allocations(hq_env: HqEnv, slurm_jobs: Slurm
     assert len(ids) == 2 and all(i.isdigit() for i in ids), ids
 
     def both_queued() -> bool:
-        return sorted(a["id"] for a in alloc_info(hq_env) if a["status"] == "queued") == sorted(
-            ids
-        )
+        return sorted(a["id"] for a in alloc_info(hq_env) if a["status"] == "queued") == sorted(ids)
 
     wait_until(both_queued, timeout=WAIT, interval=0.5, what="both allocations are queued")
     assert job_states(ids) == dict.fromkeys(ids, "PENDING")

@@ -85,6 +85,20 @@ def build_worker_command(
     if cpus is not None:
         parts.append(f"--cpus {quote_double(cpus)}")
     parts.extend(f"--resource {quote_double(r)}" for r in params.resources)
+    if params.coupling is not None:
+        parts.append(f"--coupling {quote_double(params.coupling)}")
+    if params.group is not None:
+        parts.append(f"--group {shlex.quote(params.group)}")
+    if params.no_hyper_threading:
+        parts.append("--no-hyper-threading")
+    if params.detect_resources is not None:
+        parts.append(f"--detect-resources {shlex.quote(params.detect_resources)}")
+    if params.overview_interval is not None:
+        parts.append(
+            f"--overview-interval {quote_double(format_duration(params.overview_interval))}"
+        )
+    if params.min_utilization > 0:
+        parts.append(f"--min-utilization {params.min_utilization:g}")
     parts.append(f"--on-server-lost {quote_double(params.on_server_lost)}")
     limit = params.worker_time_limit if params.worker_time_limit is not None else params.time_limit
     parts.append(f"--time-limit {quote_double(format_duration(limit))}")
