@@ -27,6 +27,7 @@ from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
 from hqpy.worker.launcher import Launcher
+from hqpy.worker.process import OrphanGuard
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ class WorkerAgent:
             return EXIT_SERVER_LOST
         self.worker_id = reply.worker_id
         log.info("Worker %d registered with server %s", reply.worker_id, reply.server_uid)
+        if not self.options.zero_worker:
+            self.launcher.guard = OrphanGuard()
         try:
             with self.main_scope:
                 async with trio.open_nursery() as nursery:
@@ -158,6 +161,8 @@ class WorkerAgent:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await framed.aclose()
+            if self.launcher.guard is not None:
+                self.launcher.guard.close()
         code, reason = self.exit or (EXIT_SERVER_LOST, "the connection to the server was lost")
         log.info("Worker is stopping: %s", reason)
         return code

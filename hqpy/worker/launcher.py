@@ -16,7 +16,7 @@ import trio
 
 from hqpy.common.resources import Allocation
 from hqpy.protocol.messages import TaskBody
-from hqpy.worker.process import TaskProcess, devnull
+from hqpy.worker.process import OrphanGuard, TaskProcess, devnull, resolve_program
 
 ERROR_FILE_LIMIT = 2048
 
@@ -33,10 +33,12 @@ class TaskOutcome:
 class Launcher:
     """Starts task processes for one worker; caches what is shared by the tasks of a group."""
 
-    def __init__(self, work_dir: Path, hq_path: str) -> None:
+    def __init__(self, work_dir: Path, hq_path: str, guard: OrphanGuard | None = None) -> None:
         self.work_dir = work_dir
         self.hq_path = hq_path
+        self.guard = guard
         self._base_env: dict[int, dict[str, str]] = {}
+        self._argv: dict[int, list[str]] = {}
         self._made_dirs: set[str] = set()
 
     def base_env(self, body: TaskBody) -> dict[str, str]:
@@ -49,6 +51,15 @@ class Launcher:
             env["HQ"] = self.hq_path
             self._base_env[body.group_id] = env
         return env
+
+    def argv(self, body: TaskBody) -> list[str]:
+        """The task's argv with the program resolved once per group, not once per task."""
+        argv = self._argv.get(body.group_id)
+        if argv is None:
+            path = self.base_env(body).get("PATH")
+            argv = [resolve_program(body.args[0], path), *body.args[1:]]
+            self._argv[body.group_id] = argv
+        return argv
 
     def _ensure_parent(self, path: str) -> None:
         parent = os.path.dirname(path)
@@ -138,8 +149,8 @@ class Launcher:
             stdin_file.seek(0)
             stdin = stdin_file.fileno()
         try:
-            proc = TaskProcess(
-                body.args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr
+            proc = TaskProcess.start(
+                self.argv(body), cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr
             )
         except OSError as e:
             return TaskOutcome(False, spawn_error(body.args, cwd, e))
@@ -147,6 +158,8 @@ class Launcher:
             if stdin_file is not None:
                 stdin_file.close()
         on_started(time.time())
+        if self.guard is not None:
+            self.guard.add(proc.pid)
         timed_out = False
         try:
             if body.time_limit is not None:
@@ -163,6 +176,8 @@ class Launcher:
                 proc.kill()
                 with trio.CancelScope(shield=True):
                     await proc.wait()
+            if self.guard is not None:
+                self.guard.remove(proc.pid)
         if cancel_scope.cancel_called:
             return TaskOutcome(False, canceled=True)
         if timed_out:
