@@ -10,7 +10,7 @@ from typing import Any
 
 from hqpy.cli.common import duration, output_of, positive_int, run_client
 from hqpy.cli.output import Output
-from hqpy.client.connection import ClientError, ServerConnection
+from hqpy.client.blocking import BlockingConnection, ClientError
 from hqpy.protocol import messages as m
 
 log = logging.getLogger("hqpy.cli")
@@ -154,7 +154,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     if params is None:
         return 1
 
-    async def call(conn: ServerConnection, out: Output) -> None:
+    def call(conn: BlockingConnection, out: Output) -> None:
         if params.cpus is None and not params.resources and params.manager != "local":
             log.warning(
                 "No worker resources were provided for this queue. Before the first worker "
@@ -166,7 +166,7 @@ def cmd_add(args: argparse.Namespace) -> int:
                 "You have set an idle timeout longer than 10 minutes. "
                 "This can result in wasted allocation duration."
             )
-        resp = await conn.request(
+        resp = conn.request(
             m.AllocAddRequest(params, dry_run=not args.no_dry_run), m.QueueCreatedResponse
         )
         if not args.no_dry_run:
@@ -185,8 +185,8 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     if params is None:
         return 1
 
-    async def call(conn: ServerConnection, out: Output) -> None:
-        await conn.request(m.AllocDryRunRequest(params), m.OkResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        conn.request(m.AllocDryRunRequest(params), m.OkResponse)
         log.info(
             "A trial allocation was submitted successfully. "
             "It was immediately canceled to avoid wasting resources."
@@ -197,16 +197,16 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.AllocListRequest(), m.QueueListResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.AllocListRequest(), m.QueueListResponse)
         out.queue_list(resp.queues)
 
     return run_client(args, call)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.AllocInfoRequest(args.queue_id), m.AllocationListResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.AllocInfoRequest(args.queue_id), m.AllocationListResponse)
         allocations = resp.allocations
         if args.filter:
             allocations = [a for a in allocations if a.state.lower() == args.filter]
@@ -216,15 +216,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.AllocEventsRequest(args.queue_id), m.AllocEventsResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.AllocEventsRequest(args.queue_id), m.AllocEventsResponse)
         out.alloc_events(resp.events, args.follow)
         if not args.follow:
             return
         seen = resp.total
         try:
             while not resp.queue_removed:
-                resp = await conn.request(
+                resp = conn.request(
                     m.AllocEventsRequest(args.queue_id, after=seen, wait=True),
                     m.AllocEventsResponse,
                 )
@@ -243,8 +243,8 @@ def cmd_log(args: argparse.Namespace) -> int:
         output_of(args).error("`hq alloc log` is not supported in JSON mode")
         return 1
 
-    async def call(conn: ServerConnection, out: Output) -> int:
-        resp = await conn.request(m.AllocLogRequest(args.allocation_id), m.AllocLogResponse)
+    def call(conn: BlockingConnection, out: Output) -> int:
+        resp = conn.request(m.AllocLogRequest(args.allocation_id), m.AllocLogResponse)
         path = f"{resp.workdir}/{args.channel}"
         try:
             with open(path, "rb") as f:  # noqa: ASYNC230 - a local file, read once
@@ -259,8 +259,8 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_action(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        await conn.request(
+    def call(conn: BlockingConnection, out: Output) -> None:
+        conn.request(
             m.AllocQueueRequest(args.action, args.queue_id, getattr(args, "force", False)),
             m.OkResponse,
         )

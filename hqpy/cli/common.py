@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Awaitable, Callable
-
-import trio
+from collections.abc import Callable
 
 from hqpy.cli.output import Output, make_output
-from hqpy.client.connection import ClientError, ServerConnection, open_connection
+from hqpy.client.blocking import BlockingConnection, ClientError, connect
 from hqpy.protocol import messages as m
 
 log = logging.getLogger("hqpy.cli")
@@ -40,17 +38,13 @@ def output_of(args: argparse.Namespace) -> Output:
 
 
 def run_client(
-    args: argparse.Namespace, call: Callable[[ServerConnection, Output], Awaitable[int | None]]
+    args: argparse.Namespace, call: Callable[[BlockingConnection, Output], int | None]
 ) -> int:
     """Connect to the server of `args.server_dir`, run `call`, and turn errors into exit codes."""
     out = output_of(args)
-
-    async def go() -> int | None:
-        async with open_connection(args.server_dir) as conn:
-            return await call(conn, out)
-
     try:
-        return trio.run(go) or 0
+        with connect(args.server_dir) as conn:
+            return call(conn, out) or 0
     except ClientError as e:
         out.error(str(e))
         return 1

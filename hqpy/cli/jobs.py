@@ -12,18 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from hqpy.cli.common import add_selector, duration, emit_log_lines, run_client
 from hqpy.cli.output import Output
-from hqpy.client.connection import ClientError, ServerConnection
+from hqpy.client.blocking import BlockingConnection, ClientError
 from hqpy.protocol import messages as m
 
 log = logging.getLogger("hqpy.cli")
 
 DEFAULT_STDOUT = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout"
 DEFAULT_STDERR = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr"
-PROGRESS_INTERVAL = 0.5
+PROGRESS_INTERVAL = 0.3
 STATE_FILTERS = ("waiting", "running", "finished", "failed", "canceled", "aborted", "opened")
 
 
@@ -269,12 +267,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         output_of(args).error(str(e))
         return 1
 
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(request, m.SubmitResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(request, m.SubmitResponse)
         out.job_submitted(resp.job_id)
         if args.wait or args.progress:
             # The submit confirmation is this command's one output; the wait adds nothing.
-            await wait_for_jobs(conn, str(resp.job_id), False, args.progress, quiet_output(out))
+            wait_for_jobs(conn, str(resp.job_id), False, args.progress, quiet_output(out))
 
     return run_client(args, call)
 
@@ -289,48 +287,27 @@ def quiet_output(out: Output) -> bool:
     return isinstance(out, QuietOutput)
 
 
-async def wait_for_jobs(
-    conn: ServerConnection, selector: str, without_close: bool, progress: bool, quiet: bool
+def wait_for_jobs(
+    conn: BlockingConnection, selector: str, without_close: bool, progress: bool, quiet: bool
 ) -> list[m.JobView]:
     """Wait until the jobs end, drawing a progress bar if asked; returns their final state."""
-    if progress and not quiet:
-        bar = ProgressBar(sys.stdout.isatty())
-        async with trio.open_nursery() as nursery:
-            resp_holder: list[m.JobListResponse] = []
-
-            async def waiter() -> None:
-                resp_holder.append(
-                    await conn.request(
-                        m.WaitJobsRequest(selector, without_close), m.JobListResponse
-                    )
-                )
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(waiter)
-            await _poll_progress(selector, conn.server_dir, bar)
-        jobs = resp_holder[0].jobs if resp_holder else []
-        bar.finish(jobs)
-        return jobs
-    resp = await conn.request(m.WaitJobsRequest(selector, without_close), m.JobListResponse)
-    return resp.jobs
+    if not progress or quiet:
+        return conn.request(m.WaitJobsRequest(selector, without_close), m.JobListResponse).jobs
+    bar = ProgressBar(sys.stdout.isatty())
+    while True:
+        jobs = [
+            j.info for j in conn.request(m.JobDetailsRequest(selector), m.JobDetailsResponse).jobs
+        ]
+        if all(_ended(j, without_close) for j in jobs):
+            bar.finish(jobs)
+            return jobs
+        bar.draw(jobs)
+        time.sleep(PROGRESS_INTERVAL)
 
 
-async def _poll_progress(selector: str, server_dir: Path, bar: ProgressBar) -> None:
-    """Poll job counts on a second connection while the first one waits."""
-    from hqpy.client.connection import connect
-
-    conn = None
-    try:
-        while True:
-            if conn is None:
-                conn = await connect(server_dir)
-            resp = await conn.request(m.JobDetailsRequest(selector), m.JobDetailsResponse)
-            bar.draw([j.info for j in resp.jobs])
-            await trio.sleep(PROGRESS_INTERVAL)
-    finally:
-        if conn is not None:
-            with trio.CancelScope(shield=True):
-                await conn.aclose()
+def _ended(job: m.JobView, without_close: bool) -> bool:
+    s = job.task_stats
+    return s.waiting == 0 and s.running == 0 and (without_close or not job.is_open)
 
 
 class ProgressBar:
@@ -388,16 +365,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         states = ("waiting", "running", "opened")
 
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.ListJobsRequest(states), m.JobListResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.ListJobsRequest(states), m.JobListResponse)
         out.job_list(resp.jobs, resp.total, args.verbose)
 
     return run_client(args, call)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(
             m.JobDetailsRequest(args.selector, include_tasks=args.output_mode == "json"),
             m.JobDetailsResponse,
         )
@@ -415,45 +392,41 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         output_of(args).error("--reason must be at most 200 characters long")
         return 1
 
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(
-            m.CancelJobsRequest(args.selector, args.reason), m.LogLinesResponse
-        )
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.CancelJobsRequest(args.selector, args.reason), m.LogLinesResponse)
         emit_log_lines(resp.lines)
 
     return run_client(args, call)
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(
-            m.ForgetJobsRequest(args.selector, args.filter), m.LogLinesResponse
-        )
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.ForgetJobsRequest(args.selector, args.filter), m.LogLinesResponse)
         emit_log_lines(resp.lines)
 
     return run_client(args, call)
 
 
 def cmd_close(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.CloseJobsRequest(args.selector), m.LogLinesResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.CloseJobsRequest(args.selector), m.LogLinesResponse)
         emit_log_lines(resp.lines)
 
     return run_client(args, call)
 
 
 def cmd_open(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.OpenJobRequest(args.name, args.max_fails), m.SubmitResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.OpenJobRequest(args.name, args.max_fails), m.SubmitResponse)
         out.job_opened(resp.job_id)
 
     return run_client(args, call)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
+    def call(conn: BlockingConnection, out: Output) -> None:
         started = time.monotonic()
-        jobs = await wait_for_jobs(
+        jobs = wait_for_jobs(
             conn, args.selector, args.without_close, args.progress, quiet_output(out)
         )
         out.job_wait_result(jobs, time.monotonic() - started)
@@ -462,24 +435,24 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.ListJobsRequest(None), m.JobListResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.ListJobsRequest(None), m.JobListResponse)
         out.job_summary(resp.jobs)
 
     return run_client(args, call)
 
 
 def cmd_task_ids(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.TaskIdsRequest(args.selector, args.filter), m.TaskIdsResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.TaskIdsRequest(args.selector, args.filter), m.TaskIdsResponse)
         out.task_ids(resp.jobs)
 
     return run_client(args, call)
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(
             m.TaskListRequest(args.job_id, args.tasks, args.task_status), m.TaskListResponse
         )
         if not resp.jobs:
@@ -512,8 +485,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 
 def cmd_task_list(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(
             m.TaskListRequest(args.selector, args.tasks, args.task_status), m.TaskListResponse
         )
         for job_id in resp.missing:
@@ -524,12 +497,12 @@ def cmd_task_list(args: argparse.Namespace) -> int:
 
 
 def cmd_task_info(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        job_id = await _resolve_job_id(conn, args.job_id)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        job_id = _resolve_job_id(conn, args.job_id)
         if job_id is None:
             log.error("Job %s not found", args.job_id)
             return
-        resp = await conn.request(m.TaskInfoRequest(job_id, args.task_ids), m.TaskInfoResponse)
+        resp = conn.request(m.TaskInfoRequest(job_id, args.task_ids), m.TaskInfoResponse)
         if resp.job is None:
             log.error("Job %d not found", job_id)
             return
@@ -540,13 +513,13 @@ def cmd_task_info(args: argparse.Namespace) -> int:
     return run_client(args, call)
 
 
-async def _resolve_job_id(conn: ServerConnection, text: str) -> int | None:
+def _resolve_job_id(conn: BlockingConnection, text: str) -> int | None:
     if text != "last":
         try:
             return int(text)
         except ValueError:
             raise ClientError(f"invalid job id `{text}`: expected a number or `last`") from None
-    resp = await conn.request(m.ListJobsRequest(None), m.JobListResponse)
+    resp = conn.request(m.ListJobsRequest(None), m.JobListResponse)
     return max((j.id for j in resp.jobs), default=None)
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from hqpy.cli.common import duration, output_of, run_client
 from hqpy.cli.output import Output
-from hqpy.client.connection import ClientError, ServerConnection, connect
+from hqpy.client.blocking import BlockingConnection, ClientError, connect
 from hqpy.protocol import messages as m
 
 log = logging.getLogger("hqpy.cli")
@@ -82,6 +81,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
     )
 
+    import trio
+
     async def run() -> None:
         server = Server(config)
         async with trio.open_nursery() as nursery:
@@ -119,15 +120,15 @@ def _port(text: str) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        await conn.request(m.StopServerRequest(), m.OkResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        conn.request(m.StopServerRequest(), m.OkResponse)
 
     return run_client(args, call)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.ServerInfoRequest(), m.ServerInfoResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.ServerInfoRequest(), m.ServerInfoResponse)
         out.server_info(resp.info)
 
     return run_client(args, call)
@@ -136,26 +137,21 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_wait(args: argparse.Namespace) -> int:
     out = output_of(args)
 
-    async def wait() -> None:
-        with trio.fail_after(args.timeout):
-            while True:
-                try:
-                    conn = await connect(args.server_dir, wait=0)
-                    await conn.aclose()
-                    return
-                except ClientError:
-                    await trio.sleep(0.2)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            connect(args.server_dir, wait=0).close()
+            break
+        except ClientError:
+            if time.monotonic() >= deadline:
+                from hqpy.common.durations import format_duration
 
-    try:
-        trio.run(wait)
-    except trio.TooSlowError:
-        from hqpy.common.durations import format_duration
-
-        out.error(
-            f"Timeout after {format_duration(args.timeout)}: Could not connect to server at "
-            f"`{args.server_dir}`. Make sure that the server is running."
-        )
-        return 1
+                out.error(
+                    f"Timeout after {format_duration(args.timeout)}: Could not connect to server "
+                    f"at `{args.server_dir}`. Make sure that the server is running."
+                )
+                return 1
+            time.sleep(0.2)
     return 0
 
 

@@ -9,8 +9,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from hqpy.cli.common import (
     add_selector,
     duration,
@@ -20,7 +18,7 @@ from hqpy.cli.common import (
     run_client,
 )
 from hqpy.cli.output import Output
-from hqpy.client.connection import ServerConnection
+from hqpy.client.blocking import BlockingConnection
 from hqpy.protocol import messages as m
 
 log = logging.getLogger("hqpy.cli")
@@ -143,6 +141,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     )
     agent = WorkerAgent(options, hq_executable())
 
+    import trio
+
     async def run() -> int:
         async with trio.open_nursery() as nursery:
             result: list[int] = []
@@ -167,16 +167,16 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     flt = "all" if args.all else (args.filter or "running")
 
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.ListWorkersRequest(flt), m.WorkerListResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.ListWorkersRequest(flt), m.WorkerListResponse)
         out.worker_list(resp.workers)
 
     return run_client(args, call)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.WorkerInfoRequest(args.selector), m.WorkerListResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.WorkerInfoRequest(args.selector), m.WorkerListResponse)
         if not resp.workers:
             log.error("Worker %s not found", args.selector)
         out.worker_info(resp.workers)
@@ -185,16 +185,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        resp = await conn.request(m.StopWorkersRequest(args.selector), m.LogLinesResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.StopWorkersRequest(args.selector), m.LogLinesResponse)
         emit_log_lines(resp.lines)
 
     return run_client(args, call)
 
 
 def cmd_address(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> int:
-        resp = await conn.request(m.WorkerInfoRequest(str(args.worker_id)), m.WorkerListResponse)
+    def call(conn: BlockingConnection, out: Output) -> int:
+        resp = conn.request(m.WorkerInfoRequest(str(args.worker_id)), m.WorkerListResponse)
         if not resp.workers:
             out.error(f"Worker {args.worker_id} not found")
             return 1
@@ -205,7 +205,7 @@ def cmd_address(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    async def call(conn: ServerConnection, out: Output) -> None:
-        await conn.request(m.WaitWorkersRequest(args.count), m.OkResponse)
+    def call(conn: BlockingConnection, out: Output) -> None:
+        conn.request(m.WaitWorkersRequest(args.count), m.OkResponse)
 
     return run_client(args, call)

@@ -1,4 +1,7 @@
-"""A client's authenticated connection to the server, with typed request/response calls."""
+"""An async client connection, for code that runs inside trio (in-process tests, a Python API).
+
+The command line uses the blocking one (`hqpy.client.blocking`), which starts faster.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +11,13 @@ from typing import Any, TypeVar
 
 import trio
 
+from hqpy.client.blocking import ACCESS_RETRY, ClientError
 from hqpy.common import serverdir
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
 
 T = TypeVar("T")
-
-ACCESS_RETRY = 1.0
-"""How long a client waits for a just-started server to write its access file."""
-
-
-class ClientError(Exception):
-    """Anything that stops a client command: the message is shown to the user as it is."""
 
 
 class ServerConnection:

@@ -2,16 +2,20 @@
 
 Unions are tagged with `op` and an explicit kebab-case name per class (`OPS`), so the wire format
 does not depend on Python class names. Encoding is JSON (compact separators, UTF-8).
+
+The tag is handled here rather than with `cattrs.strategies.configure_tagged_union`, which builds
+the hooks of every member of a union up front: a client that sends one request would pay for
+generating code for all of them. Here each class's hooks are generated on its first use.
 """
 
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any, TypeVar
 
 import cattrs
 from cattrs.preconf.json import make_converter
-from cattrs.strategies import configure_tagged_union
 
 from hqpy.protocol import messages as m
 
@@ -80,7 +84,6 @@ class DecodeError(Exception):
 
 
 converter = make_converter(forbid_extra_keys=True)
-_configured: set[Any] = set()
 
 
 def _rows(value: Any, _: Any) -> list[list[Any]]:
@@ -115,28 +118,39 @@ converter.register_structure_hook_func(_is_rows, _rows)
 converter.register_unstructure_hook_func(_is_rows, lambda rows: rows)
 
 
-def _ensure(union: Any) -> None:
-    """Register a union's hooks on first use: a client never pays for the worker messages."""
-    if union not in _configured:
-        configure_tagged_union(union, converter, tag_name="op", tag_generator=OPS.__getitem__)
-        _configured.add(union)
+_members: dict[Any, dict[str, type]] = {}
+
+
+def members(union: Any) -> dict[str, type]:
+    """The classes of a union by their `op` tag."""
+    found = _members.get(union)
+    if found is None:
+        found = {OPS[cls]: cls for cls in typing.get_args(union)}
+        _members[union] = found
+    return found
 
 
 def encode(message: Any, union: Any) -> bytes:
-    """Encode `message` as a member of `union` (the tag is only written for unions)."""
-    _ensure(union)
-    data = converter.unstructure(message, unstructure_as=union)
+    """Encode `message`, a member of `union`, with its `op` tag."""
+    cls = type(message)
+    if cls not in members(union).values():
+        raise TypeError(f"{cls.__name__} is not a member of {union}")
+    data = converter.unstructure(message, unstructure_as=cls)
+    data["op"] = OPS[cls]
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decode(payload: bytes, union: type[T] | Any) -> Any:
     """Decode a frame into a member of `union`, raising `DecodeError` for anything else."""
-    _ensure(union)
     try:
         data = json.loads(payload)
         if not isinstance(data, dict):
             raise DecodeError("malformed message: expected a JSON object")
-        return converter.structure(data, union)
+        op = data.pop("op", None)
+        cls = members(union).get(op) if isinstance(op, str) else None
+        if cls is None:
+            raise DecodeError(f"malformed message: unknown op {op!r}")
+        return converter.structure(data, cls)
     except (ValueError, TypeError, KeyError, cattrs.BaseValidationError, RecursionError) as e:
         raise DecodeError(f"malformed message: {_short(e)}") from None
 

@@ -1,0 +1,129 @@
+"""The command line's connection to the server: plain blocking sockets, no event loop.
+
+A client command sends a request and waits for its answer; it needs no concurrency, and not
+importing trio makes every `hq` call start noticeably faster. Frames and the handshake are the
+same as the server's (`protocol.frames`, `protocol.handshake`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hqpy.common import serverdir
+from hqpy.protocol import codec
+from hqpy.protocol import messages as m
+from hqpy.protocol.frames import FRAME_LIMIT, FrameDecoder, ProtocolError, encode_frame
+from hqpy.protocol.handshake import HANDSHAKE_TIMEOUT, AuthError, PeerHandshake
+
+T = TypeVar("T")
+
+ACCESS_RETRY = 1.0
+"""How long a client waits for a just-started server to write its access file."""
+
+
+class ClientError(Exception):
+    """Anything that stops a client command: the message is shown to the user as it is."""
+
+
+class BlockingConnection:
+    def __init__(
+        self, sock: socket.socket, record: serverdir.AccessRecord, server_dir: Path
+    ) -> None:
+        self.sock = sock
+        self.record = record
+        self.server_dir = server_dir
+        self._decoder = FrameDecoder()
+
+    def send(self, message: Any, union: Any) -> None:
+        self.sock.sendall(encode_frame(codec.encode(message, union)))
+
+    def receive(self, union: Any) -> Any:
+        """The next message, or None when the server closed the connection."""
+        decoder = self._decoder
+        while True:
+            missing = decoder.missing()
+            if not missing:
+                payload = decoder.next_frame()
+                assert payload is not None
+                try:
+                    return codec.decode(payload, union)
+                except codec.DecodeError as e:
+                    raise ProtocolError(str(e)) from None
+            chunk = self.sock.recv(max(65536, missing))
+            if not chunk:
+                decoder.eof()
+                return None
+            decoder.feed(chunk)
+
+    def handshake(self, secret: str) -> None:
+        self.sock.settimeout(HANDSHAKE_TIMEOUT)
+        peer = PeerHandshake("client", secret)
+        self.send(peer.answer(self.receive(codec.Handshake)), codec.Handshake)
+        peer.check(self.receive(codec.Handshake))
+        self._decoder.limit = FRAME_LIMIT
+        self.sock.settimeout(None)
+
+    def request(self, request: Any, expect: type[T]) -> T:
+        """Send a request and return its response, raising `ClientError` for an error reply."""
+        try:
+            self.send(request, m.ClientRequest)
+            response = self.receive(m.ClientResponse)
+        except (ConnectionError, TimeoutError, OSError) as e:
+            raise ClientError(f"Connection to the server was lost: {e}") from None
+        except ProtocolError as e:
+            raise ClientError(f"Invalid response from the server: {e}") from None
+        if response is None:
+            raise ClientError("The server closed the connection")
+        if isinstance(response, m.ErrorResponse):
+            raise ClientError(response.message)
+        if not isinstance(response, expect):
+            raise ClientError(f"Unexpected response from the server: {type(response).__name__}")
+        return response
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> BlockingConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_access(server_dir: Path, wait: float = ACCESS_RETRY) -> serverdir.AccessRecord:
+    """The live server's access record; a server that is just starting gets `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return serverdir.load_access(server_dir)
+        except serverdir.AccessError as e:
+            if time.monotonic() >= deadline or serverdir.resolve_access_path(server_dir).exists():
+                raise ClientError(str(e)) from None
+        time.sleep(0.02)
+
+
+def connect(server_dir: Path, wait: float = ACCESS_RETRY) -> BlockingConnection:
+    """Connect and authenticate as a client of the server living in `server_dir`."""
+    record = load_access(server_dir, wait)
+    endpoint = record.client
+    secret = None if endpoint is None else endpoint.secret_key
+    if endpoint is None or not secret:
+        raise ClientError(f"The access file in `{server_dir}` has no client part")
+    try:
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=HANDSHAKE_TIMEOUT)
+    except OSError as e:
+        raise ClientError(
+            f"Could not connect to server at `{server_dir}` "
+            f"({endpoint.host}:{endpoint.port}): {e.strerror or e}. "
+            "Make sure that the server is running."
+        ) from None
+    conn = BlockingConnection(sock, record, server_dir)
+    try:
+        conn.handshake(secret)
+    except (AuthError, ProtocolError, OSError) as e:
+        conn.close()
+        raise ClientError(f"Could not connect to server at `{server_dir}`: {e}") from None
+    return conn
