@@ -292,17 +292,27 @@ def wait_for_jobs(
 ) -> list[m.JobView]:
     """Wait until the jobs end, drawing a progress bar if asked; returns their final state."""
     if not progress or quiet:
-        return conn.request(m.WaitJobsRequest(selector, without_close), m.JobListResponse).jobs
+        resp = conn.request(m.WaitJobsRequest(selector, without_close), m.JobListResponse)
+        _log_missing(resp.missing)
+        return resp.jobs
     bar = ProgressBar(sys.stdout.isatty())
+    missing_logged = False
     while True:
-        jobs = [
-            j.info for j in conn.request(m.JobDetailsRequest(selector), m.JobDetailsResponse).jobs
-        ]
+        details = conn.request(m.JobDetailsRequest(selector), m.JobDetailsResponse)
+        if not missing_logged:
+            _log_missing(details.missing)
+            missing_logged = True
+        jobs = [j.info for j in details.jobs]
         if all(_ended(j, without_close) for j in jobs):
             bar.finish(jobs)
             return jobs
         bar.draw(jobs)
         time.sleep(PROGRESS_INTERVAL)
+
+
+def _log_missing(job_ids: list[int]) -> None:
+    for job_id in job_ids:
+        log.error("Job %d not found", job_id)
 
 
 def _ended(job: m.JobView, without_close: bool) -> bool:

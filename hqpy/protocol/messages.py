@@ -575,6 +575,8 @@ class LogLinesResponse:
 class JobListResponse:
     jobs: list[JobView]
     total: int
+    missing: list[int] = attrs.Factory(list)
+    """Ids a selector named that are no jobs (for `job wait`)."""
 
 
 @attrs.frozen

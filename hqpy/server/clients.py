@@ -86,7 +86,7 @@ class ClientHandlers:
                 job.waiters.append(event)
                 await event.wait()
         views = [self.state.job_view(self.state.jobs[i]) for i in ids if i in self.state.jobs]
-        return m.JobListResponse(views, total=len(views))
+        return m.JobListResponse(views, total=len(views), missing=missing)
 
     async def on_TaskListRequest(self, req: m.TaskListRequest) -> Any:
         jobs, missing = self.state.select_jobs(req.selector)
