@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("floor", "hq-engine", "hqpy", "hqpy-array", "hqpy-server-only")
+BENCHES = ("floor", "hq-engine", "hqpy", "hqpy-array", "hqpy-autoalloc", "hqpy-server-only")
 
 # Default wall-time cap (seconds) for one HyperQueue-engine measurement. HyperQueue's engine runs
 # 100,000 `true` tasks at ~150-200 tasks/s on 2 cores, i.e. well over the budget of the whole
@@ -380,6 +380,59 @@ def _iso_seconds(text: str) -> float:
     return datetime.datetime.fromisoformat(text).timestamp()
 
 
+def _job_json(cluster: HqpyCluster) -> dict[str, Any]:
+    jobs = json.loads(cluster.run("--output-mode", "json", "job", "info", "last").stdout)
+    job: dict[str, Any] = jobs[0]
+    return job
+
+
+def bench_hqpy_autoalloc(tasks: int, workdir: Path, wait_timeout: float) -> Result:
+    """A local queue (backlog 2, 2 workers per allocation) against hand-started workers.
+
+    Reaction times come from the server's own timestamps: job submission -> allocation queued
+    (the backend's submit call), and worker registration -> its first task's start.
+    """
+    queue = ["alloc", "add", "local", "--time-limit", "10m", "--backlog", "2"]
+    queue += ["--workers-per-alloc", "2", "--idle-timeout", "30s", "--no-dry-run"]
+    array = ["submit", "--array", f"1-{tasks}", *NO_OUTPUT, "--", "true"]
+    with hqpy_cluster(workdir, "autoalloc-reaction") as cluster:
+        cluster.start_server()
+        cluster.run(*queue)
+        cluster.run("submit", *NO_OUTPUT, "--", "true")
+        cluster.run("job", "wait", "last", timeout=wait_timeout)
+        job = _job_json(cluster)
+        allocs = json.loads(cluster.run("--output-mode", "json", "alloc", "info", "1").stdout)
+        workers = json.loads(cluster.run("--output-mode", "json", "worker", "list").stdout)
+        submitted = _iso_seconds(job["started_at"])
+        queued = min(_iso_seconds(a["queued_at"]) for a in allocs)
+        registered = min(_iso_seconds(w["started"]) for w in workers)
+        first_task = _iso_seconds(job["tasks"][0]["started_at"])
+    with hqpy_cluster(workdir, "autoalloc-array") as cluster:
+        cluster.start_server()
+        cluster.run(*queue)
+        start = time.perf_counter()
+        cluster.run(*array)
+        cluster.run("job", "wait", "last", timeout=wait_timeout)
+        queue_seconds = time.perf_counter() - start
+    with hqpy_cluster(workdir, "autoalloc-by-hand") as cluster:
+        cluster.start_server()
+        cluster.start_worker(1)
+        cluster.start_worker(1)
+        start = time.perf_counter()
+        cluster.run(*array)
+        cluster.run("job", "wait", "last", timeout=wait_timeout)
+        hand_seconds = time.perf_counter() - start
+    return timed_rate(
+        "hqpy-autoalloc",
+        tasks,
+        queue_seconds,
+        submit_to_backend_ms=(queued - submitted) * 1000,
+        registration_to_first_task_ms=(first_task - registered) * 1000,
+        hand_started_seconds=hand_seconds,
+        ratio_to_hand_started=queue_seconds / hand_seconds,
+    )
+
+
 def bench_hqpy_array(tasks: int, workdir: Path) -> Result:
     with hqpy_cluster(workdir, f"hqpy-array-{tasks}") as cluster:
         cluster.start_server()
@@ -474,6 +527,11 @@ def build_plan(args: argparse.Namespace, workdir: Path) -> list[Plan]:
             lambda: bench_hqpy_throughput("hqpy", large, workdir, wait_timeout(large), {}),
         ),
         Plan("hqpy-array", array, lambda: bench_hqpy_array(array, workdir)),
+        Plan(
+            "hqpy-autoalloc",
+            small,
+            lambda: bench_hqpy_autoalloc(small, workdir, wait_timeout(small)),
+        ),
         Plan(
             "hqpy-server-only",
             large,

@@ -30,6 +30,7 @@ from hqpy.autoalloc.backends.base import (
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.planner import (
     WaitingWork,
+    WorkerShape,
     any_runnable,
     compute_submission_permit,
     consume,
@@ -46,7 +47,12 @@ from hqpy.autoalloc.state import (
     AutoAllocState,
     QueueState,
 )
-from hqpy.common.resources import ResourceDescriptorItem, parse_descriptor, parse_resource_arg
+from hqpy.common.resources import (
+    FRACTIONS,
+    ResourceDescriptorItem,
+    parse_descriptor,
+    parse_resource_arg,
+)
 from hqpy.protocol.messages import QueueParams
 from hqpy.server.jobs import TaskState
 
@@ -77,6 +83,17 @@ def declared_resources(params: QueueParams) -> list[ResourceDescriptorItem]:
         name, definition = parse_resource_arg(text)
         items.append(parse_descriptor(name, definition))
     return items
+
+
+def max_workers(params: QueueParams, shape: WorkerShape | None) -> int | None:
+    """The queue's worker cap. Local allocations share this machine, so unless told otherwise
+    their workers may together have as many cpus as it has, not more."""
+    if params.max_worker_count is not None or params.manager != "local" or shape is None:
+        return params.max_worker_count
+    per_worker = shape.capacity.get("cpus", 0) // FRACTIONS
+    if per_worker <= 0:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // per_worker)
 
 
 def local_cpus(params: QueueParams) -> str | None:
@@ -246,7 +263,7 @@ class AutoAllocService:
             backlog=p.backlog,
             workers_per_alloc=p.workers_per_alloc,
             active_workers=queue.active_worker_count(),
-            max_worker_count=p.max_worker_count,
+            max_worker_count=max_workers(p, shape),
         )
         log.debug(
             "Queue %d: %d waiting task groups, shape %s, wanted %d workers, coming %d, "

@@ -187,10 +187,23 @@ async def test_dry_run_is_checked_not_started(backend: LocalBackend, tmp_path: P
     assert not (req.workdir / "started").exists()
 
 
-async def test_syntax_error_fails_submit(backend: LocalBackend, tmp_path: Path) -> None:
+async def test_syntax_error_is_caught_by_the_script_check(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    # The dry run of `alloc add` runs this check; submissions trust hqpy's own rendering.
     req = request(tmp_path, worker_command="if then")
+    script = write_script(req, backend.render_script(req))
     with pytest.raises(SubmitError, match="^bash -n execution failed\nExit code: 2\nStderr: "):
-        await submit(backend, req)
+        await backend.check_script(script)
+
+
+async def test_submitted_script_with_a_syntax_error_ends_failed(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    req = request(tmp_path, worker_command="if then")
+    allocation_id = await submit(backend, req)
+    await wait_until_ended(backend, allocation_id)
+    assert (await state_of(backend, allocation_id))[0] is ExternalState.FAILED
 
 
 async def test_foreign_allocation_ids_are_not_inherited(
