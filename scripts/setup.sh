@@ -9,5 +9,11 @@ fi
 extras=$(IFS=,; echo "$*")
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+log=.venv/setup.log
+if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip \
+    && .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"; } \
+    >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: installing hqpy into .venv failed (log above, also in $log)" >&2
+    exit 1
+fi
