@@ -86,9 +86,10 @@ def declared_resources(params: QueueParams) -> list[ResourceDescriptorItem]:
 
 
 def max_workers(params: QueueParams, shape: WorkerShape | None) -> int | None:
-    """The queue's worker cap. Local allocations share this machine, so unless told otherwise
-    their workers may together have as many cpus as it has, not more."""
-    if params.max_worker_count is not None or params.manager != "local" or shape is None:
+    """The queue's worker cap. When hqpy divides this machine's cpus among local workers (no
+    `--cpus`), their workers together get as many cpus as it has, not more, unless
+    `--max-worker-count` says otherwise."""
+    if params.max_worker_count is not None or local_cpus(params) is None or shape is None:
         return params.max_worker_count
     per_worker = shape.capacity.get("cpus", 0) // FRACTIONS
     if per_worker <= 0:
