@@ -21,12 +21,14 @@ from typing import Any
 
 import trio
 
+from hqpy.autoalloc.backends import registry
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     BackendError,
     BatchBackend,
     StatusQueryError,
 )
+from hqpy.autoalloc.backends.common import allocation_name, build_worker_command, write_script
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.planner import (
     WaitingWork,
@@ -46,6 +48,7 @@ from hqpy.autoalloc.state import (
     AllocEvent,
     AutoAllocState,
     QueueState,
+    RateLimiter,
 )
 from hqpy.common.resources import (
     FRACTIONS,
@@ -166,9 +169,7 @@ class AutoAllocService:
             if self._make_backend is not None:
                 backend = self._make_backend(manager, self._nursery, self.config.command_timeout)
             else:
-                from hqpy.autoalloc.backends.registry import make_backend
-
-                backend = make_backend(
+                backend = registry.make_backend(
                     manager, nursery=self._nursery, timeout=self.config.command_timeout
                 )
             self._backends[manager] = backend
@@ -325,8 +326,6 @@ class AutoAllocService:
     def allocation_request(
         self, queue: AllocationQueue, seq: int, workers: int, workdir: Path, dry_run: bool = False
     ) -> AllocationRequest:
-        from hqpy.autoalloc.backends.common import allocation_name, build_worker_command
-
         p = queue.params
         command = build_worker_command(
             p,
@@ -356,8 +355,6 @@ class AutoAllocService:
             self._submitting -= 1
 
     async def _submit_allocation(self, queue_id: int, workers: int) -> bool:
-        from hqpy.autoalloc.backends.common import write_script
-
         queue = self.state.get_live(queue_id)
         if queue is None:
             return False
@@ -460,15 +457,13 @@ class AutoAllocService:
         validate_params(params)
         if dry_run:
             await self.dry_run(params)
+        self.backend(params.manager)  # ready before the first submission, which is timed
         queue = self.state.add_queue(params, self.config.max_allocation_fails)
         self.notify()
         return queue
 
     async def dry_run(self, params: QueueParams) -> None:
         """Submit a trial allocation and cancel it at once, so a bad option shows now."""
-        from hqpy.autoalloc.backends.common import write_script
-        from hqpy.autoalloc.state import RateLimiter
-
         validate_params(params)
         self._dry_runs += 1
         workdir = self.instance_dir / "autoalloc" / f"dry-run-{self._dry_runs}"

@@ -22,12 +22,12 @@ import trio
 import trio.lowlevel
 
 from hqpy.common import serverdir
+from hqpy.common.process import OrphanGuard
 from hqpy.common.resources import ResourceDescriptorItem, ResourcePool
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
 from hqpy.worker.launcher import Launcher
-from hqpy.worker.process import OrphanGuard
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,16 @@ class WorkerAgent:
 
     async def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
+        if not self.options.zero_worker:
+            # Started before registering, so the first task does not wait for it.
+            self.launcher.guard = OrphanGuard()
+        try:
+            return await self._serve()
+        finally:
+            if self.launcher.guard is not None:
+                self.launcher.guard.close()
+
+    async def _serve(self) -> int:
         try:
             framed = await self._connect()
         except WorkerExit as e:
@@ -146,8 +156,6 @@ class WorkerAgent:
             return EXIT_SERVER_LOST
         self.worker_id = reply.worker_id
         log.info("Worker %d registered with server %s", reply.worker_id, reply.server_uid)
-        if not self.options.zero_worker:
-            self.launcher.guard = OrphanGuard()
         try:
             with self.main_scope:
                 async with trio.open_nursery() as nursery:
@@ -161,8 +169,6 @@ class WorkerAgent:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await framed.aclose()
-            if self.launcher.guard is not None:
-                self.launcher.guard.close()
         code, reason = self.exit or (EXIT_SERVER_LOST, "the connection to the server was lost")
         log.info("Worker is stopping: %s", reason)
         return code

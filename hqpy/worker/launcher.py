@@ -14,9 +14,9 @@ from typing import Any
 
 import trio
 
+from hqpy.common.process import OrphanGuard, TaskProcess, devnull, resolve_program
 from hqpy.common.resources import Allocation
 from hqpy.protocol.messages import TaskBody
-from hqpy.worker.process import OrphanGuard, TaskProcess, devnull, resolve_program
 
 ERROR_FILE_LIMIT = 2048
 

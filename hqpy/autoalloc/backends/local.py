@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from hqpy.autoalloc.backends.base import (
 )
 from hqpy.autoalloc.backends.common import format_walltime, run_checked, write_jobid
 from hqpy.autoalloc.backends.runner import run_command
+from hqpy.common.process import TaskProcess, devnull
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class _LocalAllocation:
     id: str
     workdir: Path
     time_limit: float | None
-    process: trio.Process | None
+    process: TaskProcess | None
     """None for a dry run (never started)."""
     started_at: float | None = None
     registered: bool = False
@@ -227,7 +227,7 @@ class LocalBackend:
         env.update(self._env)
         env[ALLOCATION_ID_ENV] = allocation_id
         try:
-            process = await self._spawn(script, workdir, env)
+            process = self._spawn(script, workdir, env)
         except OSError as e:
             raise SubmitError(f"bash start failed: {e.strerror or e}") from e
         allocation = _LocalAllocation(
@@ -244,20 +244,20 @@ class LocalBackend:
         return allocation_id
 
     @staticmethod
-    async def _spawn(script: Path, workdir: Path, env: dict[str, str]) -> trio.Process:
-        """`bash <script>` as the leader of a new session (so of its own process group)."""
+    def _spawn(script: Path, workdir: Path, env: dict[str, str]) -> TaskProcess:
+        """`bash <script>` as the leader of a new session (so of its own process group),
+        forked on the trio thread: no thread hop between a `hq submit` and the allocation."""
         stdout = _open_output(workdir / "stdout")
         try:
             stderr = _open_output(workdir / "stderr")
             try:
-                return await trio.lowlevel.open_process(
+                return TaskProcess.start(
                     ["bash", str(script)],
-                    cwd=workdir,
+                    cwd=str(workdir),
                     env=env,
-                    stdin=subprocess.DEVNULL,
+                    stdin=devnull(),
                     stdout=stdout,
                     stderr=stderr,
-                    start_new_session=True,
                 )
             finally:
                 os.close(stderr)

@@ -74,6 +74,11 @@ class TaskProcess:
         )
         return cls(popen)
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process ended, else None (it is reaped on the way)."""
+        return self.popen.poll()
+
     async def wait(self) -> int:
         """Wait for the exit; returns the code (negative: killed by that signal)."""
         if self._pidfd is not None:
