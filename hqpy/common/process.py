@@ -8,8 +8,9 @@ its own session so its whole process group can be killed.
 
 A worker killed with SIGKILL cannot kill its tasks. `OrphanGuard` is a tiny helper process that
 learns each task's process group through a pipe; when the pipe closes (the worker is gone, however
-it ended) it kills the groups still listed. That costs two small writes per task, where a
-parent-death signal would need `preexec_fn` and make every spawn several times slower.
+it ended) it kills the groups still listed. Changes are sent in batches with the worker's task
+updates, so a task that ends within one batch costs nothing; a parent-death signal would need
+`preexec_fn` and make every spawn several times slower.
 """
 
 from __future__ import annotations
@@ -133,18 +134,29 @@ class OrphanGuard:
             start_new_session=True,
         )
         os.close(read)
-
-    def _send(self, line: str) -> None:
-        try:
-            os.write(self._write, line.encode())
-        except OSError:
-            pass
+        self._added: set[int] = set()
+        self._removed: set[int] = set()
 
     def add(self, pgid: int) -> None:
-        self._send(f"+{pgid}\n")
+        self._added.add(pgid)
 
     def remove(self, pgid: int) -> None:
-        self._send(f"-{pgid}\n")
+        if pgid in self._added:
+            self._added.discard(pgid)
+        else:
+            self._removed.add(pgid)
+
+    def flush(self) -> None:
+        """Tell the guard what changed since the last flush, in one write."""
+        if not self._added and not self._removed:
+            return
+        lines = [f"+{pgid}\n" for pgid in self._added] + [f"-{pgid}\n" for pgid in self._removed]
+        self._added.clear()
+        self._removed.clear()
+        try:
+            os.write(self._write, "".join(lines).encode())
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Let the guard go: it kills whatever is still listed and exits."""
