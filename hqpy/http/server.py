@@ -368,12 +368,14 @@ async def serve_http(
     Started by the server with `await nursery.start(...)` once its allocator runs (the metrics
     hook into it); `task_status.started` gets the listeners.
     """
-    from hqpy.http.metrics import ServerMetrics, set_current
+    from hqpy.autoalloc.backends import runner
+    from hqpy.http.metrics import ServerMetrics, observe_batch_command, set_current
 
     metrics = ServerMetrics(server.state, lambda: server.autoalloc, server.started_at)
     metrics.attach(server.state, server.autoalloc)
     app = HttpServer(make_routes(server, metrics))
     set_current(metrics)
+    runner.observe_command = observe_batch_command
     try:
         async with trio.open_nursery() as nursery:
             listeners: list[trio.SocketListener] = await nursery.start(
@@ -385,3 +387,4 @@ async def serve_http(
             task_status.started(listeners)
     finally:
         set_current(None)
+        runner.observe_command = runner.ignore_command

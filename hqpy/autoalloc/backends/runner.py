@@ -10,7 +10,8 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -18,6 +19,15 @@ import trio
 from hqpy.autoalloc.backends.base import BackendError, CommandResult, CommandRunner
 
 logger = logging.getLogger("hqpy.autoalloc.backends")
+
+
+def ignore_command(command: str, seconds: float, ok: bool) -> None:
+    pass
+
+
+CommandObserver = Callable[[str, float, bool], None]
+observe_command: CommandObserver = ignore_command
+"""Told of every batch command (program, seconds, success); the metrics endpoint sets it."""
 
 
 async def run_command(
@@ -39,6 +49,7 @@ async def run_command(
     args = tuple(argv)
     full_env = None if env is None else {**os.environ, **env}
     logger.debug("running %s (cwd %s)", shlex.join(args), cwd)
+    started = time.monotonic()
     try:
         with trio.fail_after(timeout):
             proc = await trio.run_process(
@@ -51,10 +62,13 @@ async def run_command(
                 stdin=subprocess.DEVNULL,
             )
     except OSError as e:
+        observe_command(args[0], time.monotonic() - started, False)
         reason = e.strerror or str(e)
         raise BackendError(f"{args[0]} start failed: {reason}") from e
     except trio.TooSlowError as e:
+        observe_command(args[0], time.monotonic() - started, False)
         raise BackendError(f"`{shlex.join(args)}` did not finish within {timeout:g}s") from e
+    observe_command(args[0], time.monotonic() - started, proc.returncode == 0)
     result = CommandResult(
         argv=args,
         returncode=proc.returncode,
