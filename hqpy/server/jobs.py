@@ -271,7 +271,3 @@ class Job:
 def sort_key(group: TaskGroup) -> tuple[int, int, int]:
     """Higher priority first, then submission order."""
     return (-group.priority, group.body.job_id, group.group_id)
-
-
-def describe(state: TaskState) -> str:
-    return STATE_NAMES[state]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from hqpy.common.idset import IdSet, Selector, parse_id_set, parse_selector
 from hqpy.protocol import messages as m
@@ -19,6 +19,7 @@ from hqpy.server.scheduler import schedule
 from hqpy.server.workers import FAILURE_STATES, STOP_REASONS, Worker, WorkerState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATE_BY_NAME = {
     "waiting": TaskState.WAITING,
@@ -134,23 +135,7 @@ class ServerState:
 
     def select_jobs(self, selector: str) -> tuple[list[Job], list[int]]:
         """Jobs named by a selector (`3`, `1-4`, `last`, `all`), and the ids that do not exist."""
-        try:
-            sel: Selector = parse_selector(selector)
-        except ValueError as e:
-            raise RequestError(str(e)) from None
-        if sel.kind == "all":
-            return list(self.jobs.values()), []
-        if sel.kind == "last":
-            return ([self.jobs[max(self.jobs)]] if self.jobs else []), []
-        assert sel.ids is not None
-        found, missing = [], []
-        for job_id in sel.ids:
-            job = self.jobs.get(job_id)
-            if job is None:
-                missing.append(job_id)
-            else:
-                found.append(job)
-        return found, missing
+        return select(self.jobs, selector)
 
     def close_jobs(self, selector: str) -> list[m.LogLine]:
         jobs, missing = self.select_jobs(selector)
@@ -283,23 +268,7 @@ class ServerState:
         self.worker_waiters = keep
 
     def select_workers(self, selector: str) -> tuple[list[Worker], list[int]]:
-        try:
-            sel = parse_selector(selector)
-        except ValueError as e:
-            raise RequestError(str(e)) from None
-        if sel.kind == "all":
-            return list(self.workers.values()), []
-        if sel.kind == "last":
-            return ([self.workers[max(self.workers)]] if self.workers else []), []
-        assert sel.ids is not None
-        found, missing = [], []
-        for wid in sel.ids:
-            w = self.workers.get(wid)
-            if w is None:
-                missing.append(wid)
-            else:
-                found.append(w)
-        return found, missing
+        return select(self.workers, selector)
 
     def stop_workers(self, selector: str) -> list[m.LogLine]:
         workers, missing = self.select_workers(selector)
@@ -571,6 +540,27 @@ class ServerState:
             running_tasks=w.running,
             last_task_started=w.last_task_started,
         )
+
+
+def select(items: dict[int, T], selector: str) -> tuple[list[T], list[int]]:
+    """The items a selector names (`3`, `1-4`, `last`, `all`), and the ids that do not exist."""
+    try:
+        sel: Selector = parse_selector(selector)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+    if sel.kind == "all":
+        return list(items.values()), []
+    if sel.kind == "last":
+        return ([items[max(items)]] if items else []), []
+    assert sel.ids is not None
+    found, missing = [], []
+    for item_id in sel.ids:
+        item = items.get(item_id)
+        if item is None:
+            missing.append(item_id)
+        else:
+            found.append(item)
+    return found, missing
 
 
 def parse_states(names: tuple[str, ...]) -> set[TaskState] | None:
