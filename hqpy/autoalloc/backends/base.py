@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 import attrs
+import trio
 
 
 class ExternalState(enum.Enum):
@@ -82,6 +83,42 @@ class CancelError(BackendError):
     pass
 
 
+@attrs.frozen
+class CancelTarget:
+    allocation_id: str
+    workdir: Path
+
+
+CancelOutcome = dict[str, str | None]
+"""Per allocation id: None when the batch system confirmed the cancellation (or the allocation
+was already gone), else the error text. Every target has an entry."""
+
+
+async def cancel_each(
+    cancel_one: Callable[[str, Path], Awaitable[None]],
+    targets: Sequence[CancelTarget],
+    timeout: float,  # noqa: ASYNC109 - one timeout per command, not for the whole call
+) -> CancelOutcome:
+    """Cancel allocations one command each, all in parallel, each under its own timeout: one
+    hanging command never holds up the others."""
+    outcome: CancelOutcome = {}
+
+    async def one(target: CancelTarget) -> None:
+        try:
+            with trio.fail_after(timeout):
+                await cancel_one(target.allocation_id, target.workdir)
+            outcome[target.allocation_id] = None
+        except BackendError as e:
+            outcome[target.allocation_id] = str(e)
+        except trio.TooSlowError:
+            outcome[target.allocation_id] = f"cancel did not finish within {timeout:g}s"
+
+    async with trio.open_nursery() as nursery:
+        for target in targets:
+            nursery.start_soon(one, target)
+    return outcome
+
+
 def command_failure(result: CommandResult) -> str:
     """HyperQueue's text for a command that exited non-zero."""
     return (
@@ -109,4 +146,9 @@ class BatchBackend(Protocol):
 
     async def cancel(self, allocation_id: str, workdir: Path) -> None:
         """Cancel one allocation; one that is already gone is not an error."""
+        ...
+
+    async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
+        """Cancel many allocations: with one command where the batch system takes many ids,
+        else in parallel (`cancel_each`); never raises, the outcome says what failed."""
         ...

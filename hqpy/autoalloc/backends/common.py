@@ -15,9 +15,12 @@ from typing import ClassVar, NoReturn
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     BackendError,
+    CancelOutcome,
+    CancelTarget,
     CommandResult,
     CommandRunner,
     SubmitError,
+    cancel_each,
     command_failure,
 )
 from hqpy.autoalloc.backends.runner import run_command
@@ -203,6 +206,12 @@ class ScriptBackend:
     def __init__(self, runner: CommandRunner = run_command, timeout: float = 30.0) -> None:
         self._run = runner
         self._timeout = timeout
+
+    async def cancel(self, allocation_id: str, workdir: Path) -> None:
+        raise NotImplementedError
+
+    async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
+        return await cancel_each(self.cancel, targets, self._timeout)
 
     @staticmethod
     def parse_submit_output(stdout: str) -> str:

@@ -32,10 +32,13 @@ import trio
 
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
+    CancelOutcome,
+    CancelTarget,
     CommandRunner,
     ExternalState,
     ExternalStatus,
     SubmitError,
+    cancel_each,
 )
 from hqpy.autoalloc.backends.common import format_walltime, run_checked, write_jobid
 from hqpy.autoalloc.backends.runner import run_command
@@ -279,6 +282,9 @@ class LocalBackend:
             else:
                 statuses[allocation_id] = allocation.status()
         return statuses
+
+    async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
+        return await cancel_each(self.cancel, targets, self._timeout)
 
     async def cancel(self, allocation_id: str, workdir: Path) -> None:
         allocation = self._allocations.get(allocation_id)
