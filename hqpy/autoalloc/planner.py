@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from hqpy.common.demand import WaitingWork
 from hqpy.common.resources import ALL, ResourceDescriptorItem, ResourceRequest
 
 
@@ -23,12 +24,6 @@ class WorkerShape:
     exact: bool
     """Known from a real worker: a resource it lacks, it does not have. Otherwise (from the
     queue's options) an unnamed resource may exist and counts as unlimited."""
-
-
-@attrs.frozen
-class WaitingWork:
-    request: ResourceRequest
-    count: int
 
 
 def shape_of(

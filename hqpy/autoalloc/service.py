@@ -10,6 +10,7 @@ may have changed or gone meanwhile.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -31,7 +32,6 @@ from hqpy.autoalloc.backends.base import (
 from hqpy.autoalloc.backends.common import allocation_name, build_worker_command, write_script
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.planner import (
-    WaitingWork,
     WorkerShape,
     any_runnable,
     compute_submission_permit,
@@ -44,11 +44,19 @@ from hqpy.autoalloc.state import (
     MAX_RUNNING_STATUS_ERRORS,
     Allocation,
     AllocationQueue,
-    AllocationState,
     AllocEvent,
     AutoAllocState,
-    QueueState,
     RateLimiter,
+)
+from hqpy.common.demand import DemandSource, WaitingWork
+from hqpy.common.errors import RequestError
+from hqpy.common.events import (
+    AllocationSubmitted,
+    AllocEventRecorded,
+    EventHub,
+    JobSubmitted,
+    WorkerConnected,
+    WorkerLost,
 )
 from hqpy.common.resources import (
     FRACTIONS,
@@ -56,8 +64,9 @@ from hqpy.common.resources import (
     parse_descriptor,
     parse_resource_arg,
 )
+from hqpy.common.states import AllocationState, AllocEventKind, QueueState
+from hqpy.protocol import messages as m
 from hqpy.protocol.messages import QueueParams
-from hqpy.server.jobs import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +74,7 @@ CANCEL_ALL_TIMEOUT = 30.0
 MANAGERS = ("slurm", "pbs", "local")
 
 
-class AllocError(Exception):
+class AllocError(RequestError):
     """A request about queues that cannot be done; the message is shown to the user."""
 
 
@@ -108,16 +117,20 @@ def local_cpus(params: QueueParams) -> str | None:
 
 
 class AutoAllocService:
+    """The allocator: reads demand from the server through `DemandSource`, hears of jobs and
+    workers through the event hub, and tells of its own steps through the hub too."""
+
     def __init__(
         self,
-        server: Any,
+        demand: DemandSource,
+        hub: EventHub,
         instance_dir: Path,
         config: AutoAllocConfig,
         make_backend: Callable[[str, trio.Nursery, float], BatchBackend] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.server = server
-        """The `ServerState`: waiting tasks and the scheduler."""
+        self.demand = demand
+        self.hub = hub
         self.instance_dir = instance_dir
         self.config = config
         self.clock = clock
@@ -134,10 +147,9 @@ class AutoAllocService:
         self._stopping = False
         self._submitting = 0
         """Submissions under way; `cancel_all` waits for them to cancel what they made."""
-        self.on_submission: Callable[[AllocationQueue, str], None] = lambda queue, outcome: None
-        """Called with `success` or `failure` after each submission (metrics)."""
-        self.on_event: Callable[[AllocEvent], None] = lambda event: None
-        """Called after each queue or allocation event is recorded (metrics: queue waits)."""
+        hub.subscribe(JobSubmitted, lambda event: self.notify())
+        hub.subscribe(WorkerConnected, self._on_worker_connected)
+        hub.subscribe(WorkerLost, self._on_worker_lost)
 
     # -----------------------------------------------------------------------------------------
     # Life cycle
@@ -185,7 +197,23 @@ class AutoAllocService:
         )
         self._events_changed.set()
         self._events_changed = trio.Event()
-        self.on_event(event)
+        queue = self.state.queues[event.queue_id]
+        wait = None
+        if event.event is AllocEventKind.ALLOCATION_STARTED and event.allocation_id is not None:
+            alloc = queue.allocations.get(event.allocation_id)
+            if alloc is not None and alloc.started_at is not None:
+                wait = max(0.0, alloc.started_at - alloc.queued_at)
+        self.hub.publish(
+            AllocEventRecorded(
+                event.time,
+                event.event,
+                event.queue_id,
+                queue.params.manager,
+                event.allocation_id,
+                event.message,
+                wait,
+            )
+        )
 
     def _backoff_expired(self) -> bool:
         now = self.clock()
@@ -199,6 +227,12 @@ class AutoAllocService:
 
     # -----------------------------------------------------------------------------------------
     # Worker events
+
+    def _on_worker_connected(self, event: WorkerConnected) -> None:
+        self.on_worker_connected(event.worker_id, event.allocation_id, event.resources)
+
+    def _on_worker_lost(self, event: WorkerLost) -> None:
+        self.on_worker_lost(event.worker_id, event.lifetime, event.failure, event.state)
 
     def on_worker_connected(
         self,
@@ -223,16 +257,6 @@ class AutoAllocService:
 
     # -----------------------------------------------------------------------------------------
     # Submitting
-
-    def waiting_work(self) -> list[WaitingWork]:
-        work = []
-        for _job, group in self.server.waiting_groups.values():
-            count = len(group.requeued)
-            if group.untouched_state is TaskState.WAITING:
-                count += group.untouched
-            if count:
-                work.append(WaitingWork(group.body.request, count))
-        return work
 
     def plan(
         self, queue: AllocationQueue, work: list[WaitingWork]
@@ -288,8 +312,8 @@ class AutoAllocService:
             return
         self._last_pass = self.clock()
         # Let the scheduler place what it can first: only what is left waiting is demand.
-        self.server.schedule()
-        work = self.waiting_work()
+        self.demand.schedule_now()
+        work = self.demand.waiting_work()
         for queue_id in [q.id for q in self.state.live_queues()]:
             queue = self.state.get_live(queue_id)
             if queue is None or queue.state is not QueueState.ACTIVE:
@@ -370,14 +394,14 @@ class AutoAllocService:
         except (BackendError, OSError) as e:
             queue = self.state.queues[queue_id]
             queue.limiter.on_submission_fail()
-            self.state.record(queue, "submit-failed", None, str(e))
-            self.on_submission(queue, "failure")
+            self.state.record(queue, AllocEventKind.SUBMIT_FAILED, None, str(e))
+            self.hub.publish(AllocationSubmitted(queue_id, queue.params.manager, False))
             return False
         queue = self.state.queues[queue_id]
         alloc = Allocation(allocation_id, queue_id, seq, workers, workdir, self.clock())
         self.state.add_allocation(queue, alloc)
         queue.limiter.on_submission_success()
-        self.on_submission(queue, "success")
+        self.hub.publish(AllocationSubmitted(queue_id, queue.params.manager, True))
         if queue.removed:
             await self._cancel(queue_id, allocation_id, "its queue was removed")
         elif self._stopping:
@@ -436,7 +460,7 @@ class AutoAllocService:
 
     def _on_status_error(self, queue_id: int, ids: list[str], error: str) -> None:
         queue = self.state.queues[queue_id]
-        self.state.record(queue, "status-error", None, error)
+        self.state.record(queue, AllocEventKind.STATUS_ERROR, None, error)
         for allocation_id in ids:
             alloc = queue.allocations.get(allocation_id)
             if alloc is None or not alloc.is_active or alloc.cancel_reason is not None:
@@ -529,7 +553,9 @@ class AutoAllocService:
         try:
             await backend.cancel(allocation_id, alloc.workdir)
         except BackendError as e:
-            self.state.record(queue, "status-error", allocation_id, f"cancel failed: {e}")
+            self.state.record(
+                queue, AllocEventKind.STATUS_ERROR, allocation_id, f"cancel failed: {e}"
+            )
         queue = self.state.queues[queue_id]
         alloc = queue.allocations.get(allocation_id)
         if alloc is not None and alloc.is_active:
@@ -561,6 +587,56 @@ class AutoAllocService:
             if queue is None or queue.event_count > after:
                 return
             await self._events_changed.wait()
+
+    # -----------------------------------------------------------------------------------------
+    # Read model (`AllocatorReadModel`): what clients, metrics and the status page see
+
+    def queue_views(self, include_removed: bool = False) -> list[m.QueueView]:
+        queues = self.state.queues.values() if include_removed else self.state.live_queues()
+        return [queue_view(q) for q in queues]
+
+    def allocation_views(self, queue_id: int) -> list[m.AllocationView]:
+        queue = self.state.queues.get(queue_id)
+        if queue is None:
+            return []
+        return [allocation_view(a) for a in queue.allocations.values()]
+
+    def event_views(self, queue_id: int, after: int = 0) -> list[m.AllocEventView]:
+        queue = self.state.queues.get(queue_id)
+        if queue is None:
+            return []
+        first_kept = queue.event_count - len(queue.events)
+        skip = max(0, after - first_kept)
+        return [
+            m.AllocEventView(e.time, e.event, e.queue_id, e.allocation_id, e.message)
+            for e in itertools.islice(queue.events, skip, None)
+        ]
+
+
+def queue_view(queue: AllocationQueue) -> m.QueueView:
+    return m.QueueView(
+        id=queue.id,
+        params=queue.params,
+        state=queue.state,
+        known_resources=queue.known_resources,
+        pause_reason=queue.pause_reason,
+        self_paused=queue.state is QueueState.PAUSED and queue.limiter.pause_reason() is not None,
+        removed=queue.removed,
+        event_count=queue.event_count,
+    )
+
+
+def allocation_view(a: Allocation) -> m.AllocationView:
+    return m.AllocationView(
+        id=a.id,
+        state=a.state,
+        workdir=str(a.workdir),
+        worker_count=a.worker_count,
+        queued_at=a.queued_at,
+        started_at=a.started_at,
+        ended_at=a.finished_at,
+        connected_workers=len(a.connected),
+    )
 
 
 def validate_params(params: QueueParams) -> None:

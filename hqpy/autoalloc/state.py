@@ -6,7 +6,6 @@ QUEUED/RUNNING --(all its workers gone, or the batch system says it ended)--> FI
 
 from __future__ import annotations
 
-import enum
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import attrs
 
 from hqpy.common.resources import ResourceDescriptorItem
+from hqpy.common.states import AllocationState, AllocEventKind, QueueState
 from hqpy.protocol.messages import QueueParams
 
 SUBMISSION_DELAYS = (0.0, 60.0, 15 * 60.0, 30 * 60.0, 60 * 60.0)
@@ -27,30 +27,10 @@ CRASH_LIFETIME = 60.0
 MAX_EVENTS_PER_QUEUE = 10_000
 
 
-class AllocationState(enum.Enum):
-    QUEUED = "QUEUED"
-    """Submitted; waiting in the batch system's queue, no worker has registered yet."""
-    RUNNING = "RUNNING"
-    """A worker from it registered, or the batch system says it runs."""
-    FINISHED = "FINISHED"
-    """All its workers are gone, or the batch system says it ended normally (walltime too)."""
-    FAILED = "FAILED"
-    """Its workers all crashed within a minute, it was cancelled or it vanished, or its
-    status checks kept failing while it was queued."""
-
-
-class QueueState(enum.Enum):
-    ACTIVE = "ACTIVE"
-    PAUSED = "PAUSED"
-
-
 @attrs.frozen
 class AllocEvent:
     time: float
-    event: str
-    """`queue-created`, `allocation-queued`, `allocation-started`, `allocation-finished`,
-    `allocation-failed`, `submit-failed`, `status-error`, `queue-paused`, `queue-resumed`,
-    `queue-removed`."""
+    event: AllocEventKind
     queue_id: int
     allocation_id: str | None
     message: str
@@ -76,7 +56,7 @@ class Allocation:
 
     @property
     def is_active(self) -> bool:
-        return self.state in (AllocationState.QUEUED, AllocationState.RUNNING)
+        return self.state.is_active
 
 
 @attrs.define
@@ -181,7 +161,11 @@ class AutoAllocState:
         self.on_event: Callable[[AllocEvent], None] = lambda event: None
 
     def record(
-        self, queue: AllocationQueue, event: str, allocation_id: str | None, message: str
+        self,
+        queue: AllocationQueue,
+        event: AllocEventKind,
+        allocation_id: str | None,
+        message: str,
     ) -> AllocEvent:
         ev = AllocEvent(self.clock(), event, queue.id, allocation_id, message)
         queue.events.append(ev)
@@ -204,14 +188,22 @@ class AutoAllocState:
             qid, params, dir_name, RateLimiter(max_allocation_fails=max_allocation_fails)
         )
         self.queues[qid] = queue
-        self.record(queue, "queue-created", None, f"{params.manager} queue, {_describe(params)}")
+        self.record(
+            queue,
+            AllocEventKind.QUEUE_CREATED,
+            None,
+            f"{params.manager} queue, {_describe(params)}",
+        )
         return queue
 
     def add_allocation(self, queue: AllocationQueue, alloc: Allocation) -> None:
         queue.allocations[alloc.id] = alloc
         self.allocation_queue[alloc.id] = queue.id
         self.record(
-            queue, "allocation-queued", alloc.id, f"{alloc.worker_count} worker(s) requested"
+            queue,
+            AllocEventKind.ALLOCATION_QUEUED,
+            alloc.id,
+            f"{alloc.worker_count} worker(s) requested",
         )
 
     def find_allocation(self, allocation_id: str) -> tuple[AllocationQueue, Allocation] | None:
@@ -230,7 +222,7 @@ class AutoAllocState:
             return
         alloc.state = AllocationState.RUNNING
         alloc.started_at = self.clock()
-        self.record(queue, "allocation-started", alloc.id, message)
+        self.record(queue, AllocEventKind.ALLOCATION_STARTED, alloc.id, message)
 
     def end(self, queue: AllocationQueue, alloc: Allocation, failed: bool, message: str) -> None:
         if not alloc.is_active:
@@ -242,7 +234,10 @@ class AutoAllocState:
         elif alloc.started_at is not None:
             queue.limiter.on_allocation_success()
         self.record(
-            queue, "allocation-failed" if failed else "allocation-finished", alloc.id, message
+            queue,
+            AllocEventKind.ALLOCATION_FAILED if failed else AllocEventKind.ALLOCATION_FINISHED,
+            alloc.id,
+            message,
         )
 
     def on_worker_connected(
@@ -286,7 +281,7 @@ class AutoAllocState:
             return
         queue.state = QueueState.PAUSED
         queue.pause_reason = reason
-        self.record(queue, "queue-paused", None, reason)
+        self.record(queue, AllocEventKind.QUEUE_PAUSED, None, reason)
 
     def resume(self, queue: AllocationQueue) -> None:
         queue.limiter.reset()
@@ -294,11 +289,11 @@ class AutoAllocState:
             return
         queue.state = QueueState.ACTIVE
         queue.pause_reason = None
-        self.record(queue, "queue-resumed", None, "failure counters reset")
+        self.record(queue, AllocEventKind.QUEUE_RESUMED, None, "failure counters reset")
 
     def remove(self, queue: AllocationQueue) -> None:
         queue.removed = True
-        self.record(queue, "queue-removed", None, "")
+        self.record(queue, AllocEventKind.QUEUE_REMOVED, None, "")
 
 
 def _describe(p: QueueParams) -> str:

@@ -261,7 +261,9 @@ def cmd_log(args: argparse.Namespace) -> int:
 def cmd_queue_action(args: argparse.Namespace) -> int:
     def call(conn: BlockingConnection, out: Output) -> None:
         conn.request(
-            m.AllocQueueRequest(args.action, args.queue_id, getattr(args, "force", False)),
+            m.AllocQueueRequest(
+                m.QueueAction(args.action), args.queue_id, getattr(args, "force", False)
+            ),
             m.OkResponse,
         )
         if args.action == "remove":

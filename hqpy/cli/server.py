@@ -66,8 +66,9 @@ def register(tree: Any, nouns: Any) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    from hqpy.app.server_process import ServerProcess
     from hqpy.common.serverdir import AccessError
-    from hqpy.server.server import Server, ServerConfig
+    from hqpy.server.server import ServerConfig
 
     out = output_of(args)
     config = ServerConfig(
@@ -84,7 +85,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     import trio
 
     async def run() -> None:
-        server = Server(config)
+        server = ServerProcess(config)
         async with trio.open_nursery() as nursery:
             info = await nursery.start(server.run)
             out.server_started(info)

@@ -104,6 +104,10 @@ class EventHub:
     def subscribe(self, kind: type[E], handler: Callable[[E], None]) -> None:
         self._handlers[kind].append(handler)
 
+    def wants(self, kind: type[Any]) -> bool:
+        """Does anyone listen to `kind`? Hot paths skip building events nobody reads."""
+        return bool(self._handlers.get(kind))
+
     def publish(self, event: object) -> None:
         for handler in self._handlers.get(type(event), ()):
             try:

@@ -17,7 +17,7 @@ import bisect
 import logging
 import os
 import platform
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -35,14 +35,22 @@ from prometheus_client.core import (
 )
 
 from hqpy import __version__
-from hqpy.autoalloc.state import QueueState
+from hqpy.common.events import (
+    AllocationSubmitted,
+    AllocEventRecorded,
+    BatchCommandRun,
+    EventHub,
+    JobForgotten,
+    TaskEnded,
+    WorkerLost,
+)
 from hqpy.common.resources import FRACTIONS
-from hqpy.server.jobs import STATE_NAMES, Job, Task, TaskState
-from hqpy.server.workers import Worker, WorkerState
+from hqpy.common.states import AllocEventKind, TaskState, WorkerState
+from hqpy.server.jobs import STATE_NAMES
+from hqpy.server.workers import Worker
 
 if TYPE_CHECKING:
-    from hqpy.autoalloc.service import AutoAllocService
-    from hqpy.autoalloc.state import AllocationQueue, AllocEvent
+    from hqpy.protocol.readmodels import AllocatorReadModel
     from hqpy.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -114,18 +122,19 @@ class FastHistogram:
 
 
 class ServerMetrics:
-    """The metrics of one server. `attach` connects it to the state's and allocator's hooks."""
+    """The metrics of one server: counters fed by the event hub, gauges read at scrape time."""
 
     def __init__(
         self,
         state: ServerState,
-        autoalloc: Callable[[], AutoAllocService | None],
+        allocator: AllocatorReadModel | None,
+        hub: EventHub,
         started_at: float,
     ) -> None:
         # The `_created` series of counters would double the output and mean nothing here.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.state = state
-        self.autoalloc = autoalloc
+        self.allocator = allocator
         self.started_at = started_at
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
@@ -174,82 +183,52 @@ class ServerMetrics:
         self.forgotten = [0] * len(TaskState)
         """Per-state task counts of jobs removed by `hq job forget`, so counters never drop."""
         r.register(_StateCollector(self))
+        hub.subscribe(TaskEnded, self.on_task_ended)
+        hub.subscribe(JobForgotten, self.on_job_forgotten)
+        hub.subscribe(WorkerLost, self.on_worker_lost)
+        hub.subscribe(AllocationSubmitted, self.on_submission)
+        hub.subscribe(AllocEventRecorded, self.on_alloc_event)
+        hub.subscribe(BatchCommandRun, self.on_batch_command)
+        if allocator is not None:
+            for queue in allocator.queue_views():
+                self._init_queue(queue.id, queue.params.manager)
 
     # -----------------------------------------------------------------------------------------
-    # Hooks
+    # Events
 
-    def attach(self, state: ServerState, service: AutoAllocService | None) -> None:
-        """Chain this object's callbacks onto the server's hooks (keeping the ones set)."""
-        state.on_task_ended = self.on_task_ended
-        forget_before = state.on_job_forgotten
-        removed_before = state.on_worker_removed
+    def on_task_ended(self, event: TaskEnded) -> None:
+        if event.started_at is not None and event.ended_at is not None:
+            self.task_duration.observe(max(0.0, event.ended_at - event.started_at))
 
-        def forgotten(job: Job) -> None:
-            forget_before(job)
-            self.on_job_forgotten(job)
-
-        def removed(worker: Worker) -> None:
-            removed_before(worker)
-            self.on_worker_removed(worker)
-
-        state.on_job_forgotten = forgotten
-        state.on_worker_removed = removed
-        if service is not None:
-            submission_before = service.on_submission
-            event_before = service.on_event
-
-            def submitted(queue: AllocationQueue, outcome: str) -> None:
-                submission_before(queue, outcome)
-                self.on_submission(queue, outcome)
-
-            def event(ev: AllocEvent) -> None:
-                event_before(ev)
-                self.on_alloc_event(ev)
-
-            service.on_submission = submitted
-            service.on_event = event
-            for queue in service.state.live_queues():
-                self._init_queue(queue)
-
-    def on_task_ended(self, task: Task) -> None:
-        if task.started_at is not None and task.ended_at is not None:
-            self.task_duration.observe(max(0.0, task.ended_at - task.started_at))
-
-    def on_job_forgotten(self, job: Job) -> None:
+    def on_job_forgotten(self, event: JobForgotten) -> None:
         for state in ENDED_TASK_STATES:
-            self.forgotten[state] += job.counts[state]
+            self.forgotten[state] += event.task_counts[state]
 
-    def on_worker_removed(self, worker: Worker) -> None:
-        self.worker_disconnections.labels(state_label(worker.state)).inc()
+    def on_worker_lost(self, event: WorkerLost) -> None:
+        self.worker_disconnections.labels(state_label(event.state)).inc()
 
-    def on_submission(self, queue: AllocationQueue, outcome: str) -> None:
-        self.submissions.labels(str(queue.id), queue.params.manager, outcome).inc()
+    def on_submission(self, event: AllocationSubmitted) -> None:
+        outcome = "success" if event.success else "failure"
+        self.submissions.labels(str(event.queue_id), event.manager, outcome).inc()
 
-    def on_alloc_event(self, event: AllocEvent) -> None:
-        service = self.autoalloc()
-        if service is None:
+    def on_alloc_event(self, event: AllocEventRecorded) -> None:
+        if event.kind is AllocEventKind.QUEUE_CREATED:
+            self._init_queue(event.queue_id, event.manager)
             return
-        queue = service.state.queues.get(event.queue_id)
-        if queue is None:
-            return
-        if event.event == "queue-created":
-            self._init_queue(queue)
-            return
-        if event.allocation_id is None:
-            return
-        alloc = queue.allocations.get(event.allocation_id)
-        if alloc is None:
-            return
-        labels = (str(queue.id), queue.params.manager)
-        if event.event == "allocation-started" and alloc.started_at is not None:
-            self.queue_wait.labels(*labels).observe(max(0.0, alloc.started_at - alloc.queued_at))
-        elif event.event in ("allocation-finished", "allocation-failed"):
-            outcome = "failed" if event.event == "allocation-failed" else "finished"
-            self.allocations_ended.labels(*labels, outcome).inc()
+        labels = (str(event.queue_id), event.manager)
+        if event.kind is AllocEventKind.ALLOCATION_STARTED and event.queue_wait is not None:
+            self.queue_wait.labels(*labels).observe(event.queue_wait)
+        elif event.kind is AllocEventKind.ALLOCATION_FINISHED:
+            self.allocations_ended.labels(*labels, "finished").inc()
+        elif event.kind is AllocEventKind.ALLOCATION_FAILED:
+            self.allocations_ended.labels(*labels, "failed").inc()
 
-    def _init_queue(self, queue: AllocationQueue) -> None:
+    def on_batch_command(self, event: BatchCommandRun) -> None:
+        self.observe_batch_command(event.program, event.seconds, event.ok)
+
+    def _init_queue(self, queue_id: int, manager: str) -> None:
         """Create a queue's series at zero, so rates and alerts see them from the start."""
-        labels = (str(queue.id), queue.params.manager)
+        labels = (str(queue_id), manager)
         for outcome in ("success", "failure"):
             self.submissions.labels(*labels, outcome)
         for outcome in ("finished", "failed"):
@@ -354,8 +333,8 @@ class _StateCollector:
         yield from self._autoalloc()
 
     def _autoalloc(self) -> Iterable[Metric]:
-        service = self.metrics.autoalloc()
-        queues = [] if service is None else service.state.live_queues()
+        allocator = self.metrics.allocator
+        queues = [] if allocator is None else allocator.queue_views()
         queue_counts = dict.fromkeys(QUEUE_STATES, 0)
         self_paused = GaugeMetricFamily(
             "hqpy_alloc_queue_self_paused",
@@ -368,13 +347,13 @@ class _StateCollector:
             labels=("queue", "manager", "state"),
         )
         for queue in queues:
-            queue_counts[queue.state.value.lower()] += 1
+            queue_counts[queue.state.lower()] += 1
             labels = (str(queue.id), queue.params.manager)
-            paused = queue.state is QueueState.PAUSED and queue.limiter.pause_reason() is not None
-            self_paused.add_metric(labels, 1 if paused else 0)
+            self_paused.add_metric(labels, 1 if queue.self_paused else 0)
             counts = dict.fromkeys(ALLOCATION_STATES, 0)
-            for alloc in queue.allocations.values():
-                counts[alloc.state.value.lower()] += 1
+            assert allocator is not None
+            for alloc in allocator.allocation_views(queue.id):
+                counts[alloc.state.lower()] += 1
             for name, n in counts.items():
                 allocations.add_metric((*labels, name), n)
         alloc_queues = GaugeMetricFamily(
@@ -385,31 +364,3 @@ class _StateCollector:
         yield alloc_queues
         yield self_paused
         yield allocations
-
-
-# ---------------------------------------------------------------------------------------------
-# The server's current metrics, for code that has no reference to the server (the runner).
-
-_current: ServerMetrics | None = None
-
-
-def set_current(metrics: ServerMetrics | None) -> None:
-    """Make `metrics` the target of `observe_batch_command` (None: record nothing)."""
-    global _current
-    _current = metrics
-
-
-def observe_batch_command(command: str, seconds: float, ok: bool) -> None:
-    """Record one batch-system command: how long it took, and whether it failed.
-
-    Called by the backends' command runner after every command. A no-op when the server
-    serves no metrics, so backends never need to know whether metrics are on.
-
-    Args:
-        command: the program (`sbatch`, `/usr/bin/squeue`); only its base name is kept.
-        seconds: wall time, including a timeout's wait.
-        ok: False when it exited non-zero, could not start or timed out.
-    """
-    metrics = _current
-    if metrics is not None:
-        metrics.observe_batch_command(command, seconds, ok)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from http import HTTPStatus
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import attrs
@@ -35,8 +35,9 @@ import trio
 from hqpy import __version__
 
 if TYPE_CHECKING:
-    from hqpy.autoalloc.service import AutoAllocService
+    from hqpy.common.events import EventHub
     from hqpy.http.metrics import ServerMetrics
+    from hqpy.protocol.readmodels import AllocatorReadModel
     from hqpy.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -314,14 +315,6 @@ async def _close(stream: trio.abc.Stream) -> None:
 # The routes of an hqpy server
 
 
-class ServerLike(Protocol):
-    """What the HTTP side reads from `hqpy.server.server.Server`."""
-
-    state: ServerState
-    autoalloc: AutoAllocService | None
-    started_at: float
-
-
 def static_files() -> dict[str, tuple[bytes, str]]:
     """The page's files from the package (`hqpy/http/static/`): name -> (content, type)."""
     files: dict[str, tuple[bytes, str]] = {}
@@ -333,14 +326,18 @@ def static_files() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-def make_routes(server: ServerLike, metrics: ServerMetrics) -> dict[str, Route]:
+def make_routes(
+    state: ServerState,
+    allocator: AllocatorReadModel | None,
+    metrics: ServerMetrics,
+) -> dict[str, Route]:
     from hqpy.http.status import build_status
 
     def scrape() -> Reply:
         return Reply(200, metrics.render(), METRICS_CONTENT_TYPE)
 
     def status() -> Reply:
-        doc = build_status(server.state, server.autoalloc, server.started_at, time.time())
+        doc = build_status(state, allocator, metrics.started_at, time.time())
         return Reply(200, json.dumps(doc).encode(), CONTENT_TYPES[".json"])
 
     routes: dict[str, Route] = {"/metrics": scrape, "/api/status": status}
@@ -357,34 +354,29 @@ def _constant(reply: Reply) -> Reply:
 
 
 async def serve_http(
-    server: ServerLike,
+    state: ServerState,
+    allocator: AllocatorReadModel | None,
+    hub: EventHub,
+    started_at: float,
     host: str,
     port: int,
     *,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `/metrics`, the status page and `/api/status` until cancelled.
 
-    Started by the server with `await nursery.start(...)` once its allocator runs (the metrics
-    hook into it); `task_status.started` gets the listeners.
+    Started with `await nursery.start(...)` once the allocator runs (the metrics subscribe to
+    the hub); `task_status.started` gets the listeners.
     """
-    from hqpy.autoalloc.backends import runner
-    from hqpy.http.metrics import ServerMetrics, observe_batch_command, set_current
+    from hqpy.http.metrics import ServerMetrics
 
-    metrics = ServerMetrics(server.state, lambda: server.autoalloc, server.started_at)
-    metrics.attach(server.state, server.autoalloc)
-    app = HttpServer(make_routes(server, metrics))
-    set_current(metrics)
-    runner.observe_command = observe_batch_command
-    try:
-        async with trio.open_nursery() as nursery:
-            listeners: list[trio.SocketListener] = await nursery.start(
-                partial(trio.serve_tcp, app.handle, port, host=host)
-            )
-            port = listeners[0].socket.getsockname()[1]
-            base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-            log.info("Metrics at %s/metrics, status page at %s/", base, base)
-            task_status.started(listeners)
-    finally:
-        set_current(None)
-        runner.observe_command = runner.ignore_command
+    metrics = ServerMetrics(state, allocator, hub, started_at)
+    app = HttpServer(make_routes(state, allocator, metrics))
+    async with trio.open_nursery() as nursery:
+        listeners: list[trio.SocketListener] = await nursery.start(
+            partial(trio.serve_tcp, app.handle, port, host=host)
+        )
+        port = listeners[0].socket.getsockname()[1]
+        base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        log.info("Metrics at %s/metrics, status page at %s/", base, base)
+        task_status.started(listeners)

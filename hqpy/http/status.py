@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from hqpy import __version__
 from hqpy.common.resources import FRACTIONS
+from hqpy.common.states import AllocationState
 from hqpy.http.metrics import worker_state_label
+from hqpy.protocol import messages as m
 from hqpy.server.jobs import STATE_NAMES
 
 if TYPE_CHECKING:
-    from hqpy.autoalloc.service import AutoAllocService
-    from hqpy.autoalloc.state import Allocation, AllocationQueue, AllocEvent
+    from hqpy.protocol.readmodels import AllocatorReadModel
     from hqpy.server.state import ServerState
     from hqpy.server.workers import Worker
 
@@ -32,12 +33,12 @@ MAX_EVENTS = 50
 
 def build_status(
     state: ServerState,
-    autoalloc: AutoAllocService | None,
+    allocator: AllocatorReadModel | None,
     started_at: float,
     now: float,
 ) -> dict[str, Any]:
     """Everything the status page draws, as plain JSON values (times in epoch seconds)."""
-    queues = [] if autoalloc is None else autoalloc.state.live_queues()
+    queues = [] if allocator is None else allocator.queue_views()
     return {
         "server": {
             "uid": state.server_uid,
@@ -47,10 +48,10 @@ def build_status(
             "now": now,
         },
         "totals": _totals(state),
-        "queues": [_queue(q) for q in queues],
+        "queues": [_queue(q, allocator) for q in queues],
         "workers": _workers(state),
         "jobs": _jobs(state),
-        "events": _events(queues),
+        "events": _events(queues, allocator),
     }
 
 
@@ -66,22 +67,23 @@ def _totals(state: ServerState) -> dict[str, Any]:
     }
 
 
-def _queue(queue: AllocationQueue) -> dict[str, Any]:
+def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> dict[str, Any]:
     p = queue.params
-    allocations = list(queue.allocations.values())
-    active = [a for a in allocations if a.is_active]
-    ended = [a for a in allocations if not a.is_active]
+    allocations = [] if allocator is None else allocator.allocation_views(queue.id)
+    order = {a.id: i for i, a in enumerate(allocations)}
+    active = [a for a in allocations if AllocationState(a.state).is_active]
+    ended = [a for a in allocations if not AllocationState(a.state).is_active]
     shown = active[-MAX_ALLOCATIONS:]
     shown += ended[len(ended) - max(0, MAX_ALLOCATIONS - len(shown)) :]
-    shown.sort(key=lambda a: (a.queued_at, a.seq))
+    shown.sort(key=lambda a: (a.queued_at, order[a.id]))
     counts = {"queued": 0, "running": 0, "finished": 0, "failed": 0}
     for a in allocations:
-        counts[a.state.value.lower()] += 1
+        counts[a.state.lower()] += 1
     return {
         "id": queue.id,
         "name": p.name,
         "manager": p.manager,
-        "state": queue.state.value.lower(),
+        "state": queue.state.lower(),
         "pause_reason": queue.pause_reason,
         "backlog": p.backlog,
         "workers_per_alloc": p.workers_per_alloc,
@@ -92,15 +94,15 @@ def _queue(queue: AllocationQueue) -> dict[str, Any]:
     }
 
 
-def _allocation(a: Allocation) -> dict[str, Any]:
+def _allocation(a: m.AllocationView) -> dict[str, Any]:
     return {
         "id": a.id,
-        "state": a.state.value.lower(),
+        "state": a.state.lower(),
         "worker_count": a.worker_count,
-        "workers": len(a.connected),
+        "workers": a.connected_workers,
         "queued_at": a.queued_at,
         "started_at": a.started_at,
-        "ended_at": a.finished_at,
+        "ended_at": a.ended_at,
     }
 
 
@@ -150,11 +152,14 @@ def _jobs(state: ServerState) -> list[dict[str, Any]]:
     return out
 
 
-def _events(queues: list[AllocationQueue]) -> list[dict[str, Any]]:
+def _events(
+    queues: list[m.QueueView], allocator: AllocatorReadModel | None
+) -> list[dict[str, Any]]:
     """The newest events of all live queues together, newest first."""
-    recent: list[AllocEvent] = []
+    recent: list[m.AllocEventView] = []
     for q in queues:
-        recent.extend(itertools.islice(reversed(q.events), MAX_EVENTS))
+        assert allocator is not None
+        recent.extend(allocator.event_views(q.id, max(0, q.event_count - MAX_EVENTS)))
     picked = heapq.nlargest(MAX_EVENTS, recent, key=lambda e: e.time)
     return [
         {

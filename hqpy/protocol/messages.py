@@ -7,6 +7,7 @@ plain values instead of nested objects: one frame holds many tasks and costs lit
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import attrs
@@ -322,6 +323,11 @@ class QueueView:
     """`ACTIVE` or `PAUSED`."""
     known_resources: tuple[ResourceDescriptorItem, ...] | None
     pause_reason: str | None = None
+    self_paused: bool = False
+    """Paused by itself after repeated failures (not by `hq alloc pause`)."""
+    removed: bool = False
+    event_count: int = 0
+    """Events ever recorded for the queue (the oldest may have been dropped)."""
 
 
 @attrs.frozen
@@ -334,6 +340,7 @@ class AllocationView:
     queued_at: float
     started_at: float | None
     ended_at: float | None
+    connected_workers: int = 0
 
 
 @attrs.frozen
@@ -506,11 +513,17 @@ class AllocEventsRequest:
     wait: bool = False
 
 
+class QueueAction(enum.StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    REMOVE = "remove"
+
+
 @attrs.frozen
 class AllocQueueRequest:
     """Pause, resume or remove a queue."""
 
-    action: str
+    action: QueueAction
     queue_id: int
     force: bool = False
 

@@ -7,34 +7,58 @@ from typing import Any
 
 import trio
 
+from hqpy.common.errors import RequestError
 from hqpy.common.idset import parse_id_set
+from hqpy.common.states import WorkerState
 from hqpy.protocol import messages as m
-from hqpy.server.state import RequestError, ServerState, parse_states
+from hqpy.protocol.readmodels import HandlerTable, RequestHandler
+from hqpy.server.state import ServerState, parse_states
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
 class ClientHandlers:
-    """The request handlers of one server; `server` gives access to info and shutdown."""
+    """The request handlers of one server, in a table by request class. Other parts of the
+    server process (the allocator) add their own tables with `extend`."""
 
-    def __init__(
-        self, state: ServerState, info: Callable[[], m.ServerInfoView], autoalloc: Any = None
-    ) -> None:
+    def __init__(self, state: ServerState, info: Callable[[], m.ServerInfoView]) -> None:
         self.state = state
         self.info = info
-        self.autoalloc = autoalloc
-        """The `AutoAllocService`, once the server has started it."""
+        self._table: dict[type[Any], RequestHandler] = dict(self.table())
 
-    async def handle(self, request: Any) -> Any:
-        handler = getattr(self, "on_" + type(request).__name__, None)
+    def table(self) -> HandlerTable:
+        return {
+            m.ServerInfoRequest: self.on_ServerInfoRequest,
+            m.StopServerRequest: self.on_StopServerRequest,
+            m.SubmitRequest: self.on_SubmitRequest,
+            m.OpenJobRequest: self.on_OpenJobRequest,
+            m.CloseJobsRequest: self.on_CloseJobsRequest,
+            m.CancelJobsRequest: self.on_CancelJobsRequest,
+            m.ForgetJobsRequest: self.on_ForgetJobsRequest,
+            m.ListJobsRequest: self.on_ListJobsRequest,
+            m.JobDetailsRequest: self.on_JobDetailsRequest,
+            m.WaitJobsRequest: self.on_WaitJobsRequest,
+            m.TaskListRequest: self.on_TaskListRequest,
+            m.TaskInfoRequest: self.on_TaskInfoRequest,
+            m.TaskIdsRequest: self.on_TaskIdsRequest,
+            m.ListWorkersRequest: self.on_ListWorkersRequest,
+            m.WorkerInfoRequest: self.on_WorkerInfoRequest,
+            m.StopWorkersRequest: self.on_StopWorkersRequest,
+            m.WaitWorkersRequest: self.on_WaitWorkersRequest,
+        }
+
+    def extend(self, table: HandlerTable) -> None:
+        self._table.update(table)
+
+    async def handle(self, request: m.ClientRequest) -> m.ClientResponse:
+        handler = self._table.get(type(request))
         if handler is None:
             return m.ErrorResponse(f"unsupported request {type(request).__name__}")
-        from hqpy.autoalloc.service import AllocError
-
         try:
-            return await handler(request)
-        except (RequestError, AllocError) as e:
+            response: m.ClientResponse = await handler(request)
+        except RequestError as e:
             return m.ErrorResponse(str(e))
+        return response
 
     async def on_ServerInfoRequest(self, req: m.ServerInfoRequest) -> Any:
         return m.ServerInfoResponse(self.info())
@@ -127,7 +151,7 @@ class ClientHandlers:
     async def on_ListWorkersRequest(self, req: m.ListWorkersRequest) -> Any:
         views = []
         for w in sorted(self.state.workers.values(), key=lambda w: w.id):
-            running = w.state == "RUNNING"
+            running = w.state is WorkerState.RUNNING
             if req.filter == "all" or (req.filter == "running") == running:
                 views.append(self.state.worker_view(w))
         return m.WorkerListResponse(views)
@@ -152,78 +176,3 @@ class ClientHandlers:
             return parse_id_set(text)
         except ValueError as e:
             raise RequestError(str(e)) from None
-
-    # -----------------------------------------------------------------------------------------
-    # Automatic allocation
-
-    def _queue_view(self, queue: Any) -> m.QueueView:
-        return m.QueueView(
-            id=queue.id,
-            params=queue.params,
-            state=queue.state.value,
-            known_resources=queue.known_resources,
-            pause_reason=queue.pause_reason,
-        )
-
-    async def on_AllocAddRequest(self, req: m.AllocAddRequest) -> Any:
-        queue = await self.autoalloc.add_queue(req.params, req.dry_run)
-        return m.QueueCreatedResponse(queue.id)
-
-    async def on_AllocDryRunRequest(self, req: m.AllocDryRunRequest) -> Any:
-        await self.autoalloc.dry_run(req.params)
-        return m.OkResponse()
-
-    async def on_AllocListRequest(self, req: m.AllocListRequest) -> Any:
-        queues = self.autoalloc.state.live_queues()
-        return m.QueueListResponse([self._queue_view(q) for q in queues])
-
-    async def on_AllocInfoRequest(self, req: m.AllocInfoRequest) -> Any:
-        queue = self.autoalloc.get_queue(req.queue_id)
-        allocations = [
-            m.AllocationView(
-                id=a.id,
-                state=a.state.value,
-                workdir=str(a.workdir),
-                worker_count=a.worker_count,
-                queued_at=a.queued_at,
-                started_at=a.started_at,
-                ended_at=a.finished_at,
-            )
-            for a in queue.allocations.values()
-        ]
-        return m.AllocationListResponse(self._queue_view(queue), allocations)
-
-    async def on_AllocEventsRequest(self, req: m.AllocEventsRequest) -> Any:
-        service = self.autoalloc
-        queue = service.state.queues.get(req.queue_id)
-        if queue is None:
-            return m.ErrorResponse(f"Allocation queue {req.queue_id} not found")
-        if req.wait and not queue.removed:
-            await service.wait_for_events(req.queue_id, req.after)
-        queue = service.state.queues[req.queue_id]
-        kept = len(queue.events)
-        first_kept = queue.event_count - kept
-        skip = max(0, req.after - first_kept)
-        events = [
-            m.AllocEventView(e.time, e.event, e.queue_id, e.allocation_id, e.message)
-            for e in list(queue.events)[skip:]
-        ]
-        return m.AllocEventsResponse(events, queue.event_count, queue.removed)
-
-    async def on_AllocQueueRequest(self, req: m.AllocQueueRequest) -> Any:
-        service = self.autoalloc
-        if req.action == "pause":
-            service.pause(req.queue_id)
-        elif req.action == "resume":
-            service.resume(req.queue_id)
-        elif req.action == "remove":
-            await service.remove(req.queue_id, req.force)
-        else:
-            return m.ErrorResponse(f"unknown queue action `{req.action}`")
-        return m.OkResponse()
-
-    async def on_AllocLogRequest(self, req: m.AllocLogRequest) -> Any:
-        found = self.autoalloc.state.find_allocation(req.allocation_id)
-        if found is None:
-            return m.ErrorResponse(f"Allocation {req.allocation_id} not found")
-        return m.AllocLogResponse(str(found[1].workdir))

@@ -7,33 +7,17 @@ canceled one by one, ...). So a million-task array costs a few objects until it 
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Iterator
 
 import trio
 
 from hqpy.common.idset import IdSet
+from hqpy.common.states import DONE_TASK_STATES, JobState, TaskState, job_state
 from hqpy.protocol.messages import TaskBody
 
-
-class TaskState(enum.IntEnum):
-    WAITING = 0
-    """Not started yet; it may already be assigned to a worker that has not started it."""
-    RUNNING = 1
-    """A worker reported that the process started."""
-    FINISHED = 2
-    FAILED = 3
-    CANCELED = 4
-    """Canceled by the user."""
-    ABORTED = 5
-    """Canceled by the server, because the job hit its `--max-fails`."""
-
-
-STATE_NAMES = ("waiting", "running", "finished", "failed", "canceled", "aborted")
-DONE_STATES = frozenset(
-    {TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELED, TaskState.ABORTED}
-)
+STATE_NAMES = tuple(s.label for s in TaskState)
+DONE_STATES = DONE_TASK_STATES
 
 
 class Task:
@@ -234,22 +218,12 @@ class Job:
     def is_complete(self, ignore_open: bool = False) -> bool:
         return (ignore_open or not self.is_open) and not self.is_unfinished()
 
+    def state(self) -> JobState:
+        """The job's state as HyperQueue names it."""
+        return job_state(self.counts, self.is_open)
+
     def state_name(self) -> str:
-        """The job's state as HyperQueue names it (first matching rule wins)."""
-        c = self.counts
-        if c[TaskState.RUNNING]:
-            return "RUNNING"
-        if c[TaskState.WAITING]:
-            return "WAITING"
-        if c[TaskState.FAILED]:
-            return "FAILED"
-        if c[TaskState.ABORTED]:
-            return "ABORTED"
-        if c[TaskState.CANCELED]:
-            return "CANCELED"
-        if self.is_open:
-            return "OPENED"
-        return "FINISHED"
+        return self.state().value
 
     def move(self, task: Task, state: TaskState) -> None:
         self.counts[task.state] -= 1

@@ -1,14 +1,15 @@
-"""The server process: listeners, sessions and services under one root nursery.
+"""The server core: listeners, sessions and its own services under one nursery.
 
     Server.run
       +-- client listener   (serve_tcp; one session task per client connection)
       +-- worker listener   (serve_tcp; one session task per worker)
       +-- scheduler         (wakes on demand, assigns waiting tasks)
       +-- reaper            (heartbeat loss, idle timeouts)
-      +-- HTTP listener     (optional: /metrics, status page; hqpy.http)
       +-- signal watcher    (SIGINT/SIGTERM: clean stop)
 
-`access.json` is written only once both listeners are bound, so a client that finds it can connect.
+The allocator and the HTTP side are not part of the core: `hqpy.app` builds the whole server
+process around it. `access.json` is written only once both listeners are bound, so a client that
+finds it can connect.
 """
 
 from __future__ import annotations
@@ -28,15 +29,15 @@ import trio
 import trio.lowlevel
 
 from hqpy import __version__
-from hqpy.autoalloc.config import AutoAllocConfig
-from hqpy.autoalloc.service import AutoAllocService
 from hqpy.common import serverdir
+from hqpy.common.events import EventHub
+from hqpy.common.states import WorkerState
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, new_secret, server_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
 from hqpy.server.clients import ClientHandlers
 from hqpy.server.state import ServerState
-from hqpy.server.workers import FAILURE_STATES, Worker, WorkerState
+from hqpy.server.workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class ServerConfig:
 
 
 class Server:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, hub: EventHub | None = None) -> None:
         self.config = config
         self.started_at = time.time()
         self.instance_dir: Path | None = None
@@ -66,20 +67,20 @@ class Server:
         if config.access_file is not None:
             self.access = serverdir.read_access_file(config.access_file)
             uid = self.access.server_uid
-        self.state = ServerState(uid)
+        self.state = ServerState(uid, hub=hub)
+        self.hub = self.state.hub
         self.handlers = ClientHandlers(self.state, self.info)
-        self._stop = trio.Event()
+        self.stop_requested = trio.Event()
+        """Set by `hq server stop`, SIGINT or SIGTERM; whoever runs the server then stops it."""
         self._schedule = trio.Event()
         self.state.on_schedule_needed = self._schedule.set
         self._sessions: dict[int, trio.CancelScope] = {}
-        self.autoalloc: AutoAllocService | None = None
-        self.http_listeners: list[trio.SocketListener] = []
-        """Where `/metrics` and the status page are served (with `metrics_port`)."""
+        self._listeners = trio.CancelScope()
 
     # -----------------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        self._stop.set()
+        self.stop_requested.set()
 
     def info(self) -> m.ServerInfoView:
         assert self.access is not None and self.access.client and self.access.worker
@@ -95,7 +96,8 @@ class Server:
             server_dir=str(self.instance_dir),
         )
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def prepare(self) -> Path:
+        """Refuse to start beside a live server, and make this server's instance directory."""
         server_dir = self.config.server_dir
         current = serverdir.resolve_access_path(server_dir)
         if current.exists():
@@ -113,6 +115,18 @@ class Server:
                 serverdir.Endpoint(host, self.config.client_port, new_secret()),
                 serverdir.Endpoint(host, self.config.worker_port, new_secret()),
             )
+        return self.instance_dir
+
+    def close_listeners(self) -> None:
+        """Take no new connections (shutdown); sessions already open go on until cancelled."""
+        self._listeners.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[m.ServerInfoView]) -> None:
+        """Serve until cancelled; `task_status.started` once clients can connect."""
+        if self.instance_dir is None:
+            await self.prepare()
+        assert self.instance_dir is not None and self.access is not None
+        server_dir = self.config.server_dir
         client_ep, worker_ep = self.access.client, self.access.worker
         if (
             client_ep is None
@@ -125,75 +139,52 @@ class Server:
             )
         try:
             async with trio.open_nursery() as nursery:
-                client_listeners = await nursery.start(
-                    partial(
-                        trio.serve_tcp,
-                        partial(self._serve_connection, role="client", secret=client_ep.secret_key),
-                        client_ep.port,
-                    )
+                listeners = await nursery.start(
+                    self._listen,
+                    (client_ep.secret_key, client_ep.port),
+                    (worker_ep.secret_key, worker_ep.port),
                 )
-                worker_listeners = await nursery.start(
-                    partial(
-                        trio.serve_tcp,
-                        partial(self._serve_connection, role="worker", secret=worker_ep.secret_key),
-                        worker_ep.port,
-                    )
-                )
+                client_port, worker_port = listeners
                 self.access = attrs.evolve(
                     self.access,
-                    client=attrs.evolve(client_ep, port=_port_of(client_listeners)),
-                    worker=attrs.evolve(worker_ep, port=_port_of(worker_listeners)),
+                    client=attrs.evolve(client_ep, port=client_port),
+                    worker=attrs.evolve(worker_ep, port=worker_port),
                 )
                 serverdir.write_access(self.instance_dir / serverdir.ACCESS_FILE, self.access)
                 serverdir.link_current(server_dir, self.instance_dir)
-                self.autoalloc = autoalloc = AutoAllocService(
-                    self.state, self.instance_dir, AutoAllocConfig.from_env()
-                )
-                self.handlers.autoalloc = autoalloc
-                self._connect_autoalloc(autoalloc)
-                await nursery.start(autoalloc.run)
-                if self.config.metrics_port is not None:
-                    from hqpy.http.server import serve_http
-
-                    self.http_listeners = await nursery.start(
-                        partial(
-                            serve_http, self, self.config.metrics_host, self.config.metrics_port
-                        )
-                    )
                 nursery.start_soon(self._scheduler)
                 nursery.start_soon(self._reaper)
                 nursery.start_soon(self._watch_signals)
                 log.info("Server %s started in %s", self.state.server_uid, self.instance_dir)
                 task_status.started(self.info())
-                await self._stop.wait()
-                log.info("Server is stopping")
-                with trio.CancelScope(shield=True):
-                    await autoalloc.cancel_all()
-                nursery.cancel_scope.cancel()
         finally:
             serverdir.unlink_current(server_dir, self.instance_dir)
 
-    def _connect_autoalloc(self, service: AutoAllocService) -> None:
-        """Feed the allocator the events it reacts to."""
-        state = self.state
-        state.on_job_submitted = lambda job_id: service.notify()
-
-        def added(worker: Worker) -> None:
-            manager = worker.config.manager
-            service.on_worker_connected(
-                worker.id,
-                None if manager is None else manager.allocation_id,
-                worker.config.resources,
-            )
-
-        def removed(worker: Worker) -> None:
-            lifetime = (worker.ended_at or time.time()) - worker.started_at
-            service.on_worker_lost(
-                worker.id, lifetime, worker.state in FAILURE_STATES, worker.state
-            )
-
-        state.on_worker_added = added
-        state.on_worker_removed = removed
+    async def _listen(
+        self,
+        client: tuple[str, int],
+        worker: tuple[str, int],
+        *,
+        task_status: trio.TaskStatus[tuple[int, int]],
+    ) -> None:
+        """Both listeners, in one cancel scope so that shutdown can close them first."""
+        with self._listeners:
+            async with trio.open_nursery() as nursery:
+                client_listeners = await nursery.start(
+                    partial(
+                        trio.serve_tcp,
+                        partial(self._serve_connection, role="client", secret=client[0]),
+                        client[1],
+                    )
+                )
+                worker_listeners = await nursery.start(
+                    partial(
+                        trio.serve_tcp,
+                        partial(self._serve_connection, role="worker", secret=worker[0]),
+                        worker[1],
+                    )
+                )
+                task_status.started((_port_of(client_listeners), _port_of(worker_listeners)))
 
     # -----------------------------------------------------------------------------------------
     # Sessions

@@ -12,11 +12,22 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from hqpy.common.errors import RequestError
+from hqpy.common.events import (
+    EventHub,
+    JobForgotten,
+    JobSubmitted,
+    TaskEnded,
+    WorkerConnected,
+    WorkerLost,
+)
 from hqpy.common.idset import IdSet, Selector, parse_id_set, parse_selector
+from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
+from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
-from hqpy.server.jobs import DONE_STATES, Job, Task, TaskGroup, TaskState
+from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.scheduler import schedule
-from hqpy.server.workers import FAILURE_STATES, STOP_REASONS, Worker, WorkerState
+from hqpy.server.workers import FAILURE_STATES, STOP_REASONS, Worker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,14 +42,17 @@ STATE_BY_NAME = {
 }
 
 
-class RequestError(Exception):
-    """A client request that cannot be carried out; the message goes back to the client."""
-
-
 class ServerState:
-    def __init__(self, server_uid: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        server_uid: str,
+        clock: Callable[[], float] = time.time,
+        hub: EventHub | None = None,
+    ) -> None:
         self.server_uid = server_uid
         self.clock = clock
+        self.hub = hub if hub is not None else EventHub()
+        """Where job, task and worker events go (the allocator and the metrics listen)."""
         self.jobs: dict[int, Job] = {}
         self.workers: dict[int, Worker] = {}
         self.waiting_groups: dict[int, tuple[Job, TaskGroup]] = {}
@@ -47,13 +61,7 @@ class ServerState:
         self.next_worker_id = 1
         self.next_group_id = 1
         self.on_schedule_needed: Callable[[], None] = lambda: None
-        self.on_job_submitted: Callable[[int], None] = lambda job_id: None
         self.worker_waiters: list[tuple[int, Any]] = []
-        self.on_worker_added: Callable[[Worker], None] = lambda worker: None
-        self.on_worker_removed: Callable[[Worker], None] = lambda worker: None
-        self.on_job_forgotten: Callable[[Job], None] = lambda job: None
-        self.on_task_ended: Callable[[Task], None] | None = None
-        """Called when a worker reports a task finished or failed (metrics); None: nothing."""
 
     # -----------------------------------------------------------------------------------------
     # Jobs
@@ -129,7 +137,7 @@ class ServerState:
         if ids:
             self.waiting_groups[body.group_id] = (job, group)
         self._check_job_complete(job)
-        self.on_job_submitted(job.id)
+        self.hub.publish(JobSubmitted(job.id))
         self.on_schedule_needed()
         return job.id
 
@@ -217,7 +225,7 @@ class ServerState:
         forgotten = 0
         for job in jobs:
             if job.is_complete() and job.state_name() in wanted:
-                self.on_job_forgotten(job)
+                self.hub.publish(JobForgotten(job.id, tuple(job.counts)))
                 del self.jobs[job.id]
                 forgotten += 1
             else:
@@ -250,7 +258,14 @@ class ServerState:
             "" if manager is None else f" in {manager.manager} allocation {manager.allocation_id}",
         )
         self._wake_worker_waiters()
-        self.on_worker_added(worker)
+        self.hub.publish(
+            WorkerConnected(
+                worker.id,
+                None if manager is None else manager.manager,
+                None if manager is None else manager.allocation_id,
+                config.resources,
+            )
+        )
         self.on_schedule_needed()
         return worker
 
@@ -297,7 +312,7 @@ class ServerState:
         worker.stop_reason = reason
         self.on_worker_lost(worker, STOP_REASONS.get(reason, WorkerState.STOPPED))
 
-    def on_worker_lost(self, worker: Worker, state: str) -> None:
+    def on_worker_lost(self, worker: Worker, state: WorkerState) -> None:
         """Put the worker's unfinished tasks back to waiting, counting crashes where it failed."""
         if worker.state != WorkerState.RUNNING:
             return
@@ -341,7 +356,16 @@ class ServerState:
             self.waiting_groups[task.group.group_id] = (job, task.group)
         worker.outbox = None
         self._wake_worker_waiters()
-        self.on_worker_removed(worker)
+        manager = worker.config.manager
+        self.hub.publish(
+            WorkerLost(
+                worker.id,
+                None if manager is None else manager.manager,
+                None if manager is None else manager.allocation_id,
+                state,
+                now - worker.started_at,
+            )
+        )
         self.on_schedule_needed()
 
     def on_heartbeat(self, worker: Worker) -> None:
@@ -386,7 +410,8 @@ class ServerState:
         jobs = self.jobs
         now = self.clock()
         touched: set[int] = set()
-        ended = self.on_task_ended
+        hub = self.hub
+        publish = hub.wants(TaskEnded)
         for job_id, task_id, instance_id, status, started_at, ended_at, error in updates:
             job = jobs.get(job_id)
             if job is None:
@@ -422,8 +447,8 @@ class ServerState:
                 self._after_failure(job)
             else:
                 job.move(task, TaskState.CANCELED)
-            if ended is not None and status != m.TASK_CANCELED:
-                ended(task)
+            if publish and status != m.TASK_CANCELED:
+                hub.publish(TaskEnded(job_id, task_id, task.state, task.started_at, ended_at))
             touched.add(job_id)
         for job_id in touched:
             job = jobs.get(job_id)

@@ -5,20 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from hqpy.common.resources import ALL
+from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol.messages import WorkerConfiguration
-from hqpy.server.jobs import Task, TaskState
+from hqpy.server.jobs import Task
 
-
-class WorkerState:
-    RUNNING = "RUNNING"
-    CONNECTION_LOST = "CONNECTION LOST"
-    HEARTBEAT_LOST = "HEARTBEAT LOST"
-    STOPPED = "STOPPED"
-    IDLE_TIMEOUT = "IDLE TIMEOUT"
-    TIME_LIMIT_REACHED = "TIME LIMIT REACHED"
-
-
-FAILURE_STATES = frozenset({WorkerState.CONNECTION_LOST, WorkerState.HEARTBEAT_LOST})
+FAILURE_STATES = frozenset(s for s in WorkerState if s.is_failure)
 """Losing a worker for these reasons counts against the crash limit of its running tasks."""
 
 STOP_REASONS = {
@@ -34,7 +25,7 @@ class Worker:
     ) -> None:
         self.id = worker_id
         self.config = config
-        self.state = WorkerState.RUNNING
+        self.state: WorkerState = WorkerState.RUNNING
         self.started_at = now
         self.ended_at: float | None = None
         self.capacity = {r.name: r.capacity() for r in config.resources}

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.service import AutoAllocService
 from hqpy.autoalloc.state import Allocation
+from hqpy.common.events import AllocationSubmitted, BatchCommandRun
 from hqpy.common.resources import (
     FRACTIONS,
     ResourceAmountRequest,
@@ -18,12 +19,13 @@ from hqpy.common.resources import (
     ResourceKind,
     ResourceRequest,
 )
-from hqpy.http import metrics as metrics_module
-from hqpy.http.metrics import ServerMetrics, observe_batch_command, set_current
+from hqpy.common.states import WorkerState
+from hqpy.http.metrics import ServerMetrics
 from hqpy.http.status import MAX_EVENTS, MAX_JOBS, build_status
 from hqpy.protocol import messages as m
+from hqpy.server.demand import ServerDemand
 from hqpy.server.state import ServerState
-from hqpy.server.workers import Worker, WorkerState
+from hqpy.server.workers import Worker
 
 ALLOWED_LABELS = {"state", "queue", "manager", "outcome", "command", "reason", "version", "python"}
 """No label may carry a job, task or allocation id (unbounded)."""
@@ -105,21 +107,13 @@ def state(clock: Clock) -> ServerState:
 
 @pytest.fixture
 def service(state: ServerState, tmp_path: Path, clock: Clock) -> AutoAllocService:
-    svc = AutoAllocService(state, tmp_path, AutoAllocConfig(), clock=clock)
-    state.on_worker_added = lambda w: svc.on_worker_connected(
-        w.id, None if w.config.manager is None else w.config.manager.allocation_id, ()
-    )
-    state.on_worker_removed = lambda w: svc.on_worker_lost(
-        w.id, 100.0, w.state == WorkerState.CONNECTION_LOST, w.state
-    )
-    return svc
+    config = AutoAllocConfig()
+    return AutoAllocService(ServerDemand(state), state.hub, tmp_path, config, clock=clock)
 
 
 @pytest.fixture
 def metrics(state: ServerState, service: AutoAllocService) -> ServerMetrics:
-    mx = ServerMetrics(state, lambda: service, 123.0)
-    mx.attach(state, service)
-    return mx
+    return ServerMetrics(state, service, state.hub, 123.0)
 
 
 async def test_tasks_jobs_and_workers_are_counted_at_scrape_time(
@@ -209,7 +203,7 @@ def add_allocation(service: AutoAllocService, queue_id: int, allocation_id: str)
     alloc = Allocation(allocation_id, queue_id, queue.next_seq, 1, Path("/tmp"), service.clock())
     queue.next_seq += 1
     service.state.add_allocation(queue, alloc)
-    service.on_submission(queue, "success")
+    service.hub.publish(AllocationSubmitted(queue_id, "local", True))
     return alloc
 
 
@@ -223,7 +217,7 @@ async def test_allocation_metrics_follow_events(
                  outcome="failure") == 0  # fmt: skip
     add_allocation(service, 1, "local-1")
     add_allocation(service, 1, "local-2")
-    service.on_submission(queue, "failure")
+    service.hub.publish(AllocationSubmitted(1, "local", False))
     clock.now += 42.0
     state.add_worker(worker_config(2, "local-1"))
     s = scrape(metrics)
@@ -260,11 +254,7 @@ async def test_no_label_is_an_id(
     add_allocation(service, 1, "local-1")
     submit(state, "0-9")
     state.add_worker(worker_config(2, "local-1"))
-    set_current(metrics)
-    try:
-        observe_batch_command("/usr/bin/sbatch", 0.2, True)
-    finally:
-        set_current(None)
+    state.hub.publish(BatchCommandRun("/usr/bin/sbatch", 0.2, True))
     names: set[str] = set()
     for family in text_string_to_metric_families(metrics.render().decode()):
         assert family.name.startswith("hqpy_")
@@ -275,18 +265,12 @@ async def test_no_label_is_an_id(
     assert "_created" not in metrics.render().decode()
 
 
-async def test_batch_commands_are_recorded_only_with_a_current_server(
-    metrics: ServerMetrics,
+async def test_batch_commands_are_recorded_from_the_hub(
+    state: ServerState, metrics: ServerMetrics
 ) -> None:
-    assert metrics_module._current is None
-    observe_batch_command("sbatch", 0.1, False)  # nobody listens: nothing happens
-    set_current(metrics)
-    try:
-        observe_batch_command("/usr/bin/sbatch", 0.3, True)
-        observe_batch_command("sbatch", 40.0, False)
-        observe_batch_command("squeue", 0.02, True)
-    finally:
-        set_current(None)
+    state.hub.publish(BatchCommandRun("/usr/bin/sbatch", 0.3, True))
+    state.hub.publish(BatchCommandRun("sbatch", 40.0, False))
+    state.hub.publish(BatchCommandRun("squeue", 0.02, True))
     s = scrape(metrics)
     assert value(s, "hqpy_batch_command_duration_seconds_count", command="sbatch") == 2
     assert value(s, "hqpy_batch_command_duration_seconds_bucket", command="sbatch", le="0.5") == 1

@@ -11,11 +11,12 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from hqpy.app.server_process import ServerProcess
 from hqpy.client.connection import ServerConnection, connect
 from hqpy.protocol import messages as m
 from hqpy.protocol.codec import encode
 from hqpy.protocol.framing import HEADER
-from hqpy.server.server import Server, ServerConfig
+from hqpy.server.server import ServerConfig
 from tests.server.test_server_inprocess import connect_worker, poll_job, submit, worker_config
 
 TIMEOUT = 10
@@ -46,8 +47,8 @@ def samples(text: str) -> dict[str, float]:
 
 
 @pytest.fixture
-async def server(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Server]:
-    srv = Server(ServerConfig(server_dir=tmp_path, metrics_port=0))
+async def server(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[ServerProcess]:
+    srv = ServerProcess(ServerConfig(server_dir=tmp_path, metrics_port=0))
     with trio.fail_after(TIMEOUT):
         await nursery.start(srv.run)
     yield srv
@@ -55,7 +56,7 @@ async def server(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Server]
 
 
 @pytest.fixture
-def port(server: Server) -> int:
+def port(server: ServerProcess) -> int:
     [listener] = server.http_listeners
     sockname = listener.socket.getsockname()
     assert sockname[0] == "127.0.0.1"
@@ -63,7 +64,7 @@ def port(server: Server) -> int:
 
 
 @pytest.fixture
-async def client(server: Server, tmp_path: Path) -> AsyncIterator[ServerConnection]:
+async def client(server: ServerProcess, tmp_path: Path) -> AsyncIterator[ServerConnection]:
     with trio.fail_after(TIMEOUT):
         conn = await connect(tmp_path)
     yield conn
@@ -71,7 +72,7 @@ async def client(server: Server, tmp_path: Path) -> AsyncIterator[ServerConnecti
 
 
 async def test_metrics_follow_a_job_run_by_a_worker(
-    server: Server, port: int, client: ServerConnection, tmp_path: Path
+    server: ServerProcess, port: int, client: ServerConnection, tmp_path: Path
 ) -> None:
     with trio.fail_after(TIMEOUT):
         worker = await connect_worker(tmp_path, cpus=3)
@@ -101,7 +102,7 @@ async def test_metrics_follow_a_job_run_by_a_worker(
 
 
 async def test_status_endpoint_and_page(
-    server: Server, port: int, client: ServerConnection
+    server: ServerProcess, port: int, client: ServerConnection
 ) -> None:
     await submit(client, "1-1000000")
     status, head, body = await http_get(port, "/api/status")
@@ -122,7 +123,7 @@ async def test_status_endpoint_and_page(
 
 
 async def test_a_million_task_array_scrapes(
-    server: Server, port: int, client: ServerConnection
+    server: ServerProcess, port: int, client: ServerConnection
 ) -> None:
     await submit(client, "0-999999")
     status, _, body = await http_get(port, "/metrics")
@@ -131,7 +132,7 @@ async def test_a_million_task_array_scrapes(
 
 
 async def test_protocol_frames_on_the_metrics_port_are_refused(
-    server: Server, port: int, tmp_path: Path
+    server: ServerProcess, port: int, tmp_path: Path
 ) -> None:
     """A client's or worker's first frames get a 400 and reach no handler."""
     register = encode(m.RegisterWorker(worker_config(4, "intruder")), m.FromWorker)
@@ -149,7 +150,7 @@ async def test_protocol_frames_on_the_metrics_port_are_refused(
 
 
 async def test_metrics_port_is_closed_with_the_server(tmp_path: Path) -> None:
-    srv = Server(ServerConfig(server_dir=tmp_path, metrics_port=0))
+    srv = ServerProcess(ServerConfig(server_dir=tmp_path, metrics_port=0))
     async with trio.open_nursery() as nursery:
         with trio.fail_after(TIMEOUT):
             await nursery.start(srv.run)

@@ -4,9 +4,9 @@ Every test runs under trio's autojump clock and gives the service `trio.current_
 clock, so back-off delays of an hour take no real time and the order of events is exact. The
 fake backend does no I/O (only the service writes the submit script into `tmp_path`).
 
-The service is connected to the server state by the server's own glue
-(`Server._connect_autoalloc`), so a job submit, a worker registration and a worker loss reach
-it exactly as in `hq server start`.
+The service is connected to the server state as the composition root connects them (the
+state's event hub and `ServerDemand`), so a job submit, a worker registration and a worker loss
+reach it exactly as in `hq server start`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from hqpy.common.resources import (
     parse_descriptor,
 )
 from hqpy.protocol import messages as m
+from hqpy.server.demand import ServerDemand
 from hqpy.server.server import Server, ServerConfig
 from hqpy.server.state import ServerState
 from hqpy.server.workers import Worker, WorkerState
@@ -197,9 +198,13 @@ async def start(
     server = Server(ServerConfig(server_dir=tmp_path))
     server.state.clock = trio.current_time
     service = AutoAllocService(
-        server.state, tmp_path / "001", config, make_backend=fake.make, clock=trio.current_time
+        ServerDemand(server.state),
+        server.state.hub,
+        tmp_path / "001",
+        config,
+        make_backend=fake.make,
+        clock=trio.current_time,
     )
-    server._connect_autoalloc(service)
     await nursery.start(service.run)
     return World(server, service, fake)
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from hqpy.app.server_process import ServerProcess
 from hqpy.client.connection import ServerConnection, connect
 from hqpy.common import serverdir
 from hqpy.common.resources import (
@@ -28,7 +29,7 @@ from hqpy.common.resources import (
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, new_secret, peer_handshake
 from hqpy.protocol.framing import HEADER, FramedStream
-from hqpy.server.server import Server, ServerConfig
+from hqpy.server.server import ServerConfig
 
 TIMEOUT = 10
 
@@ -160,7 +161,7 @@ async def server_is_responsive(client: ServerConnection) -> bool:
 @pytest.fixture
 async def server_dir(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Path]:
     """A running server; a crash of `Server.run` fails the test."""
-    server = Server(ServerConfig(server_dir=tmp_path))
+    server = ServerProcess(ServerConfig(server_dir=tmp_path))
     with trio.fail_after(TIMEOUT):
         await nursery.start(server.run)
     yield tmp_path
@@ -369,7 +370,7 @@ async def test_stop_workers_request_sends_stop_worker(
 
 async def test_stop_server_request_ends_run_and_removes_hq_current(tmp_path: Path) -> None:
     current = tmp_path / serverdir.CURRENT
-    server = Server(ServerConfig(server_dir=tmp_path))
+    server = ServerProcess(ServerConfig(server_dir=tmp_path))
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
