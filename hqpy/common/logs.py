@@ -1,5 +1,9 @@
 """Logging set-up: `HQPY_LOG` (`hqpy.autoalloc=debug,hqpy=info`) or `--debug`, on stderr.
 
+HyperQueue's `RUST_LOG` works too, so its troubleshooting docs apply as written: its module
+paths are mapped to hqpy's loggers (`hyperqueue::server::autoalloc=debug` becomes
+`hqpy.autoalloc=debug`), and `HQPY_LOG` wins where both name the same logger.
+
 The default line is `<UTC time> <LEVEL> <message>`, as HyperQueue prints it; in debug mode lines
 start with `[` and carry milliseconds and the logger name, so they never look like table rows.
 """
@@ -31,7 +35,31 @@ class _Formatter(logging.Formatter):
         return f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', t)} {level} {message}"
 
 
-def parse_spec(spec: str) -> tuple[int | None, dict[str, int]]:
+LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "off": logging.CRITICAL + 10,
+}
+"""Level names of HQPY_LOG and of RUST_LOG (`trace` is hqpy's `debug`)."""
+
+RUST_MODULES = (
+    ("hyperqueue::server::autoalloc", "hqpy.autoalloc"),
+    ("hyperqueue::server", "hqpy.server"),
+    ("hyperqueue::worker", "hqpy.worker"),
+    ("hyperqueue::client", "hqpy.cli"),
+    ("hyperqueue::transfer", "hqpy.protocol"),
+    ("hyperqueue", "hqpy"),
+    ("tako::internal::worker", "hqpy.worker"),
+    ("tako", "hqpy.server"),
+)
+"""HyperQueue's module paths (longest first) and the hqpy loggers that do their work."""
+
+
+def parse_spec(spec: str, variable: str = "HQPY_LOG") -> tuple[int | None, dict[str, int]]:
     """`info`, `hqpy.autoalloc=debug,hqpy=info` -> (root level, per-logger levels)."""
     root: int | None = None
     levels: dict[str, int] = {}
@@ -40,12 +68,10 @@ def parse_spec(spec: str) -> tuple[int | None, dict[str, int]]:
         if not part:
             continue
         name, _, level = part.rpartition("=")
-        value = logging.getLevelName(
-            level.strip().upper().replace("WARN", "WARNING").replace("WARNINGING", "WARNING")
-        )
-        if not isinstance(value, int):
+        value = LEVELS.get(level.strip().lower())
+        if value is None:
             raise ValueError(
-                f"invalid log level `{level}` in HQPY_LOG; use debug, info, warn or error"
+                f"invalid log level `{level}` in {variable}; use debug, info, warn or error"
             )
         if name:
             levels[name.strip()] = value
@@ -54,14 +80,36 @@ def parse_spec(spec: str) -> tuple[int | None, dict[str, int]]:
     return root, levels
 
 
+def rust_log_to_hqpy(spec: str) -> tuple[int | None, dict[str, int]]:
+    """`RUST_LOG` as HyperQueue reads it, mapped to hqpy's loggers; crates hqpy has no
+    counterpart of (`tokio=debug`) are left out."""
+    root, levels = parse_spec(spec, "RUST_LOG")
+    mapped: dict[str, int] = {}
+    for name, level in levels.items():
+        path = name.replace("-", "_")
+        for prefix, logger in RUST_MODULES:
+            if path == prefix or path.startswith(prefix + "::"):
+                mapped[logger] = level
+                break
+    return root, mapped
+
+
+def log_levels(environ: dict[str, str] | os._Environ[str]) -> tuple[int | None, dict[str, int]]:
+    """The levels asked for by `RUST_LOG` and `HQPY_LOG` together (HQPY_LOG wins)."""
+    root, levels = rust_log_to_hqpy(environ.get("RUST_LOG", ""))
+    own_root, own = parse_spec(environ.get("HQPY_LOG", ""))
+    return (own_root if own_root is not None else root), {**levels, **own}
+
+
 def setup_logging(debug: bool, default_level: int = logging.INFO) -> None:
-    spec = os.environ.get("HQPY_LOG", "")
     try:
-        root_level, levels = parse_spec(spec)
+        root_level, levels = log_levels(os.environ)
     except ValueError as e:
         print(e, file=sys.stderr)
         root_level, levels = None, {}
-    debug_format = debug or "debug" in spec.lower()
+    debug_format = debug or any(
+        level <= logging.DEBUG for level in [*levels.values(), root_level or logging.INFO]
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(debug_format))
     root = logging.getLogger()

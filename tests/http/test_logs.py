@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hqpy.common.logs import parse_spec, setup_logging
+from hqpy.common.logs import log_levels, parse_spec, rust_log_to_hqpy, setup_logging
 from tests.e2e.harness import HqEnv, wait_until
 from tests.http.conftest import SERVER_LOG, add_local_queue
 
@@ -48,6 +48,41 @@ def test_hqpy_log_sets_levels_per_logger(monkeypatch: pytest.MonkeyPatch) -> Non
     assert not logging.getLogger("hqpy.server.state").isEnabledFor(logging.DEBUG)
     assert logging.getLogger("hqpy.server.state").isEnabledFor(logging.INFO)
     assert not logging.getLogger("trio").isEnabledFor(logging.INFO)
+
+
+def test_rust_log_maps_hyperqueue_modules_to_hqpy_loggers() -> None:
+    assert rust_log_to_hqpy("hyperqueue::server::autoalloc=debug") == (
+        None,
+        {"hqpy.autoalloc": logging.DEBUG},
+    )
+    assert rust_log_to_hqpy("warn,hyperqueue=trace,tako=info,tokio=debug") == (
+        logging.WARNING,
+        {"hqpy": logging.DEBUG, "hqpy.server": logging.INFO},
+    )
+    assert rust_log_to_hqpy("hyperqueue::worker::start=error") == (
+        None,
+        {"hqpy.worker": logging.ERROR},
+    )
+    with pytest.raises(ValueError, match="in RUST_LOG"):
+        rust_log_to_hqpy("hyperqueue=chatty")
+
+
+def test_hqpy_log_wins_over_rust_log() -> None:
+    environ = {
+        "RUST_LOG": "info,hyperqueue::server::autoalloc=debug",
+        "HQPY_LOG": "hqpy.autoalloc=warn",
+    }
+    assert log_levels(environ) == (logging.INFO, {"hqpy.autoalloc": logging.WARNING})
+    assert log_levels({"RUST_LOG": "debug", "HQPY_LOG": "error"}) == (logging.ERROR, {})
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_rust_log_alone_sets_hqpy_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HQPY_LOG", raising=False)
+    monkeypatch.setenv("RUST_LOG", "hyperqueue::server::autoalloc=debug")
+    setup_logging(debug=False)
+    assert logging.getLogger("hqpy.autoalloc.service").isEnabledFor(logging.DEBUG)
+    assert not logging.getLogger("hqpy.server.state").isEnabledFor(logging.DEBUG)
 
 
 @pytest.mark.usefixtures("restore_logging")
