@@ -33,9 +33,9 @@ from hqpy.autoalloc.capabilities import CancelsAll
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.params import allocation_request
 from hqpy.autoalloc.planner import plan_queue
-from hqpy.autoalloc.state import Allocation, AllocationQueue, AllocEvent, AutoAllocState
+from hqpy.autoalloc.state import Allocation, AllocationQueue, AutoAllocState
 from hqpy.common.demand import DemandSource
-from hqpy.common.events import AllocationSubmitted, AllocEventRecorded, EventHub
+from hqpy.common.events import AllocationSubmitted, EventHub
 from hqpy.common.states import AllocEventKind, QueueState
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ class AllocatorProcess:
         self._backends: dict[str, BatchBackend] = {}
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()
-        self._events_changed = trio.Event()
         self._last_pass = 0.0
         self._last_refresh: dict[int, float] = {}
         self._stopping = False
@@ -84,7 +83,6 @@ class AllocatorProcess:
         self._withdrawing: set[int] = set()
         self._submissions_done = trio.Event()
         self._submissions_done.set()
-        state.on_event = self._on_event
 
     # -----------------------------------------------------------------------------------------
     # Life cycle
@@ -129,42 +127,6 @@ class AllocatorProcess:
         """Run one step of a queue in the loop's nursery, beside every other queue's."""
         assert self._nursery is not None, "the allocator is not running"
         self._nursery.start_soon(step, queue_id, name=f"queue {queue_id} {name}")
-
-    def _on_event(self, event: AllocEvent) -> None:
-        log.info(
-            "Queue %d: %s%s%s",
-            event.queue_id,
-            event.event,
-            f" {event.allocation_id}" if event.allocation_id else "",
-            f": {event.message}" if event.message else "",
-        )
-        self._events_changed.set()
-        self._events_changed = trio.Event()
-        queue = self.state.queues[event.queue_id]
-        wait = None
-        if event.event is AllocEventKind.ALLOCATION_STARTED and event.allocation_id is not None:
-            alloc = queue.allocations.get(event.allocation_id)
-            if alloc is not None and alloc.started_at is not None:
-                wait = max(0.0, alloc.started_at - alloc.queued_at)
-        self.hub.publish(
-            AllocEventRecorded(
-                event.time,
-                event.event,
-                event.queue_id,
-                queue.params.manager,
-                event.allocation_id,
-                event.message,
-                wait,
-            )
-        )
-
-    async def wait_for_events(self, queue_id: int, after: int) -> None:
-        """Return once the queue has more than `after` events (for `alloc events --follow`)."""
-        while True:
-            queue = self.state.queues.get(queue_id)
-            if queue is None or queue.event_count > after:
-                return
-            await self._events_changed.wait()
 
     def _backoff_expired(self) -> bool:
         now = self.clock()

@@ -24,10 +24,17 @@ from hqpy.autoalloc.capabilities import ChecksScript, MarksStarted
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.params import AllocError, allocation_request, validate_params
 from hqpy.autoalloc.process import AllocatorProcess, BackendFactory
-from hqpy.autoalloc.state import AllocationQueue, AutoAllocState
+from hqpy.autoalloc.state import AllocationQueue, AllocEvent, AutoAllocState
 from hqpy.autoalloc.views import AllocatorViews
 from hqpy.common.demand import DemandSource
-from hqpy.common.events import EventHub, JobSubmitted, WorkerConnected, WorkerLost
+from hqpy.common.events import (
+    AllocEventRecorded,
+    EventHub,
+    JobSubmitted,
+    WorkerConnected,
+    WorkerLost,
+)
+from hqpy.common.states import AllocEventKind
 from hqpy.protocol import messages as m
 from hqpy.protocol.messages import QueueParams
 
@@ -54,6 +61,8 @@ class AutoAllocService:
         self.config = config
         self.clock = clock
         self.state = AutoAllocState(clock)
+        self.state.on_event = self._on_event
+        self._events_changed = trio.Event()
         self.host_cpus = len(os.sched_getaffinity(0))
         self.process = AllocatorProcess(
             self.state,
@@ -88,6 +97,36 @@ class AutoAllocService:
 
     async def refresh(self, force: bool) -> None:
         await self.process.refresh(force)
+
+    def _on_event(self, event: AllocEvent) -> None:
+        """Every allocator event goes to the log, to `alloc events --follow` waiters and to the
+        hub (metrics, status page)."""
+        log.info(
+            "Queue %d: %s%s%s",
+            event.queue_id,
+            event.event,
+            f" {event.allocation_id}" if event.allocation_id else "",
+            f": {event.message}" if event.message else "",
+        )
+        self._events_changed.set()
+        self._events_changed = trio.Event()
+        queue = self.state.queues[event.queue_id]
+        wait = None
+        if event.event is AllocEventKind.ALLOCATION_STARTED and event.allocation_id is not None:
+            alloc = queue.allocations.get(event.allocation_id)
+            if alloc is not None and alloc.started_at is not None:
+                wait = max(0.0, alloc.started_at - alloc.queued_at)
+        self.hub.publish(
+            AllocEventRecorded(
+                event.time,
+                event.event,
+                event.queue_id,
+                queue.params.manager,
+                event.allocation_id,
+                event.message,
+                wait,
+            )
+        )
 
     # -----------------------------------------------------------------------------------------
     # Worker events
@@ -210,7 +249,11 @@ class AutoAllocService:
 
     async def wait_for_events(self, queue_id: int, after: int) -> None:
         """Return once the queue has more than `after` events (for `alloc events --follow`)."""
-        await self.process.wait_for_events(queue_id, after)
+        while True:
+            queue = self.state.queues.get(queue_id)
+            if queue is None or queue.event_count > after:
+                return
+            await self._events_changed.wait()
 
     # -----------------------------------------------------------------------------------------
     # Read model (`AllocatorReadModel`): what clients, metrics and the status page see

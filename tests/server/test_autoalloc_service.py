@@ -41,8 +41,6 @@ from hqpy.autoalloc.state import (
     MAX_SUBMISSION_FAILS,
     SUBMISSION_DELAYS,
     AllocationQueue,
-    AllocationState,
-    QueueState,
 )
 from hqpy.common.resources import (
     FRACTIONS,
@@ -51,11 +49,12 @@ from hqpy.common.resources import (
     ResourceRequest,
     parse_descriptor,
 )
+from hqpy.common.states import AllocationState, QueueState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server.demand import ServerDemand
 from hqpy.server.server import Server, ServerConfig
 from hqpy.server.state import ServerState
-from hqpy.server.workers import Worker, WorkerState
+from hqpy.server.workers import Worker
 
 TICK = 5.0
 CONFIG = AutoAllocConfig(
@@ -819,6 +818,133 @@ async def test_refresh_polls_on_its_interval(
 
 
 # ---------------------------------------------------------------------------------------------
+# Withdrawing queued allocations no task needs (hq #13.2)
+
+GRACE = CONFIG.withdraw_grace
+
+
+async def test_queued_allocations_without_demand_are_withdrawn_after_the_grace_period(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=3)
+    submit(world, 3)
+    await settle()
+    assert world.fake.submitted == ["1.job", "2.job", "3.job"]
+    # A worker started by hand takes two of the tasks: one allocation is still needed.
+    add_worker(world, None, cpus="2")
+    gone_at = trio.current_time()
+    await settle(GRACE - 1)
+    assert world.fake.cancelled == [], "withdrawn before the grace period ended"
+    await settle(CONFIG.max_schedule_delay + 2 * TICK)
+    assert sorted(world.fake.cancelled) == ["2.job", "3.job"], "the newest go, the oldest stays"
+    assert world.allocation_states() == {
+        "1.job": AllocationState.QUEUED,
+        "2.job": AllocationState.FINISHED,
+        "3.job": AllocationState.FINISHED,
+    }
+    withdrawn = [e for e in world.queue().events if e.event == "allocation-withdrawn"]
+    assert [e.allocation_id for e in withdrawn] == ["2.job", "3.job"]
+    assert all(e.time - gone_at >= GRACE for e in withdrawn)
+    assert world.queue().limiter.allocation_fails == 0
+    # Withdrawn allocations are not replaced: nothing needs them.
+    await settle(3 * CONFIG.max_schedule_delay)
+    assert world.fake.submitted == ["1.job", "2.job", "3.job"]
+
+
+async def test_demand_that_returns_within_the_grace_period_keeps_the_allocations(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=2)
+    submit(world, 2)
+    await settle()
+    worker = add_worker(world, None, cpus="2")
+    await settle(GRACE / 2)
+    # The worker goes away before it ran them: the tasks wait again.
+    world.state.on_worker_lost(worker, WorkerState.CONNECTION_LOST)
+    await settle(3 * GRACE)
+    assert world.fake.cancelled == []
+    assert "allocation-withdrawn" not in world.events()
+
+
+async def test_withdrawal_that_the_batch_system_refuses_keeps_the_allocation(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    await settle()
+    world.fake.cancel_error = "scancel execution failed\nExit code: 1"
+    add_worker(world, None)
+    await settle(GRACE + CONFIG.max_schedule_delay + 2 * TICK)
+    assert world.fake.cancelled == ["1.job"] * CANCEL_ATTEMPTS
+    assert world.allocation_states() == {"1.job": AllocationState.QUEUED}
+    assert world.events()[-1] == "cancel-failed"
+    alloc = world.queue().allocations["1.job"]
+    assert (alloc.cancel_reason, alloc.withdrawing) == (None, False)
+    # It tries again a grace period later; now the batch system takes it.
+    world.fake.cancel_error = None
+    await settle(GRACE + CONFIG.max_schedule_delay + 2 * TICK)
+    assert world.allocation_states() == {"1.job": AllocationState.FINISHED}
+    assert world.events()[-1] == "allocation-withdrawn"
+
+
+# ---------------------------------------------------------------------------------------------
+# One queue's batch commands never stall another's (hq #8.6)
+
+
+async def test_a_hanging_submit_of_one_queue_does_not_stall_another(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1, cpus="2")
+    await add_queue(world, backlog=3, cpus="1")
+    world.fake.hanging_submits = {1}
+    submit(world, 1, cpus=2)  # only queue 1 can run it: its `sbatch` hangs for 30 s
+    await settle()
+    assert len(world.fake.made("submit")) == 1
+    submitted_at = trio.current_time()
+    submit(world, 3, cpus=1)
+    with trio.fail_after(1):
+        await world.fake.wait_for("submit", 4)
+    assert trio.current_time() - submitted_at < 1, "queue 2 waited for queue 1's sbatch"
+    await settle()
+    assert list(world.queue(2).allocations) == ["1.job", "2.job", "3.job"]
+    assert world.queue(1).allocations == {}
+    # The submission under way counted as queue 1's queued allocation: passes that ran
+    # meanwhile neither submitted it again nor gave its task to queue 2.
+    await settle(25)
+    assert len(world.fake.made("submit")) == 4
+    await settle(10)
+    [failed] = [e for e in world.queue(1).events if e.event == "submit-failed"]
+    assert "did not finish within 30s" in failed.message
+    assert world.queue(1).in_flight == []
+
+
+async def test_a_hanging_status_query_of_one_queue_does_not_stall_another(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    config = AutoAllocConfig(refresh_interval=TICK, max_schedule_delay=30.0, tick_interval=TICK)
+    world = await start(nursery, tmp_path, config)
+    await add_queue(world, backlog=1, cpus="2")
+    await add_queue(world, backlog=1, cpus="1")
+    submit(world, 1, cpus=2)
+    await settle()
+    submit(world, 1, cpus=1)
+    await settle()
+    assert list(world.queue(1).allocations) == ["1.job"]
+    assert list(world.queue(2).allocations) == ["2.job"]
+    world.fake.hanging_queries = {"1.job"}
+    world.fake.statuses["2.job"] = ExternalStatus(ExternalState.RUNNING, raw="RUNNING")
+    await settle(2 * TICK)
+    assert world.allocation_states(2) == {"2.job": AllocationState.RUNNING}
+    queries = [c.args for c in world.fake.made("query")]
+    assert queries.count(("1.job",)) == 1, "a queue's poll is not started again while it runs"
+    assert queries.count(("2.job",)) >= 1
+
+
+# ---------------------------------------------------------------------------------------------
 # Requests: remove, cancel, events, add with a dry run
 
 
@@ -1126,7 +1252,7 @@ async def test_add_queue_fails_when_the_dry_run_cannot_cancel(
             {"time_limit": 600.0, "worker_time_limit": 601.0},
             "Worker time limit cannot be larger than queue time limit",
         ),
-        ({"manager": "lsf"}, "Unknown manager `lsf`"),
+        ({"manager": "loadleveler"}, "Unknown manager `loadleveler`"),
         ({"cpus": "lots"}, "Invalid worker resources"),
     ],
 )
