@@ -598,6 +598,36 @@ def assert_status_call_shape(manager: str, call: dict[str, Any], ids: list[str])
 # Pause, resume and the event stream
 
 
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_queued_allocation_is_withdrawn_once_its_tasks_are_gone(
+    batches: Batches, hq_env: HqEnv, manager: str
+) -> None:
+    # hq #13.2: an allocation queued for work that is no longer there is cancelled in the
+    # batch system after the grace period (here 0.5 s), instead of starting for nothing.
+    batch = batches.setup(hq_env, manager)
+    hq_env.env["HQPY_AUTOALLOC_WITHDRAW_GRACE_MS"] = "500"
+    hq_env.start_server()
+    add_queue(hq_env, manager, "--time-limit", "10m", "--cpus", "1", *HELD[manager])
+    hq_env.command("submit", "--", "sleep", "0")
+    wait_logged(hq_env, 1, "allocation-queued")
+    [allocation_id] = logged_ids(hq_env, 1, "allocation-queued")
+    hq_env.command("job", "cancel", "1")
+    wait_logged(hq_env, 1, "allocation-withdrawn")
+    [info] = alloc_info(hq_env)
+    assert (info["id"], info["status"]) == (allocation_id, "finished")
+    [event] = [e for e in alloc_events(hq_env) if e["event"] == "allocation-withdrawn"]
+    assert event["allocation_id"] == allocation_id
+    assert event["message"] == "no waiting task needed it; cancelled in the batch system"
+    wait_allocation_gone(hq_env, manager, allocation_id)
+    if manager != "local":
+        [cancel] = batch.calls(CANCEL_TOOL[manager])
+        assert cancel["argv"] == [allocation_id]
+        assert batch.state is not None
+        jobs = json.loads(batch.state.read_text())["jobs"]
+        assert {j["state"] for j in jobs.values()} == {"cancelled"}
+    assert hq_env.stop_server() == 0
+
+
 def test_pause_resume_and_events_follow(batches: Batches, hq_env: HqEnv) -> None:
     batches.setup(hq_env, "local")
     hq_env.start_server()
