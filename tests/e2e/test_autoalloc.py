@@ -628,6 +628,29 @@ def test_queued_allocation_is_withdrawn_once_its_tasks_are_gone(
     assert hq_env.stop_server() == 0
 
 
+def test_a_hanging_sbatch_does_not_stall_a_local_queue(batches: Batches, hq_env: HqEnv) -> None:
+    # hq #8.6: while queue 1's `sbatch` hung, queue 2 (local) submitted nothing for 30 s.
+    batch = batches.setup(hq_env, "slurm", HQPY_EMULATOR_HANG="15")
+    hq_env.start_server()
+    add_queue(hq_env, "slurm", "--time-limit", "10m", "--cpus", "2", *HELD["slurm"])
+    add_queue(hq_env, "local", "--time-limit", "10m", "--cpus", "1", queue_id=2)
+    hq_env.command("submit", "--cpus", "2", "--", "sleep", "0")  # only queue 1 runs it
+    wait_until(lambda: batch.calls("sbatch"), timeout=20, what="sbatch is called")
+    hq_env.command("submit", "--", "sleep", "0")  # queue 2 runs it (queue 1 covers job 1)
+    assert job_stats(hq_env, 2)["finished"] == 1
+    assert logged(hq_env, 1, "allocation-queued") + logged(hq_env, 1, "submit-failed") == 0, (
+        "the local queue waited for the hanging sbatch"
+    )
+    assert len(batch.calls("sbatch")) == 1, "a submission under way is not made again"
+    # Stopping waits for the submission under way, then cancels what it made (its `scancel`
+    # hangs too: 15 + 15 s, within the stop's bound of the command timeout + 5 s).
+    assert hq_env.server is not None
+    hq_env.command("server", "stop")
+    assert hq_env.server.wait_exit(timeout=60) == 0
+    [allocation_id] = logged_ids(hq_env, 1, "allocation-queued")
+    assert [c["argv"] for c in batch.calls("scancel")] == [[allocation_id]]
+
+
 def test_pause_resume_and_events_follow(batches: Batches, hq_env: HqEnv) -> None:
     batches.setup(hq_env, "local")
     hq_env.start_server()
