@@ -35,6 +35,9 @@ class AutoAllocConfig:
     """The longest any batch command (`sbatch`, `squeue`, `qsub`, ...) may take."""
     debounce: float = 0.005
     """Events that arrive together cause one submit pass."""
+    withdraw_grace: float = 60.0
+    """How long a queued allocation may go without demand before it is withdrawn (cancelled
+    in the batch system). hqpy's own: HyperQueue leaves such allocations queued."""
 
     @classmethod
     def from_env(cls) -> AutoAllocConfig:
@@ -50,4 +53,5 @@ class AutoAllocConfig:
             max_schedule_delay=_ms("HQ_AUTOALLOC_MAX_SCHEDULE_DELAY_MS", 30_000),
             tick_interval=_ms("HQ_AUTOALLOC_SCHEDULE_TICK_INTERVAL_MS", 5_000),
             max_allocation_fails=max(max_fails, 1),
+            withdraw_grace=_ms("HQPY_AUTOALLOC_WITHDRAW_GRACE_MS", 60_000),
         )

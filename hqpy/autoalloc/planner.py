@@ -4,17 +4,31 @@ Demand counts only waiting tasks that a worker of the queue could run: its resou
 `--cpus/--resource`, or learned from the queue's latest worker) must hold the task's request, and
 the task's time request must fit in the worker's time limit (equal fits). Workers that queued
 allocations will bring are subtracted, and the result is cut to the queue's limits.
+
+The machine's cpu count (for `local` queues) is an argument, so everything here stays pure.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 
 import attrs
 
+from hqpy.autoalloc.state import AllocationQueue
 from hqpy.common.demand import WaitingWork
-from hqpy.common.resources import ALL, ResourceDescriptorItem, ResourceRequest
+from hqpy.common.resources import (
+    ALL,
+    FRACTIONS,
+    ResourceDescriptorItem,
+    ResourceRequest,
+    parse_descriptor,
+    parse_resource_arg,
+)
+from hqpy.protocol.messages import QueueParams
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -131,3 +145,110 @@ def compute_submission_permit(
         sizes.append(size)
         budget -= size
     return sizes
+
+
+def declared_resources(params: QueueParams) -> list[ResourceDescriptorItem]:
+    """The worker resources a queue's options describe (`--cpus`, `--resource`).
+
+    Raises:
+        ValueError: an option that does not parse.
+    """
+    items = []
+    if params.cpus is not None:
+        items.append(parse_descriptor("cpus", params.cpus))
+    for text in params.resources:
+        name, definition = parse_resource_arg(text)
+        items.append(parse_descriptor(name, definition))
+    return items
+
+
+def local_cpus(params: QueueParams, host_cpus: int) -> str | None:
+    """Local allocations share this machine: each worker gets its part of the cpus."""
+    if params.manager != "local" or params.cpus is not None:
+        return None
+    return str(max(1, host_cpus // max(1, params.workers_per_alloc)))
+
+
+def max_workers(params: QueueParams, shape: WorkerShape | None, host_cpus: int) -> int | None:
+    """The queue's worker cap. When hqpy divides this machine's cpus among local workers (no
+    `--cpus`), their workers together get as many cpus as it has, not more, unless
+    `--max-worker-count` says otherwise."""
+    if (
+        params.max_worker_count is not None
+        or local_cpus(params, host_cpus) is None
+        or shape is None
+    ):
+        return params.max_worker_count
+    per_worker = shape.capacity.get("cpus", 0) // FRACTIONS
+    if per_worker <= 0:
+        return None
+    return max(1, host_cpus // per_worker)
+
+
+@attrs.frozen
+class QueuePlan:
+    sizes: list[int]
+    """Worker counts of the allocations to submit now."""
+    rest: list[WaitingWork]
+    """The work left for the next queues once this queue's coming workers took their part."""
+    needed_workers: int
+    """Workers of queued allocations the demand still needs; queued allocations beyond them
+    are unneeded (and withdrawn after a grace period)."""
+
+
+def plan_queue(
+    queue: AllocationQueue, work: list[WaitingWork], host_cpus: int, may_submit: bool = True
+) -> QueuePlan:
+    """What one queue should do in this pass, given the work earlier queues left.
+
+    Submissions under way (`queue.in_flight`) count as queued allocations. With `may_submit`
+    False (its previous submissions are still running) it submits nothing, but its coming
+    workers still take their part of the work."""
+    p = queue.params
+    time_limit = queue.worker_time_limit()
+    declared = declared_resources(p)
+    override = local_cpus(p, host_cpus)
+    if override is not None:
+        declared.append(parse_descriptor("cpus", override))
+    shape = shape_of(declared, queue.known_resources)
+    queued = queue.queued()
+    in_flight = sum(queue.in_flight)
+    running_coming = sum(
+        max(0, a.worker_count - len(a.connected) - len(a.disconnected)) for a in queue.running()
+    )
+    coming = sum(a.worker_count for a in queued) + in_flight + running_coming
+    if shape is None:
+        # Probing: one allocation at a time until a worker tells what workers look like.
+        runnable = any_runnable(work, time_limit)
+        busy = any(True for _ in queue.active()) or bool(queue.in_flight)
+        wanted = p.workers_per_alloc if runnable and not busy else 0
+        needed = sum(a.worker_count for a in queued) if runnable else 0
+    else:
+        wanted = workers_wanted(work, shape, time_limit)
+        needed = max(0, wanted - running_coming)
+    sizes: list[int] = []
+    if may_submit:
+        sizes = compute_submission_permit(
+            wanted_workers=wanted,
+            coming_workers=coming,
+            queued_allocations=len(queued) + len(queue.in_flight),
+            backlog=p.backlog,
+            workers_per_alloc=p.workers_per_alloc,
+            active_workers=queue.active_worker_count() + in_flight,
+            max_worker_count=max_workers(p, shape, host_cpus),
+        )
+    log.debug(
+        "Queue %d: %d waiting task groups, shape %s, wanted %d workers, coming %d, "
+        "queued %d/%d -> submit %s",
+        queue.id,
+        len(work),
+        shape,
+        wanted,
+        coming,
+        len(queued) + len(queue.in_flight),
+        p.backlog,
+        sizes,
+    )
+    if shape is None:
+        coming = sum(a.worker_count for a in queue.active()) + in_flight
+    return QueuePlan(sizes, consume(work, shape, coming + sum(sizes), time_limit), needed)

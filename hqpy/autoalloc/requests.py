@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hqpy.autoalloc.service import AutoAllocService, queue_view
+from hqpy.autoalloc.service import AutoAllocService
+from hqpy.autoalloc.views import queue_view
 from hqpy.protocol import messages as m
 from hqpy.protocol.readmodels import HandlerTable
 

@@ -2,6 +2,9 @@
 
 QUEUED --(first worker registers, or the batch system says running)--> RUNNING
 QUEUED/RUNNING --(all its workers gone, or the batch system says it ended)--> FINISHED | FAILED
+QUEUED/RUNNING --(hqpy cancelled it and the batch system confirmed)--> FINISHED (`canceled: ...`)
+QUEUED --(no demand for a grace period, cancel confirmed)--> FINISHED (`allocation-withdrawn`)
+QUEUED/RUNNING --(status unreadable > 10 / > 20 times)--> FAILED / FINISHED (no back-off)
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import attrs
 
+from hqpy.autoalloc.backends.base import ExternalState, ExternalStatus
 from hqpy.common.resources import ResourceDescriptorItem
 from hqpy.common.states import AllocationState, AllocEventKind, QueueState
 from hqpy.protocol.messages import QueueParams
@@ -52,7 +56,13 @@ class Allocation:
     """(worker id, lifetime in seconds, whether it was lost by a failure)."""
     status_errors: int = 0
     cancel_reason: str | None = None
-    """Set when hqpy cancels it, so the loss of its workers is not taken for a crash."""
+    """Set when hqpy cancels it, so the loss of its workers is not taken for a crash. It stays
+    set when the batch system did not confirm the cancel: a later status that says the
+    allocation ended then confirms it."""
+    withdrawing: bool = False
+    """The cancel under way is a withdrawal (no demand left for it)."""
+    unneeded_since: float | None = None
+    """When a pass first found no demand for this queued allocation (None: it is needed)."""
 
     @property
     def is_active(self) -> bool:
@@ -131,6 +141,9 @@ class AllocationQueue:
     """Events ever recorded (also those dropped from the front of `events`)."""
     removed: bool = False
     pause_reason: str | None = None
+    in_flight: list[int] = attrs.Factory(list)
+    """Worker counts of the submissions under way: they count as queued allocations, so a
+    pass that runs meanwhile neither submits for the same work nor hands it to the next queue."""
 
     def active(self) -> Iterator[Allocation]:
         return (a for a in self.allocations.values() if a.is_active)
@@ -224,21 +237,116 @@ class AutoAllocState:
         alloc.started_at = self.clock()
         self.record(queue, AllocEventKind.ALLOCATION_STARTED, alloc.id, message)
 
-    def end(self, queue: AllocationQueue, alloc: Allocation, failed: bool, message: str) -> None:
+    def end(
+        self,
+        queue: AllocationQueue,
+        alloc: Allocation,
+        failed: bool,
+        message: str,
+        *,
+        counts: bool = True,
+        kind: AllocEventKind | None = None,
+    ) -> None:
+        """End an active allocation. A failure counts towards the back-off and the self-pause
+        (unless `counts` is False); a normal end of a started allocation resets them; an
+        allocation that never started and ended normally leaves them as they are."""
         if not alloc.is_active:
             return
         alloc.state = AllocationState.FAILED if failed else AllocationState.FINISHED
         alloc.finished_at = self.clock()
-        if failed:
-            queue.limiter.on_allocation_fail()
-        elif alloc.started_at is not None:
-            queue.limiter.on_allocation_success()
-        self.record(
-            queue,
-            AllocEventKind.ALLOCATION_FAILED if failed else AllocEventKind.ALLOCATION_FINISHED,
-            alloc.id,
-            message,
+        if counts:
+            if failed:
+                queue.limiter.on_allocation_fail()
+            elif alloc.started_at is not None:
+                queue.limiter.on_allocation_success()
+        if kind is None:
+            kind = (
+                AllocEventKind.ALLOCATION_FAILED if failed else AllocEventKind.ALLOCATION_FINISHED
+            )
+        self.record(queue, kind, alloc.id, message)
+
+    def end_canceled(self, queue: AllocationQueue, alloc: Allocation) -> None:
+        """The batch system confirmed hqpy's cancel (or says the allocation is gone)."""
+        if alloc.withdrawing:
+            self.end(
+                queue,
+                alloc,
+                False,
+                "no waiting task needed it; cancelled in the batch system",
+                kind=AllocEventKind.ALLOCATION_WITHDRAWN,
+            )
+        else:
+            self.end(queue, alloc, False, f"canceled: {alloc.cancel_reason}")
+
+    def on_external_status(
+        self, queue: AllocationQueue, alloc: Allocation, status: ExternalStatus
+    ) -> None:
+        """What the batch system says of an allocation. One that ended normally is FINISHED even
+        if no worker ever registered (a walltime end too); only a failure counts."""
+        if not alloc.is_active:
+            return
+        alloc.status_errors = 0
+        ended = status.state in (ExternalState.FINISHED, ExternalState.FAILED)
+        if alloc.cancel_reason is not None:
+            # hqpy is cancelling it: its end is hqpy's doing, not a failure.
+            if ended:
+                self.end_canceled(queue, alloc)
+            return
+        if status.state is ExternalState.RUNNING:
+            self.start(queue, alloc, f"the batch system reports it running ({status.raw})")
+        elif ended:
+            why = f"the batch system reports it ended ({status.raw or status.state.value})"
+            if alloc.started_at is None and not alloc.disconnected:
+                why += " before any worker registered"
+            self.end(queue, alloc, status.state is ExternalState.FAILED, why)
+
+    def on_status_error(self, queue: AllocationQueue, alloc: Allocation) -> bool:
+        """One more failed status read. A queued allocation that collected more than
+        `MAX_QUEUED_STATUS_ERRORS` fails, a running one after `MAX_RUNNING_STATUS_ERRORS`
+        finishes; neither counts towards the back-off, so its replacement comes at the next
+        pass. True when it ended so and should be cancelled in the batch system (it may still
+        exist there): not while workers of it are connected, since they are the truth."""
+        if not alloc.is_active or alloc.cancel_reason is not None:
+            return False
+        alloc.status_errors += 1
+        queued = alloc.state is AllocationState.QUEUED
+        limit = MAX_QUEUED_STATUS_ERRORS if queued else MAX_RUNNING_STATUS_ERRORS
+        if alloc.status_errors <= limit:
+            return False
+        message = f"its status could not be read {alloc.status_errors} times in a row"
+        self.end(queue, alloc, queued, message, counts=False)
+        return not alloc.connected
+
+    def mark_unneeded(
+        self, queue: AllocationQueue, needed_workers: int, now: float, grace: float
+    ) -> list[Allocation]:
+        """Queued allocations the demand no longer needs for `grace` seconds (to withdraw).
+
+        The oldest queued allocations (closest to starting) are kept until their workers cover
+        `needed_workers`; the others are unneeded since this pass, or since an earlier one."""
+        due: list[Allocation] = []
+        covered = 0
+        for alloc in sorted(queue.queued(), key=lambda a: a.seq):
+            if alloc.cancel_reason is not None:
+                continue
+            if covered < needed_workers:
+                covered += alloc.worker_count
+                alloc.unneeded_since = None
+            elif alloc.unneeded_since is None:
+                alloc.unneeded_since = now
+            elif now - alloc.unneeded_since >= grace:
+                due.append(alloc)
+        return due
+
+    def pause_if_failing(self, queue: AllocationQueue) -> bool:
+        """Pause a queue whose submissions or allocations keep failing; True if it is so."""
+        reason = queue.limiter.pause_reason()
+        if reason is None:
+            return False
+        self.pause(
+            queue, f"paused itself: {reason}; fix the cause, then `hq alloc resume {queue.id}`"
         )
+        return True
 
     def on_worker_connected(
         self, worker_id: int, allocation_id: str, resources: tuple[ResourceDescriptorItem, ...]

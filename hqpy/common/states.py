@@ -112,6 +112,7 @@ class AllocEventKind(enum.StrEnum):
     ALLOCATION_STARTED = "allocation-started"
     ALLOCATION_FINISHED = "allocation-finished"
     ALLOCATION_FAILED = "allocation-failed"
+    ALLOCATION_WITHDRAWN = "allocation-withdrawn"
     SUBMIT_FAILED = "submit-failed"
     STATUS_ERROR = "status-error"
     CANCEL_FAILED = "cancel-failed"

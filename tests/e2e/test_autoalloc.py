@@ -598,6 +598,59 @@ def assert_status_call_shape(manager: str, call: dict[str, Any], ids: list[str])
 # Pause, resume and the event stream
 
 
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_queued_allocation_is_withdrawn_once_its_tasks_are_gone(
+    batches: Batches, hq_env: HqEnv, manager: str
+) -> None:
+    # hq #13.2: an allocation queued for work that is no longer there is cancelled in the
+    # batch system after the grace period (here 0.5 s), instead of starting for nothing.
+    batch = batches.setup(hq_env, manager)
+    hq_env.env["HQPY_AUTOALLOC_WITHDRAW_GRACE_MS"] = "500"
+    hq_env.start_server()
+    add_queue(hq_env, manager, "--time-limit", "10m", "--cpus", "1", *HELD[manager])
+    hq_env.command("submit", "--", "sleep", "0")
+    wait_logged(hq_env, 1, "allocation-queued")
+    [allocation_id] = logged_ids(hq_env, 1, "allocation-queued")
+    hq_env.command("job", "cancel", "1")
+    wait_logged(hq_env, 1, "allocation-withdrawn")
+    [info] = alloc_info(hq_env)
+    assert (info["id"], info["status"]) == (allocation_id, "finished")
+    [event] = [e for e in alloc_events(hq_env) if e["event"] == "allocation-withdrawn"]
+    assert event["allocation_id"] == allocation_id
+    assert event["message"] == "no waiting task needed it; cancelled in the batch system"
+    wait_allocation_gone(hq_env, manager, allocation_id)
+    if manager != "local":
+        [cancel] = batch.calls(CANCEL_TOOL[manager])
+        assert cancel["argv"] == [allocation_id]
+        assert batch.state is not None
+        jobs = json.loads(batch.state.read_text())["jobs"]
+        assert {j["state"] for j in jobs.values()} == {"cancelled"}
+    assert hq_env.stop_server() == 0
+
+
+def test_a_hanging_sbatch_does_not_stall_a_local_queue(batches: Batches, hq_env: HqEnv) -> None:
+    # hq #8.6: while queue 1's `sbatch` hung, queue 2 (local) submitted nothing for 30 s.
+    batch = batches.setup(hq_env, "slurm", HQPY_EMULATOR_HANG="15")
+    hq_env.start_server()
+    add_queue(hq_env, "slurm", "--time-limit", "10m", "--cpus", "2", *HELD["slurm"])
+    add_queue(hq_env, "local", "--time-limit", "10m", "--cpus", "1", queue_id=2)
+    hq_env.command("submit", "--cpus", "2", "--", "sleep", "0")  # only queue 1 runs it
+    wait_until(lambda: batch.calls("sbatch"), timeout=20, what="sbatch is called")
+    hq_env.command("submit", "--", "sleep", "0")  # queue 2 runs it (queue 1 covers job 1)
+    assert job_stats(hq_env, 2)["finished"] == 1
+    assert logged(hq_env, 1, "allocation-queued") + logged(hq_env, 1, "submit-failed") == 0, (
+        "the local queue waited for the hanging sbatch"
+    )
+    assert len(batch.calls("sbatch")) == 1, "a submission under way is not made again"
+    # Stopping waits for the submission under way, then cancels what it made (its `scancel`
+    # hangs too: 15 + 15 s, within the stop's bound of the command timeout + 5 s).
+    assert hq_env.server is not None
+    hq_env.command("server", "stop")
+    assert hq_env.server.wait_exit(timeout=60) == 0
+    [allocation_id] = logged_ids(hq_env, 1, "allocation-queued")
+    assert [c["argv"] for c in batch.calls("scancel")] == [[allocation_id]]
+
+
 def test_pause_resume_and_events_follow(batches: Batches, hq_env: HqEnv) -> None:
     batches.setup(hq_env, "local")
     hq_env.start_server()

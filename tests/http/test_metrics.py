@@ -235,7 +235,7 @@ async def test_allocation_metrics_follow_events(
     for n in range(3):
         alloc = add_allocation(service, 1, f"local-f{n}")
         service.state.end(queue, alloc, True, "crashed")
-    assert service._pause_if_failing(queue)
+    assert service.state.pause_if_failing(queue)
     s = scrape(metrics)
     assert value(s, "hqpy_allocations_ended_total", outcome="failed", **labels) == 3
     assert value(s, "hqpy_allocations", state="failed", **labels) == 3

@@ -24,20 +24,23 @@ from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     BatchBackend,
     CancelError,
+    CancelOutcome,
+    CancelTarget,
     ExternalState,
     ExternalStatus,
     StatusQueryError,
     SubmitError,
+    cancel_each,
 )
+from hqpy.autoalloc.cancels import CANCEL_ATTEMPTS, cancel_bound
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.service import AllocError, AutoAllocService
 from hqpy.autoalloc.state import (
     MAX_QUEUED_STATUS_ERRORS,
+    MAX_RUNNING_STATUS_ERRORS,
     MAX_SUBMISSION_FAILS,
     SUBMISSION_DELAYS,
     AllocationQueue,
-    AllocationState,
-    QueueState,
 )
 from hqpy.common.resources import (
     FRACTIONS,
@@ -46,11 +49,12 @@ from hqpy.common.resources import (
     ResourceRequest,
     parse_descriptor,
 )
+from hqpy.common.states import AllocationState, QueueState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server.demand import ServerDemand
 from hqpy.server.server import Server, ServerConfig
 from hqpy.server.state import ServerState
-from hqpy.server.workers import Worker, WorkerState
+from hqpy.server.workers import Worker
 
 TICK = 5.0
 CONFIG = AutoAllocConfig(
@@ -97,6 +101,14 @@ class FakeBackend:
         self.cancel_error: str | None = None
         self.cancel_gate: trio.Event | None = None
         """When set, cancels wait for it (a slow `scancel`)."""
+        self.cancel_failures: dict[str, int] = {}
+        """Allocation id -> how many of its next cancels fail (then they succeed)."""
+        self.hanging_cancels: set[str] = set()
+        """Allocation ids whose cancel never returns (an `scancel` that hangs)."""
+        self.hanging_submits: set[int] = set()
+        """Queue ids whose submissions hang for the 30 s command timeout, then fail."""
+        self.hanging_queries: set[str] = set()
+        """Allocation ids whose status query hangs for the 30 s command timeout, then fails."""
         self.managers: list[str] = []
         self._next_id = 1
         self._changed = trio.Event()
@@ -120,6 +132,10 @@ class FakeBackend:
         await trio.lowlevel.checkpoint()
         self._record("submit", str(script))
         self.scripts.append(script)
+        queue_dir = workdir.parent.name.split("-")[0]  # `autoalloc/<queue>[-name]/<seq>`
+        if queue_dir.isdigit() and int(queue_dir) in self.hanging_submits:
+            await trio.sleep(30.0)
+            raise SubmitError("sbatch did not finish within 30s")
         if self.submit_errors:
             raise SubmitError(self.submit_errors.pop(0))
         if self.fail_submit is not None:
@@ -131,6 +147,9 @@ class FakeBackend:
     async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
         await trio.lowlevel.checkpoint()
         self._record("query", *ids)
+        if self.hanging_queries.intersection(ids):
+            await trio.sleep(30.0)
+            raise StatusQueryError("squeue did not finish within 30s")
         if self.query_error is not None:
             raise StatusQueryError(self.query_error)
         queued = ExternalStatus(ExternalState.QUEUED, raw="PENDING")
@@ -141,8 +160,17 @@ class FakeBackend:
         self._record("cancel", allocation_id)
         if self.cancel_gate is not None:
             await self.cancel_gate.wait()
+        if allocation_id in self.hanging_cancels:
+            await trio.sleep_forever()
+        if self.cancel_failures.get(allocation_id, 0) > 0:
+            self.cancel_failures[allocation_id] -= 1
+            raise CancelError("scancel: error: Socket timed out on send/recv operation")
         if self.cancel_error is not None:
             raise CancelError(self.cancel_error)
+
+    async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
+        self._record("cancel_many", *(t.allocation_id for t in targets))
+        return await cancel_each(self.cancel, targets, timeout=30.0)
 
     # --- for the tests
 
@@ -662,27 +690,53 @@ async def test_external_status_starts_and_ends_allocations(
     assert fake.made("query")[-1].args == ("3.job",)
 
 
-async def test_external_finish_before_any_worker_is_a_failure(
+@pytest.mark.parametrize("raw", ["COMPLETED", "TIMEOUT", "F"])
+async def test_external_finish_before_any_worker_is_finished_and_does_not_back_off(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path, raw: str
+) -> None:
+    # hq #14.2: HyperQueue's FinishedUnexpectedly{failed: false} (PBS `F` with exit 0, Slurm
+    # COMPLETED or TIMEOUT): finished, and no step up the back-off ladder.
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    await settle()
+    world.fake.statuses["1.job"] = ExternalStatus(ExternalState.FINISHED, raw=raw)
+    await world.service.refresh(force=True)
+    assert world.allocation_states()["1.job"] is AllocationState.FINISHED
+    event = world.queue().events[-1]
+    assert (event.event, event.allocation_id) == ("allocation-finished", "1.job")
+    assert raw in event.message
+    assert "before any worker registered" in event.message
+    limiter = world.queue().limiter
+    assert (limiter.allocation_fails, limiter.step) == (0, 0)
+    # The task still waits: its replacement comes at the next pass, not a minute later.
+    await settle()
+    assert world.fake.submitted == ["1.job", "2.job"]
+
+
+async def test_external_failure_before_any_worker_counts_towards_the_back_off(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     world = await start(nursery, tmp_path)
     await add_queue(world, backlog=1)
     submit(world, 1)
     await settle()
-    world.fake.statuses["1.job"] = ExternalStatus(ExternalState.FINISHED, raw="COMPLETED")
+    world.fake.statuses["1.job"] = ExternalStatus(ExternalState.FAILED, raw="FAILED")
     await world.service.refresh(force=True)
     assert world.allocation_states()["1.job"] is AllocationState.FAILED
-    event = world.queue().events[-1]
-    assert (event.event, event.allocation_id) == ("allocation-failed", "1.job")
-    assert "COMPLETED" in event.message
-    assert "before any worker registered" in event.message
     assert world.queue().limiter.allocation_fails == 1
+    await settle()
+    assert world.fake.submitted == ["1.job"], "the back-off holds the replacement"
+    await settle(SUBMISSION_DELAYS[1] + 2 * TICK)
+    assert world.fake.submitted == ["1.job", "2.job"]
 
 
-async def test_status_errors_end_a_queued_allocation(
+async def test_status_errors_fail_a_queued_allocation_which_is_cancelled_and_replaced(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    # HyperQueue issue #764: a purged job kept its allocation queued forever.
+    # HyperQueue issue #764: a purged job kept its allocation queued forever. hq #14.3: after
+    # more than 10 errors it fails, its replacement comes at the next pass (no back-off), and
+    # (#8.5) it is cancelled in the batch system, where it may still exist.
     world = await start(nursery, tmp_path)
     await add_queue(world, backlog=1)
     submit(world, 1)
@@ -693,16 +747,40 @@ async def test_status_errors_end_a_queued_allocation(
         await world.service.refresh(force=True)
     assert world.allocation_states()["1.job"] is AllocationState.QUEUED
     assert world.queue().allocations["1.job"].status_errors == MAX_QUEUED_STATUS_ERRORS
+    assert world.fake.cancelled == []
     await world.service.refresh(force=True)
     assert world.allocation_states()["1.job"] is AllocationState.FAILED
     errors = [e for e in world.queue().events if e.event == "status-error"]
     assert len(errors) == MAX_QUEUED_STATUS_ERRORS + 1
     assert all(e.message == error for e in errors)
-    assert world.queue().events[-1].event == "allocation-failed"
-    # The task still waits: a new allocation takes the failed one's place.
-    world.fake.query_error = None
-    await settle(SUBMISSION_DELAYS[1] + 2 * TICK)
+    [failed] = [e for e in world.queue().events if e.event == "allocation-failed"]
+    assert failed.allocation_id == "1.job"
+    assert "could not be read 11 times" in failed.message
+    assert world.fake.cancelled == ["1.job"]
+    assert (world.queue().limiter.allocation_fails, world.queue().limiter.step) == (0, 0)
+    # The task still waits: a new allocation takes the failed one's place at the next pass.
+    await settle()
     assert world.fake.submitted == ["1.job", "2.job"]
+
+
+async def test_status_errors_finish_a_running_allocation_after_twenty(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    await settle()
+    world.fake.statuses["1.job"] = ExternalStatus(ExternalState.RUNNING, raw="RUNNING")
+    await world.service.refresh(force=True)
+    assert world.allocation_states()["1.job"] is AllocationState.RUNNING
+    world.fake.query_error = "squeue timed out"
+    for _ in range(MAX_RUNNING_STATUS_ERRORS):
+        await world.service.refresh(force=True)
+    assert world.allocation_states()["1.job"] is AllocationState.RUNNING
+    await world.service.refresh(force=True)
+    assert world.allocation_states()["1.job"] is AllocationState.FINISHED
+    assert world.fake.cancelled == ["1.job"], "no worker of it is there: it is cancelled"
+    assert world.queue().limiter.step == 0
 
 
 async def test_a_good_status_resets_the_error_count(
@@ -737,6 +815,133 @@ async def test_refresh_polls_on_its_interval(
     await settle(config.refresh_interval + 2 * TICK)
     assert world.fake.made("query")
     assert world.allocation_states()["1.job"] is AllocationState.RUNNING
+
+
+# ---------------------------------------------------------------------------------------------
+# Withdrawing queued allocations no task needs (hq #13.2)
+
+GRACE = CONFIG.withdraw_grace
+
+
+async def test_queued_allocations_without_demand_are_withdrawn_after_the_grace_period(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=3)
+    submit(world, 3)
+    await settle()
+    assert world.fake.submitted == ["1.job", "2.job", "3.job"]
+    # A worker started by hand takes two of the tasks: one allocation is still needed.
+    add_worker(world, None, cpus="2")
+    gone_at = trio.current_time()
+    await settle(GRACE - 1)
+    assert world.fake.cancelled == [], "withdrawn before the grace period ended"
+    await settle(CONFIG.max_schedule_delay + 2 * TICK)
+    assert sorted(world.fake.cancelled) == ["2.job", "3.job"], "the newest go, the oldest stays"
+    assert world.allocation_states() == {
+        "1.job": AllocationState.QUEUED,
+        "2.job": AllocationState.FINISHED,
+        "3.job": AllocationState.FINISHED,
+    }
+    withdrawn = [e for e in world.queue().events if e.event == "allocation-withdrawn"]
+    assert [e.allocation_id for e in withdrawn] == ["2.job", "3.job"]
+    assert all(e.time - gone_at >= GRACE for e in withdrawn)
+    assert world.queue().limiter.allocation_fails == 0
+    # Withdrawn allocations are not replaced: nothing needs them.
+    await settle(3 * CONFIG.max_schedule_delay)
+    assert world.fake.submitted == ["1.job", "2.job", "3.job"]
+
+
+async def test_demand_that_returns_within_the_grace_period_keeps_the_allocations(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=2)
+    submit(world, 2)
+    await settle()
+    worker = add_worker(world, None, cpus="2")
+    await settle(GRACE / 2)
+    # The worker goes away before it ran them: the tasks wait again.
+    world.state.on_worker_lost(worker, WorkerState.CONNECTION_LOST)
+    await settle(3 * GRACE)
+    assert world.fake.cancelled == []
+    assert "allocation-withdrawn" not in world.events()
+
+
+async def test_withdrawal_that_the_batch_system_refuses_keeps_the_allocation(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    await settle()
+    world.fake.cancel_error = "scancel execution failed\nExit code: 1"
+    add_worker(world, None)
+    await settle(GRACE + CONFIG.max_schedule_delay + 2 * TICK)
+    assert world.fake.cancelled == ["1.job"] * CANCEL_ATTEMPTS
+    assert world.allocation_states() == {"1.job": AllocationState.QUEUED}
+    assert world.events()[-1] == "cancel-failed"
+    alloc = world.queue().allocations["1.job"]
+    assert (alloc.cancel_reason, alloc.withdrawing) == (None, False)
+    # It tries again a grace period later; now the batch system takes it.
+    world.fake.cancel_error = None
+    await settle(GRACE + CONFIG.max_schedule_delay + 2 * TICK)
+    assert world.allocation_states() == {"1.job": AllocationState.FINISHED}
+    assert world.events()[-1] == "allocation-withdrawn"
+
+
+# ---------------------------------------------------------------------------------------------
+# One queue's batch commands never stall another's (hq #8.6)
+
+
+async def test_a_hanging_submit_of_one_queue_does_not_stall_another(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1, cpus="2")
+    await add_queue(world, backlog=3, cpus="1")
+    world.fake.hanging_submits = {1}
+    submit(world, 1, cpus=2)  # only queue 1 can run it: its `sbatch` hangs for 30 s
+    await settle()
+    assert len(world.fake.made("submit")) == 1
+    submitted_at = trio.current_time()
+    submit(world, 3, cpus=1)
+    with trio.fail_after(1):
+        await world.fake.wait_for("submit", 4)
+    assert trio.current_time() - submitted_at < 1, "queue 2 waited for queue 1's sbatch"
+    await settle()
+    assert list(world.queue(2).allocations) == ["1.job", "2.job", "3.job"]
+    assert world.queue(1).allocations == {}
+    # The submission under way counted as queue 1's queued allocation: passes that ran
+    # meanwhile neither submitted it again nor gave its task to queue 2.
+    await settle(25)
+    assert len(world.fake.made("submit")) == 4
+    await settle(10)
+    [failed] = [e for e in world.queue(1).events if e.event == "submit-failed"]
+    assert "did not finish within 30s" in failed.message
+    assert world.queue(1).in_flight == []
+
+
+async def test_a_hanging_status_query_of_one_queue_does_not_stall_another(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    config = AutoAllocConfig(refresh_interval=TICK, max_schedule_delay=30.0, tick_interval=TICK)
+    world = await start(nursery, tmp_path, config)
+    await add_queue(world, backlog=1, cpus="2")
+    await add_queue(world, backlog=1, cpus="1")
+    submit(world, 1, cpus=2)
+    await settle()
+    submit(world, 1, cpus=1)
+    await settle()
+    assert list(world.queue(1).allocations) == ["1.job"]
+    assert list(world.queue(2).allocations) == ["2.job"]
+    world.fake.hanging_queries = {"1.job"}
+    world.fake.statuses["2.job"] = ExternalStatus(ExternalState.RUNNING, raw="RUNNING")
+    await settle(2 * TICK)
+    assert world.allocation_states(2) == {"2.job": AllocationState.RUNNING}
+    queries = [c.args for c in world.fake.made("query")]
+    assert queries.count(("1.job",)) == 1, "a queue's poll is not started again while it runs"
+    assert queries.count(("2.job",)) >= 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -782,7 +987,7 @@ async def test_remove_cancels_queued_allocations_without_force(
     submit(world, 5)
     await settle()
     await world.service.remove(1, force=False)
-    assert world.fake.cancelled == ["1.job", "2.job"]
+    assert sorted(world.fake.cancelled) == ["1.job", "2.job"]  # in parallel
     messages = [e.message for e in world.queue().events if e.event == "allocation-finished"]
     assert messages == ["canceled: its queue was removed"] * 2
 
@@ -874,18 +1079,105 @@ async def test_cancel_all_cancels_what_is_submitted_meanwhile(
     assert sorted(world.fake.cancelled) == world.fake.submitted
 
 
-async def test_failed_cancel_is_recorded(
+async def test_failed_cancel_is_retried_then_leaves_the_allocation_active(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
+    # hq #8.5: an allocation counts as canceled only when the batch system confirmed it.
     world = await start(nursery, tmp_path)
     await add_queue(world, backlog=1)
     submit(world, 1)
     await settle()
     world.fake.cancel_error = "scancel execution failed\nExit code: 1"
     await world.service.cancel_all()
-    [error] = [e for e in world.queue().events if e.event == "status-error"]
+    assert world.fake.cancelled == ["1.job"] * CANCEL_ATTEMPTS
+    assert world.allocation_states() == {"1.job": AllocationState.QUEUED}
+    [error] = [e for e in world.queue().events if e.event == "cancel-failed"]
     assert error.allocation_id == "1.job"
-    assert "scancel execution failed" in error.message
+    assert error.message.startswith("could not cancel 1.job: scancel execution failed")
+    assert "allocation-finished" not in world.events()
+
+
+async def test_cancel_that_fails_once_is_retried(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=2)
+    submit(world, 2)
+    await settle()
+    world.fake.cancel_failures = {"2.job": 1}
+    await world.service.cancel_all()
+    assert sorted(world.fake.cancelled) == ["1.job", "2.job", "2.job"]
+    assert [c.args for c in world.fake.made("cancel_many")] == [("1.job", "2.job"), ("2.job",)]
+    assert world.allocation_states() == {
+        "1.job": AllocationState.FINISHED,
+        "2.job": AllocationState.FINISHED,
+    }
+    assert "cancel-failed" not in world.events()
+
+
+async def test_server_stop_with_a_hanging_cancel_still_cancels_every_other_queue(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # hq #8.5: a hanging `scancel` once spent the whole stop budget on the first allocation.
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1, cpus="2")
+    await add_queue(world, backlog=2, cpus="1")
+    submit(world, 1, cpus=2)  # queue 1
+    await settle()
+    submit(world, 2, cpus=1)  # queue 2 (queue 1's coming worker takes the 2-cpu task)
+    await settle()
+    assert list(world.queue(1).allocations) == ["1.job"]
+    assert list(world.queue(2).allocations) == ["2.job", "3.job"]
+    world.fake.hanging_cancels = {"1.job"}
+    started = trio.current_time()
+    await world.service.cancel_all()
+    assert trio.current_time() - started <= cancel_bound(CONFIG.command_timeout)  # virtual seconds
+    assert world.allocation_states(2) == {
+        "2.job": AllocationState.FINISHED,
+        "3.job": AllocationState.FINISHED,
+    }
+    assert world.allocation_states(1) == {"1.job": AllocationState.QUEUED}
+    [error] = [e for e in world.queue(1).events if e.event == "cancel-failed"]
+    assert error.allocation_id == "1.job"
+    assert "1.job" in error.message
+
+
+async def test_remove_force_reports_what_it_could_not_cancel(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # hq #8.5: a hanging `scancel` made `alloc remove --force` print success after 90 s and
+    # record the allocations as `finished: canceled`.
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=2)
+    submit(world, 5)
+    await settle()
+    add_worker(world, "1.job")
+    await settle()
+    assert sorted(world.queue().allocations) == ["1.job", "2.job", "3.job"]
+    world.fake.hanging_cancels = {"1.job", "3.job"}
+    started = trio.current_time()
+    with pytest.raises(AllocError) as info:
+        await world.service.remove(1, force=True)
+    assert trio.current_time() - started <= cancel_bound(CONFIG.command_timeout)
+    message = str(info.value)
+    assert message.startswith(
+        "Allocation queue 1 was removed, but allocations 1.job, 3.job could not be cancelled"
+    )
+    assert "\n" not in message
+    assert world.service.state.get_live(1) is None
+    assert world.allocation_states() == {
+        "1.job": AllocationState.RUNNING,
+        "2.job": AllocationState.FINISHED,
+        "3.job": AllocationState.QUEUED,
+    }
+    [error] = [e for e in world.queue().events if e.event == "cancel-failed"]
+    assert error.message == "could not cancel 1.job, 3.job: cancel did not finish within 30s"
+    # The batch system says later that it is gone: that confirms the cancel.
+    world.fake.statuses["3.job"] = ExternalStatus(ExternalState.FAILED, raw="CANCELLED")
+    await world.service.refresh(force=True)
+    assert world.allocation_states()["3.job"] is AllocationState.FINISHED
+    assert world.queue().events[-1].message == "canceled: its queue was removed"
+    assert world.queue().limiter.allocation_fails == 0
 
 
 async def test_wait_for_events_wakes_on_a_new_event(
@@ -917,6 +1209,7 @@ async def test_add_queue_with_dry_run_submits_then_cancels(
     queue = await world.service.add_queue(queue_params(workers_per_alloc=3), dry_run=True)
     assert [(c.what, c.args[:1]) for c in world.fake.calls] == [
         ("submit", (str(world.fake.scripts[0]),)),
+        ("cancel_many", ("1.job",)),
         ("cancel", ("1.job",)),
     ]
     [request] = world.fake.requests
@@ -959,7 +1252,7 @@ async def test_add_queue_fails_when_the_dry_run_cannot_cancel(
             {"time_limit": 600.0, "worker_time_limit": 601.0},
             "Worker time limit cannot be larger than queue time limit",
         ),
-        ({"manager": "lsf"}, "Unknown manager `lsf`"),
+        ({"manager": "loadleveler"}, "Unknown manager `loadleveler`"),
         ({"cpus": "lots"}, "Invalid worker resources"),
     ],
 )

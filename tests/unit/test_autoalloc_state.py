@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hqpy.autoalloc.backends.base import ExternalState, ExternalStatus
 from hqpy.autoalloc.state import (
     CRASH_LIFETIME,
     MAX_EVENTS_PER_QUEUE,
@@ -19,12 +20,11 @@ from hqpy.autoalloc.state import (
     SUBMISSION_DELAYS,
     Allocation,
     AllocationQueue,
-    AllocationState,
     AutoAllocState,
-    QueueState,
     RateLimiter,
 )
 from hqpy.common.resources import ResourceDescriptorItem, parse_descriptor
+from hqpy.common.states import AllocationState, AllocEventKind, QueueState
 from hqpy.protocol.messages import QueueParams
 
 EVENT_NAMES = {
@@ -401,8 +401,8 @@ def test_events_use_the_names_of_the_design(state: AutoAllocState) -> None:
     assert state_of(alloc) is AllocationState.FAILED
     done = add_allocation(state, queue, "2.job")
     state.end(queue, done, False, "the batch system reports it ended (COMPLETED)")
-    state.record(queue, "submit-failed", None, "sbatch: error")
-    state.record(queue, "status-error", None, "squeue: error")
+    state.record(queue, AllocEventKind.SUBMIT_FAILED, None, "sbatch: error")
+    state.record(queue, AllocEventKind.STATUS_ERROR, None, "squeue: error")
     state.pause(queue, "paused by `hq alloc pause`")
     state.resume(queue)
     state.remove(queue)
@@ -433,7 +433,7 @@ def test_events_are_capped_per_queue(state: AutoAllocState) -> None:
     queue = add_queue(state)
     other = add_queue(state)
     for i in range(MAX_EVENTS_PER_QUEUE + 4):
-        state.record(queue, "status-error", None, f"error {i}")
+        state.record(queue, AllocEventKind.STATUS_ERROR, None, f"error {i}")
     assert MAX_EVENTS_PER_QUEUE == 10_000
     assert len(queue.events) == MAX_EVENTS_PER_QUEUE
     assert queue.event_count == MAX_EVENTS_PER_QUEUE + 5
@@ -480,4 +480,121 @@ def test_resume_of_an_active_queue_records_nothing(state: AutoAllocState) -> Non
     state.resume(queue)
     assert queue.state is QueueState.ACTIVE
     assert events(queue) == [("queue-created", None)]
+    assert queue.limiter.allocation_fails == 0
+
+
+# --- batch system status, status errors, withdrawal (hq #14.2, #14.3, #13.2) --------------------
+
+
+def status(state: ExternalState, raw: str) -> ExternalStatus:
+    return ExternalStatus(state, raw=raw)
+
+
+@pytest.mark.parametrize("raw", ["COMPLETED", "TIMEOUT", "F"])
+def test_normal_end_before_any_worker_is_finished_and_leaves_the_limiter(
+    state: AutoAllocState, raw: str
+) -> None:
+    queue = add_queue(state)
+    queue.limiter.on_allocation_fail()
+    alloc = add_allocation(state, queue)
+    state.on_external_status(queue, alloc, status(ExternalState.FINISHED, raw))
+    assert state_of(alloc) is AllocationState.FINISHED
+    assert queue.events[-1].message == (
+        f"the batch system reports it ended ({raw}) before any worker registered"
+    )
+    # Neither a failure nor a success: the earlier failure still counts, no more.
+    assert (queue.limiter.allocation_fails, queue.limiter.step) == (1, 1)
+
+
+def test_failed_end_before_any_worker_counts(state: AutoAllocState) -> None:
+    queue = add_queue(state)
+    alloc = add_allocation(state, queue)
+    state.on_external_status(queue, alloc, status(ExternalState.FAILED, "CANCELLED"))
+    assert state_of(alloc) is AllocationState.FAILED
+    assert queue.limiter.allocation_fails == 1
+
+
+def test_status_of_an_allocation_being_cancelled_confirms_the_cancel(
+    state: AutoAllocState,
+) -> None:
+    queue = add_queue(state)
+    alloc = add_allocation(state, queue)
+    alloc.cancel_reason = "the server stopped"
+    state.on_external_status(queue, alloc, status(ExternalState.RUNNING, "RUNNING"))
+    assert state_of(alloc) is AllocationState.QUEUED
+    state.on_external_status(queue, alloc, status(ExternalState.FAILED, "CANCELLED"))
+    assert state_of(alloc) is AllocationState.FINISHED
+    assert queue.events[-1].message == "canceled: the server stopped"
+    assert queue.limiter.allocation_fails == 0
+
+
+def test_queued_allocation_fails_after_more_than_ten_status_errors_without_back_off(
+    state: AutoAllocState,
+) -> None:
+    queue = add_queue(state)
+    alloc = add_allocation(state, queue)
+    assert not any(state.on_status_error(queue, alloc) for _ in range(10))
+    assert state_of(alloc) is AllocationState.QUEUED
+    assert state.on_status_error(queue, alloc), "it should be cancelled in the batch system"
+    assert state_of(alloc) is AllocationState.FAILED
+    assert (queue.limiter.allocation_fails, queue.limiter.step) == (0, 0)
+    assert not state.on_status_error(queue, alloc)
+
+
+def test_running_allocation_finishes_after_more_than_twenty_status_errors(
+    state: AutoAllocState,
+) -> None:
+    queue = add_queue(state)
+    alloc = add_allocation(state, queue)
+    state.on_worker_connected(1, "1.job", RESOURCES)
+    assert not any(state.on_status_error(queue, alloc) for _ in range(20))
+    assert state_of(alloc) is AllocationState.RUNNING
+    # Its worker is still connected: ended, but not cancelled under that worker.
+    assert not state.on_status_error(queue, alloc)
+    assert state_of(alloc) is AllocationState.FINISHED
+
+
+def test_good_status_resets_the_status_error_count(state: AutoAllocState) -> None:
+    queue = add_queue(state)
+    alloc = add_allocation(state, queue)
+    for _ in range(10):
+        state.on_status_error(queue, alloc)
+    state.on_external_status(queue, alloc, status(ExternalState.QUEUED, "PENDING"))
+    assert alloc.status_errors == 0
+
+
+def test_unneeded_queued_allocations_are_due_after_the_grace_period(
+    state: AutoAllocState, clock: FakeClock
+) -> None:
+    queue = add_queue(state)
+    first = add_allocation(state, queue, "1.job", workers=2)
+    second = add_allocation(state, queue, "2.job", workers=2)
+    third = add_allocation(state, queue, "3.job", workers=2)
+    running = add_allocation(state, queue, "4.job")
+    state.on_worker_connected(1, "4.job", RESOURCES)
+    assert state.mark_unneeded(queue, 3, clock(), 60.0) == []
+    assert (first.unneeded_since, second.unneeded_since) == (None, None)
+    assert third.unneeded_since == clock()
+    assert running.unneeded_since is None
+    clock.advance(59)
+    assert state.mark_unneeded(queue, 3, clock(), 60.0) == []
+    clock.advance(1)
+    assert state.mark_unneeded(queue, 0, clock(), 60.0) == [third]
+    assert second.unneeded_since == clock()
+    # Needed again: the clock starts over.
+    assert state.mark_unneeded(queue, 6, clock(), 60.0) == []
+    assert third.unneeded_since is None
+
+
+def test_withdrawn_allocation_ends_finished_with_its_own_event(state: AutoAllocState) -> None:
+    queue = add_queue(state)
+    alloc = add_allocation(state, queue)
+    alloc.cancel_reason = "no waiting task needs it"
+    alloc.withdrawing = True
+    state.end_canceled(queue, alloc)
+    assert state_of(alloc) is AllocationState.FINISHED
+    assert (queue.events[-1].event, queue.events[-1].allocation_id) == (
+        "allocation-withdrawn",
+        "1.job",
+    )
     assert queue.limiter.allocation_fails == 0

@@ -8,19 +8,25 @@ time-request tests (`test_too_high_time_request`, `test_submit_time_request_equa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hqpy.autoalloc.planner import (
-    WaitingWork,
     WorkerShape,
     any_runnable,
     compute_submission_permit,
     consume,
+    local_cpus,
+    max_workers,
+    plan_queue,
     shape_of,
     tasks_per_worker,
     workers_wanted,
 )
+from hqpy.autoalloc.state import Allocation, AllocationQueue, RateLimiter
+from hqpy.common.demand import WaitingWork
 from hqpy.common.resources import (
     ALL,
     FRACTIONS,
@@ -29,6 +35,8 @@ from hqpy.common.resources import (
     ResourceRequest,
     parse_descriptor,
 )
+from hqpy.common.states import AllocationState
+from hqpy.protocol.messages import QueueParams
 
 HOUR = 3600.0
 
@@ -376,3 +384,71 @@ def test_consume_never_adds_work_and_frees_at_most_its_workers(
     assert after <= before
     # Each worker takes at most what it can run, so at most a few rounding workers are lost.
     assert before - after <= workers
+
+
+# --- plan_queue: one queue's decision in a pass -------------------------------------------------
+
+
+def queue_with(**kw: object) -> AllocationQueue:
+    values: dict[str, object] = {"manager": "slurm", "time_limit": HOUR, "cpus": "1"}
+    values.update(kw)
+    return AllocationQueue(1, QueueParams(**values), "1", RateLimiter())  # type: ignore[arg-type]
+
+
+def queued_allocation(queue: AllocationQueue, allocation_id: str, workers: int = 1) -> None:
+    seq = queue.next_seq
+    queue.next_seq += 1
+    queue.allocations[allocation_id] = Allocation(
+        allocation_id, queue.id, seq, workers, Path("/tmp"), 0.0
+    )
+
+
+def test_plan_submits_for_the_demand_and_leaves_the_rest() -> None:
+    queue = queue_with(backlog=2)
+    plan = plan_queue(queue, [WaitingWork(cpus(1), 5)], host_cpus=4)
+    assert plan.sizes == [1, 1]
+    assert plan.rest == [WaitingWork(cpus(1), 3)]
+    assert plan.needed_workers == 5
+
+
+def test_plan_counts_submissions_under_way_as_queued_allocations() -> None:
+    queue = queue_with(backlog=3)
+    queue.in_flight = [1, 1]
+    plan = plan_queue(queue, [WaitingWork(cpus(1), 5)], host_cpus=4)
+    assert plan.sizes == [1], "the backlog has room for one more, not three"
+    assert plan.rest == [WaitingWork(cpus(1), 2)]
+
+
+def test_plan_of_a_busy_queue_submits_nothing_but_takes_its_share() -> None:
+    queue = queue_with(backlog=3)
+    queue.in_flight = [1]
+    plan = plan_queue(queue, [WaitingWork(cpus(1), 5)], host_cpus=4, may_submit=False)
+    assert plan.sizes == []
+    assert plan.rest == [WaitingWork(cpus(1), 4)]
+
+
+def test_plan_needs_only_what_running_allocations_do_not_bring() -> None:
+    queue = queue_with(backlog=3, workers_per_alloc=2)
+    queued_allocation(queue, "1.job", workers=2)
+    queue.allocations["1.job"].state = AllocationState.RUNNING  # no worker registered yet
+    queued_allocation(queue, "2.job", workers=2)
+    plan = plan_queue(queue, [WaitingWork(cpus(1), 3)], host_cpus=4)
+    assert plan.needed_workers == 1
+    assert plan.sizes == []
+
+
+def test_plan_of_a_probing_queue_needs_its_queued_allocation_while_anything_waits() -> None:
+    queue = queue_with(cpus=None, backlog=3)
+    queued_allocation(queue, "1.job")
+    assert plan_queue(queue, [WaitingWork(cpus(1), 5)], host_cpus=4).needed_workers == 1
+    assert plan_queue(queue, [], host_cpus=4).needed_workers == 0
+
+
+def test_local_queue_divides_the_host_cpus() -> None:
+    params = QueueParams("local", HOUR, workers_per_alloc=2)
+    assert local_cpus(params, host_cpus=8) == "4"
+    assert local_cpus(params, host_cpus=1) == "1"
+    shape = partial(cpus="4")
+    assert max_workers(params, shape, host_cpus=8) == 2
+    with_cpus = QueueParams("local", HOUR, cpus="1")
+    assert local_cpus(with_cpus, host_cpus=8) is None
