@@ -15,6 +15,7 @@ class Call:
     argv: tuple[str, ...]
     cwd: Path | None
     timeout: float
+    stdin: Path | None = None
 
 
 @attrs.define
@@ -49,8 +50,9 @@ class RecordingRunner:
         *,
         cwd: Path | None = None,
         timeout: float = 30.0,  # noqa: ASYNC109 - the CommandRunner interface
+        stdin: Path | None = None,
     ) -> CommandResult:
-        self.calls.append(Call(tuple(argv), cwd, timeout))
+        self.calls.append(Call(tuple(argv), cwd, timeout, stdin))
         answer = self.exact.get(tuple(argv))
         if answer is None:
             queue = self.answers.get(argv[0])

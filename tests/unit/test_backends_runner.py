@@ -191,3 +191,10 @@ async def test_a_failing_observer_does_not_fail_the_command(tmp_path: Path) -> N
 
     result = await BatchCommandRunner(broken)(["true"])
     assert result.returncode == 0
+
+
+async def test_stdin_from_a_file(tmp_path: Path) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text("#BSUB -J x\necho hi\n")
+    result = await run_command(["cat"], stdin=script, timeout=5)
+    assert result.stdout == "#BSUB -J x\necho hi\n"

@@ -168,13 +168,14 @@ async def run_checked(
     command_timeout: float,
     error: type[BackendError],
     what: str,
+    stdin: Path | None = None,
 ) -> CommandResult:
     """Run a command; a start failure, a timeout or a non-zero exit raises `error`.
 
     The message is HyperQueue's: `<what> execution failed` and the quoted output.
     """
     result = await run_unchecked(
-        runner, argv, cwd=cwd, command_timeout=command_timeout, error=error
+        runner, argv, cwd=cwd, command_timeout=command_timeout, error=error, stdin=stdin
     )
     if result.returncode != 0:
         raise error(f"{what} execution failed\n{command_failure(result)}")
@@ -188,10 +189,16 @@ async def run_unchecked(
     cwd: Path | None,
     command_timeout: float,
     error: type[BackendError],
+    stdin: Path | None = None,
 ) -> CommandResult:
-    """Run a command; only a start failure or a timeout raises (as `error`)."""
+    """Run a command; only a start failure or a timeout raises (as `error`).
+
+    Args:
+        stdin: a file for its standard input (only passed to the runner when set).
+    """
+    extra = {} if stdin is None else {"stdin": stdin}
     try:
-        result: CommandResult = await runner(list(argv), cwd=cwd, timeout=command_timeout)
+        result: CommandResult = await runner(list(argv), cwd=cwd, timeout=command_timeout, **extra)
     except BackendError as e:
         if type(e) is error:
             raise

@@ -133,11 +133,13 @@ class BatchCommandRunner:
         cwd: Path | None = None,
         timeout: float = 30.0,  # noqa: ASYNC109 - the CommandRunner interface; fail_after inside
         env: Mapping[str, str] | None = None,
+        stdin: Path | None = None,
     ) -> CommandResult:
         """Run `argv` to completion and capture its output; a non-zero exit is *not* an error.
 
         Args:
             env: variables added to (or overriding) the server's own environment.
+            stdin: a file to read as standard input (`bsub < script`); default: none.
 
         Raises:
             BackendError: the program could not be started (`sbatch start failed: ...`) or did
@@ -148,7 +150,7 @@ class BatchCommandRunner:
         logger.debug("running %s (cwd %s)", shlex.join(args), cwd)
         started = time.monotonic()
         try:
-            returncode, stdout, stderr = await self._run(args, cwd, full_env, timeout)
+            returncode, stdout, stderr = await self._run(args, cwd, full_env, timeout, stdin)
         except OSError as e:
             self._observe(args[0], started, False)
             reason = e.strerror or str(e)
@@ -181,18 +183,25 @@ class BatchCommandRunner:
         cwd: Path | None,
         env: dict[str, str] | None,
         timeout: float,  # noqa: ASYNC109
+        stdin: Path | None,
     ) -> tuple[int, BoundedOutput, BoundedOutput]:
         stdout = BoundedOutput(self._output_limit)
         stderr = BoundedOutput(self._output_limit)
-        proc = await trio.lowlevel.open_process(
-            args,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        # A script is small and local: opening it does not block the loop in practice.
+        stdin_fd = os.open(stdin, os.O_RDONLY) if stdin is not None else subprocess.DEVNULL
+        try:
+            proc = await trio.lowlevel.open_process(
+                args,
+                cwd=cwd,
+                env=env,
+                stdin=stdin_fd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        finally:
+            if stdin is not None:
+                os.close(stdin_fd)
         pgid = proc.pid
         assert proc.stdout is not None and proc.stderr is not None
         try:
@@ -253,9 +262,10 @@ async def run_command(
     cwd: Path | None = None,
     timeout: float = 30.0,  # noqa: ASYNC109 - the CommandRunner interface; fail_after inside
     env: Mapping[str, str] | None = None,
+    stdin: Path | None = None,
 ) -> CommandResult:
     """`BatchCommandRunner` with the default limits, reporting to `observe_command`."""
-    return await _default_runner(argv, cwd=cwd, timeout=timeout, env=env)
+    return await _default_runner(argv, cwd=cwd, timeout=timeout, env=env, stdin=stdin)
 
 
 def make_runner(observer: CommandObserver | None) -> CommandRunner:
