@@ -61,6 +61,8 @@ PERIODIC_REMOVE = "PeriodicRemove"
 RM_GONE = ("Couldn't find/remove all jobs",)
 """condor_rm's answer for a cluster that is already gone (several wrappers read it so)."""
 
+RM_ACCEPTED = "marked for removal"
+
 _SUBMITTED_RE = re.compile(r"(\d+) job\(s\) submitted to cluster (\d+)\.")
 
 _GONE = ExternalStatus(ExternalState.FAILED, raw="")
@@ -239,4 +241,4 @@ class HtcondorBackend(ScriptBackend):
     async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
         """`condor_rm ID ID ...`: `All jobs in cluster 5 have been marked for removal` per
         id; `Couldn't find/remove all jobs in cluster 5.` (non-zero exit) means gone."""
-        return await self.cancel_together(["condor_rm"], targets, RM_GONE)
+        return await self.cancel_together(["condor_rm"], targets, (*RM_GONE, RM_ACCEPTED))

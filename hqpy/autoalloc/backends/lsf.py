@@ -53,6 +53,8 @@ NOT_FOUND = "is not found"
 BKILL_GONE = ("Job has already finished", "No matching job found", NOT_FOUND)
 """bkill's per-id answers that mean the job is already gone."""
 
+BKILL_ACCEPTED = ("is being terminated", "is being signaled")
+
 _SUBMITTED_RE = re.compile(r"Job <(\d+)> is submitted to ")
 
 _STATES: dict[str, ExternalState] = {
@@ -234,4 +236,4 @@ class LsfBackend(ScriptBackend):
     async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
         """`bkill ID ID ...`: `Job <11> is being terminated` per id; `Job <33>: Job has
         already finished` and `Job <66>: No matching job found` (exit 255) mean gone."""
-        return await self.cancel_together(["bkill"], targets, BKILL_GONE)
+        return await self.cancel_together(["bkill"], targets, (*BKILL_GONE, *BKILL_ACCEPTED))

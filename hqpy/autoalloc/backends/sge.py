@@ -55,6 +55,8 @@ PE_ENV = "HQPY_SGE_PE"
 QDEL_GONE = ("does not exist",)
 """`denied: job "123" does not exist` (exit 1): already ended, or never known."""
 
+QDEL_ACCEPTED = ("for deletion", "has deleted job")
+
 QACCT_NOT_FOUND = "not found"
 """`error: job id 123 not found` (exit 1): not (yet) in the accounting file."""
 
@@ -298,4 +300,4 @@ class SgeBackend(ScriptBackend):
     async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
         """`qdel ID ID ...`: `<user> has registered the job 8 for deletion` / `has deleted
         job 8` per id; `denied: job "8" does not exist` (exit 1) means gone."""
-        return await self.cancel_together(["qdel"], targets, QDEL_GONE)
+        return await self.cancel_together(["qdel"], targets, (*QDEL_GONE, *QDEL_ACCEPTED))
