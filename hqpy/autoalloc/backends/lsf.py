@@ -217,11 +217,11 @@ class LsfBackend(ScriptBackend):
         # Exit 255 when some ids are unknown (the known ones are still printed); exit 0 with
         # only `Job <N> is not found` lines when none is known.
         if "{" not in result.stdout:
-            if result.stderr.strip() and all(
-                NOT_FOUND in line for line in result.stderr.strip().splitlines()
-            ):
+            errors = result.stderr.strip().splitlines()
+            if errors and all(NOT_FOUND in line for line in errors):
                 return {job_id: _GONE for job_id in ids}
-            raise StatusQueryError(f"bjobs execution failed\n{command_failure(result)}")
+            if result.returncode != 0:
+                raise StatusQueryError(f"bjobs execution failed\n{command_failure(result)}")
         try:
             return parse_bjobs_json(result.stdout, ids, time.time())
         except ValueError as e:
