@@ -67,5 +67,5 @@ async def test_submit_run_and_cancel(tmp_path: Path) -> None:
     )
     assert outcome == dict.fromkeys(ids)
     with trio.fail_after(60):
-        while subprocess.run(["qstat"], capture_output=True, check=False).stdout.strip():
+        while (await trio.run_process(["qstat"], capture_stdout=True)).stdout.strip():  # noqa: ASYNC110
             await trio.sleep(0.5)

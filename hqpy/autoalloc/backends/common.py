@@ -222,8 +222,9 @@ def judge_cancel(result: CommandResult, ids: Sequence[str], gone: Sequence[str])
 
     Exit 0: every id was accepted. Otherwise each output line that names one of the ids is
     that id's answer: None when it contains one of `gone` (already finished or unknown, not
-    an error; or the tool's own word for accepted), else the line as the error; ids no line names were accepted. When no line names
-    any id, the failure is every id's (the command failed as a whole).
+    an error; or the tool's own word for accepted), else the line as the error; ids no line
+    names were accepted. When no line names any id, the failure is every id's (the command
+    failed as a whole).
     """
     if result.returncode == 0:
         return dict.fromkeys(ids)
