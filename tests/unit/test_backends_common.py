@@ -218,6 +218,11 @@ async def test_make_backend_passes_the_observer(tmp_path: Path) -> None:
         with pytest.raises(SubmitError, match="sbatch start failed"):
             await backend.submit(script, tmp_path)
     assert [(e.program, e.ok) for e in seen] == [("sbatch", False)]
+    async with trio.open_nursery() as nursery:
+        local = make_backend("local", nursery=nursery, observer=seen.append)
+        assert isinstance(local, LocalBackend)
+        await local.check_script(script)
+    assert [(e.program, e.ok) for e in seen][1:] == [("bash", True)]
 
 
 def test_make_backend_errors() -> None:

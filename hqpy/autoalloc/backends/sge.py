@@ -71,8 +71,9 @@ QACCT_TIME_FORMAT = "%a %b %d %H:%M:%S %Y"
 _GONE = ExternalStatus(ExternalState.FAILED, raw="")
 
 
-class SgeScriptError(ValueError):
-    """The request cannot be rendered (several workers without a parallel environment)."""
+class SgeScriptError(SubmitError, ValueError):
+    """The request cannot be rendered (several workers without a parallel environment): a
+    `SubmitError`, so the allocator records it as a failed submission with this text."""
 
 
 def render_qsub_sge_script(request: AllocationRequest, parallel_environment: str | None) -> str:
