@@ -515,3 +515,23 @@ async def test_cancel_many_nothing_runs_nothing(tmp_path: Path) -> None:
     runner = RecordingRunner()
     assert await SlurmBackend(runner).cancel_many([]) == {}
     assert runner.calls == []
+
+
+async def test_broken_squeue_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    broken = Answer(returncode=1, stderr="squeue: error: Unable to contact slurm controller")
+    runner = (
+        RecordingRunner()
+        .answer("squeue", broken, broken, Answer(stdout=fixture("squeue_pending_running.txt")))
+        .answer("scontrol", Answer(stdout=fixture("scontrol_running.txt")))
+    )
+    backend = SlurmBackend(runner)
+    with caplog.at_level("DEBUG", logger="hqpy.autoalloc.backends.slurm"):
+        await backend.query(["3"])
+        await backend.query(["3"])
+        await backend.query(["3"])
+    levels = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
+    assert levels == [
+        ("WARNING", "squeue failed, asking scontrol per allocation"),
+        ("DEBUG", "squeue failed, asking scontrol per allocation"),
+        ("INFO", "squeue answers again"),
+    ]

@@ -227,6 +227,8 @@ class SlurmBackend(ScriptBackend):
     ) -> None:
         super().__init__(runner, timeout, observer=observer)
         self._squeue_timeout = min(squeue_timeout, timeout)
+        self._squeue_broken = False
+        """Whether the last `squeue` failed: warn once when it breaks, not every poll."""
 
     async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
         """One batched `squeue` (under a short timeout); `scontrol show job` per id for the
@@ -237,8 +239,14 @@ class SlurmBackend(ScriptBackend):
         try:
             listed = await self._squeue(ids)
         except StatusQueryError as e:
-            logger.warning("squeue failed, asking scontrol per allocation: %s", e)
+            log = logger.debug if self._squeue_broken else logger.warning
+            log("squeue failed, asking scontrol per allocation: %s", e)
+            self._squeue_broken = True
             listed = {}
+        else:
+            if self._squeue_broken:
+                logger.info("squeue answers again")
+            self._squeue_broken = False
         missing = [job_id for job_id in ids if job_id not in listed]
         found: dict[str, ExternalStatus] = {}
         errors: list[StatusQueryError] = []
