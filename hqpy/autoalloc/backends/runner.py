@@ -27,8 +27,8 @@ from hqpy.common.events import BatchCommandRun
 
 logger = logging.getLogger("hqpy.autoalloc.backends")
 
-OUTPUT_LIMIT = 64 * 1024
-"""Bytes kept of each stream (half from its start, half from its end)."""
+OUTPUT_LIMIT = 32 * 1024
+"""Bytes kept of each stream (half from its start, half from its end): 64 KiB for both."""
 
 KILL_GRACE = 2.0
 """Seconds between SIGTERM and SIGKILL to a timed-out command's process group."""
