@@ -9,7 +9,13 @@ import attrs
 import pytest
 import trio
 
-from hqpy.autoalloc.backends.base import AllocationRequest, SubmitError
+from hqpy.autoalloc.backends.base import (
+    AllocationRequest,
+    CancelsAll,
+    ChecksScripts,
+    SubmitError,
+    TracksWorkers,
+)
 from hqpy.autoalloc.backends.common import (
     allocation_name,
     build_worker_command,
@@ -234,3 +240,13 @@ def test_make_backend_errors() -> None:
         make_backend("moab")
     with pytest.raises(ValueError, match="needs a nursery"):
         make_backend("local")
+
+
+async def test_optional_capabilities() -> None:
+    slurm = make_backend("slurm")
+    assert not isinstance(slurm, (ChecksScripts, TracksWorkers, CancelsAll))
+    async with trio.open_nursery() as nursery:
+        local = make_backend("local", nursery=nursery)
+        assert isinstance(local, ChecksScripts)
+        assert isinstance(local, TracksWorkers)
+        assert isinstance(local, CancelsAll)
