@@ -11,6 +11,7 @@ import pytest
 
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
+    BackendError,
     CancelTarget,
     ExternalState,
     StatusQueryError,
@@ -181,3 +182,18 @@ async def test_cancel_many_is_one_qdel(tmp_path: Path) -> None:
     )
     assert runner.argvs == [["qdel", "8", "9", "123"]]
     assert outcome == {"8": None, "9": None, "123": None}
+
+
+async def test_hanging_qstat_is_a_status_error() -> None:
+    hang = Answer(error=BackendError("`qstat -xml` did not finish within 30s"))
+    with pytest.raises(StatusQueryError, match="^`qstat -xml` did not finish within 30s$"):
+        await SgeBackend(RecordingRunner().answer("qstat", hang)).query(["1"])
+
+
+async def test_hanging_qdel_leaves_the_ids_unconfirmed(tmp_path: Path) -> None:
+    hang = Answer(error=BackendError("`qdel 8 9` did not finish within 30s"))
+    outcome = await SgeBackend(RecordingRunner().answer("qdel", hang)).cancel_many(
+        [CancelTarget("8", tmp_path), CancelTarget("9", tmp_path)]
+    )
+    text = "`qdel 8 9` did not finish within 30s; the cancellation is unconfirmed"
+    assert outcome == {"8": text, "9": text}
