@@ -373,6 +373,7 @@ class LocalBackend:
                 _signal_group(process.pid, signal.SIGKILL)
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await process.wait()
+                    await _group_gone(process.pid)
         allocation.returncode = process.returncode
         allocation.finished_at = time.time()
         allocation.done.set()
