@@ -15,6 +15,7 @@ class Call:
     argv: tuple[str, ...]
     cwd: Path | None
     timeout: float
+    stdin: Path | None = None
 
 
 @attrs.define
@@ -32,9 +33,15 @@ class RecordingRunner:
 
     answers: dict[str, list[Answer]] = attrs.field(factory=dict)
     calls: list[Call] = attrs.field(factory=list)
+    exact: dict[tuple[str, ...], Answer] = attrs.field(factory=dict)
+    """Answers for one whole argv, used before the per-program ones (parallel callers)."""
 
     def answer(self, program: str, *answers: Answer) -> RecordingRunner:
         self.answers.setdefault(program, []).extend(answers)
+        return self
+
+    def answer_argv(self, argv: Sequence[str], answer: Answer) -> RecordingRunner:
+        self.exact[tuple(argv)] = answer
         return self
 
     async def __call__(
@@ -43,12 +50,15 @@ class RecordingRunner:
         *,
         cwd: Path | None = None,
         timeout: float = 30.0,  # noqa: ASYNC109 - the CommandRunner interface
+        stdin: Path | None = None,
     ) -> CommandResult:
-        self.calls.append(Call(tuple(argv), cwd, timeout))
-        queue = self.answers.get(argv[0])
-        if not queue:
-            raise AssertionError(f"unexpected command {list(argv)}")
-        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        self.calls.append(Call(tuple(argv), cwd, timeout, stdin))
+        answer = self.exact.get(tuple(argv))
+        if answer is None:
+            queue = self.answers.get(argv[0])
+            if not queue:
+                raise AssertionError(f"unexpected command {list(argv)}")
+            answer = queue.pop(0) if len(queue) > 1 else queue[0]
         if answer.error is not None:
             raise answer.error
         return CommandResult(tuple(argv), answer.returncode, answer.stdout, answer.stderr)

@@ -12,25 +12,38 @@ import trio
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     BatchBackend,
+    CancelTarget,
     ExternalState,
     ExternalStatus,
     StatusQueryError,
     SubmitError,
 )
-from hqpy.autoalloc.backends.common import write_script
+from hqpy.autoalloc.backends.common import ScriptBackend, write_script
+from hqpy.autoalloc.backends.htcondor import HtcondorBackend
+from hqpy.autoalloc.backends.lsf import LsfBackend
 from hqpy.autoalloc.backends.pbs import PbsBackend
 from hqpy.autoalloc.backends.runner import run_command
 from hqpy.autoalloc.backends.slurm import SlurmBackend
 from tests.backends.conftest import Emulator
 
-FLAVORS = ["slurm", "pbs"]
+FLAVORS = ["slurm", "pbs", "lsf", "htcondor"]
+
+BACKENDS: dict[str, type[ScriptBackend]] = {
+    "slurm": SlurmBackend,
+    "pbs": PbsBackend,
+    "lsf": LsfBackend,
+    "htcondor": HtcondorBackend,
+}
+QUEUED_RAW = {"slurm": "PENDING", "pbs": "Q", "lsf": "PEND", "htcondor": "1"}
+COMPLETED_RAW = {"slurm": "COMPLETED", "pbs": "F", "lsf": "DONE", "htcondor": "4"}
+CANCELLED_RAW = {"slurm": "CANCELLED", "pbs": "F", "lsf": "EXIT", "htcondor": "3"}
+SUBMIT_TOOL = {"slurm": "sbatch", "pbs": "qsub", "lsf": "bsub", "htcondor": "condor_submit"}
+SUBMIT_EXIT = {"slurm": 1, "pbs": 1, "lsf": 255, "htcondor": 1}
 
 
 def make(flavor: str, emulator: Emulator, timeout: float = 10, **env: str) -> BatchBackend:
-    runner = emulator.runner(**env)
-    if flavor == "slurm":
-        return SlurmBackend(runner, timeout=timeout)
-    return PbsBackend(runner, timeout=timeout)
+    backend: BatchBackend = BACKENDS[flavor](emulator.runner(**env), timeout=timeout)
+    return backend
 
 
 def request(tmp_path: Path, seq: int = 1, **changes: object) -> AllocationRequest:
@@ -66,29 +79,30 @@ async def wait_for(
 @pytest.mark.parametrize("flavor", FLAVORS)
 async def test_submit_query_finish(flavor: str, emulator: Emulator, tmp_path: Path) -> None:
     backend = make(flavor, emulator, HQPY_EMULATOR_START_DELAY="2")
-    req = request(tmp_path, worker_command='echo "$SLURM_JOB_ID$PBS_JOBID"; sleep 1')
+    command = 'echo "$SLURM_JOB_ID$PBS_JOBID$HQPY_ALLOCATION_ID"; sleep 1'
+    req = request(tmp_path, worker_command=command)
     allocation_id = await submit(backend, req)
     assert (req.workdir / "jobid").read_text() == allocation_id + "\n"
     first = (await backend.query([allocation_id]))[allocation_id]
     assert first.state is ExternalState.QUEUED
-    assert first.raw == {"slurm": "PENDING", "pbs": "Q"}[flavor]
+    assert first.raw == QUEUED_RAW[flavor]
     running = await wait_for(backend, allocation_id, {ExternalState.RUNNING})
     assert running.started_at is not None and running.finished_at is None
     done = await wait_for(backend, allocation_id, {ExternalState.FINISHED, ExternalState.FAILED})
     assert (done.state, done.raw) == (
         ExternalState.FINISHED,
-        {"slurm": "COMPLETED", "pbs": "F"}[flavor],
+        COMPLETED_RAW[flavor],
     )
     assert done.started_at is not None and done.finished_at is not None
     assert (req.workdir / "stdout").read_text() == allocation_id + "\n"
-    submits = [c for c in emulator.calls() if c["tool"] in ("sbatch", "qsub")]
-    assert submits == [
-        {
-            "tool": submits[0]["tool"],
-            "argv": [str(req.workdir / "hq-submit.sh")],
-            "cwd": str(req.workdir),
-        }
-    ]
+    submits = [c for c in emulator.calls() if c["tool"] == SUBMIT_TOOL[flavor]]
+    argv = {
+        "slurm": [str(req.workdir / "hq-submit.sh")],
+        "pbs": [str(req.workdir / "hq-submit.sh")],
+        "lsf": [],  # `bsub < hq-submit.sh`
+        "htcondor": [str(req.workdir / "hq-submit.sub")],
+    }[flavor]
+    assert submits == [{"tool": SUBMIT_TOOL[flavor], "argv": argv, "cwd": str(req.workdir)}]
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -109,7 +123,7 @@ async def test_cancel_running(flavor: str, emulator: Emulator, tmp_path: Path) -
     status = (await backend.query([allocation_id]))[allocation_id]
     assert (status.state, status.raw) == (
         ExternalState.FAILED,
-        {"slurm": "CANCELLED", "pbs": "F"}[flavor],
+        CANCELLED_RAW[flavor],
     )
     await backend.cancel(allocation_id, req.workdir)  # already gone: not an error
 
@@ -139,8 +153,10 @@ async def test_submit_failure(flavor: str, emulator: Emulator, tmp_path: Path) -
     backend = make(flavor, emulator, HQPY_EMULATOR_FAIL_SUBMIT="FOOBAR")
     with pytest.raises(SubmitError) as info:
         await submit(backend, request(tmp_path))
-    tool = {"slurm": "sbatch", "pbs": "qsub"}[flavor]
-    assert str(info.value) == f"{tool} execution failed\nExit code: 1\nStderr: FOOBAR\nStdout: "
+    tool, code = SUBMIT_TOOL[flavor], SUBMIT_EXIT[flavor]
+    assert (
+        str(info.value) == f"{tool} execution failed\nExit code: {code}\nStderr: FOOBAR\nStdout: "
+    )
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -158,7 +174,7 @@ async def test_hanging_command_times_out(flavor: str, emulator: Emulator, tmp_pa
         await backend.query(["1"])
 
 
-@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize("flavor", ["slurm", "pbs", "lsf"])  # HTCondor's history keeps all
 async def test_forgotten_job_is_failed(flavor: str, emulator: Emulator, tmp_path: Path) -> None:
     backend = make(flavor, emulator, HQPY_EMULATOR_MIN_JOB_AGE="0")
     req = request(tmp_path, worker_command="true")
@@ -201,3 +217,70 @@ async def test_missing_program_text(tmp_path: Path) -> None:
     script = write_script(req, backend.render_script(req))
     with pytest.raises(SubmitError, match="^sbatch start failed: No such file or directory"):
         await backend.submit(script, req.workdir)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_cancel_many_is_one_command(flavor: str, emulator: Emulator, tmp_path: Path) -> None:
+    backend = make(flavor, emulator)
+    reqs = [request(tmp_path, seq=n, worker_command="sleep 60") for n in (1, 2, 3)]
+    ids = [await submit(backend, req) for req in reqs]
+    for allocation_id in ids:
+        await wait_for(backend, allocation_id, {ExternalState.RUNNING})
+    await backend.cancel(ids[2], reqs[2].workdir)  # already gone at the batch cancel
+    before = len(emulator.calls())
+    targets = [CancelTarget(i, r.workdir) for i, r in zip(ids, reqs, strict=True)]
+    targets.append(CancelTarget({"pbs": "999.nowhere"}.get(flavor, "999"), tmp_path))
+    outcome = await backend.cancel_many(targets)
+    assert outcome == {t.allocation_id: None for t in targets}
+    calls = emulator.calls()[before:]
+    assert [c["argv"] for c in calls] == [[t.allocation_id for t in targets]]
+    statuses = await backend.query(ids)
+    assert {s.raw for s in statuses.values()} == {CANCELLED_RAW[flavor]}
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_cancel_many_hanging_is_unconfirmed(
+    flavor: str, emulator: Emulator, tmp_path: Path
+) -> None:
+    tool = {"slurm": "scancel", "pbs": "qdel", "lsf": "bkill", "htcondor": "condor_rm"}[flavor]
+    backend = make(
+        flavor, emulator, timeout=0.5, HQPY_EMULATOR_HANG="30", HQPY_EMULATOR_HANG_TOOLS=tool
+    )
+    targets = [CancelTarget("1", tmp_path), CancelTarget("2", tmp_path)]
+    outcome = await backend.cancel_many(targets)
+    assert set(outcome) == {"1", "2"}
+    for error in outcome.values():
+        assert error is not None
+        assert error.endswith("did not finish within 0.5s; the cancellation is unconfirmed")
+
+
+async def test_slurm_hanging_squeue_falls_back_to_scontrol(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    backend = SlurmBackend(
+        emulator.runner(HQPY_EMULATOR_HANG="30", HQPY_EMULATOR_HANG_TOOLS="squeue"),
+        timeout=10,
+        squeue_timeout=0.5,
+    )
+    req = request(tmp_path, worker_command="sleep 60")
+    allocation_id = await submit(backend, req)
+    status = await wait_for(backend, allocation_id, {ExternalState.RUNNING})
+    assert status.raw == "RUNNING" and status.started_at is not None
+    assert [c["tool"] for c in emulator.calls()][-2:] == ["squeue", "scontrol"]
+    await backend.cancel(allocation_id, req.workdir)
+    status = (await backend.query([allocation_id]))[allocation_id]
+    assert (status.state, status.raw) == (ExternalState.FAILED, "CANCELLED")
+
+
+async def test_slurm_failing_squeue_falls_back_to_scontrol(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    backend = make("slurm", emulator)
+    allocation_id = await submit(backend, request(tmp_path, worker_command="true"))
+    squeue = emulator.bin_dir / "squeue"
+    squeue.write_text(
+        "#!/bin/sh\necho 'squeue: error: Unable to contact slurm controller' >&2\nexit 1\n"
+    )
+    status = await wait_for(backend, allocation_id, {ExternalState.FINISHED})
+    assert status.raw == "COMPLETED"
+    assert {c["tool"] for c in emulator.calls()} == {"sbatch", "scontrol"}

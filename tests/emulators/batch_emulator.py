@@ -11,6 +11,7 @@ README.md). Knobs (environment):
 - `HQPY_EMULATOR_FAIL_SUBMIT`: `sbatch`/`qsub` print this on stderr and exit 1;
 - `HQPY_EMULATOR_GARBAGE=1`: status commands print garbage (exit 0);
 - `HQPY_EMULATOR_HANG`: every tool sleeps this many seconds first;
+- `HQPY_EMULATOR_HANG_TOOLS`: only these tools (comma-separated) hang;
 - `HQPY_EMULATOR_MIN_JOB_AGE`: seconds a finished job stays visible (Slurm MinJobAge; 300);
 - `HQPY_EMULATOR_KILL_WAIT`: seconds between SIGTERM and SIGKILL on cancel/timeout (5);
 - `HQPY_EMULATOR_LOG`: append one JSON line `{"tool", "argv", "cwd"}` per call.
@@ -187,7 +188,7 @@ def _submit(flavor: str, job: Job, prepare: Callable[[Job, str], None]) -> str:
     with locked_state() as state:
         number = state["next_id"]
         state["next_id"] = number + 1
-        job_id = str(number) if flavor == "slurm" else f"{number}.{_host()}"
+        job_id = f"{number}.{_host()}" if flavor == "pbs" else str(number)
         job.update(
             id=job_id,
             flavor=flavor,
@@ -260,8 +261,14 @@ def _launch(job_id: str) -> None:
             job.update(state=FAILED, start_time=time.time(), end_time=time.time(), returncode=-53)
             job["reason"] = "JobLaunchFailure"
             return
+        argv = ["bash", job["script"]]
+        copies = int(job.get("copies", 1))
+        if copies > 1:
+            # HTCondor's parallel universe: the executable once per slot, `_CONDOR_PROCNO` each.
+            loop = 'for i in $(seq 0 $(($1 - 1))); do _CONDOR_PROCNO=$i bash "$0" & done; wait'
+            argv = ["bash", "-c", loop, job["script"], str(copies)]
         proc = subprocess.Popen(
-            ["bash", job["script"]],
+            argv,
             cwd=job["cwd"],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -1024,6 +1031,355 @@ def pbsdsh(argv: list[str]) -> int:
     return _run_copies(argv, count, "PBS_TASKNUM")
 
 
+# ---------------------------------------------------------------------------------------------
+# LSF (IBM Spectrum LSF 10.1; formats: README.md).
+
+LSF_STAT = {
+    QUEUED: "PEND",
+    HELD: "PSUSP",
+    RUNNING: "RUN",
+    COMPLETED: "DONE",
+    FAILED: "EXIT",
+    CANCELLED: "EXIT",
+    TIMEOUT: "EXIT",
+    NODE_FAIL: "ZOMBI",
+}
+
+
+def _lsf_time(t: float | None, suffix: str = "") -> str:
+    if t is None:
+        return ""
+    return time.strftime("%b %d %H:%M", time.localtime(t)) + suffix
+
+
+def _saved_script(text: str, tool: str) -> Path:
+    """A script read from stdin, kept beside the state file (as LSF spools it)."""
+    path = _state_path().with_name(f"{_state_path().name}.{tool}.{os.getpid()}.{time.time_ns()}")
+    path.write_text(text)
+    return path
+
+
+def bsub(argv: list[str]) -> int:
+    """`bsub < script` (or `bsub script`): `#BSUB -J -o -e -W -n` are read."""
+    failed = _fail_submit("bsub")
+    if failed is not None:
+        return 255
+    if argv:
+        try:
+            text = Path(argv[-1]).read_text()
+        except OSError:
+            sys.stderr.write(f"{argv[-1]}: No such file or directory. Job not submitted.\n")
+            return 255
+    else:
+        text = sys.stdin.read()
+    script = _saved_script(text, "bsub")
+    cwd = os.getcwd()
+    job: Job = {
+        "name": "hq-submit",
+        "script": str(script),
+        "cwd": cwd,
+        "stdout": os.devnull,
+        "stderr": os.devnull,
+        "time_limit": None,
+        "nodes": 1,
+        "user": getpass.getuser(),
+    }
+    for words in _directives(text, "#BSUB"):
+        it = iter(words)
+        for word in it:
+            if word == "-J":
+                job["name"] = next(it, job["name"])
+            elif word in ("-o", "-oo"):
+                job["stdout"] = next(it, job["stdout"])
+            elif word in ("-e", "-eo"):
+                job["stderr"] = next(it, job["stderr"])
+            elif word == "-W":
+                value = next(it, "")
+                hours, _, minutes = value.rpartition(":")
+                job["time_limit"] = float((int(hours or 0) * 60 + int(minutes)) * 60)
+            elif word == "-n":
+                job["nodes"] = int(next(it, "1"))
+
+    def prepare(job: Job, job_id: str) -> None:
+        for key in ("stdout", "stderr"):
+            job[key] = os.path.join(cwd, job[key].replace("%J", job_id))
+        job["env"] = {
+            "LSB_JOBID": job_id,
+            "LSB_JOBNAME": job["name"],
+            "LSB_QUEUE": "normal",
+            "LSB_HOSTS": " ".join(f"n{i + 1}" for i in range(job["nodes"])),
+        }
+
+    job_id = _submit("lsf", job, prepare)
+    sys.stdout.write(f"Job <{job_id}> is submitted to default queue <normal>.\n")
+    return 0
+
+
+def _lsf_field(job: Job, field: str) -> str:
+    state = job["state"]
+    ended = state not in ACTIVE
+    if field == "jobid":
+        return str(job["id"])
+    if field == "stat":
+        return LSF_STAT[state]
+    if field == "job_name":
+        return str(job["name"])
+    if field == "submit_time":
+        return _lsf_time(job["submit_time"])
+    if field == "start_time":
+        return _lsf_time(job.get("start_time"))
+    if field == "finish_time":
+        if ended:
+            return _lsf_time(job.get("end_time"), " L")
+        limit = job.get("time_limit")
+        start = job.get("start_time")
+        return _lsf_time(start + limit, " E") if start and limit else ""
+    if field == "exit_code":
+        rc = job.get("returncode")
+        return "" if rc in (None, 0) else str(256 + rc if rc < 0 else rc)
+    if field == "exec_host":
+        return ":".join(f"n{i + 1}" for i in range(job["nodes"])) if job.get("start_time") else ""
+    return "-"
+
+
+def blaunch(argv: list[str]) -> int:
+    """`blaunch [-z "hosts" | -u hostfile] cmd...`: the command once per slot of the job."""
+    opts, rest = _opts(argv, {"-z": "hosts", "-u": "hostfile"})
+    count = int(os.environ.get("HQPY_EMULATOR_NODES", "1"))
+    if "hosts" in opts:
+        count = len(opts["hosts"].split())
+    return _run_copies(rest, count, "LSF_PM_TASKID")
+
+
+def bjobs(argv: list[str]) -> int:
+    """`bjobs [-noheader] -o "fields [delimiter='c']" [-json] ids...`; unknown ids: `Job <N> is
+    not found` (stderr; a JSON record with `ERROR`), exit 255 when some ids were found."""
+    if _garbage():
+        return 0
+    opts, ids = _opts(argv, {"-o": "format", "-json": "json!", "-noheader": "noheader!"})
+    spec = opts.get("format", "jobid stat job_name")
+    delimiter = " "
+    match = re.search(r"delimiter='(.)'", spec)
+    if match:
+        delimiter = match.group(1)
+        spec = spec[: match.start()]
+    fields = [f.split(":")[0].lower() for f in spec.split()]
+    with locked_state() as state:
+        refresh(state)
+        jobs = {k: j for k, j in visible_jobs(state).items() if j.get("flavor") == "lsf"}
+    if not ids:
+        ids = [k for k, j in jobs.items() if j["state"] in ACTIVE]
+        if not ids:
+            sys.stderr.write("No unfinished job found\n")
+            return 255
+    found = [jobs[i] for i in ids if i in jobs]
+    unknown = [i for i in ids if i not in jobs]
+    for job_id in unknown:
+        sys.stderr.write(f"Job <{job_id}> is not found\n")
+    if "json" in opts:
+        records: list[dict[str, str]] = []
+        for job_id in ids:
+            job = jobs.get(job_id)
+            if job is None:
+                records.append({"JOBID": job_id, "ERROR": f"Job <{job_id}> is not found"})
+            else:
+                records.append({f.upper(): _lsf_field(job, f) for f in fields})
+        doc = {"COMMAND": "bjobs", "JOBS": len(records), "RECORDS": records}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        if "noheader" not in opts and found:
+            sys.stdout.write(delimiter.join(f.upper() for f in fields) + "\n")
+        for job in found:
+            sys.stdout.write(delimiter.join(_lsf_field(job, f) or "-" for f in fields) + "\n")
+    return 255 if found and unknown else 0
+
+
+def bkill(argv: list[str]) -> int:
+    ids = [a for a in argv if not a.startswith("-")]
+    rc = 0
+    with locked_state() as state:
+        refresh(state)
+        jobs = {k: j for k, j in visible_jobs(state).items() if j.get("flavor") == "lsf"}
+        for job_id in ids:
+            job = jobs.get(job_id)
+            if job is None:
+                sys.stderr.write(f"Job <{job_id}>: No matching job found\n")
+                rc = 255
+            elif job["state"] not in ACTIVE:
+                sys.stderr.write(f"Job <{job_id}>: Job has already finished\n")
+                rc = 255
+            else:
+                _cancel(job)
+                sys.stdout.write(f"Job <{job_id}> is being terminated\n")
+    return rc
+
+
+# ---------------------------------------------------------------------------------------------
+# HTCondor (formats: README.md).
+
+
+def _condor_ad(job: Job) -> dict[str, Any]:
+    state = job["state"]
+    ad: dict[str, Any] = {
+        "ClusterId": int(job["id"]),
+        "ProcId": 0,
+        "JobBatchName": job["name"],
+        "EnteredCurrentStatus": int(
+            job.get("end_time") or job.get("start_time") or job["submit_time"]
+        ),
+        "QDate": int(job["submit_time"]),
+    }
+    if job.get("start_time") is not None:
+        ad["JobStartDate"] = int(job["start_time"])
+    if state in (QUEUED, HELD):
+        ad["JobStatus"] = 1 if state == QUEUED else 5
+        if state == HELD:
+            ad["HoldReason"] = "submitted on hold at user's request"
+    elif state == RUNNING:
+        ad["JobStatus"] = 2
+    elif state in (CANCELLED, TIMEOUT):
+        ad["JobStatus"] = 3
+        ad["CompletionDate"] = 0
+        ad["RemoveReason"] = (
+            f"The job attribute PeriodicRemove expression '{job.get('periodic_remove', '')}' "
+            "evaluated to TRUE"
+            if state == TIMEOUT
+            else f"via condor_rm (by user {job['user']})"
+        )
+    else:
+        rc = job.get("returncode")
+        ad["JobStatus"] = 4
+        ad["CompletionDate"] = int(job["end_time"])
+        ad["ExitBySignal"] = rc is not None and rc < 0
+        if rc is not None and rc < 0:
+            ad["ExitSignal"] = -rc
+        else:
+            ad["ExitCode"] = rc if rc is not None else 0
+    return ad
+
+
+def _condor_json(ads: list[dict[str, Any]], attributes: str | None) -> str:
+    """condor_q/condor_history `-json`: `[`, ads separated by `,` lines, `]`; nothing at all
+    when no ad matched."""
+    if not ads:
+        return ""
+    wanted = set(attributes.split(",")) if attributes else None
+    parts = []
+    for ad in ads:
+        shown = {k: v for k, v in sorted(ad.items()) if wanted is None or k in wanted}
+        parts.append(json.dumps(shown, indent=2))
+    return "[\n" + "\n,\n".join(parts) + "\n]\n"
+
+
+def condor_submit(argv: list[str]) -> int:
+    failed = _fail_submit("condor_submit")
+    if failed is not None:
+        return failed
+    files = [a for a in argv if not a.startswith("-")]
+    if not files:
+        sys.stderr.write("ERROR: no submit description given\n")
+        return 1
+    try:
+        lines = Path(files[0]).read_text().splitlines()
+    except OSError:
+        sys.stderr.write(
+            f'ERROR: Can\'t open "{files[0]}"  with flags 00 (No such file or directory)\n'
+        )
+        return 1
+    desc: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep:
+            desc[key.strip().lower()] = value.strip()
+        elif line.strip() and not line.strip().startswith("#") and line.split()[0] != "queue":
+            sys.stderr.write(f"ERROR: on Line {lines.index(line) + 1} of submit file: {line}\n")
+            return 1
+    if "executable" not in desc:
+        sys.stderr.write("ERROR: Executable not specified\n")
+        return 1
+    cwd = desc.get("initialdir") or os.getcwd()
+    limit = re.search(r">\s*(\d+)\s*\)?\s*$", desc.get("periodic_remove", ""))
+    copies = int(desc.get("machine_count", "1")) if desc.get("universe") == "parallel" else 1
+    job: Job = {
+        "name": desc.get("batch_name", "").strip('"') or Path(desc["executable"]).name,
+        "script": os.path.join(cwd, desc["executable"]),
+        "cwd": cwd,
+        "stdout": os.path.join(cwd, desc.get("output", os.devnull)),
+        "stderr": os.path.join(cwd, desc.get("error", os.devnull)),
+        "time_limit": float(limit.group(1)) if limit else None,
+        "periodic_remove": desc.get("periodic_remove", ""),
+        "nodes": copies,
+        "copies": copies,
+        "user": getpass.getuser(),
+        "held": desc.get("hold", "").lower() == "true",
+    }
+
+    def prepare(job: Job, job_id: str) -> None:
+        ad_file = _state_path().with_name(f"{_state_path().name}.{job_id}.ad")
+        ad_file.write_text(f'ClusterId = {job_id}\nProcId = 0\nJobBatchName = "{job["name"]}"\n')
+        env = {
+            "_CONDOR_JOB_AD": str(ad_file),
+            "_CONDOR_SCRATCH_DIR": cwd,
+            "BATCH_SYSTEM": "HTCondor",
+        }
+        job["env"] = env
+
+    job_id = _submit("htcondor", job, prepare)
+    sys.stdout.write(f"Submitting job(s).\n1 job(s) submitted to cluster {job_id}.\n")
+    return 0
+
+
+def _condor_select(argv: list[str], active: bool) -> tuple[list[Job], str | None]:
+    opts, ids = _opts(argv, {"-json": "json!", "-attributes": "attributes", "-match": "match"})
+    with locked_state() as state:
+        refresh(state)
+        jobs = [j for j in state["jobs"].values() if j.get("flavor") == "htcondor"]
+    clusters = {i.split(".")[0] for i in ids}
+    selected = [
+        j
+        for j in jobs
+        if (j["state"] in ACTIVE) == active and (not clusters or j["id"] in clusters)
+    ]
+    if not active:
+        selected.sort(key=lambda j: -int(j["id"]))  # history: newest first
+        if "match" in opts:
+            selected = selected[: int(opts["match"])]
+    return selected, opts.get("attributes")
+
+
+def condor_q(argv: list[str]) -> int:
+    if _garbage():
+        return 0
+    jobs, attributes = _condor_select(argv, active=True)
+    sys.stdout.write(_condor_json([_condor_ad(j) for j in jobs], attributes))
+    return 0
+
+
+def condor_history(argv: list[str]) -> int:
+    if _garbage():
+        return 0
+    jobs, attributes = _condor_select(argv, active=False)
+    sys.stdout.write(_condor_json([_condor_ad(j) for j in jobs], attributes))
+    return 0
+
+
+def condor_rm(argv: list[str]) -> int:
+    ids = [a for a in argv if not a.startswith("-")]
+    rc = 0
+    with locked_state() as state:
+        refresh(state)
+        for job_id in ids:
+            cluster = job_id.split(".")[0]
+            job = state["jobs"].get(cluster)
+            if job is None or job.get("flavor") != "htcondor" or job["state"] not in ACTIVE:
+                sys.stderr.write(f"Couldn't find/remove all jobs in cluster {cluster}.\n")
+                rc = 1
+            else:
+                _cancel(job)
+                sys.stdout.write(f"All jobs in cluster {cluster} have been marked for removal\n")
+    return rc
+
+
 TOOLS: dict[str, Callable[[list[str]], int]] = {
     "sbatch": sbatch,
     "squeue": squeue,
@@ -1034,13 +1390,22 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {
     "qstat": qstat,
     "qdel": qdel,
     "pbsdsh": pbsdsh,
+    "bsub": bsub,
+    "bjobs": bjobs,
+    "bkill": bkill,
+    "blaunch": blaunch,
+    "condor_submit": condor_submit,
+    "condor_q": condor_q,
+    "condor_history": condor_history,
+    "condor_rm": condor_rm,
 }
 
 
 def main(tool: str, argv: list[str]) -> int:
     _log_call(tool, argv)
     hang = _env_float("HQPY_EMULATOR_HANG", 0)
-    if hang:
+    only = os.environ.get("HQPY_EMULATOR_HANG_TOOLS")
+    if hang and (not only or tool in only.split(",")):
         time.sleep(hang)
     return TOOLS[tool](argv)
 

@@ -9,7 +9,13 @@ import attrs
 import pytest
 import trio
 
-from hqpy.autoalloc.backends.base import AllocationRequest
+from hqpy.autoalloc.backends.base import (
+    AllocationRequest,
+    CancelsAll,
+    ChecksScripts,
+    SubmitError,
+    TracksWorkers,
+)
 from hqpy.autoalloc.backends.common import (
     allocation_name,
     build_worker_command,
@@ -22,8 +28,9 @@ from hqpy.autoalloc.backends.common import (
 )
 from hqpy.autoalloc.backends.local import LocalBackend
 from hqpy.autoalloc.backends.pbs import PbsBackend
-from hqpy.autoalloc.backends.registry import available_backends, make_backend
+from hqpy.autoalloc.backends.registry import available_backends, make_backend, names
 from hqpy.autoalloc.backends.slurm import SlurmBackend
+from hqpy.common.events import BatchCommandRun
 from hqpy.protocol.messages import QueueParams
 
 HQ = ["/opt/hq/bin/hq"]
@@ -128,8 +135,14 @@ def test_worker_command_cpus_override_only_without_queue_cpus() -> None:
 
 
 def test_worker_command_unknown_manager() -> None:
-    with pytest.raises(ValueError, match="unknown manager 'lsf'"):
-        command(QueueParams(manager="lsf", time_limit=60))
+    with pytest.raises(ValueError, match="unknown manager 'moab'"):
+        command(QueueParams(manager="moab", time_limit=60))
+
+
+@pytest.mark.parametrize("manager", ["lsf", "htcondor", "sge"])
+def test_worker_command_new_managers_detect_their_allocation(manager: str) -> None:
+    # Their scripts export HQPY_ALLOCATION_ID, which `--manager detect` reads.
+    assert '--manager "detect"' in command(QueueParams(manager=manager, time_limit=60))
 
 
 def test_quoting() -> None:
@@ -196,11 +209,44 @@ async def test_make_backend() -> None:
         backend = make_backend("local", nursery=nursery)
         assert isinstance(backend, LocalBackend)
         assert backend.manager == "LOCAL"
+    for name, manager in [("lsf", "LSF"), ("htcondor", "HTCONDOR"), ("sge", "SGE")]:
+        assert make_backend(name).manager == manager
+
+
+async def test_make_backend_passes_the_observer(tmp_path: Path) -> None:
+    seen: list[BatchCommandRun] = []
+    backend = make_backend("slurm", timeout=5, observer=seen.append)
+    # A submit that cannot start still reaches the observer.
+    script = tmp_path / "hq-submit.sh"
+    script.write_text("#!/bin/bash\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", str(tmp_path))
+        with pytest.raises(SubmitError, match="sbatch start failed"):
+            await backend.submit(script, tmp_path)
+    assert [(e.program, e.ok) for e in seen] == [("sbatch", False)]
+    async with trio.open_nursery() as nursery:
+        local = make_backend("local", nursery=nursery, observer=seen.append)
+        assert isinstance(local, LocalBackend)
+        await local.check_script(script)
+    assert [(e.program, e.ok) for e in seen][1:] == [("bash", True)]
 
 
 def test_make_backend_errors() -> None:
-    assert available_backends()[:3] == ["slurm", "pbs", "local"]
-    with pytest.raises(ValueError, match="unknown backend 'lsf'; choose one of: slurm, pbs, local"):
-        make_backend("lsf")
+    assert available_backends()[:6] == ["slurm", "pbs", "local", "lsf", "htcondor", "sge"]
+    assert names() == available_backends()
+    with pytest.raises(
+        ValueError, match="unknown backend 'moab'; choose one of: slurm, pbs, local, lsf, htcondor"
+    ):
+        make_backend("moab")
     with pytest.raises(ValueError, match="needs a nursery"):
         make_backend("local")
+
+
+async def test_optional_capabilities() -> None:
+    slurm = make_backend("slurm")
+    assert not isinstance(slurm, (ChecksScripts, TracksWorkers, CancelsAll))
+    async with trio.open_nursery() as nursery:
+        local = make_backend("local", nursery=nursery)
+        assert isinstance(local, ChecksScripts)
+        assert isinstance(local, TracksWorkers)
+        assert isinstance(local, CancelsAll)

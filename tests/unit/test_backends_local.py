@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,7 +10,12 @@ import attrs
 import pytest
 import trio
 
-from hqpy.autoalloc.backends.base import AllocationRequest, ExternalState, SubmitError
+from hqpy.autoalloc.backends.base import (
+    AllocationRequest,
+    CancelTarget,
+    ExternalState,
+    SubmitError,
+)
 from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.backends.local import (
     LocalBackend,
@@ -235,3 +241,41 @@ async def test_closing_the_nursery_kills_the_groups(tmp_path: Path) -> None:
         await wait_for_file(req.workdir / "pgid")
         nursery.cancel_scope.cancel()
     assert not group_alive(int((req.workdir / "pgid").read_text()))
+
+
+async def test_group_scan_runs_off_the_loop(
+    backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader exits on SIGTERM, a child ignoring it lingers: the rest of the group is
+    checked by walking /proc, which must happen in a thread, never on the trio loop."""
+    from hqpy.autoalloc.backends import local
+
+    on_loop: list[bool] = []
+
+    def recording_group_alive(pgid: int) -> bool:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        return _group_alive(pgid)
+
+    monkeypatch.setattr(local, "_group_alive", recording_group_alive)
+    req = request(tmp_path, worker_command="(trap '' TERM; sleep 60) & echo $$ > pgid; wait")
+    allocation_id = await submit(backend, req)
+    await wait_for_file(req.workdir / "pgid")
+    await backend.cancel(allocation_id, req.workdir)
+    assert await state_of(backend, allocation_id) == (ExternalState.FAILED, "CANCELLED")
+    assert not group_alive(int((req.workdir / "pgid").read_text()))
+    assert on_loop and not any(on_loop)
+
+
+async def test_cancel_many_in_parallel(backend: LocalBackend, tmp_path: Path) -> None:
+    reqs = [
+        request(tmp_path, seq=n, workdir=tmp_path / f"{n:03}", worker_command="sleep 60")
+        for n in (1, 2)
+    ]
+    ids = [await submit(backend, req) for req in reqs]
+    outcome = await backend.cancel_many(
+        [CancelTarget(i, r.workdir) for i, r in zip(ids, reqs, strict=True)]
+        + [CancelTarget("local-99", tmp_path)]
+    )
+    assert outcome == {ids[0]: None, ids[1]: None, "local-99": None}
+    for allocation_id in ids:
+        assert await state_of(backend, allocation_id) == (ExternalState.FAILED, "CANCELLED")

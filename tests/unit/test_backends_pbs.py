@@ -12,6 +12,7 @@ from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     BackendError,
     CancelError,
+    CancelTarget,
     ExternalState,
     StatusQueryError,
     SubmitError,
@@ -272,3 +273,37 @@ async def test_cancel_failure(tmp_path: Path) -> None:
 def test_manager_name() -> None:
     assert PbsBackend.manager == "PBS"
     assert PbsBackend().render_script(request()) == render_qsub_script(request())
+
+
+async def test_cancel_many_is_one_qdel(tmp_path: Path) -> None:
+    runner = RecordingRunner().answer("qdel", Answer())
+    ids = ["1.server", "2.server"]
+    outcome = await PbsBackend(runner).cancel_many([CancelTarget(i, tmp_path) for i in ids])
+    assert runner.argvs == [["qdel", "1.server", "2.server"]]
+    assert outcome == {"1.server": None, "2.server": None}
+
+
+async def test_cancel_many_reads_qdel_per_id_errors(tmp_path: Path) -> None:
+    stderr = (
+        "qdel: Unknown Job Id 2.server\n"
+        "qdel: Job has finished 3.server.example.org\n"
+        "qdel: Unauthorized Request  4.server\n"
+    )
+    runner = RecordingRunner().answer("qdel", Answer(returncode=153, stderr=stderr))
+    ids = ["1.server", "2.server", "3.server", "4.server"]
+    outcome = await PbsBackend(runner).cancel_many([CancelTarget(i, tmp_path) for i in ids])
+    assert outcome == {
+        "1.server": None,
+        "2.server": None,
+        "3.server": None,
+        "4.server": "qdel: Unauthorized Request  4.server",
+    }
+
+
+async def test_cancel_many_hanging_qdel(tmp_path: Path) -> None:
+    error = BackendError("`qdel 1.server` did not finish within 30s")
+    runner = RecordingRunner().answer("qdel", Answer(error=error))
+    outcome = await PbsBackend(runner).cancel_many([CancelTarget("1.server", tmp_path)])
+    assert outcome == {
+        "1.server": "`qdel 1.server` did not finish within 30s; the cancellation is unconfirmed"
+    }

@@ -12,6 +12,7 @@ from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     BackendError,
     CancelError,
+    CancelTarget,
     ExternalState,
     StatusQueryError,
     SubmitError,
@@ -327,32 +328,90 @@ async def test_query_squeue_invalid_job_id_asks_each() -> None:
     runner = (
         RecordingRunner()
         .answer("squeue", Answer(returncode=1, stderr=fixture("squeue_invalid.stderr.txt")))
-        .answer(
-            "scontrol",
-            Answer(stdout=fixture("scontrol_completed.txt")),
+        .answer_argv(
+            ["scontrol", "show", "job", "1"], Answer(stdout=fixture("scontrol_completed.txt"))
+        )
+        .answer_argv(
+            ["scontrol", "show", "job", "2"],
             Answer(returncode=1, stderr=fixture("scontrol_invalid.stderr.txt")),
         )
     )
     statuses = await SlurmBackend(runner).query(["1", "2"])
-    assert runner.argvs[1:] == [["scontrol", "show", "job", "1"], ["scontrol", "show", "job", "2"]]
+    assert sorted(runner.argvs[1:]) == [
+        ["scontrol", "show", "job", "1"],
+        ["scontrol", "show", "job", "2"],
+    ]
+    assert list(statuses) == ["1", "2"]
     assert statuses["1"].state is ExternalState.FINISHED
     assert statuses["2"].state is ExternalState.FAILED
 
 
-async def test_query_squeue_failure() -> None:
+SQUEUE_BROKEN = [
+    Answer(returncode=1, stderr="squeue: error: Unable to contact slurm controller"),
+    Answer(stdout="<html>503</html>\n"),
+    Answer(error=BackendError("`squeue --noheader` did not finish within 5s")),
+    Answer(error=BackendError("squeue start failed: No such file or directory")),
+]
+
+
+@pytest.mark.parametrize("broken", SQUEUE_BROKEN, ids=["fails", "garbage", "hangs", "missing"])
+async def test_query_falls_back_to_scontrol_when_squeue_is_broken(broken: Answer) -> None:
+    runner = (
+        RecordingRunner()
+        .answer("squeue", broken)
+        .answer_argv(
+            ["scontrol", "show", "job", "1"], Answer(stdout=fixture("scontrol_running.txt"))
+        )
+        .answer_argv(
+            ["scontrol", "show", "job", "2"], Answer(stdout=fixture("scontrol_timeout.txt"))
+        )
+    )
+    statuses = await SlurmBackend(runner).query(["1", "2"])
+    assert runner.argvs[0][0] == "squeue"
+    assert sorted(runner.argvs[1:]) == [
+        ["scontrol", "show", "job", "1"],
+        ["scontrol", "show", "job", "2"],
+    ]
+    assert (statuses["1"].state, statuses["1"].raw) == (ExternalState.RUNNING, "RUNNING")
+    assert statuses["1"].started_at is not None and statuses["1"].finished_at is None
+    assert (statuses["2"].state, statuses["2"].raw) == (ExternalState.FINISHED, "TIMEOUT")
+    assert statuses["2"].finished_at is not None
+
+
+async def test_squeue_gets_a_short_timeout() -> None:
+    runner = (
+        RecordingRunner()
+        .answer("squeue", Answer(stdout=fixture("squeue_pending_running.txt")))
+        .answer("scontrol", Answer(stdout=fixture("scontrol_running.txt")))
+    )
+    await SlurmBackend(runner, timeout=30, squeue_timeout=3).query(["1"])
+    assert [c.timeout for c in runner.calls][0] == 3
+    await SlurmBackend(runner, timeout=2).query(["1"])
+    assert [c.timeout for c in runner.calls if c.argv[0] == "squeue"][1] == 2
+
+
+async def test_query_squeue_and_scontrol_both_failing() -> None:
     answer = Answer(returncode=1, stderr="squeue: error: Unable to contact slurm controller")
-    runner = RecordingRunner().answer("squeue", answer)
+    runner = (
+        RecordingRunner()
+        .answer("squeue", answer)
+        .answer("scontrol", Answer(returncode=1, stderr="scontrol: error: Unable to contact"))
+    )
     with pytest.raises(StatusQueryError) as info:
         await SlurmBackend(runner).query(["1"])
     assert str(info.value) == (
-        "squeue execution failed\nExit code: 1\n"
-        "Stderr: squeue: error: Unable to contact slurm controller\nStdout: "
+        "scontrol execution failed\nExit code: 1\n"
+        "Stderr: scontrol: error: Unable to contact\nStdout: "
     )
 
 
-async def test_query_garbage_is_a_status_error() -> None:
-    runner = RecordingRunner().answer("squeue", Answer(stdout="<html>503</html>\n"))
-    with pytest.raises(StatusQueryError, match="squeue output not understood"):
+async def test_query_scontrol_without_jobstate_is_a_status_error() -> None:
+    runner = (
+        RecordingRunner()
+        .answer("squeue", Answer(stdout="<html>503</html>\n"))
+        .answer("scontrol", Answer(stdout="<html>503</html>\n"))
+    )
+    with pytest.raises(StatusQueryError, match="scontrol output not understood"):
         await SlurmBackend(runner).query(["1"])
 
 
@@ -366,9 +425,13 @@ async def test_query_scontrol_failure() -> None:
         await SlurmBackend(runner).query(["1"])
 
 
-async def test_query_timeout_is_a_status_error() -> None:
-    error = BackendError("`squeue --noheader` did not finish within 30s")
-    runner = RecordingRunner().answer("squeue", Answer(error=error))
+async def test_query_scontrol_timeout_is_a_status_error() -> None:
+    error = BackendError("`scontrol show job 1` did not finish within 30s")
+    runner = (
+        RecordingRunner()
+        .answer("squeue", Answer(error=BackendError("squeue start failed: No such file")))
+        .answer("scontrol", Answer(error=error))
+    )
     with pytest.raises(StatusQueryError, match="did not finish within 30s"):
         await SlurmBackend(runner).query(["1"])
 
@@ -390,3 +453,85 @@ async def test_cancel_failure(tmp_path: Path) -> None:
 def test_render_script_method_is_the_pure_function() -> None:
     assert SlurmBackend().render_script(request()) == render_sbatch_script(request())
     assert SlurmBackend.manager == "SLURM"
+
+
+def targets(tmp_path: Path, *ids: str) -> list[CancelTarget]:
+    return [CancelTarget(i, tmp_path / i) for i in ids]
+
+
+async def test_cancel_many_is_one_scancel(tmp_path: Path) -> None:
+    runner = RecordingRunner().answer("scancel", Answer())
+    outcome = await SlurmBackend(runner).cancel_many(targets(tmp_path, "5", "6", "7"))
+    assert runner.argvs == [["scancel", "5", "6", "7"]]
+    assert outcome == {"5": None, "6": None, "7": None}
+
+
+async def test_cancel_many_per_id_errors(tmp_path: Path) -> None:
+    # `scancel -v` style (and other Slurm versions): one line per refused id.
+    stderr = (
+        "scancel: error: Kill job error on job id 6: Invalid job id specified\n"
+        "scancel: error: Kill job error on job id 7: Access/permission denied\n"
+        "scancel: error: Kill job error on job id 8: Job/step already completing or completed\n"
+    )
+    runner = RecordingRunner().answer("scancel", Answer(returncode=1, stderr=stderr))
+    outcome = await SlurmBackend(runner).cancel_many(targets(tmp_path, "5", "6", "7", "8"))
+    assert outcome == {
+        "5": None,
+        "6": None,
+        "7": "scancel: error: Kill job error on job id 7: Access/permission denied",
+        "8": None,
+    }
+
+
+async def test_cancel_many_whole_failure(tmp_path: Path) -> None:
+    answer = Answer(returncode=1, stderr="scancel: error: Unable to contact slurm controller")
+    runner = RecordingRunner().answer("scancel", answer)
+    outcome = await SlurmBackend(runner).cancel_many(targets(tmp_path, "5", "6"))
+    text = (
+        "scancel execution failed\nExit code: 1\n"
+        "Stderr: scancel: error: Unable to contact slurm controller\nStdout: "
+    )
+    assert outcome == {"5": text, "6": text}
+
+
+async def test_cancel_many_hanging_leaves_every_id_unconfirmed(tmp_path: Path) -> None:
+    error = BackendError("`scancel 5 6` did not finish within 30s")
+    runner = RecordingRunner().answer("scancel", Answer(error=error))
+    outcome = await SlurmBackend(runner).cancel_many(targets(tmp_path, "5", "6"))
+    text = "`scancel 5 6` did not finish within 30s; the cancellation is unconfirmed"
+    assert outcome == {"5": text, "6": text}
+
+
+async def test_cancel_many_chunks_long_lists(tmp_path: Path) -> None:
+    ids = [str(i) for i in range(1, 451)]
+    runner = RecordingRunner().answer("scancel", Answer())
+    outcome = await SlurmBackend(runner).cancel_many(targets(tmp_path, *ids))
+    assert sorted(len(argv) - 1 for argv in runner.argvs) == [50, 200, 200]
+    assert sorted(i for argv in runner.argvs for i in argv[1:]) == sorted(ids)
+    assert outcome == dict.fromkeys(ids)
+
+
+async def test_cancel_many_nothing_runs_nothing(tmp_path: Path) -> None:
+    runner = RecordingRunner()
+    assert await SlurmBackend(runner).cancel_many([]) == {}
+    assert runner.calls == []
+
+
+async def test_broken_squeue_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    broken = Answer(returncode=1, stderr="squeue: error: Unable to contact slurm controller")
+    runner = (
+        RecordingRunner()
+        .answer("squeue", broken, broken, Answer(stdout=fixture("squeue_pending_running.txt")))
+        .answer("scontrol", Answer(stdout=fixture("scontrol_running.txt")))
+    )
+    backend = SlurmBackend(runner)
+    with caplog.at_level("DEBUG", logger="hqpy.autoalloc.backends.slurm"):
+        await backend.query(["3"])
+        await backend.query(["3"])
+        await backend.query(["3"])
+    levels = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
+    assert levels == [
+        ("WARNING", "squeue failed, asking scontrol per allocation"),
+        ("DEBUG", "squeue failed, asking scontrol per allocation"),
+        ("INFO", "squeue answers again"),
+    ]

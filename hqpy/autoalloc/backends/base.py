@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -152,3 +152,31 @@ class BatchBackend(Protocol):
         """Cancel many allocations: with one command where the batch system takes many ids,
         else in parallel (`cancel_each`); never raises, the outcome says what failed."""
         ...
+
+
+# Optional capabilities: a backend has them or not; callers test with `isinstance` (these are
+# runtime-checkable) instead of `getattr`.
+
+
+@runtime_checkable
+class ChecksScripts(Protocol):
+    """Can check a script without submitting it (the local backend's dry run: `bash -n`)."""
+
+    async def check_script(self, script: Path) -> None:
+        """Raises `SubmitError` when the script would not run."""
+        ...
+
+
+@runtime_checkable
+class TracksWorkers(Protocol):
+    """Wants to know when the first worker of an allocation registered (the local backend
+    keeps an allocation QUEUED until then, as a batch job waits in its queue)."""
+
+    def mark_started(self, allocation_id: str) -> None: ...
+
+
+@runtime_checkable
+class CancelsAll(Protocol):
+    """Can end every allocation it started at once (server shutdown)."""
+
+    async def cancel_all(self) -> None: ...

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, NoReturn
 
+import trio
+
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     BackendError,
@@ -23,7 +25,7 @@ from hqpy.autoalloc.backends.base import (
     cancel_each,
     command_failure,
 )
-from hqpy.autoalloc.backends.runner import run_command
+from hqpy.autoalloc.backends.runner import CommandObserver, make_runner
 from hqpy.common.durations import format_duration, format_hms
 from hqpy.protocol.messages import QueueParams
 
@@ -33,8 +35,16 @@ JOBID_NAME = "jobid"
 format_walltime = format_hms
 """`HH:MM:SS` for `--time=`/`walltime=`; hours are never folded into days (`96:00:00`)."""
 
-_MANAGER_ARG = {"slurm": "slurm", "pbs": "pbs", "local": "detect"}
-"""`--manager` value per backend: local workers find their allocation from `HQPY_ALLOCATION_ID`."""
+_MANAGER_ARG = {
+    "slurm": "slurm",
+    "pbs": "pbs",
+    "local": "detect",
+    "lsf": "detect",
+    "htcondor": "detect",
+    "sge": "detect",
+}
+"""`--manager` value per backend: local, LSF, HTCondor and Grid Engine workers find their
+allocation from `HQPY_ALLOCATION_ID`, which those backends' scripts set."""
 
 _NEEDS_ESCAPE = re.compile(r'["\\$`]')
 
@@ -158,13 +168,14 @@ async def run_checked(
     command_timeout: float,
     error: type[BackendError],
     what: str,
+    stdin: Path | None = None,
 ) -> CommandResult:
     """Run a command; a start failure, a timeout or a non-zero exit raises `error`.
 
     The message is HyperQueue's: `<what> execution failed` and the quoted output.
     """
     result = await run_unchecked(
-        runner, argv, cwd=cwd, command_timeout=command_timeout, error=error
+        runner, argv, cwd=cwd, command_timeout=command_timeout, error=error, stdin=stdin
     )
     if result.returncode != 0:
         raise error(f"{what} execution failed\n{command_failure(result)}")
@@ -178,15 +189,62 @@ async def run_unchecked(
     cwd: Path | None,
     command_timeout: float,
     error: type[BackendError],
+    stdin: Path | None = None,
 ) -> CommandResult:
-    """Run a command; only a start failure or a timeout raises (as `error`)."""
+    """Run a command; only a start failure or a timeout raises (as `error`).
+
+    Args:
+        stdin: a file for its standard input (only passed to the runner when set).
+    """
+    extra = {} if stdin is None else {"stdin": stdin}
     try:
-        result: CommandResult = await runner(list(argv), cwd=cwd, timeout=command_timeout)
+        result: CommandResult = await runner(list(argv), cwd=cwd, timeout=command_timeout, **extra)
     except BackendError as e:
         if type(e) is error:
             raise
         raise_as(error, e)
     return result
+
+
+CANCEL_CHUNK = 200
+"""Ids per cancel command: far below any argv limit, one command for a typical queue."""
+
+_ID_PUNCTUATION = "<>:;,\"'()[]"
+
+
+def _id_key(text: str) -> str:
+    """`12` of `12`, `<12>:`, `"12"`, `12.server` or `12.server.domain` (PBS prints either)."""
+    return text.strip(_ID_PUNCTUATION).split(".", 1)[0]
+
+
+def judge_cancel(result: CommandResult, ids: Sequence[str], gone: Sequence[str]) -> CancelOutcome:
+    """Per id, what one cancel command for many ids said (pure).
+
+    Exit 0: every id was accepted. Otherwise each output line that names one of the ids is
+    that id's answer: None when it contains one of `gone` (already finished or unknown, not
+    an error; or the tool's own word for accepted), else the line as the error; ids no line
+    names were accepted. When no line names any id, the failure is every id's (the command
+    failed as a whole).
+    """
+    if result.returncode == 0:
+        return dict.fromkeys(ids)
+    by_key: dict[str, list[str]] = {}
+    for allocation_id in ids:
+        by_key.setdefault(_id_key(allocation_id), []).append(allocation_id)
+    outcome: CancelOutcome = {}
+    named = False
+    for line in (result.stderr + "\n" + result.stdout).splitlines():
+        keys = {_id_key(word) for word in line.split()}
+        for key in keys & by_key.keys():
+            named = True
+            error = None if any(marker in line for marker in gone) else line.strip()
+            for allocation_id in by_key[key]:
+                if outcome.get(allocation_id) is None:
+                    outcome[allocation_id] = error
+    if not named:
+        failure = f"{result.argv[0]} execution failed\n{command_failure(result)}"
+        return dict.fromkeys(ids, failure)
+    return {allocation_id: outcome.get(allocation_id) for allocation_id in ids}
 
 
 def raise_as(error: type[BackendError], cause: BackendError) -> NoReturn:
@@ -203,8 +261,19 @@ class ScriptBackend:
     manager: ClassVar[str]
     submit_program: ClassVar[str]
 
-    def __init__(self, runner: CommandRunner = run_command, timeout: float = 30.0) -> None:
-        self._run = runner
+    def __init__(
+        self,
+        runner: CommandRunner | None = None,
+        timeout: float = 30.0,
+        *,
+        observer: CommandObserver | None = None,
+    ) -> None:
+        """Args:
+        runner: runs the batch commands (tests pass fakes); default: a `BatchCommandRunner`.
+        timeout: seconds each command may take.
+        observer: told of each command (`BatchCommandRun`) when `runner` is the default.
+        """
+        self._run = runner if runner is not None else make_runner(observer)
         self._timeout = timeout
 
     async def cancel(self, allocation_id: str, workdir: Path) -> None:
@@ -212,6 +281,28 @@ class ScriptBackend:
 
     async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
         return await cancel_each(self.cancel, targets, self._timeout)
+
+    async def cancel_together(
+        self, argv: Sequence[str], targets: Sequence[CancelTarget], gone: Sequence[str]
+    ) -> CancelOutcome:
+        """Cancel `targets` with `argv + ids`, one command per `CANCEL_CHUNK` ids, all
+        chunks at once; see `judge_cancel` for how the output is read."""
+        ids = list(dict.fromkeys(t.allocation_id for t in targets))
+        outcome: CancelOutcome = {}
+
+        async def chunk(part: list[str]) -> None:
+            command = [*argv, *part]
+            try:
+                result = await self._run(command, cwd=None, timeout=self._timeout)
+            except BackendError as e:
+                outcome.update(dict.fromkeys(part, f"{e}; the cancellation is unconfirmed"))
+                return
+            outcome.update(judge_cancel(result, part, gone))
+
+        async with trio.open_nursery() as nursery:
+            for start in range(0, len(ids), CANCEL_CHUNK):
+                nursery.start_soon(chunk, ids[start : start + CANCEL_CHUNK])
+        return outcome
 
     @staticmethod
     def parse_submit_output(stdout: str) -> str:

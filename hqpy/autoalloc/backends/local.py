@@ -41,7 +41,7 @@ from hqpy.autoalloc.backends.base import (
     cancel_each,
 )
 from hqpy.autoalloc.backends.common import format_walltime, run_checked, write_jobid
-from hqpy.autoalloc.backends.runner import run_command
+from hqpy.autoalloc.backends.runner import CommandObserver, make_runner
 from hqpy.common.process import TaskProcess, devnull
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,8 @@ class _LocalAllocation:
     returncode: int | None = None
     timed_out: bool = False
     cancelled: bool = False
+    exited: trio.Event = attrs.field(factory=trio.Event)
+    """The script (the group's leader) has exited and been reaped."""
     done: trio.Event = attrs.field(factory=trio.Event)
 
     def status(self) -> ExternalStatus:
@@ -144,8 +146,30 @@ def _signal_group(pgid: int, signum: int) -> None:
         pass
 
 
+GROUP_CHECK_INTERVAL = 0.1
+"""Seconds between checks for the rest of a group after its leader exited."""
+
+
+async def _group_gone(pgid: int) -> None:
+    """Return once no live process is left in the group.
+
+    `killpg(pgid, 0)` (one syscall, on the loop) answers at once when the group is empty;
+    only when members (maybe zombies waiting for a slow reaper) remain is `/proc` scanned,
+    in a thread, at a low rate: the trio loop never walks `/proc`.
+    """
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        if not await trio.to_thread.run_sync(_group_alive, pgid):
+            return
+        await trio.sleep(GROUP_CHECK_INTERVAL)
+
+
 def _group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is left in the group (zombies wait for their reaper)."""
+    """Whether any non-zombie process is left in the group (zombies wait for their reaper).
+    Walks `/proc`: call it in a thread (`_group_gone`)."""
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
@@ -178,6 +202,7 @@ class LocalBackend:
         nursery: long-lived, owned by the caller; one watcher task per allocation runs in it.
         grace: seconds between SIGTERM and SIGKILL when an allocation is ended.
         env: extra environment for the scripts (on top of the server's).
+        observer: told of the commands it runs (`bash -n`), as for the other backends.
     """
 
     manager: ClassVar[str] = "LOCAL"
@@ -187,13 +212,14 @@ class LocalBackend:
         nursery: trio.Nursery,
         *,
         grace: float = 5.0,
-        runner: CommandRunner = run_command,
+        runner: CommandRunner | None = None,
         timeout: float = 30.0,
         env: Mapping[str, str] | None = None,
+        observer: CommandObserver | None = None,
     ) -> None:
         self._nursery = nursery
         self._grace = grace
-        self._run = runner
+        self._run = runner if runner is not None else make_runner(observer)
         self._timeout = timeout
         self._env = dict(env or {})
         self._counter = 0
@@ -310,44 +336,56 @@ class LocalBackend:
 
     async def _terminate(self, allocation: _LocalAllocation) -> None:
         """SIGTERM to the group, SIGKILL to what is left after `grace`; returns once no
-        process of the group is left (the script's own exit is recorded by `_watch`)."""
+        process of the group is left (the script's own exit is recorded by `_watch`).
+
+        The leader's exit comes from its pidfd (`_watch`); the rest of the group is checked
+        by `_group_gone`, off the loop."""
         assert allocation.process is not None
         pgid = allocation.process.pid
         _signal_group(pgid, signal.SIGTERM)
-        with trio.move_on_after(self._grace):
-            # No event tells when the last member of a group exits: poll.
-            while _group_alive(pgid):  # noqa: ASYNC110
-                await trio.sleep(0.05)
-        if _group_alive(pgid):
+        with trio.move_on_after(self._grace) as graceful:
+            await allocation.exited.wait()
+            await _group_gone(pgid)
+        if graceful.cancelled_caught:
             logger.info("allocation %s ignored SIGTERM; killing it", allocation.id)
             _signal_group(pgid, signal.SIGKILL)
             with trio.move_on_after(5):
-                while _group_alive(pgid):  # noqa: ASYNC110
-                    await trio.sleep(0.02)
+                await allocation.exited.wait()
+                await _group_gone(pgid)
 
     async def _watch(self, allocation: _LocalAllocation) -> None:
-        """Wait for the script to exit, ending it at its time limit; record how it ended."""
+        """Wait for the script to exit (its pidfd), ending it at its time limit; record how
+        it ended."""
         process = allocation.process
         assert process is not None
         try:
-            if allocation.time_limit is not None:
-                with trio.move_on_after(allocation.time_limit):
-                    await process.wait()
-                if process.returncode is None and not allocation.cancelled:
-                    logger.info("local allocation %s reached its time limit", allocation.id)
-                    allocation.timed_out = True
-                    await self._terminate(allocation)
-            await process.wait()
+            async with trio.open_nursery() as nursery:
+                if allocation.time_limit is not None:
+                    nursery.start_soon(self._end_at_limit, allocation, allocation.time_limit)
+                await process.wait()
+                allocation.exited.set()
+                if not allocation.timed_out:
+                    nursery.cancel_scope.cancel()
+                # else: `_terminate` is ending the rest of the group; let it finish.
         finally:
             if process.returncode is None:
                 # The nursery is being cancelled (server exit): leave nothing behind.
                 _signal_group(process.pid, signal.SIGKILL)
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await process.wait()
+                    await _group_gone(process.pid)
         allocation.returncode = process.returncode
         allocation.finished_at = time.time()
         allocation.done.set()
         logger.debug("local allocation %s exited with %s", allocation.id, process.returncode)
+
+    async def _end_at_limit(self, allocation: _LocalAllocation, limit: float) -> None:
+        await trio.sleep(limit)
+        if allocation.exited.is_set() or allocation.cancelled:
+            return
+        logger.info("local allocation %s reached its time limit", allocation.id)
+        allocation.timed_out = True
+        await self._terminate(allocation)
 
 
 def _read_script(script: Path) -> str:

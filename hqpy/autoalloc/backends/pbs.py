@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     CancelError,
+    CancelOutcome,
+    CancelTarget,
     ExternalState,
     ExternalStatus,
     StatusQueryError,
@@ -183,6 +185,11 @@ class PbsBackend(ScriptBackend):
             return parse_qstat_json(result.stdout, ids)
         except ValueError as e:
             raise StatusQueryError(f"qstat output not understood: {e}") from e
+
+    async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
+        """`qdel ID ID ...`; per-id errors name the id (`qdel: Unknown Job Id 12.server`, rc
+        153; `qdel: Job has finished 12.server`, rc 35: both mean already gone)."""
+        return await self.cancel_together(["qdel"], targets, (UNKNOWN_JOB, JOB_FINISHED))
 
     async def cancel(self, allocation_id: str, workdir: Path) -> None:
         result = await run_unchecked(

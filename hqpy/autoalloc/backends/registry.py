@@ -2,7 +2,8 @@
 
 Third parties add a batch system without touching hqpy by declaring an entry point in the
 group `hqpy.backends`, whose object is a factory called as
-`factory(nursery=<trio.Nursery>, timeout=<seconds>)` and returning a `BatchBackend`, e.g.
+`factory(nursery=<trio.Nursery>, timeout=<seconds>, observer=<callable or None>)` and
+returning a `BatchBackend` (`observer` is passed only when set, so older plug-ins work), e.g.
 
     [project.entry-points."hqpy.backends"]
     lsf = "my_package.lsf:LsfBackend"
@@ -19,10 +20,11 @@ from typing import Any
 import trio
 
 from hqpy.autoalloc.backends.base import BatchBackend
+from hqpy.autoalloc.backends.runner import CommandObserver
 
 ENTRY_POINT_GROUP = "hqpy.backends"
 
-BUILTIN_BACKENDS = ("slurm", "pbs", "local")
+BUILTIN_BACKENDS = ("slurm", "pbs", "local", "lsf", "htcondor", "sge")
 
 
 def _plugins() -> dict[str, Any]:
@@ -35,36 +37,70 @@ def available_backends() -> list[str]:
     return [*BUILTIN_BACKENDS, *extra]
 
 
+def names() -> list[str]:
+    """The names `hq alloc add <manager>` accepts (what the CLI's choices, validation and docs
+    read): the built-ins, then installed plug-ins."""
+    return available_backends()
+
+
 def make_backend(
-    manager: str, *, nursery: trio.Nursery | None = None, timeout: float = 30.0
+    manager: str,
+    *,
+    nursery: trio.Nursery | None = None,
+    timeout: float = 30.0,
+    observer: CommandObserver | None = None,
 ) -> BatchBackend:
-    """The backend for `manager` (`slurm`, `pbs`, `local` or a plug-in's name).
+    """The backend for `manager` (one of `names()`).
 
     Args:
         nursery: where the local backend runs its allocation watchers (required for `local`).
         timeout: seconds each batch command may take.
+        observer: told of every batch command the backend runs (`BatchCommandRun`), e.g.
+            the event hub's `publish`.
 
     Raises:
         ValueError: unknown name, or `local` without a nursery.
     """
     name = manager.lower()
-    if name == "slurm":
-        from hqpy.autoalloc.backends.slurm import SlurmBackend
-
-        return SlurmBackend(timeout=timeout)
-    if name == "pbs":
-        from hqpy.autoalloc.backends.pbs import PbsBackend
-
-        return PbsBackend(timeout=timeout)
     if name == "local":
         if nursery is None:
             raise ValueError("the local backend needs a nursery for its allocations")
         from hqpy.autoalloc.backends.local import LocalBackend
 
-        return LocalBackend(nursery, timeout=timeout)
+        return LocalBackend(nursery, timeout=timeout, observer=observer)
+    script_backend = _script_backend(name)
+    if script_backend is not None:
+        return script_backend(timeout=timeout, observer=observer)
     plugin = _plugins().get(name)
     if plugin is None:
         choices = ", ".join(available_backends())
         raise ValueError(f"unknown backend {manager!r}; choose one of: {choices}")
     factory: Callable[..., BatchBackend] = plugin.load()
-    return factory(nursery=nursery, timeout=timeout)
+    if observer is None:
+        return factory(nursery=nursery, timeout=timeout)
+    return factory(nursery=nursery, timeout=timeout, observer=observer)
+
+
+def _script_backend(name: str) -> Callable[..., BatchBackend] | None:
+    """The class of a built-in batch-system backend (imported on demand)."""
+    if name == "slurm":
+        from hqpy.autoalloc.backends.slurm import SlurmBackend
+
+        return SlurmBackend
+    if name == "pbs":
+        from hqpy.autoalloc.backends.pbs import PbsBackend
+
+        return PbsBackend
+    if name == "lsf":
+        from hqpy.autoalloc.backends.lsf import LsfBackend
+
+        return LsfBackend
+    if name == "htcondor":
+        from hqpy.autoalloc.backends.htcondor import HtcondorBackend
+
+        return HtcondorBackend
+    if name == "sge":
+        from hqpy.autoalloc.backends.sge import SgeBackend
+
+        return SgeBackend
+    return None

@@ -1,8 +1,10 @@
 """Slurm: `sbatch` to submit, one batched `squeue` (with `scontrol` for purged jobs), `scancel`.
 
 HyperQueue asks `scontrol show job` once per allocation; hqpy asks `squeue` once for all of a
-poll's allocations and only falls back to `scontrol` for ids `squeue` no longer lists, so a
-queue with many allocations costs one call. Output formats are those of Slurm 22.05 as captured
+poll's allocations and only falls back to `scontrol` for ids `squeue` no longer lists, or for
+all of them when `squeue` is missing, fails or hangs (it gets a short timeout), so a queue with
+many allocations costs one call, and a broken `squeue` costs seconds, not the whole timeout.
+Output formats are those of Slurm 22.05 as captured
 in `tests/fixtures/slurm/`.
 """
 
@@ -15,9 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+import trio
+
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     CancelError,
+    CancelOutcome,
+    CancelTarget,
+    CommandRunner,
     ExternalState,
     ExternalStatus,
     StatusQueryError,
@@ -31,6 +38,7 @@ from hqpy.autoalloc.backends.common import (
     run_checked,
     run_unchecked,
 )
+from hqpy.autoalloc.backends.runner import CommandObserver
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +78,15 @@ _STATES: dict[str, ExternalState] = {
     "SPECIAL_EXIT": ExternalState.FAILED,
     "REVOKED": ExternalState.FAILED,
 }
+
+SQUEUE_TIMEOUT = 5.0
+"""Seconds `squeue` gets before `scontrol` is asked instead: a healthy one answers in ms."""
+
+SCONTROL_PARALLEL = 8
+"""`scontrol show job` calls at once when `squeue` cannot answer."""
+
+SCANCEL_GONE = (INVALID_JOB_ID, "already completing or completed")
+"""scancel's per-id errors that mean the job is already gone (not a failed cancellation)."""
 
 _GONE = ExternalStatus(ExternalState.FAILED, raw="")
 """A job Slurm no longer knows (purged after MinJobAge): counted as failed, as in HyperQueue."""
@@ -200,9 +217,61 @@ class SlurmBackend(ScriptBackend):
     def render_script(self, request: AllocationRequest) -> str:
         return render_sbatch_script(request)
 
+    def __init__(
+        self,
+        runner: CommandRunner | None = None,
+        timeout: float = 30.0,
+        *,
+        observer: CommandObserver | None = None,
+        squeue_timeout: float = SQUEUE_TIMEOUT,
+    ) -> None:
+        super().__init__(runner, timeout, observer=observer)
+        self._squeue_timeout = min(squeue_timeout, timeout)
+        self._squeue_broken = False
+        """Whether the last `squeue` failed: warn once when it breaks, not every poll."""
+
     async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
+        """One batched `squeue` (under a short timeout); `scontrol show job` per id for the
+        ids it does not list, and for all of them when `squeue` is missing, fails, hangs or
+        prints something else (HyperQueue asks `scontrol` only)."""
         if not ids:
             return {}
+        try:
+            listed = await self._squeue(ids)
+        except StatusQueryError as e:
+            log = logger.debug if self._squeue_broken else logger.warning
+            log("squeue failed, asking scontrol per allocation: %s", e)
+            self._squeue_broken = True
+            listed = {}
+        else:
+            if self._squeue_broken:
+                logger.info("squeue answers again")
+            self._squeue_broken = False
+        missing = [job_id for job_id in ids if job_id not in listed]
+        found: dict[str, ExternalStatus] = {}
+        errors: list[StatusQueryError] = []
+        limiter = trio.CapacityLimiter(SCONTROL_PARALLEL)
+
+        async def one(job_id: str) -> None:
+            async with limiter:
+                try:
+                    found[job_id] = await self._query_one(job_id)
+                except StatusQueryError as e:
+                    errors.append(e)
+
+        async with trio.open_nursery() as nursery:
+            for job_id in missing:
+                nursery.start_soon(one, job_id)
+        if errors:
+            raise errors[0]
+        return {job_id: listed.get(job_id) or found[job_id] for job_id in ids}
+
+    async def _squeue(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
+        """The statuses `squeue` lists (ids it does not list are left out).
+
+        Raises:
+            StatusQueryError: squeue could not run, timed out, failed or printed garbage.
+        """
         argv = [
             "squeue",
             "--noheader",
@@ -211,26 +280,18 @@ class SlurmBackend(ScriptBackend):
             "--jobs=" + ",".join(ids),
         ]
         result = await run_unchecked(
-            self._run, argv, cwd=None, command_timeout=self._timeout, error=StatusQueryError
+            self._run, argv, cwd=None, command_timeout=self._squeue_timeout, error=StatusQueryError
         )
         if result.returncode == 0:
             try:
-                listed = parse_squeue_output(result.stdout)
+                return parse_squeue_output(result.stdout)
             except ValueError as e:
                 raise StatusQueryError(f"squeue output not understood: {e}") from e
-        elif INVALID_JOB_ID in result.stderr:
+        if INVALID_JOB_ID in result.stderr:
             # Slurm 22.05 says this (rc 1) only when *none* of the ids is known; other
             # versions may say it when any is unknown. Either way, ask per id.
-            listed = {}
-        else:
-            raise StatusQueryError(f"squeue execution failed\n{command_failure(result)}")
-        statuses: dict[str, ExternalStatus] = {}
-        for job_id in ids:
-            status = listed.get(job_id)
-            if status is None:
-                status = await self._query_one(job_id)
-            statuses[job_id] = status
-        return statuses
+            return {}
+        raise StatusQueryError(f"squeue execution failed\n{command_failure(result)}")
 
     async def _query_one(self, job_id: str) -> ExternalStatus:
         """`scontrol show job` for a job `squeue` did not list (purged, or never known)."""
@@ -249,6 +310,12 @@ class SlurmBackend(ScriptBackend):
             return parse_scontrol_output(result.stdout)
         except ValueError as e:
             raise StatusQueryError(f"scontrol output not understood: {e}") from e
+
+    async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
+        """`scancel ID ID ...`: rc 0 means every id was accepted (scancel is silent with rc 0
+        for finished and unknown ids alike); with `-v` or other versions, per-id errors name
+        the id (`Kill job error on job id 99: Invalid job id specified`)."""
+        return await self.cancel_together(["scancel"], targets, SCANCEL_GONE)
 
     async def cancel(self, allocation_id: str, workdir: Path) -> None:
         # scancel is silent with rc 0 for finished and unknown ids alike.

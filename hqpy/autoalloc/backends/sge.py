@@ -1,0 +1,304 @@
+"""Grid Engine (SGE, Son of Grid Engine, Debian's gridengine 8.1.9): `qsub -terse`, one
+`qstat -xml` for all, `qacct -j` for jobs that left it, `qdel`.
+
+Formats are those of the Grid Engine 8.1.9 man pages (sge_status(5), qstat(1)) and of gc3pie's
+and dask-jobqueue's fixtures (`/work/shared/reference/batch-systems.md` §3). Choices:
+- `-terse` on the command line (some versions ignore it as a `#$` line), the id is the last
+  line of the output;
+- `-S /bin/bash` and `-cwd`: a queue whose shell is csh still runs the script with bash, in
+  the allocation directory;
+- walltime `-l h_rt=HH:MM:SS`; several workers need a parallel environment (sites name their
+  own: `qconf -spl`), given as `parallel_environment` (`HQPY_SGE_PE` by default); the script
+  starts one worker per host of `$PE_HOSTFILE` with `qrsh -inherit -V`;
+- the script exports `HQPY_ALLOCATION_ID=$JOB_ID`, which `hq worker --manager detect` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import trio
+
+from hqpy.autoalloc.backends.base import (
+    AllocationRequest,
+    CancelError,
+    CancelOutcome,
+    CancelTarget,
+    CommandRunner,
+    ExternalState,
+    ExternalStatus,
+    StatusQueryError,
+    SubmitError,
+    command_failure,
+)
+from hqpy.autoalloc.backends.common import (
+    ScriptBackend,
+    format_walltime,
+    quote_single,
+    run_checked,
+    run_unchecked,
+    write_jobid,
+)
+from hqpy.autoalloc.backends.runner import CommandObserver
+
+logger = logging.getLogger(__name__)
+
+PE_ENV = "HQPY_SGE_PE"
+"""The parallel environment for allocations of several workers, when none is given."""
+
+QDEL_GONE = ("does not exist",)
+"""`denied: job "123" does not exist` (exit 1): already ended, or never known."""
+
+QDEL_ACCEPTED = ("for deletion", "has deleted job")
+
+QACCT_NOT_FOUND = "not found"
+"""`error: job id 123 not found` (exit 1): not (yet) in the accounting file."""
+
+QACCT_PARALLEL = 8
+
+SGE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+"""`JAT_start_time` in `qstat -xml` (local time; some versions add `.mmm`)."""
+
+QACCT_TIME_FORMAT = "%a %b %d %H:%M:%S %Y"
+"""`start_time`/`end_time` in `qacct -j` (local time)."""
+
+_GONE = ExternalStatus(ExternalState.FAILED, raw="")
+
+
+class SgeScriptError(SubmitError, ValueError):
+    """The request cannot be rendered (several workers without a parallel environment): a
+    `SubmitError`, so the allocator records it as a failed submission with this text."""
+
+
+def render_qsub_sge_script(request: AllocationRequest, parallel_environment: str | None) -> str:
+    """The `hq-submit.sh` of one allocation for `qsub -terse hq-submit.sh`.
+
+    Raises:
+        SgeScriptError: several workers and no parallel environment.
+    """
+    d = request.workdir
+    n = request.worker_count
+    lines = [
+        "#!/bin/bash",
+        f"#$ -N {request.name}",
+        f"#$ -o {d}/stdout",
+        f"#$ -e {d}/stderr",
+        f"#$ -l h_rt={format_walltime(request.time_limit)}",
+        "#$ -S /bin/bash",
+        "#$ -cwd",
+    ]
+    command = request.worker_command
+    if n > 1:
+        if not parallel_environment:
+            raise SgeScriptError(
+                f"an allocation of {n} workers on Grid Engine needs a parallel environment: "
+                f"set {PE_ENV} to one of `qconf -spl`"
+            )
+        lines.append(f"#$ -pe {parallel_environment} {n}")
+        # One worker per host of the allocation (the PE's allocation_rule decides the hosts).
+        command = (
+            'for host in $(cut -d " " -f 1 "$PE_HOSTFILE" | sort -u); do\n'
+            f'    qrsh -inherit -V "$host" bash -c {quote_single(command)} &\n'
+            "done\nwait"
+        )
+    if request.additional_args:
+        lines.append("#$ " + " ".join(request.additional_args))
+    return "\n".join(lines) + '\n\nexport HQPY_ALLOCATION_ID="$JOB_ID"\n' + command + "\n"
+
+
+def parse_qsub_terse_output(stdout: str) -> str:
+    """The id: the last non-empty line of `qsub -terse` (warnings may come first).
+
+    Raises:
+        ValueError: no id.
+    """
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    if not lines or not lines[-1].split(".")[0].isdigit():
+        raise ValueError(f"no job id in qsub output: {stdout.strip()[:200]!r}")
+    return lines[-1].split(".")[0]
+
+
+def _letters_state(letters: str) -> ExternalState:
+    """sge_status(5): `d` (being deleted) and `E` (error) first, then r/t/s, then q/h/w."""
+    if "E" in letters:
+        return ExternalState.FAILED
+    if "d" in letters:
+        return ExternalState.FAILED
+    if any(c in letters for c in "rtsST"):
+        return ExternalState.RUNNING
+    if any(c in letters for c in "qhwR"):
+        return ExternalState.QUEUED
+    logger.warning("unknown Grid Engine job state %r; counting the allocation as failed", letters)
+    return ExternalState.FAILED
+
+
+def _parse_time(text: str | None, fmt: str) -> float | None:
+    if not text:
+        return None
+    try:
+        return time.mktime(time.strptime(text.strip().split(".")[0], fmt))
+    except ValueError:
+        return None
+
+
+def parse_qstat_xml(text: str) -> dict[str, ExternalStatus]:
+    """Status per job number from `qstat -xml` (jobs that left the queue are not listed).
+
+    Raises:
+        ValueError: not qstat's XML.
+    """
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise ValueError(f"qstat output is not XML: {e}") from e
+    if root.tag != "job_info":
+        raise ValueError(f"qstat XML has <{root.tag}>, not <job_info>")
+    statuses: dict[str, ExternalStatus] = {}
+    for job in root.iter("job_list"):
+        number = (job.findtext("JB_job_number") or "").strip()
+        letters = (job.findtext("state") or "").strip()
+        if not number or not letters:
+            raise ValueError("a job_list without JB_job_number or state")
+        state = _letters_state(letters)
+        started = None
+        if state is not ExternalState.QUEUED:
+            started = _parse_time(job.findtext("JAT_start_time"), SGE_TIME_FORMAT)
+        statuses.setdefault(number, ExternalStatus(state, started_at=started, raw=letters))
+    return statuses
+
+
+def parse_qacct_output(text: str) -> ExternalStatus:
+    """`qacct -j <id>`: `key value` lines (several records if the id was reused: the last
+    counts). `failed 0` and `exit_status 0` is FINISHED; anything else FAILED.
+
+    Raises:
+        ValueError: no `exit_status` line.
+    """
+    record: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("====="):
+            record = {}
+            continue
+        key, _, value = line.partition(" ")
+        if key:
+            record[key] = value.strip()
+    if "exit_status" not in record:
+        raise ValueError(f"no exit_status in qacct output: {text.strip()[:200]!r}")
+    failed = record.get("failed", "0").split(":")[0].strip()
+    ok = failed == "0" and record["exit_status"].split()[0] == "0"
+    state = ExternalState.FINISHED if ok else ExternalState.FAILED
+    return ExternalStatus(
+        state,
+        started_at=_parse_time(record.get("start_time"), QACCT_TIME_FORMAT),
+        finished_at=_parse_time(record.get("end_time"), QACCT_TIME_FORMAT),
+        raw=f"exit_status {record['exit_status']}",
+    )
+
+
+class SgeBackend(ScriptBackend):
+    """Allocations are Grid Engine jobs; workers find theirs through `HQPY_ALLOCATION_ID`."""
+
+    manager: ClassVar[str] = "SGE"
+    submit_program: ClassVar[str] = "qsub"
+    parse_submit_output = staticmethod(parse_qsub_terse_output)
+
+    def __init__(
+        self,
+        runner: CommandRunner | None = None,
+        timeout: float = 30.0,
+        *,
+        observer: CommandObserver | None = None,
+        parallel_environment: str | None = None,
+    ) -> None:
+        super().__init__(runner, timeout, observer=observer)
+        self.parallel_environment = parallel_environment or os.environ.get(PE_ENV) or None
+
+    def render_script(self, request: AllocationRequest) -> str:
+        return render_qsub_sge_script(request, self.parallel_environment)
+
+    async def submit(self, script: Path, workdir: Path) -> str:
+        result = await run_checked(
+            self._run,
+            ["qsub", "-terse", str(script)],
+            cwd=workdir,
+            command_timeout=self._timeout,
+            error=SubmitError,
+            what="qsub",
+        )
+        try:
+            job_id = parse_qsub_terse_output(result.stdout)
+        except ValueError as e:
+            raise SubmitError(f"qsub execution failed\n{e}\n{command_failure(result)}") from e
+        write_jobid(workdir, job_id)
+        return job_id
+
+    async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
+        """One `qstat -xml` (own jobs); `qacct -j` for each id it does not list; an id in
+        neither (qacct lags, or accounting is off) is gone: FAILED."""
+        if not ids:
+            return {}
+        result = await run_unchecked(
+            self._run,
+            ["qstat", "-xml"],
+            cwd=None,
+            command_timeout=self._timeout,
+            error=StatusQueryError,
+        )
+        if result.returncode != 0:
+            raise StatusQueryError(f"qstat execution failed\n{command_failure(result)}")
+        try:
+            listed = parse_qstat_xml(result.stdout)
+        except ValueError as e:
+            raise StatusQueryError(f"qstat output not understood: {e}") from e
+        found: dict[str, ExternalStatus] = {}
+        errors: list[StatusQueryError] = []
+        limiter = trio.CapacityLimiter(QACCT_PARALLEL)
+
+        async def accounted(job_id: str) -> None:
+            async with limiter:
+                try:
+                    found[job_id] = await self._qacct(job_id)
+                except StatusQueryError as e:
+                    errors.append(e)
+
+        async with trio.open_nursery() as nursery:
+            for job_id in ids:
+                if job_id not in listed:
+                    nursery.start_soon(accounted, job_id)
+        if errors:
+            raise errors[0]
+        return {job_id: listed.get(job_id) or found[job_id] for job_id in ids}
+
+    async def _qacct(self, job_id: str) -> ExternalStatus:
+        result = await run_unchecked(
+            self._run,
+            ["qacct", "-j", job_id],
+            cwd=None,
+            command_timeout=self._timeout,
+            error=StatusQueryError,
+        )
+        if result.returncode != 0:
+            if QACCT_NOT_FOUND in result.stderr or QACCT_NOT_FOUND in result.stdout:
+                return _GONE
+            raise StatusQueryError(f"qacct execution failed\n{command_failure(result)}")
+        try:
+            return parse_qacct_output(result.stdout)
+        except ValueError as e:
+            raise StatusQueryError(f"qacct output not understood: {e}") from e
+
+    async def cancel(self, allocation_id: str, workdir: Path) -> None:
+        outcome = await self.cancel_many([CancelTarget(allocation_id, workdir)])
+        error = outcome.get(allocation_id)
+        if error is not None:
+            raise CancelError(error)
+
+    async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
+        """`qdel ID ID ...`: `<user> has registered the job 8 for deletion` / `has deleted
+        job 8` per id; `denied: job "8" does not exist` (exit 1) means gone."""
+        return await self.cancel_together(["qdel"], targets, (*QDEL_GONE, *QDEL_ACCEPTED))
