@@ -19,12 +19,11 @@ from functools import partial
 
 import trio
 
-from hqpy.autoalloc.backends import runner
 from hqpy.autoalloc.backends.base import BatchBackend
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.requests import AllocRequests
 from hqpy.autoalloc.service import AutoAllocService
-from hqpy.common.events import BatchCommandRun, EventHub
+from hqpy.common.events import EventHub
 from hqpy.protocol import messages as m
 from hqpy.server.demand import ServerDemand
 from hqpy.server.server import Server, ServerConfig
@@ -70,34 +69,27 @@ class ServerProcess:
         )
         self.allocator = allocator
         core.handlers.extend(AllocRequests(allocator).table())
-        runner.observe_command = self._observe_command
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(allocator.run)
-                info = await nursery.start(core.run)
-                if self.config.metrics_port is not None:
-                    from hqpy.http.server import serve_http
+        async with trio.open_nursery() as nursery:
+            await nursery.start(allocator.run)
+            info = await nursery.start(core.run)
+            if self.config.metrics_port is not None:
+                from hqpy.http.server import serve_http
 
-                    self.http_listeners = await nursery.start(
-                        partial(
-                            serve_http,
-                            core.state,
-                            allocator,
-                            self.hub,
-                            core.started_at,
-                            self.config.metrics_host,
-                            self.config.metrics_port,
-                        )
+                self.http_listeners = await nursery.start(
+                    partial(
+                        serve_http,
+                        core.state,
+                        allocator,
+                        self.hub,
+                        core.started_at,
+                        self.config.metrics_host,
+                        self.config.metrics_port,
                     )
-                task_status.started(info)
-                await core.stop_requested.wait()
-                log.info("Server is stopping")
-                core.close_listeners()
-                with trio.CancelScope(shield=True):
-                    await allocator.cancel_all()
-                nursery.cancel_scope.cancel()
-        finally:
-            runner.observe_command = runner.ignore_command
-
-    def _observe_command(self, program: str, seconds: float, ok: bool) -> None:
-        self.hub.publish(BatchCommandRun(program, seconds, ok))
+                )
+            task_status.started(info)
+            await core.stop_requested.wait()
+            log.info("Server is stopping")
+            core.close_listeners()
+            with trio.CancelScope(shield=True):
+                await allocator.cancel_all()
+            nursery.cancel_scope.cancel()

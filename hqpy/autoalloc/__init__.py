@@ -11,7 +11,7 @@ A *queue* is the recipe for allocations: backend, time limit, backlog, workers p
   commands as that queue's own steps (HyperQueue's `process`);
 - `service`: the handle the server uses: worker events, client requests, read views
   (HyperQueue's `service`); `requests` answers `hq alloc ...` through it;
-- `params`, `views`, `cancels`, `capabilities`: queue checks, protocol views, cancels with
+- `params`, `views`, `cancels`: queue checks, protocol views, cancels with
   retries, optional abilities of backends;
 - `backends/`: one adapter per batch system behind `BatchBackend`.
 """

@@ -28,7 +28,7 @@ def hq_argv() -> list[str]:
 
 def validate_params(params: QueueParams) -> None:
     """Refuse what HyperQueue refuses, with its messages."""
-    managers = registry.available_backends()
+    managers = registry.names()
     if params.manager not in managers:
         raise AllocError(f"Unknown manager `{params.manager}`; use one of {', '.join(managers)}")
     if params.backlog < 1:

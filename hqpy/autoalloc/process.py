@@ -26,10 +26,9 @@ from pathlib import Path
 import trio
 
 from hqpy.autoalloc.backends import registry
-from hqpy.autoalloc.backends.base import BackendError, BatchBackend, CancelTarget
+from hqpy.autoalloc.backends.base import BackendError, BatchBackend, CancelsAll, CancelTarget
 from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.cancels import cancel_bound, cancel_with_retries, unconfirmed
-from hqpy.autoalloc.capabilities import CancelsAll
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.params import allocation_request
 from hqpy.autoalloc.planner import plan_queue
@@ -115,7 +114,10 @@ class AllocatorProcess:
                 backend = self._make_backend(manager, self._nursery, self.config.command_timeout)
             else:
                 backend = registry.make_backend(
-                    manager, nursery=self._nursery, timeout=self.config.command_timeout
+                    manager,
+                    nursery=self._nursery,
+                    timeout=self.config.command_timeout,
+                    observer=self.hub.publish,
                 )
             self._backends[manager] = backend
         return backend

@@ -17,10 +17,14 @@ from pathlib import Path
 
 import trio
 
-from hqpy.autoalloc.backends.base import BackendError, CancelTarget
+from hqpy.autoalloc.backends.base import (
+    BackendError,
+    CancelTarget,
+    ChecksScripts,
+    TracksWorkers,
+)
 from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.cancels import cancel_bound, cancel_with_retries, unconfirmed
-from hqpy.autoalloc.capabilities import ChecksScript, MarksStarted
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.params import AllocError, allocation_request, validate_params
 from hqpy.autoalloc.process import AllocatorProcess, BackendFactory
@@ -138,7 +142,7 @@ class AutoAllocService:
                 found = self.state.find_allocation(allocation_id)
                 manager = None if found is None else found[0].params.manager
                 backend = None if manager is None else self.process.existing_backend(manager)
-                if isinstance(backend, MarksStarted):
+                if isinstance(backend, TracksWorkers):
                     backend.mark_started(allocation_id)
             else:
                 log.debug(
@@ -184,7 +188,9 @@ class AutoAllocService:
             script = write_script(request, backend.render_script(request))
         except OSError as e:
             raise AllocError(f"Could not submit allocation: cannot write {workdir}: {e}") from None
-        if isinstance(backend, ChecksScript):
+        except BackendError as e:
+            raise AllocError(f"Could not submit allocation: {e}") from None
+        if isinstance(backend, ChecksScripts):
             try:
                 await backend.check_script(script)
             except BackendError as e:

@@ -31,16 +31,11 @@ def _plugins() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def available_backends() -> list[str]:
-    """Every name `make_backend` accepts: the built-ins, then installed plug-ins."""
-    extra = sorted(name for name in _plugins() if name not in BUILTIN_BACKENDS)
-    return [*BUILTIN_BACKENDS, *extra]
-
-
 def names() -> list[str]:
     """The names `hq alloc add <manager>` accepts (what the CLI's choices, validation and docs
     read): the built-ins, then installed plug-ins."""
-    return available_backends()
+    extra = sorted(name for name in _plugins() if name not in BUILTIN_BACKENDS)
+    return [*BUILTIN_BACKENDS, *extra]
 
 
 def make_backend(
@@ -73,7 +68,7 @@ def make_backend(
         return script_backend(timeout=timeout, observer=observer)
     plugin = _plugins().get(name)
     if plugin is None:
-        choices = ", ".join(available_backends())
+        choices = ", ".join(names())
         raise ValueError(f"unknown backend {manager!r}; choose one of: {choices}")
     factory: Callable[..., BatchBackend] = plugin.load()
     if observer is None:

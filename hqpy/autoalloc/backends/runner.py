@@ -43,20 +43,6 @@ def ignore_run(event: BatchCommandRun) -> None:
     """The default observer: nothing."""
 
 
-def ignore_command(command: str, seconds: float, ok: bool) -> None:
-    pass
-
-
-observe_command: Callable[[str, float, bool], None] = ignore_command
-"""Deprecated: the module-global hook that `run_command` (the runner without an observer of its
-own) still reports to, until the composition root passes observers to the backends
-(`registry.make_backend(..., observer=hub.publish)`); then this and its setter go."""
-
-
-def _legacy_observer(event: BatchCommandRun) -> None:
-    observe_command(event.program, event.seconds, event.ok)
-
-
 class BoundedOutput:
     """The first and last `limit // 2` bytes of a stream, and how many bytes were dropped."""
 
@@ -253,7 +239,7 @@ class BatchCommandRunner:
             logger.error("process %d survived SIGKILL", proc.pid)
 
 
-_default_runner = BatchCommandRunner(_legacy_observer)
+_default_runner = BatchCommandRunner()
 
 
 async def run_command(
@@ -264,7 +250,7 @@ async def run_command(
     env: Mapping[str, str] | None = None,
     stdin: Path | None = None,
 ) -> CommandResult:
-    """`BatchCommandRunner` with the default limits, reporting to `observe_command`."""
+    """`BatchCommandRunner` with the default limits, reporting to nobody."""
     return await _default_runner(argv, cwd=cwd, timeout=timeout, env=env, stdin=stdin)
 
 
