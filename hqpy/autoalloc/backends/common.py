@@ -6,6 +6,7 @@ HyperQueue user reading `hq-submit.sh` sees what they expect; only `HQPY_LOG` re
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Sequence
@@ -288,12 +289,15 @@ class ScriptBackend:
         """Cancel `targets` with `argv + ids`, one command per `CANCEL_CHUNK` ids, all
         chunks at once; see `judge_cancel` for how the output is read."""
         ids = list(dict.fromkeys(t.allocation_id for t in targets))
+        workdirs = {t.allocation_id: t.workdir for t in targets}
         outcome: CancelOutcome = {}
 
         async def chunk(part: list[str]) -> None:
             command = [*argv, *part]
+            # Run where the allocations live (one allocation: its own dir), as submit does.
+            cwd = Path(os.path.commonpath([workdirs[i] for i in part]))
             try:
-                result = await self._run(command, cwd=None, timeout=self._timeout)
+                result = await self._run(command, cwd=cwd, timeout=self._timeout)
             except BackendError as e:
                 outcome.update(dict.fromkeys(part, f"{e}; the cancellation is unconfirmed"))
                 return
