@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hqpy.cli.common import duration, output_of, run_client
+from hqpy.cli.common import client_command, duration, output_of
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection, ClientError, connect
 from hqpy.protocol import messages as m
@@ -119,19 +119,15 @@ def _port(text: str) -> int:
     return port
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        conn.request(m.StopServerRequest(), m.OkResponse)
-
-    return run_client(args, call)
+@client_command
+def cmd_stop(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    conn.request(m.StopServerRequest(), m.OkResponse)
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.ServerInfoRequest(), m.ServerInfoResponse)
-        out.server_info(resp.info)
-
-    return run_client(args, call)
+@client_command
+def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.ServerInfoRequest(), m.ServerInfoResponse)
+    out.server_info(resp.info)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
