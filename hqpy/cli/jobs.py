@@ -35,6 +35,7 @@ log = logging.getLogger("hqpy.cli")
 DEFAULT_STDOUT = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout"
 DEFAULT_STDERR = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr"
 PROGRESS_INTERVAL = 0.3
+MISSING_ONE_BY_ONE = 1000
 STATE_FILTERS = ("waiting", "running", "finished", "failed", "canceled", "aborted", "opened")
 
 
@@ -301,6 +302,12 @@ def _entries(args: argparse.Namespace) -> list[str] | None:
     """The entries of `--each-line` or `--from-json` (None without either)."""
     if args.each_line is not None:
         lines = _read(args.each_line, "--each-line").splitlines()
+        for n, line in enumerate(lines, 1):
+            if "\0" in line:
+                raise ValueError(
+                    f"--each-line: line {n} of `{args.each_line}` contains a NUL character, "
+                    "which cannot be passed to a task (HQ_ENTRY)"
+                )
         if not lines:
             raise ValueError(f"--each-line: `{args.each_line}` has no lines: no tasks to submit")
         return lines
@@ -555,12 +562,10 @@ def cmd_cat(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> 
         return
     for job_id, tasks in resp.jobs:
         if args.tasks is not None:
-            from hqpy.common.idset import parse_id_set
-
-            found = {t.id for t in tasks}
-            for tid in parse_id_set(args.tasks):
-                if tid not in found:
-                    log.warning("Task %d of job %d not found", tid, job_id)
+            _warn_missing_tasks(conn, job_id, args.tasks)
+        if not tasks:
+            log.warning("No tasks were selected for job %d, there is nothing to print", job_id)
+            continue
         for task in tasks:
             path = task.stdout if args.stream == "stdout" else task.stderr
             if task.state == "waiting" and path is None:
@@ -573,6 +578,29 @@ def cmd_cat(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> 
             sys.stdout.flush()
             _copy_to_stdout(path)
     sys.stdout.flush()
+
+
+def _warn_missing_tasks(conn: BlockingConnection, job_id: int, requested: str) -> None:
+    """`Task N of job J not found` for asked ids that the job does not have (whatever their
+    state). Missing ids are worked out as ranges; past `MISSING_ONE_BY_ONE` of them, each run
+    is one line (`Tasks 6-4294967295 of job 1 not found`)."""
+    from hqpy.common.idset import IdSet, parse_id_set
+
+    ids = conn.request(m.TaskIdsRequest(str(job_id), ()), m.TaskIdsResponse)
+    existing = parse_id_set(ids.jobs[0][1]) if ids.jobs and ids.jobs[0][1] else IdSet()
+    missing = parse_id_set(requested).difference(existing)
+    if len(missing) <= MISSING_ONE_BY_ONE:
+        for task_id in missing:
+            log.warning("Task %d of job %d not found", task_id, job_id)
+        return
+    for start, stop, step in missing.runs():
+        last = stop - 1
+        if start == last:
+            log.warning("Task %d of job %d not found", start, job_id)
+        elif step == 1:
+            log.warning("Tasks %d-%d of job %d not found", start, last, job_id)
+        else:
+            log.warning("Tasks %d-%d:%d of job %d not found", start, last, step, job_id)
 
 
 @client_command
