@@ -11,13 +11,14 @@ that argv names is built and only its module imported; `hq --version` imports no
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from hqpy import __version__
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` itself costs a few ms of `hq --version`'s start-up
     import argparse
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn
 
 EXIT_INTERRUPTED = 130
 EXIT_USAGE = 2
