@@ -221,9 +221,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = args.func(args)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
-    except Exception as e:  # the last guard: one line, never a traceback
-        if args.debug:
-            raise
+    except Exception as e:  # the last guard of a client: one line, never a traceback
+        if args.debug or getattr(args, "long_running", False):
+            raise  # a server's or worker's crash keeps its traceback for the log
         from hqpy.cli.common import output_of
 
         output_of(args).error(f"{type(e).__name__}: {e} (run with --debug for details)")
