@@ -16,6 +16,9 @@ Benchmarks (names for `--only`):
   ``job list`` round trip.
 - ``hqpy-server-only``: as ``hqpy``, but the worker runs with ``HQPY_ZERO_WORKER=1`` (it completes
   tasks without spawning processes).
+- ``cli``: the start-up cost of `hq` from a regular (non-editable) install in a fresh venv:
+  median wall time of `hq job list`, `hq submit -- true`, `hq job info 1` (against a running
+  server) and `hq --version`, each as a ratio to `python -c pass` by the same interpreter.
 
 The end of the output is a table and one JSON object per figure per line (``grep '^{'``).
 See docs/benchmark.md.
@@ -39,7 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("floor", "hq-engine", "hqpy", "hqpy-array", "hqpy-autoalloc", "hqpy-server-only")
+BENCHES = (
+    "floor",
+    "hq-engine",
+    "hqpy",
+    "hqpy-array",
+    "hqpy-autoalloc",
+    "hqpy-server-only",
+    "cli",
+)
 
 # Default wall-time cap (seconds) for one HyperQueue-engine measurement. HyperQueue's engine runs
 # 100,000 `true` tasks at ~150-200 tasks/s on 2 cores, i.e. well over the budget of the whole
@@ -467,6 +478,86 @@ def bench_hqpy_array(tasks: int, workdir: Path) -> Result:
 
 
 # --------------------------------------------------------------------------------------------
+# cli: start-up time of `hq` from a regular install
+
+CLI_RUNS = 21
+CLI_TARGET_RATIO = 6.0
+CLI_VERSION_TARGET_RATIO = 2.0
+
+
+def _cli_venv(workdir: Path) -> Path:
+    """A fresh venv with hqpy installed as users install it (`pip install .`, no editable
+    finder on the import path)."""
+    venv = workdir / "cli-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"pip install into {venv} failed: {_last_lines(done.stderr)}")
+    return venv
+
+
+def _median_seconds(cmd: Sequence[str], cwd: Path, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=COMMAND_TIMEOUT)
+        times.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise BenchError(f"`{' '.join(cmd)}` exited with {done.returncode}")
+    times.sort()
+    return times[len(times) // 2]
+
+
+def bench_cli(workdir: Path, venv: Path | None = None) -> Result:
+    """Medians of client commands against a running server, next to `python -c pass`."""
+    venv = venv or _cli_venv(workdir)
+    python, hq = str(venv / "bin" / "python"), str(venv / "bin" / "hq")
+
+    class VenvCluster(HqpyCluster):
+        def command(self, *args: str) -> list[str]:
+            return [hq, "--server-dir", str(self.server_dir), *args]
+
+    cluster = VenvCluster(workdir, "cli")
+    try:
+        cluster.start_server()
+        cluster.run("submit", *NO_OUTPUT, "--", "true")
+        base = _median_seconds([python, "-c", "pass"], cluster.workdir, CLI_RUNS)
+        medians = {
+            "version": _median_seconds([hq, "--version"], cluster.workdir, CLI_RUNS),
+            "job_list": _median_seconds(cluster.command("job", "list"), cluster.workdir, CLI_RUNS),
+            "submit": _median_seconds(
+                cluster.command("submit", *NO_OUTPUT, "--", "true"), cluster.workdir, CLI_RUNS
+            ),
+            "job_info": _median_seconds(
+                cluster.command("job", "info", "1"), cluster.workdir, CLI_RUNS
+            ),
+        }
+    except BenchError as exc:
+        raise BenchError(f"{exc} [logs: {cluster.log_tail()}]") from exc
+    finally:
+        cluster.stop()
+    extra: dict[str, Any] = {"python_pass_ms": base * 1000}
+    for name, seconds in medians.items():
+        extra[f"{name}_ms"] = seconds * 1000
+        extra[f"{name}_ratio"] = seconds / base
+    worst = max(medians["job_list"], medians["submit"], medians["job_info"]) / base
+    extra["targets_met"] = (
+        worst <= CLI_TARGET_RATIO and medians["version"] / base <= CLI_VERSION_TARGET_RATIO
+    )
+    log(
+        f"cli: python -c pass {base * 1000:.1f} ms; "
+        + ", ".join(f"{k} {v * 1000:.1f} ms ({v / base:.1f}x)" for k, v in medians.items())
+    )
+    return Result("cli", CLI_RUNS, medians["job_list"], None, extra)
+
+
+# --------------------------------------------------------------------------------------------
 # driver
 
 
@@ -539,6 +630,7 @@ def build_plan(args: argparse.Namespace, workdir: Path) -> list[Plan]:
                 "hqpy-server-only", large, workdir, wait_timeout(large), zero
             ),
         ),
+        Plan("cli", CLI_RUNS, lambda: bench_cli(workdir)),
     ]
     return [p for p in plan if not args.only or p.name in args.only]
 

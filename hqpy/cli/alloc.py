@@ -8,7 +8,8 @@ import shutil
 import sys
 from typing import Any
 
-from hqpy.cli.common import duration, output_of, positive_int, run_client
+from hqpy.autoalloc.backends import registry
+from hqpy.cli.common import client_command, duration, output_of, positive_int, run_client
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection, ClientError
 from hqpy.protocol import messages as m
@@ -16,7 +17,6 @@ from hqpy.protocol import messages as m
 log = logging.getLogger("hqpy.cli")
 
 IDLE_TIMEOUT_WARNING = 10 * 60.0
-MANAGERS = ("slurm", "pbs", "local")
 
 
 def _backlog(text: str) -> int:
@@ -40,7 +40,7 @@ def _utilization(text: str) -> float:
 
 
 def add_queue_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("manager", choices=MANAGERS, help="The batch system")
+    p.add_argument("manager", choices=registry.names(), help="The batch system")
     p.add_argument(
         "-t", "--time-limit", type=duration, required=True, help="Walltime of allocations"
     )
@@ -72,7 +72,7 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detect-resources", help="Passed on to `hq worker start`")
     p.add_argument("--overview-interval", type=duration, help="Passed on to the workers")
     p.add_argument("--min-utilization", type=_utilization, default=0.0, help="0..1, as workers")
-    p.set_defaults(additional_args=[])
+    p.set_defaults(additional_args=[], batch_args=True)
     p.epilog = "Arguments after `--` go verbatim into the script as one batch directive line."
 
 
@@ -196,46 +196,40 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     return run_client(args, call)
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.AllocListRequest(), m.QueueListResponse)
-        out.queue_list(resp.queues)
-
-    return run_client(args, call)
+@client_command
+def cmd_list(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.AllocListRequest(), m.QueueListResponse)
+    out.queue_list(resp.queues)
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.AllocInfoRequest(args.queue_id), m.AllocationListResponse)
-        allocations = resp.allocations
-        if args.filter:
-            allocations = [a for a in allocations if a.state.lower() == args.filter]
-        out.allocation_list(resp.queue, allocations)
-
-    return run_client(args, call)
+@client_command
+def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.AllocInfoRequest(args.queue_id), m.AllocationListResponse)
+    allocations = resp.allocations
+    if args.filter:
+        allocations = [a for a in allocations if a.state.lower() == args.filter]
+    out.allocation_list(resp.queue, allocations)
 
 
-def cmd_events(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.AllocEventsRequest(args.queue_id), m.AllocEventsResponse)
-        out.alloc_events(resp.events, args.follow)
-        if not args.follow:
-            return
-        seen = resp.total
-        try:
-            while not resp.queue_removed:
-                resp = conn.request(
-                    m.AllocEventsRequest(args.queue_id, after=seen, wait=True),
-                    m.AllocEventsResponse,
-                )
-                seen = resp.total
-                if resp.events:
-                    out.alloc_events(resp.events, True)
-        except ClientError:
-            # The server stopped: the stream ends here.
-            return
-
-    return run_client(args, call)
+@client_command
+def cmd_events(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.AllocEventsRequest(args.queue_id), m.AllocEventsResponse)
+    out.alloc_events(resp.events, args.follow)
+    if not args.follow:
+        return
+    seen = resp.total
+    try:
+        while not resp.queue_removed:
+            resp = conn.request(
+                m.AllocEventsRequest(args.queue_id, after=seen, wait=True),
+                m.AllocEventsResponse,
+            )
+            seen = resp.total
+            if resp.events:
+                out.alloc_events(resp.events, True)
+    except ClientError:
+        # The server stopped: the stream ends here.
+        return
 
 
 def cmd_log(args: argparse.Namespace) -> int:
@@ -258,15 +252,13 @@ def cmd_log(args: argparse.Namespace) -> int:
     return run_client(args, call)
 
 
-def cmd_queue_action(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        conn.request(
-            m.AllocQueueRequest(
-                m.QueueAction(args.action), args.queue_id, getattr(args, "force", False)
-            ),
-            m.OkResponse,
-        )
-        if args.action == "remove":
-            log.info("Allocation queue %d successfully removed", args.queue_id)
-
-    return run_client(args, call)
+@client_command
+def cmd_queue_action(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    conn.request(
+        m.AllocQueueRequest(
+            m.QueueAction(args.action), args.queue_id, getattr(args, "force", False)
+        ),
+        m.OkResponse,
+    )
+    if args.action == "remove":
+        log.info("Allocation queue %d successfully removed", args.queue_id)

@@ -10,18 +10,32 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hqpy.cli.common import add_selector, duration, emit_log_lines, run_client
-from hqpy.cli.output import Output
-from hqpy.client.blocking import BlockingConnection, ClientError
+from hqpy.cli.common import (
+    add_selector,
+    client_command,
+    count,
+    duration,
+    emit_log_lines,
+    id_set,
+    output_of,
+    run_client,
+    signed_int,
+)
+from hqpy.client.blocking import ClientError
 from hqpy.protocol import messages as m
+
+if TYPE_CHECKING:
+    from hqpy.cli.output import Output
+    from hqpy.client.blocking import BlockingConnection
 
 log = logging.getLogger("hqpy.cli")
 
 DEFAULT_STDOUT = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout"
 DEFAULT_STDERR = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr"
 PROGRESS_INTERVAL = 0.3
+MISSING_ONE_BY_ONE = 1000
 STATE_FILTERS = ("waiting", "running", "finished", "failed", "canceled", "aborted", "opened")
 
 
@@ -57,30 +71,83 @@ def _states(text: str) -> tuple[str, ...]:
     return states
 
 
+MAX_UNITS = 2**32 - 1
+"""The most of one resource a task can ask for (whole units)."""
+
+
+def _amount_ok(request: Any, what: str) -> None:
+    from hqpy.common.resources import FRACTIONS
+
+    if isinstance(request.amount, int) and request.amount > MAX_UNITS * FRACTIONS:
+        raise argparse.ArgumentTypeError(f"{what} is too large (at most {MAX_UNITS})")
+
+
+def _cpus(text: str) -> str:
+    """`--cpus` as HyperQueue reads it (a bad value is a usage error); sent as typed."""
+    from hqpy.common.resources import parse_request_entry
+
+    try:
+        _amount_ok(parse_request_entry("cpus", text), f"`{text}`")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _resource(text: str) -> str:
+    from hqpy.common.resources import parse_request_entry, parse_resource_arg
+
+    try:
+        name, value = parse_resource_arg(text)
+        _amount_ok(parse_request_entry(name, value), f"`{text}`")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"`{text}`: expected KEY=VALUE")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(
+            f"{ascii(text)}: a variable's name and value cannot contain a NUL character"
+        )
+    return key, value
+
+
+def _job_id(text: str) -> int:
+    value = count(text)
+    return value
+
+
 def add_submit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--array", help="Task ids of an array: `1-10,20`, `0-100:2`")
+    p.add_argument("--array", type=id_set, help="Task ids of an array: `1-10,20`, `0-100:2`")
     p.add_argument("--each-line", type=Path, help="One task per line of this file (HQ_ENTRY)")
     p.add_argument("--from-json", type=Path, help="One task per item of this JSON array (HQ_ENTRY)")
-    p.add_argument("--cpus", help="Cpus per task: `2`, `4 compact!`")
-    p.add_argument("--resource", action="append", default=[], help="`name=amount [policy]`")
-    p.add_argument("--nodes", type=int, default=0, help="Nodes of a multi-node task")
+    p.add_argument("--cpus", type=_cpus, help="Cpus per task: `2`, `4 compact!`")
+    p.add_argument(
+        "--resource", type=_resource, action="append", default=[], help="`name=amount [policy]`"
+    )
+    p.add_argument("--nodes", type=count, default=0, help="Nodes of a multi-node task")
     p.add_argument("--time-limit", type=duration, help="Kill the task after this long")
     p.add_argument(
         "--time-request", type=duration, default=0.0, help="Minimal remaining worker time"
     )
-    p.add_argument("--priority", type=int, default=0, help="Higher runs first")
-    p.add_argument("--max-fails", type=int, help="Abort the job after more failed tasks")
+    p.add_argument("--priority", type=signed_int, default=0, help="Higher runs first")
+    p.add_argument("--max-fails", type=count, help="Abort the job after more failed tasks")
     p.add_argument(
         "--crash-limit", type=_crash_limit, default=5, help="Worker losses a task survives"
     )
     p.add_argument("--name", type=_name, help="Job name")
     p.add_argument("--cwd", help="Working directory of tasks (default: the submit dir)")
-    p.add_argument("--env", action="append", default=[], help="`KEY=VALUE` for the tasks")
+    p.add_argument(
+        "--env", type=_env, action="append", default=[], help="`KEY=VALUE` for the tasks"
+    )
     p.add_argument("--stdout", help="Stdout path (placeholders allowed) or `none`")
     p.add_argument("--stderr", help="Stderr path (placeholders allowed) or `none`")
     p.add_argument("--task-dir", action="store_true", help="Give each task a temporary directory")
     p.add_argument("--stdin", action="store_true", help="Pass this command's stdin to each task")
-    p.add_argument("--job", type=int, help="Submit into this open job")
+    p.add_argument("--job", type=_job_id, help="Submit into this open job")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--wait", action="store_true", help="Wait until the job ends")
     g.add_argument("--progress", action="store_true", help="Show a progress bar until the job ends")
@@ -130,7 +197,7 @@ def register(tree: Any, nouns: Any) -> None:
     p = tree.command(verbs, "cat", "Print the output of tasks")
     p.add_argument("job_id", help="Job id or `last`")
     p.add_argument("stream", choices=("stdout", "stderr"))
-    p.add_argument("--tasks", help="Task ids")
+    p.add_argument("--tasks", type=id_set, help="Task ids")
     p.add_argument("--task-status", type=_states, default=(), help="Only tasks in these states")
     p.add_argument(
         "--print-task-header", action="store_true", help="A `# Job J, task T` line first"
@@ -147,7 +214,7 @@ def register(tree: Any, nouns: Any) -> None:
 
     p = tree.command(verbs, "open", "Open a job that tasks can be submitted into")
     p.add_argument("--name", type=_name)
-    p.add_argument("--max-fails", type=int)
+    p.add_argument("--max-fails", type=count)
     p.set_defaults(func=cmd_open)
 
     p = tree.command(verbs, "close", "Close open jobs")
@@ -158,14 +225,14 @@ def register(tree: Any, nouns: Any) -> None:
     tverbs = tree.group(task, "verb")
     p = tree.command(tverbs, "list", "List tasks of jobs")
     add_selector(p, "Job")
-    p.add_argument("--tasks", help="Task ids")
+    p.add_argument("--tasks", type=id_set, help="Task ids")
     p.add_argument("--task-status", type=_states, default=(), help="Only tasks in these states")
     p.add_argument("--verbose", "-v", action="store_true", help="Full error messages")
     p.set_defaults(func=cmd_task_list)
 
     p = tree.command(tverbs, "info", "Show details of tasks")
     p.add_argument("job_id", help="Job id or `last`")
-    p.add_argument("task_ids", help="Task ids")
+    p.add_argument("task_ids", type=id_set, help="Task ids")
     p.add_argument("--verbose", "-v", action="store_true", help="Full error messages")
     p.set_defaults(func=cmd_task_info)
 
@@ -184,48 +251,38 @@ def build_submit(args: argparse.Namespace) -> m.SubmitRequest:
         command = command[1:]
     if not command:
         raise ValueError("no command given; usage: hq submit [options] -- <program> [args...]")
+    for arg in command:
+        if "\0" in arg:
+            raise ValueError(f"argument {ascii(arg)} contains a NUL character")
     if args.each_line is not None and args.from_json is not None:
         raise ValueError("--each-line and --from-json cannot be used together")
-    entries: list[str] | None = None
-    if args.each_line is not None:
-        entries = _read(args.each_line).splitlines()
-    elif args.from_json is not None:
-        try:
-            data = json.loads(_read(args.from_json))
-        except ValueError as e:
-            raise ValueError(f"--from-json: `{args.from_json}` is not valid JSON: {e}") from None
-        if not isinstance(data, list):
-            raise ValueError(f"--from-json: the root of `{args.from_json}` must be an array")
-        entries = [json.dumps(item) for item in data]
+    entries = _entries(args)
     if args.array is not None:
         ids = parse_id_set(args.array)
         if entries is not None and ids and ids.max() >= len(entries):
             raise ValueError(f"--array: id {ids.max()} is past the {len(entries)} entries")
         ids_text = str(ids)
     elif entries is not None:
-        ids_text = f"0-{len(entries) - 1}" if entries else ""
+        ids_text = f"0-{len(entries) - 1}"
     else:
         ids_text = "0"
-    env: dict[str, str] = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--env `{item}`: expected KEY=VALUE")
-        env[key] = value
+    env = dict(args.env)
     request = build_request(
         args.cpus, args.resource, n_nodes=args.nodes, time_request=args.time_request
     )
     submit_dir = os.getcwd()
     cwd = os.path.abspath(args.cwd) if args.cwd else submit_dir
-    stdin = sys.stdin.read() if args.stdin else None
+    stdout = _output_path(args.stdout, DEFAULT_STDOUT, "--stdout")
+    stderr = _output_path(args.stderr, DEFAULT_STDERR, "--stderr")
+    stdin = sys.stdin.buffer.read() if args.stdin else None
     return m.SubmitRequest(
         submit=m.SubmitDesc(
             ids=ids_text,
             args=tuple(command),
             env=env,
             cwd=cwd,
-            stdout=_output_path(args.stdout, DEFAULT_STDOUT),
-            stderr=_output_path(args.stderr, DEFAULT_STDERR),
+            stdout=stdout,
+            stderr=stderr,
             submit_dir=submit_dir,
             request=request,
             entries=entries,
@@ -241,26 +298,82 @@ def build_submit(args: argparse.Namespace) -> m.SubmitRequest:
     )
 
 
-def _read(path: Path) -> str:
+def _entries(args: argparse.Namespace) -> list[str] | None:
+    """The entries of `--each-line` or `--from-json` (None without either)."""
+    if args.each_line is not None:
+        lines = _read(args.each_line, "--each-line").splitlines()
+        for n, line in enumerate(lines, 1):
+            if "\0" in line:
+                raise ValueError(
+                    f"--each-line: line {n} of `{args.each_line}` contains a NUL character, "
+                    "which cannot be passed to a task (HQ_ENTRY)"
+                )
+        if not lines:
+            raise ValueError(f"--each-line: `{args.each_line}` has no lines: no tasks to submit")
+        return lines
+    if args.from_json is None:
+        return None
+    text = _read(args.from_json, "--from-json")
     try:
-        return path.read_text()
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise ValueError(f"--from-json: the root of `{args.from_json}` must be an array")
+        entries = [json.dumps(item) for item in data]
+    except RecursionError:
+        raise ValueError(
+            f"--from-json: `{args.from_json}` is nested too deeply to be read"
+        ) from None
+    except MemoryError:
+        raise ValueError(f"--from-json: `{args.from_json}` is too large to be read") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--from-json: `{args.from_json}` is not valid JSON: {e}") from None
+    if not entries:
+        raise ValueError(f"--from-json: `{args.from_json}` is an empty array: no tasks to submit")
+    return entries
+
+
+def _read(path: Path, option: str) -> str:
+    try:
+        data = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"cannot read `{path}`: {e.strerror}") from None
+        raise ValueError(f"{option}: cannot read `{path}`: {e.strerror}") from None
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{option}: `{path}` is not valid UTF-8 (line {line}, byte {e.start})"
+        ) from None
 
 
-def _output_path(value: str | None, default: str) -> str | None:
+def _output_path(value: str | None, default: str, option: str) -> str | None:
     if value is None:
         return default
     if value == "none":
         return None
     if value.endswith(":rm-if-finished"):
         value = value[: -len(":rm-if-finished")]
-    return value if value.startswith("%{") or os.path.isabs(value) else os.path.abspath(value)
+    if value.startswith("%{"):
+        return value
+    path = os.path.abspath(value)
+    _check_parents(path, option)
+    return path
+
+
+def _check_parents(path: str, option: str) -> None:
+    """A parent that exists but is a file can never hold the output: say so now, not per task."""
+    fixed = path.split("%{", 1)[0]
+    parent = os.path.dirname(fixed)
+    while parent and not os.path.lexists(parent):
+        up = os.path.dirname(parent)
+        if up == parent:
+            return
+        parent = up
+    if parent and os.path.exists(parent) and not os.path.isdir(parent):
+        raise ValueError(f"{option} `{path}`: `{parent}` is not a directory")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from hqpy.cli.common import output_of
-
     try:
         request = build_submit(args)
     except ValueError as e:
@@ -366,7 +479,8 @@ class ProgressBar:
 # Job commands
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+@client_command
+def cmd_list(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
     states: tuple[str, ...] | None
     if args.all:
         states = None
@@ -374,31 +488,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         states = args.filter
     else:
         states = ("waiting", "running", "opened")
-
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.ListJobsRequest(states), m.JobListResponse)
-        out.job_list(resp.jobs, resp.total, args.verbose)
-
-    return run_client(args, call)
+    resp = conn.request(m.ListJobsRequest(states), m.JobListResponse)
+    out.job_list(resp.jobs, resp.total, args.verbose)
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(
-            m.JobDetailsRequest(args.selector, include_tasks=args.output_mode == "json"),
-            m.JobDetailsResponse,
-        )
-        for job_id in resp.missing:
-            log.error("Job %d not found", job_id)
-        out.job_details(resp.jobs)
-
-    return run_client(args, call)
+@client_command
+def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(
+        m.JobDetailsRequest(args.selector, include_tasks=args.output_mode == "json"),
+        m.JobDetailsResponse,
+    )
+    for job_id in resp.missing:
+        log.error("Job %d not found", job_id)
+    out.job_details(resp.jobs)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     if args.reason is not None and len(args.reason) > 200:
-        from hqpy.cli.common import output_of
-
         output_of(args).error("--reason must be at most 200 characters long")
         return 1
 
@@ -409,118 +515,117 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return run_client(args, call)
 
 
-def cmd_forget(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.ForgetJobsRequest(args.selector, args.filter), m.LogLinesResponse)
-        emit_log_lines(resp.lines)
-
-    return run_client(args, call)
+@client_command
+def cmd_forget(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.ForgetJobsRequest(args.selector, args.filter), m.LogLinesResponse)
+    emit_log_lines(resp.lines)
 
 
-def cmd_close(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.CloseJobsRequest(args.selector), m.LogLinesResponse)
-        emit_log_lines(resp.lines)
-
-    return run_client(args, call)
+@client_command
+def cmd_close(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.CloseJobsRequest(args.selector), m.LogLinesResponse)
+    emit_log_lines(resp.lines)
 
 
-def cmd_open(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.OpenJobRequest(args.name, args.max_fails), m.SubmitResponse)
-        out.job_opened(resp.job_id)
-
-    return run_client(args, call)
+@client_command
+def cmd_open(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.OpenJobRequest(args.name, args.max_fails), m.SubmitResponse)
+    out.job_opened(resp.job_id)
 
 
-def cmd_wait(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        started = time.monotonic()
-        jobs = wait_for_jobs(
-            conn, args.selector, args.without_close, args.progress, quiet_output(out)
-        )
-        out.job_wait_result(jobs, time.monotonic() - started)
-
-    return run_client(args, call)
+@client_command
+def cmd_wait(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    started = time.monotonic()
+    jobs = wait_for_jobs(conn, args.selector, args.without_close, args.progress, quiet_output(out))
+    out.job_wait_result(jobs, time.monotonic() - started)
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.ListJobsRequest(None), m.JobListResponse)
-        out.job_summary(resp.jobs)
-
-    return run_client(args, call)
+@client_command
+def cmd_summary(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.ListJobsRequest(None), m.JobListResponse)
+    out.job_summary(resp.jobs)
 
 
-def cmd_task_ids(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.TaskIdsRequest(args.selector, args.filter), m.TaskIdsResponse)
-        out.task_ids(resp.jobs)
-
-    return run_client(args, call)
+@client_command
+def cmd_task_ids(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.TaskIdsRequest(args.selector, args.filter), m.TaskIdsResponse)
+    out.task_ids(resp.jobs)
 
 
-def cmd_cat(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(
-            m.TaskListRequest(args.job_id, args.tasks, args.task_status), m.TaskListResponse
-        )
-        if not resp.jobs:
-            log.error("No jobs were found")
-            return
-        for job_id, tasks in resp.jobs:
-            if args.tasks is not None:
-                from hqpy.common.idset import parse_id_set
-
-                found = {t.id for t in tasks}
-                for tid in parse_id_set(args.tasks):
-                    if tid not in found:
-                        log.warning("Task %d of job %d not found", tid, job_id)
-            for task in tasks:
-                path = task.stdout if args.stream == "stdout" else task.stderr
-                if task.state == "waiting" and path is None:
-                    continue
-                if path is None:
-                    log.warning(
-                        "Task %d has no `%s` stream associated with it", task.id, args.stream
-                    )
-                    continue
-                if args.print_task_header:
-                    sys.stdout.write(f"# Job {job_id}, task {task.id}\n")
-                sys.stdout.flush()
-                _copy_to_stdout(path)
-        sys.stdout.flush()
-
-    return run_client(args, call)
+@client_command
+def cmd_cat(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(
+        m.TaskListRequest(args.job_id, args.tasks, args.task_status), m.TaskListResponse
+    )
+    if not resp.jobs:
+        log.error("No jobs were found")
+        return
+    for job_id, tasks in resp.jobs:
+        if args.tasks is not None:
+            _warn_missing_tasks(conn, job_id, args.tasks)
+        if not tasks:
+            log.warning("No tasks were selected for job %d, there is nothing to print", job_id)
+            continue
+        for task in tasks:
+            path = task.stdout if args.stream == "stdout" else task.stderr
+            if task.state == "waiting" and path is None:
+                continue
+            if path is None:
+                log.warning("Task %d has no `%s` stream associated with it", task.id, args.stream)
+                continue
+            if args.print_task_header:
+                sys.stdout.write(f"# Job {job_id}, task {task.id}\n")
+            sys.stdout.flush()
+            _copy_to_stdout(path)
+    sys.stdout.flush()
 
 
-def cmd_task_list(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(
-            m.TaskListRequest(args.selector, args.tasks, args.task_status), m.TaskListResponse
-        )
-        for job_id in resp.missing:
-            log.error("Job %d not found", job_id)
-        out.task_list(resp.jobs, args.verbose)
+def _warn_missing_tasks(conn: BlockingConnection, job_id: int, requested: str) -> None:
+    """`Task N of job J not found` for asked ids that the job does not have (whatever their
+    state). Missing ids are worked out as ranges; past `MISSING_ONE_BY_ONE` of them, each run
+    is one line (`Tasks 6-4294967295 of job 1 not found`)."""
+    from hqpy.common.idset import IdSet, parse_id_set
 
-    return run_client(args, call)
+    ids = conn.request(m.TaskIdsRequest(str(job_id), ()), m.TaskIdsResponse)
+    existing = parse_id_set(ids.jobs[0][1]) if ids.jobs and ids.jobs[0][1] else IdSet()
+    missing = parse_id_set(requested).difference(existing)
+    if len(missing) <= MISSING_ONE_BY_ONE:
+        for task_id in missing:
+            log.warning("Task %d of job %d not found", task_id, job_id)
+        return
+    for start, stop, step in missing.runs():
+        last = stop - 1
+        if start == last:
+            log.warning("Task %d of job %d not found", start, job_id)
+        elif step == 1:
+            log.warning("Tasks %d-%d of job %d not found", start, last, job_id)
+        else:
+            log.warning("Tasks %d-%d:%d of job %d not found", start, last, step, job_id)
 
 
-def cmd_task_info(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        job_id = _resolve_job_id(conn, args.job_id)
-        if job_id is None:
-            log.error("Job %s not found", args.job_id)
-            return
-        resp = conn.request(m.TaskInfoRequest(job_id, args.task_ids), m.TaskInfoResponse)
-        if resp.job is None:
-            log.error("Job %d not found", job_id)
-            return
-        for tid in resp.missing:
-            log.warning("Task %d not found", tid)
-        out.task_info(resp.job, resp.tasks, args.verbose)
+@client_command
+def cmd_task_list(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(
+        m.TaskListRequest(args.selector, args.tasks, args.task_status), m.TaskListResponse
+    )
+    for job_id in resp.missing:
+        log.error("Job %d not found", job_id)
+    out.task_list(resp.jobs, args.verbose)
 
-    return run_client(args, call)
+
+@client_command
+def cmd_task_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    job_id = _resolve_job_id(conn, args.job_id)
+    if job_id is None:
+        log.error("Job %s not found", args.job_id)
+        return
+    resp = conn.request(m.TaskInfoRequest(job_id, args.task_ids), m.TaskInfoResponse)
+    if resp.job is None:
+        log.error("Job %d not found", job_id)
+        return
+    for tid in resp.missing:
+        log.warning("Task %d not found", tid)
+    out.task_info(resp.job, resp.tasks, args.verbose)
 
 
 def _resolve_job_id(conn: BlockingConnection, text: str) -> int | None:

@@ -3,46 +3,70 @@
 Global flags (`--server-dir`, `--output-mode`, `--colors`, `--debug`) are accepted anywhere in
 argv, as HyperQueue accepts them: every sub-parser gets them with `SUPPRESS` defaults, so a
 flag given at any level wins over the top-level default.
+
+Start-up time is part of the interface (scripts call `hq` in loops): only the parser of the noun
+that argv names is built and only its module imported; `hq --version` imports nothing else.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
 
 from hqpy import __version__
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` itself costs a few ms of `hq --version`'s start-up
+    import argparse
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn
+
 EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2
+
+NOUN_MODULES = {
+    "server": "server",
+    "worker": "workers",
+    "submit": "jobs",
+    "job": "jobs",
+    "task": "jobs",
+    "alloc": "alloc",
+}
+"""Which module of `hqpy.cli` registers each noun (all of them for `hq --help`)."""
+
+GLOBAL_VALUE_FLAGS = ("--server-dir", "--output-mode", "--colors")
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with clap-like errors: `error: <text>` and exit code 2."""
+def _parser_class() -> type[argparse.ArgumentParser]:
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        prefix = "the following arguments are required: "
-        if message.startswith(prefix):
-            # Name missing options as clap does (`--time-limit <TIME_LIMIT>`): scripts match it.
-            missing = [self._clap_name(name) for name in message[len(prefix) :].split(", ")]
-            message = "the following required arguments were not provided:\n  " + "\n  ".join(
-                missing
-            )
-        self.print_usage(sys.stderr)
-        self.exit(2, f"error: {message}\n")
+    class Parser(argparse.ArgumentParser):
+        """argparse with clap-like errors: `error: <text>` and exit code 2."""
 
-    def _clap_name(self, shown: str) -> str:
-        for action in self._actions:
-            if action.option_strings and "/".join(action.option_strings) == shown:
-                longest = max(action.option_strings, key=len)
-                return f"{longest} <{action.dest.upper()}>"
-        return f"<{shown.upper()}>" if not shown.startswith("-") else shown
+        def error(self, message: str) -> NoReturn:
+            prefix = "the following arguments are required: "
+            if message.startswith(prefix):
+                # Name missing options as clap does (`--time-limit <TIME_LIMIT>`).
+                missing = [self._clap_name(name) for name in message[len(prefix) :].split(", ")]
+                message = "the following required arguments were not provided:\n  " + (
+                    "\n  ".join(missing)
+                )
+            self.print_usage(sys.stderr)
+            self.exit(EXIT_USAGE, f"error: {message}\n")
+
+        def _clap_name(self, shown: str) -> str:
+            for action in self._actions:
+                if action.option_strings and "/".join(action.option_strings) == shown:
+                    longest = max(action.option_strings, key=len)
+                    return f"{longest} <{action.dest.upper()}>"
+            return f"<{shown.upper()}>" if not shown.startswith("-") else shown
+
+    return Parser
 
 
 def _global_options(defaults: bool) -> argparse.ArgumentParser:
+    import argparse
+    from pathlib import Path
+
     p = argparse.ArgumentParser(add_help=False)
     d: Callable[[Any], Any] = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     p.add_argument(
@@ -68,8 +92,9 @@ class CommandTree:
     """Builds nested sub-parsers that all accept the global flags."""
 
     def __init__(self) -> None:
+        self.parser_class = _parser_class()
         self.common = _global_options(defaults=False)
-        self.root = Parser(
+        self.root = self.parser_class(
             prog="hq",
             description="hqpy: a HyperQueue-compatible task server with automatic allocation",
             parents=[_global_options(defaults=True)],
@@ -77,40 +102,107 @@ class CommandTree:
         self.root.add_argument("--version", action="version", version=f"hq {__version__}")
 
     def group(self, parser: argparse.ArgumentParser, dest: str) -> Any:
-        return parser.add_subparsers(dest=dest, required=True, parser_class=Parser)
+        return parser.add_subparsers(dest=dest, required=True, parser_class=self.parser_class)
 
     def command(self, subparsers: Any, name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
         return subparsers.add_parser(name, help=help, description=help, parents=[self.common], **kw)  # type: ignore[no-any-return]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hqpy.cli import alloc, jobs, server, workers
+def build_parser(noun: str | None = None) -> argparse.ArgumentParser:
+    """The whole command tree, or only the branch of `noun` (what one call needs)."""
+    import importlib
 
     tree = CommandTree()
     nouns = tree.group(tree.root, "noun")
-    server.register(tree, nouns)
-    workers.register(tree, nouns)
-    jobs.register(tree, nouns)
-    alloc.register(tree, nouns)
+    modules = (
+        [NOUN_MODULES[noun]] if noun in NOUN_MODULES else list(dict.fromkeys(NOUN_MODULES.values()))
+    )
+    for name in modules:
+        importlib.import_module(f"hqpy.cli.{name}").register(tree, nouns)
     return tree.root
 
 
+def find_noun(argv: Sequence[str]) -> str | None:
+    """The first word that is not a global flag or its value; None when a root-level option
+    (`--help`, `--version`, an abbreviation) comes first and the whole tree must decide."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in GLOBAL_VALUE_FLAGS:
+            i += 2
+        elif word == "--debug" or word.startswith(tuple(f"{f}=" for f in GLOBAL_VALUE_FLAGS)):
+            i += 1
+        elif word.startswith("-"):
+            return None
+        else:
+            return word
+    return None
+
+
 def _env_output_mode(args: argparse.Namespace) -> str:
+    import os
+
     mode = args.output_mode or os.environ.get("HQ_OUTPUT_MODE") or "cli"
     if mode not in ("cli", "json", "quiet"):
         print(
             f"error: invalid HQ_OUTPUT_MODE `{mode}`; expected cli, json or quiet", file=sys.stderr
         )
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     return mode
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """argv to options; exits 2 with a clap-like message on a usage error.
+
+    Words after `--` are argparse's to place: `hq submit` keeps them as the command (a
+    REMAINDER positional) and `hq alloc add` receives them as the batch system's arguments
+    (`batch_args` commands): what argparse leaves over must be exactly that tail.
+    """
+    noun = find_noun(argv)
+    if noun is None and argv[:1] == ["--version"]:
+        print(f"hq {__version__}")
+        sys.exit(0)
+    _refuse_undecodable(argv)
+    parser = build_parser(noun)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        tail = argv[argv.index("--") + 1 :] if "--" in argv else None
+        if getattr(args, "batch_args", False) and tail is not None and extras[-len(tail) :] == tail:
+            if extras[: -len(tail)] not in ([], ["--"]):
+                parser.error(f"unrecognized arguments: {' '.join(extras[: -len(tail)])}")
+            args.additional_args = tail
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def _refuse_undecodable(argv: Sequence[str]) -> None:
+    """Bytes that are not UTF-8 (argv arrives surrogate-escaped) cannot cross the JSON wire:
+    refuse them naming the option, rather than failing later in an encoder."""
+    for i, word in enumerate(argv):
+        try:
+            word.encode()
+        except UnicodeEncodeError:
+            if word.startswith("--") and "=" in word:
+                where = f"the value of {word.split('=', 1)[0]}"
+            elif i > 0 and argv[i - 1].startswith("-") and argv[i - 1] != "--":
+                where = f"the value of {argv[i - 1]}"
+            else:
+                where = "argument"
+            print(
+                f"error: {where} is not valid UTF-8: {ascii(word)}; hq passes text only",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_USAGE)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv, batch_args = split_batch_args(argv)
-    args = build_parser().parse_args(argv)
-    if batch_args is not None:
-        args.additional_args = batch_args
+    args = parse(argv)
+    import os
+    import signal
+    from pathlib import Path
+
     args.output_mode = _env_output_mode(args)
     if args.server_dir is None:
         from hqpy.common.serverdir import default_server_dir
@@ -129,17 +221,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = args.func(args)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
+    except Exception as e:  # the last guard of a client: one line, never a traceback
+        if args.debug or getattr(args, "long_running", False):
+            raise  # a server's or worker's crash keeps its traceback for the log
+        from hqpy.cli.common import output_of
+
+        output_of(args).error(f"{type(e).__name__}: {e} (run with --debug for details)")
+        code = 1
     sys.stdout.flush()
     sys.exit(code)
-
-
-def split_batch_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
-    """`hq alloc add slurm ... -- --partition=p1`: the words after `--` belong to the batch
-    system, verbatim; argparse alone cannot give a positional both sides of `--`."""
-    if "--" not in argv:
-        return argv, None
-    cut = argv.index("--")
-    head = argv[:cut]
-    if "alloc" in head and ("add" in head or "dry-run" in head):
-        return head, argv[cut + 1 :]
-    return argv, None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from hqpy.cli.common import duration, output_of, run_client
+from hqpy.cli.common import client_command, duration, output_of
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection, ClientError, connect
 from hqpy.protocol import messages as m
@@ -54,14 +55,14 @@ def register(tree: Any, nouns: Any) -> None:
     p = tree.command(
         verbs, "generate-access", "Write an access file for `server start --access-file`"
     )
-    p.add_argument("file", type=Path)
-    p.add_argument("--client-port", type=int, required=True)
-    p.add_argument("--worker-port", type=int, required=True)
-    p.add_argument("--host")
-    p.add_argument("--client-host")
-    p.add_argument("--worker-host")
-    p.add_argument("--client-file", type=Path)
-    p.add_argument("--worker-file", type=Path)
+    p.add_argument("file", type=Path, help="Where to write the whole record")
+    p.add_argument("--client-port", type=_port, required=True, help="Port for clients")
+    p.add_argument("--worker-port", type=_port, required=True, help="Port for workers")
+    p.add_argument("--host", help="Hostname of both endpoints (default: this host's name)")
+    p.add_argument("--client-host", help="Hostname for clients (instead of --host)")
+    p.add_argument("--worker-host", help="Hostname for workers (instead of --host)")
+    p.add_argument("--client-file", type=Path, help="Also write the client part alone here")
+    p.add_argument("--worker-file", type=Path, help="Also write the worker part alone here")
     p.set_defaults(func=cmd_generate_access)
 
 
@@ -120,19 +121,15 @@ def _port(text: str) -> int:
     return port
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        conn.request(m.StopServerRequest(), m.OkResponse)
-
-    return run_client(args, call)
+@client_command
+def cmd_stop(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    conn.request(m.StopServerRequest(), m.OkResponse)
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.ServerInfoRequest(), m.ServerInfoResponse)
-        out.server_info(resp.info)
-
-    return run_client(args, call)
+@client_command
+def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.ServerInfoRequest(), m.ServerInfoResponse)
+    out.server_info(resp.info)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -157,24 +154,34 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_access(args: argparse.Namespace) -> int:
+    """FILE gets the whole record; `--client-file`/`--worker-file` (either or both) get
+    exactly `version` and their own part, without `server_uid`, as HyperQueue writes them."""
     from hqpy import __version__
     from hqpy.common import serverdir
     from hqpy.protocol.auth import new_secret
 
+    for other in ("client_host", "worker_host"):
+        if args.host is not None and getattr(args, other) is not None:
+            flag = "--" + other.replace("_", "-")
+            print(
+                f"error: the argument '--host <HOST>' cannot be used with "
+                f"'{flag} <{other.upper()}>'",
+                file=sys.stderr,
+            )
+            return 2
     host = args.host or socket.gethostname()
     client = serverdir.Endpoint(args.client_host or host, args.client_port, new_secret())
     worker = serverdir.Endpoint(args.worker_host or host, args.worker_port, new_secret())
-    uid = serverdir.new_server_uid()
-    full = serverdir.AccessRecord(__version__, uid, client, worker)
-    if (args.client_file is None) != (args.worker_file is None):
-        output_of(args).error("--client-file and --worker-file must be given together")
-        return 1
-    serverdir.write_access(args.file, full)
+    full = serverdir.AccessRecord(__version__, serverdir.new_server_uid(), client, worker)
+    writes = [(args.file, full)]
     if args.client_file is not None:
-        serverdir.write_access(
-            args.client_file, serverdir.AccessRecord(__version__, uid, client, None)
-        )
-        serverdir.write_access(
-            args.worker_file, serverdir.AccessRecord(__version__, uid, None, worker)
-        )
+        writes.append((args.client_file, serverdir.AccessRecord(__version__, client=client)))
+    if args.worker_file is not None:
+        writes.append((args.worker_file, serverdir.AccessRecord(__version__, worker=worker)))
+    for path, record in writes:
+        try:
+            serverdir.write_access(path, record)
+        except OSError as e:
+            output_of(args).error(f"Cannot write access file `{path}`: {e.strerror or e}")
+            return 1
     return 0

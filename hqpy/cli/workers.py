@@ -11,11 +11,11 @@ from typing import Any
 
 from hqpy.cli.common import (
     add_selector,
+    client_command,
     duration,
     emit_log_lines,
     output_of,
     positive_int,
-    run_client,
 )
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection
@@ -164,48 +164,37 @@ def cmd_start(args: argparse.Namespace) -> int:
     return trio.run(run)
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+@client_command
+def cmd_list(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
     flt = "all" if args.all else (args.filter or "running")
-
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.ListWorkersRequest(flt), m.WorkerListResponse)
-        out.worker_list(resp.workers)
-
-    return run_client(args, call)
+    resp = conn.request(m.ListWorkersRequest(flt), m.WorkerListResponse)
+    out.worker_list(resp.workers)
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.WorkerInfoRequest(args.selector), m.WorkerListResponse)
-        if not resp.workers:
-            log.error("Worker %s not found", args.selector)
-        out.worker_info(resp.workers)
-
-    return run_client(args, call)
+@client_command
+def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.WorkerInfoRequest(args.selector), m.WorkerListResponse)
+    if not resp.workers:
+        log.error("Worker %s not found", args.selector)
+    out.worker_info(resp.workers)
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(m.StopWorkersRequest(args.selector), m.LogLinesResponse)
-        emit_log_lines(resp.lines)
-
-    return run_client(args, call)
+@client_command
+def cmd_stop(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.StopWorkersRequest(args.selector), m.LogLinesResponse)
+    emit_log_lines(resp.lines)
 
 
-def cmd_address(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> int:
-        resp = conn.request(m.WorkerInfoRequest(str(args.worker_id)), m.WorkerListResponse)
-        if not resp.workers:
-            out.error(f"Worker {args.worker_id} not found")
-            return 1
-        out.worker_address(resp.workers[0].configuration.hostname)
-        return 0
-
-    return run_client(args, call)
+@client_command
+def cmd_address(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> int:
+    resp = conn.request(m.WorkerInfoRequest(str(args.worker_id)), m.WorkerListResponse)
+    if not resp.workers:
+        out.error(f"Worker {args.worker_id} not found")
+        return 1
+    out.worker_address(resp.workers[0].configuration.hostname)
+    return 0
 
 
-def cmd_wait(args: argparse.Namespace) -> int:
-    def call(conn: BlockingConnection, out: Output) -> None:
-        conn.request(m.WaitWorkersRequest(args.count), m.OkResponse)
-
-    return run_client(args, call)
+@client_command
+def cmd_wait(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    conn.request(m.WaitWorkersRequest(args.count), m.OkResponse)

@@ -40,7 +40,22 @@ def _error(text: str) -> ValueError:
     return ValueError(f"invalid duration {text!r}: expected e.g. 30s, 1h 30m, 500ms or HH:MM:SS")
 
 
+MAX_SECONDS = 2**64 - 1
+"""The longest duration (HyperQueue's durations hold `u64` seconds)."""
+_MAX_NS = MAX_SECONDS * _NS_PER_S
+_MAX_DIGITS = 40
+
+
+def _too_large(text: str) -> ValueError:
+    shown = text.strip() if len(text.strip()) <= 60 else text.strip()[:60] + "..."
+    return ValueError(
+        f"invalid duration {shown!r}: it is too large (at most {MAX_SECONDS} seconds)"
+    )
+
+
 def _to_ns(number: str, unit_ns: int) -> int:
+    if len(number) > _MAX_DIGITS:
+        raise OverflowError
     try:
         return int((Decimal(number) * unit_ns).to_integral_value())
     except InvalidOperation as e:  # pragma: no cover - the regexes only let digits through
@@ -48,20 +63,34 @@ def _to_ns(number: str, unit_ns: int) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from `500ms`, `1h 30m`, `1h30m`, `90` (seconds) or `[[D-]HH:]MM:SS`."""
+    """Seconds from `500ms`, `1h 30m`, `1h30m`, `90` (seconds) or `[[D-]HH:]MM:SS`.
+
+    Durations past `MAX_SECONDS` are refused (before any float could overflow)."""
+    try:
+        total = _parse_ns(text)
+    except OverflowError:
+        raise _too_large(text) from None
+    if total > _MAX_NS:
+        raise _too_large(text)
+    return total / _NS_PER_S
+
+
+def _parse_ns(text: str) -> int:
     stripped = text.strip()
     if _PLAIN_RE.fullmatch(stripped):
-        return _to_ns(stripped, _NS_PER_S) / _NS_PER_S
+        return _to_ns(stripped, _NS_PER_S)
     clock = _CLOCK_RE.fullmatch(stripped)
     if clock:
         days, hours, minutes, seconds = clock.groups()
-        if int(minutes) >= 60 and hours is not None or float(seconds) >= 60:
+        if any(len(part or "") > _MAX_DIGITS for part in clock.groups()):
+            raise OverflowError
+        if int(minutes) >= 60 and hours is not None or Decimal(seconds) >= 60:
             raise _error(text)
         total = _to_ns(seconds, _NS_PER_S)
         total += int(minutes) * 60 * _NS_PER_S
         total += int(hours or 0) * 3_600 * _NS_PER_S
         total += int(days or 0) * 86_400 * _NS_PER_S
-        return total / _NS_PER_S
+        return total
     if not _HUMANTIME_RE.fullmatch(stripped):
         raise _error(text)
     total = 0
@@ -70,7 +99,7 @@ def parse_duration(text: str) -> float:
         if unit_ns is None:
             raise _error(text)
         total += _to_ns(number, unit_ns)
-    return total / _NS_PER_S
+    return total
 
 
 def _check_finite(seconds: float) -> None:

@@ -4,7 +4,11 @@ An `IdSet` keeps a canonical tuple of runs `(start, stop, step)` (Python `range`
 maximal contiguous blocks are stored as step-1 runs, and a series of isolated ids with a constant
 gap (what `0-1000000:2` produces) as one stepped run. The canonical form is a pure function of
 the members, so equality and hashing compare runs, and `0-999999` or `0-1000000:2` take O(1)
-memory. Set operations only expand runs whose spans overlap runs of the other operand.
+memory. Intersection is arithmetic on runs (O(number of runs)); union and difference only
+expand runs whose spans overlap runs of the other operand and that no arithmetic rule covers.
+
+Ids are 32-bit, as in HyperQueue: the parser refuses anything above `MAX_ID`, so no user-given
+range can grow past what a 32-bit id space holds.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import math
 import re
 from collections.abc import Iterable, Iterator
 from typing import Literal
@@ -20,6 +25,9 @@ import attrs
 
 Run = tuple[int, int, int]
 """`(start, stop, step)`: the ids of `range(start, stop, step)`; `stop` is always last + 1."""
+
+MAX_ID = 2**32 - 1
+"""The largest job, task or worker id (HyperQueue's ids are `u32`)."""
 
 
 class _Builder:
@@ -186,6 +194,75 @@ def _subtract_blocks(
             k += 1
         if cur < stop:
             yield (cur, stop)
+
+
+def _intersect_runs(a: Run, b: Run) -> Run | None:
+    """The ids in both runs, as one run (two arithmetic series meet in an arithmetic series)."""
+    a_start, a_stop, a_step = a
+    b_start, b_stop, b_step = b
+    lo = max(a_start, b_start)
+    hi = min(_last(a), _last(b))
+    if lo > hi:
+        return None
+    g = math.gcd(a_step, b_step)
+    if (b_start - a_start) % g:
+        return None
+    step = a_step // g * b_step
+    # Solve x = a_start (mod a_step), x = b_start (mod b_step) (Chinese remainder theorem).
+    k = ((b_start - a_start) // g * pow(a_step // g, -1, b_step // g)) % (b_step // g)
+    first = a_start + k * a_step
+    if first < lo:
+        first += -(-(lo - first) // step) * step
+    if first > hi:
+        return None
+    last = first + (hi - first) // step * step
+    return (first, last + 1, step if last > first else 1)
+
+
+def _subtract_run(a: Run, b: Run) -> list[Run] | None:
+    """`a` minus `b` as at most two runs, or None when that needs expanding (unaligned steps)."""
+    common = _intersect_runs(a, b)
+    if common is None:
+        return [a]
+    c_first, c_stop, _ = common
+    c_last = _last(common)
+    a_start, a_stop, a_step = a
+    b_start, _, b_step = b
+    pieces: list[Run] = []
+    if c_first > a_start:
+        pieces.append((a_start, c_first, a_step))
+    aligned = b_step % a_step == 0 and (b_start - a_start) % a_step == 0
+    if aligned and b_step == 2 * a_step and c_first != c_last:
+        # `b` takes every other id of `a` (`0-100` minus `0-100:2`): the rest is one run.
+        pieces.append((c_first + a_step, c_last, b_step))
+    elif not (b_step == 1 or (aligned and b_step == a_step)) and c_first != c_last:
+        return None  # what is left between the common ids is not one run
+    if c_last < _last(a):
+        pieces.append((c_last + a_step, a_stop, a_step))
+    return pieces
+
+
+class _TooManyIds(Exception):
+    """An expansion would pass the caller's limit."""
+
+
+def _subtract_expanded(a: Run, b: Run, limit: int | None) -> list[Run]:
+    """`a` minus `b` for unaligned steps: only the ids of `a` inside `b`'s span are expanded."""
+    b_first, b_last = b[0], _last(b)
+    a_start, a_stop, a_step = a
+    inside = range(a_start, a_stop, a_step)
+    lo = bisect.bisect_left(inside, b_first)
+    hi = bisect.bisect_right(inside, b_last)
+    if limit is not None and hi - lo > limit:
+        raise _TooManyIds
+    parts: list[Run] = []
+    if lo > 0:
+        parts.append((a_start, inside[lo - 1] + 1, a_step))
+    b_ids = range(*b)
+    parts.extend((x, x + 1, 1) for x in inside[lo:hi] if x not in b_ids)
+    if hi < len(inside):
+        parts.append((inside[hi], a_stop, a_step))
+    return parts
 
 
 _Op = Literal["union", "intersection", "difference"]
@@ -375,16 +452,53 @@ class IdSet:
         return self._combine(o, "union")
 
     def intersection(self, other: Iterable[int]) -> IdSet:
+        """O(runs of both): runs have disjoint ascending spans, so a two-pointer walk suffices."""
         o = IdSet.from_ids(other)
         if not self or not o:
             return IdSet()
-        return self._combine(o, "intersection")
+        a, b = self._runs, o._runs
+        builder = _Builder()
+        i = j = 0
+        while i < len(a) and j < len(b):
+            common = _intersect_runs(a[i], b[j])
+            if common is not None:
+                builder.add_run(*common)
+            if _last(a[i]) < _last(b[j]):
+                i += 1
+            else:
+                j += 1
+        return IdSet._of_runs(builder.finish())
 
     def difference(self, other: Iterable[int]) -> IdSet:
-        o = IdSet.from_ids(other)
+        """Arithmetic per pair of overlapping runs; only unaligned stepped runs get expanded."""
+        return self._difference(IdSet.from_ids(other), None)
+
+    def _difference(self, o: IdSet, limit: int | None) -> IdSet:
         if not self or not o:
             return self
-        return self._combine(o, "difference")
+        b = o._runs
+        b_lasts = [_last(run) for run in b]
+        builder = _Builder()
+        for run in self._runs:
+            # The runs of `o` whose spans meet this run's span.
+            j = bisect.bisect_left(b_lasts, run[0])
+            piece: Run | None = run
+            while piece is not None and j < len(b) and b[j][0] <= _last(piece):
+                # `b[j]` is the first run of `o` that can meet `piece`: what comes before its span
+                # is final, what comes after it is checked against the next runs of `o`.
+                cut = _subtract_run(piece, b[j])
+                if cut is None:
+                    cut = _subtract_expanded(piece, b[j], limit)
+                piece = None
+                for part in cut:
+                    if _last(part) <= _last(b[j]):
+                        builder.add_run(*part)
+                    else:
+                        piece = part
+                j += 1
+            if piece is not None:
+                builder.add_run(*piece)
+        return IdSet._of_runs(builder.finish())
 
     __or__ = union
     __and__ = intersection
@@ -397,6 +511,91 @@ _ITEM_RE = re.compile(
 )
 
 
+_NEGATIVE_RE = re.compile(rf"(?:^|,|:)\s*-\s*({_NUM})", re.ASCII)
+_SHOWN_LIMIT = 60
+
+
+def _shown(text: str) -> str:
+    """`repr` of user text, cut short: a message must stay one readable line."""
+    if len(text) > _SHOWN_LIMIT:
+        return repr(text[:_SHOWN_LIMIT]) + "..."
+    return repr(text)
+
+
+def _shown_number(digits: str) -> str:
+    digits = digits.replace("_", "")
+    if len(digits) > 30:
+        return f"{digits[:12]}...({len(digits)} digits)"
+    return digits
+
+
+class IdRangeError(ValueError):
+    """An id outside 0..MAX_ID: shown as it is, whatever the caller was parsing."""
+
+
+def _id_value(digits: str, text: str) -> int:
+    """One id of the text; refuses anything over 32 bits before converting a huge number."""
+    plain = digits.replace("_", "").lstrip("0") or "0"
+    if len(plain) > len(str(MAX_ID)) or int(plain) > MAX_ID:
+        raise IdRangeError(
+            f"invalid id set {_shown(text)}: id {_shown_number(plain)} is out of range; "
+            f"ids are 32-bit, at most {MAX_ID}"
+        )
+    return int(plain)
+
+
+MERGE_LIMIT = 1 << 20
+"""How many ids of overlapping stepped items the parser merges one by one before it refuses."""
+
+
+def _overlapping_stepped_ids(runs: list[Run]) -> int:
+    """How many ids of stepped runs lie in clusters of runs whose spans overlap."""
+    total = 0
+    cluster: list[Run] = []
+    cluster_last = -1
+    for run in [*sorted(runs), (MAX_ID + 2, MAX_ID + 3, 1)]:
+        if cluster and run[0] > cluster_last:
+            if len(cluster) > 1:
+                total += sum(len(range(*r)) for r in cluster if r[2] > 1)
+            cluster = []
+        cluster.append(run)
+        cluster_last = max(cluster_last, _last(run))
+    return total
+
+
+def _union_of_items(runs: list[Run], text: str) -> IdSet:
+    """Items whose spans overlap: blocks merge as ranges, stepped items are cut by them
+    arithmetically, and only what still overlaps is merged id by id (bounded by MERGE_LIMIT)."""
+    blocks = IdSet._of_runs(())
+    block_list = [(start, stop) for start, stop, step in runs if step == 1]
+    builder = _Builder()
+    for start, stop in _merge_blocks(block_list):
+        builder.add_block(start, stop)
+    blocks = IdSet._of_runs(builder.finish())
+    rest = [
+        piece
+        for start, stop, step in runs
+        if step > 1
+        for piece in IdSet._from_sorted_pieces([(start, stop, step)]).difference(blocks).runs()
+    ]
+    result = blocks
+    merged = 0
+    for piece in rest:
+        try:
+            new = IdSet._of_runs((piece,))._difference(result, MERGE_LIMIT)
+        except _TooManyIds:
+            new = None
+        if new is not None:
+            merged += _overlapping_stepped_ids(list(result.runs()) + list(new.runs()))
+        if new is None or merged > MERGE_LIMIT:
+            raise ValueError(
+                f"invalid id set {_shown(text)}: overlapping stepped ranges cover too many ids "
+                "to merge; write them as ranges that do not overlap"
+            )
+        result = result.union(new)
+    return result
+
+
 def parse_id_set(text: str, *, allow_overlap: bool = True) -> IdSet:
     """Parses `1-10,20`, `0-100:2`, `1-1000_000` (end inclusive, as in `hq submit --array`).
 
@@ -407,31 +606,35 @@ def parse_id_set(text: str, *, allow_overlap: bool = True) -> IdSet:
     for item in items:
         m = _ITEM_RE.fullmatch(item)
         if not m:
+            negative = _NEGATIVE_RE.search(item)
+            if negative:
+                raise IdRangeError(
+                    f"invalid id set {_shown(text)}: id -{_shown_number(negative[1])} is negative; "
+                    "ids are 0 or more"
+                )
             raise ValueError(
-                f"invalid id set {text!r}: bad item {item.strip()!r}, "
+                f"invalid id set {_shown(text)}: bad item {_shown(item.strip())}, "
                 "expected comma-separated N, A-B or A-B:STEP (e.g. 1-10,20 or 0-100:2)"
             )
-        first = int(m["a"])
-        last = int(m["b"]) if m["b"] is not None else first
-        step = int(m["step"]) if m["step"] is not None else 1
+        first = _id_value(m["a"], text)
+        last = _id_value(m["b"], text) if m["b"] is not None else first
+        step = _id_value(m["step"], text) if m["step"] is not None else 1
         if last < first:
             raise ValueError(
-                f"invalid id set {text!r}: range {item.strip()!r} ends before it starts"
+                f"invalid id set {_shown(text)}: range {_shown(item.strip())} ends before it starts"
             )
         if m["step"] is not None and not 0 < step <= last - first:
             raise ValueError(
-                f"invalid id set {text!r}: the step in {item.strip()!r} must be between 1 "
-                "and end - start"
+                f"invalid id set {_shown(text)}: the step in {_shown(item.strip())} must be "
+                "between 1 and end - start"
             )
         runs.append((first, last + 1, step))
     runs.sort()
     if all(_last(a) < b[0] for a, b in itertools.pairwise(runs)):
         return IdSet._from_sorted_pieces(runs)
-    result = IdSet()
-    for run in runs:
-        result = result.union(IdSet._from_sorted_pieces([run]))
+    result = _union_of_items(runs, text)
     if not allow_overlap and len(result) != sum(len(range(*run)) for run in runs):
-        raise ValueError(f"invalid id set {text!r}: ranges overlap")
+        raise ValueError(f"invalid id set {_shown(text)}: ranges overlap")
     return result
 
 
@@ -460,6 +663,8 @@ def parse_selector(text: str) -> Selector:
         return Selector("last")
     try:
         return Selector("ids", parse_id_set(stripped))
+    except IdRangeError:
+        raise
     except ValueError as e:
         raise ValueError(
             f"invalid selector {text!r}: expected all, last or ids such as 1, 1-3 or 1,5-7"

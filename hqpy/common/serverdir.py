@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import cattrs
 
 from hqpy import __version__
 
@@ -27,38 +28,38 @@ ACCESS_FILE = "access.json"
 class Endpoint:
     host: str
     port: int
-    secret_key: str | None
+    secret_key: str | None = None
 
 
 @attrs.frozen
 class AccessRecord:
+    """`access.json`: a partial record (one of `client`/`worker`) has no `server_uid`."""
+
     version: str
-    server_uid: str
-    client: Endpoint | None
-    worker: Endpoint | None
+    server_uid: str = ""
+    client: Endpoint | None = None
+    worker: Endpoint | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"version": self.version, "server_uid": self.server_uid}
-        for role in ("client", "worker"):
-            ep: Endpoint | None = getattr(self, role)
-            if ep is not None:
-                out[role] = {"host": ep.host, "port": ep.port, "secret_key": ep.secret_key}
-        return out
+        """Absent parts (and the uid of a partial record) are left out, not written as null."""
+        data: dict[str, Any] = _converter.unstructure(self)
+        return {k: v for k, v in data.items() if v is not None and v != ""}
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> AccessRecord:
         try:
-            eps = {}
-            for role in ("client", "worker"):
-                ep = data.get(role)
-                eps[role] = (
-                    None
-                    if ep is None
-                    else Endpoint(str(ep["host"]), int(ep["port"]), ep.get("secret_key"))
-                )
-            return cls(str(data["version"]), str(data["server_uid"]), eps["client"], eps["worker"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise AccessError(f"Access file `{source}` is malformed: {e}") from None
+            return _converter.structure(data, cls)
+        except Exception as e:
+            detail = (
+                "; ".join(cattrs.transform_error(e))
+                if isinstance(e, cattrs.BaseValidationError)
+                else e
+            )
+            raise AccessError(f"Access file `{source}` is malformed: {detail}") from None
+
+
+_converter = cattrs.Converter()
+"""Access files are written by hand as often as by hq: lenient on types (`"port": "1234"`)."""
 
 
 class AccessError(Exception):

@@ -10,6 +10,8 @@ generating code for all of them. Here each class's hooks are generated on its fi
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import typing
 from typing import Any, TypeVar
@@ -110,6 +112,17 @@ for _kind in (int, float, str, bool):
     converter.register_structure_hook(_kind, _exact)
 
 
+def _bytes_in(value: Any, _: Any) -> bytes:
+    """Bytes travel as base64 text (a task's `--stdin` may be any binary data)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected base64 text, got {type(value).__name__}")
+    return base64.b64decode(value, validate=True)
+
+
+converter.register_structure_hook(bytes, _bytes_in)
+converter.register_unstructure_hook(bytes, lambda data: base64.b64encode(data).decode("ascii"))
+
+
 def _is_rows(t: Any) -> bool:
     return bool(t == list[list[Any]])
 
@@ -137,7 +150,11 @@ def encode(message: Any, union: Any) -> bytes:
         raise TypeError(f"{cls.__name__} is not a member of {union}")
     data = converter.unstructure(message, unstructure_as=cls)
     data["op"] = OPS[cls]
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # Text with lone surrogates (a peer sent `"\udcff"`): JSON escapes carry it unchanged.
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 def decode(payload: bytes, union: type[T] | Any) -> Any:
@@ -151,8 +168,12 @@ def decode(payload: bytes, union: type[T] | Any) -> Any:
         if cls is None:
             raise DecodeError(f"malformed message: unknown op {op!r}")
         return converter.structure(data, cls)
-    except (ValueError, TypeError, KeyError, cattrs.BaseValidationError, RecursionError) as e:
+    except (ValueError, TypeError, KeyError, binascii.Error, cattrs.BaseValidationError) as e:
         raise DecodeError(f"malformed message: {_short(e)}") from None
+    except RecursionError:
+        raise DecodeError("malformed message: nested too deeply") from None
+    except MemoryError:
+        raise DecodeError("malformed message: too large to decode") from None
 
 
 def _short(e: BaseException) -> str:

@@ -95,7 +95,7 @@ class TaskBody:
     priority: int = 0
     time_limit: float | None = None
     task_dir: bool = False
-    stdin: str | None = None
+    stdin: bytes | None = None
     server_uid: str = ""
 
     def resolve_paths(self, task_id: int, instance_id: int) -> tuple[str, str | None, str | None]:
@@ -381,7 +381,7 @@ class SubmitDesc:
     crash_limit: int = 5
     """0 means unlimited, -1 never restart."""
     task_dir: bool = False
-    stdin: str | None = None
+    stdin: bytes | None = None
 
 
 @attrs.frozen

@@ -145,7 +145,7 @@ class Launcher:
         stdin_file = None
         if body.stdin is not None:
             stdin_file = tempfile.TemporaryFile(dir=self.work_dir)
-            stdin_file.write(body.stdin.encode())
+            stdin_file.write(body.stdin)
             stdin_file.seek(0)
             stdin = stdin_file.fileno()
         try:

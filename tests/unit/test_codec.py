@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hqpy.common.resources import AllocationPolicy, ResourceAmountRequest, ResourceRequest
+from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.codec import OPS, DecodeError, Handshake, decode, encode
 
@@ -77,6 +78,8 @@ def derive(tp: Any) -> st.SearchStrategy[Any]:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return st.none() | ids | texts
+    if tp is bytes:
+        return st.binary(max_size=20)
     if origin in (typing.Union, types.UnionType):
         return st.one_of(*(derive(a) for a in args))
     if origin is typing.Literal:
@@ -350,3 +353,49 @@ def test_arbitrary_json_decodes_or_raises_decode_error(value: Any) -> None:
     except DecodeError:
         return
     assert type(decoded) in members(m.ClientRequest)
+
+
+def test_stdin_bytes_travel_as_base64() -> None:
+    """Binary `--stdin` (not UTF-8) crosses the wire unchanged, as compact base64 text."""
+    data = bytes(range(256))
+    request = m.SubmitRequest(submit=attrs.evolve(_submit_desc(), stdin=data))
+    payload = codec.encode(request, m.ClientRequest)
+    assert b'"stdin":"AAECAwQF' in payload
+    decoded = codec.decode(payload, m.ClientRequest)
+    assert decoded.submit.stdin == data
+
+
+def test_stdin_that_is_not_base64_is_a_decode_error() -> None:
+    payload = codec.encode(m.SubmitRequest(submit=_submit_desc()), m.ClientRequest)
+    bad = payload.replace(b'"stdin":null', b'"stdin":"not base64!"')
+    assert bad != payload
+    with pytest.raises(codec.DecodeError, match="malformed message"):
+        codec.decode(bad, m.ClientRequest)
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_deeply_nested_lists_in_a_field_are_a_decode_error(depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    with pytest.raises(codec.DecodeError, match="malformed message"):
+        codec.decode(b'{"op":"job-list","states":' + nested + b"}", m.ClientRequest)
+
+
+def test_text_with_lone_surrogates_still_encodes() -> None:
+    request = m.ListJobsRequest(("\udcff",))
+    decoded = codec.decode(codec.encode(request, m.ClientRequest), m.ClientRequest)
+    assert decoded == request
+
+
+def _submit_desc() -> m.SubmitDesc:
+    from hqpy.common.resources import build_request
+
+    return m.SubmitDesc(
+        ids="0",
+        args=("cat",),
+        env={},
+        cwd="/tmp",
+        stdout=None,
+        stderr=None,
+        submit_dir="/tmp",
+        request=build_request(None, []),
+    )

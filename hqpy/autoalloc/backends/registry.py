@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
+if TYPE_CHECKING:
+    # Only for annotations: the CLI reads `names()` and must stay cheap to import.
+    import trio
 
-from hqpy.autoalloc.backends.base import BatchBackend
-from hqpy.autoalloc.backends.runner import CommandObserver
+    from hqpy.autoalloc.backends.base import BatchBackend
+    from hqpy.autoalloc.backends.runner import CommandObserver
 
 ENTRY_POINT_GROUP = "hqpy.backends"
 
