@@ -29,6 +29,7 @@ from hqpy.protocol import messages as m
 from hqpy.server.demand import ServerDemand
 from hqpy.server.server import Server, ServerConfig
 from hqpy.server.state import ServerState
+from hqpy.server.views import ServerViews
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class ServerProcess:
                     self.http_listeners = await nursery.start(
                         partial(
                             serve_http,
-                            core.state,
+                            ServerViews(core.state),
                             allocator,
                             self.hub,
                             core.started_at,

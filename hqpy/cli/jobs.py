@@ -310,9 +310,36 @@ def wait_for_jobs(
         time.sleep(PROGRESS_INTERVAL)
 
 
-def _log_missing(job_ids: list[int]) -> None:
-    for job_id in job_ids:
-        log.error("Job %d not found", job_id)
+def _log_missing(job_ids: str) -> None:
+    if job_ids:
+        log.error("%s not found", m.describe_ids("Job", job_ids))
+
+
+def _task_list(conn: BlockingConnection, req: m.TaskListRequest) -> m.TaskListResponse:
+    """Every page of a task list, joined (the server sends `TASK_PAGE` tasks at a time)."""
+    resp = conn.request(req, m.TaskListResponse)
+    jobs, missing = resp.jobs, resp.missing
+    while resp.next is not None:
+        resp = conn.request(
+            m.TaskListRequest(req.selector, req.task_ids, req.states, resp.next),
+            m.TaskListResponse,
+        )
+        for job_id, tasks in resp.jobs:
+            if jobs and jobs[-1][0] == job_id:
+                jobs[-1][1].extend(tasks)
+            else:
+                jobs.append((job_id, tasks))
+    return m.TaskListResponse(jobs, missing)
+
+
+def _task_info(conn: BlockingConnection, job_id: int, task_ids: str) -> m.TaskInfoResponse:
+    """Every page of `task info`, joined."""
+    resp = conn.request(m.TaskInfoRequest(job_id, task_ids), m.TaskInfoResponse)
+    tasks, missing = resp.tasks, resp.missing
+    while resp.next is not None:
+        resp = conn.request(m.TaskInfoRequest(job_id, task_ids, resp.next), m.TaskInfoResponse)
+        tasks.extend(resp.tasks)
+    return m.TaskInfoResponse(resp.job, tasks, missing)
 
 
 def _ended(job: m.JobView, without_close: bool) -> bool:
@@ -388,8 +415,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             m.JobDetailsRequest(args.selector, include_tasks=args.output_mode == "json"),
             m.JobDetailsResponse,
         )
-        for job_id in resp.missing:
-            log.error("Job %d not found", job_id)
+        _log_missing(resp.missing)
         out.job_details(resp.jobs)
 
     return run_client(args, call)
@@ -462,9 +488,7 @@ def cmd_task_ids(args: argparse.Namespace) -> int:
 
 def cmd_cat(args: argparse.Namespace) -> int:
     def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(
-            m.TaskListRequest(args.job_id, args.tasks, args.task_status), m.TaskListResponse
-        )
+        resp = _task_list(conn, m.TaskListRequest(args.job_id, args.tasks, args.task_status))
         if not resp.jobs:
             log.error("No jobs were found")
             return
@@ -496,11 +520,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def cmd_task_list(args: argparse.Namespace) -> int:
     def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(
-            m.TaskListRequest(args.selector, args.tasks, args.task_status), m.TaskListResponse
-        )
-        for job_id in resp.missing:
-            log.error("Job %d not found", job_id)
+        resp = _task_list(conn, m.TaskListRequest(args.selector, args.tasks, args.task_status))
+        _log_missing(resp.missing)
         out.task_list(resp.jobs, args.verbose)
 
     return run_client(args, call)
@@ -512,12 +533,12 @@ def cmd_task_info(args: argparse.Namespace) -> int:
         if job_id is None:
             log.error("Job %s not found", args.job_id)
             return
-        resp = conn.request(m.TaskInfoRequest(job_id, args.task_ids), m.TaskInfoResponse)
+        resp = _task_info(conn, job_id, args.task_ids)
         if resp.job is None:
             log.error("Job %d not found", job_id)
             return
-        for tid in resp.missing:
-            log.warning("Task %d not found", tid)
+        if resp.missing:
+            log.warning("%s not found", m.describe_ids("Task", resp.missing))
         out.task_info(resp.job, resp.tasks, args.verbose)
 
     return run_client(args, call)

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from http import HTTPStatus
 from importlib import resources
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import attrs
@@ -33,12 +32,10 @@ import h11
 import trio
 
 from hqpy import __version__
-
-if TYPE_CHECKING:
-    from hqpy.common.events import EventHub
-    from hqpy.http.metrics import ServerMetrics
-    from hqpy.protocol.readmodels import AllocatorReadModel
-    from hqpy.server.state import ServerState
+from hqpy.common.events import EventHub
+from hqpy.http.metrics import ServerMetrics
+from hqpy.http.status import build_status
+from hqpy.protocol.readmodels import AllocatorReadModel, ServerReadModel
 
 log = logging.getLogger(__name__)
 
@@ -327,17 +324,16 @@ def static_files() -> dict[str, tuple[bytes, str]]:
 
 
 def make_routes(
-    state: ServerState,
+    server: ServerReadModel,
     allocator: AllocatorReadModel | None,
     metrics: ServerMetrics,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, Route]:
-    from hqpy.http.status import build_status
-
     def scrape() -> Reply:
         return Reply(200, metrics.render(), METRICS_CONTENT_TYPE)
 
     def status() -> Reply:
-        doc = build_status(state, allocator, metrics.started_at, time.time())
+        doc = build_status(server, allocator, metrics.started_at, clock())
         return Reply(200, json.dumps(doc).encode(), CONTENT_TYPES[".json"])
 
     routes: dict[str, Route] = {"/metrics": scrape, "/api/status": status}
@@ -354,7 +350,7 @@ def _constant(reply: Reply) -> Reply:
 
 
 async def serve_http(
-    state: ServerState,
+    server: ServerReadModel,
     allocator: AllocatorReadModel | None,
     hub: EventHub,
     started_at: float,
@@ -368,10 +364,8 @@ async def serve_http(
     Started with `await nursery.start(...)` once the allocator runs (the metrics subscribe to
     the hub); `task_status.started` gets the listeners.
     """
-    from hqpy.http.metrics import ServerMetrics
-
-    metrics = ServerMetrics(state, allocator, hub, started_at)
-    app = HttpServer(make_routes(state, allocator, metrics))
+    metrics = ServerMetrics(server, allocator, hub, started_at)
+    app = HttpServer(make_routes(server, allocator, metrics))
     async with trio.open_nursery() as nursery:
         listeners: list[trio.SocketListener] = await nursery.start(
             partial(trio.serve_tcp, app.handle, port, host=host)

@@ -8,21 +8,17 @@ even when the server holds a million-task array.
 from __future__ import annotations
 
 import heapq
-import itertools
 import platform
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hqpy import __version__
 from hqpy.common.resources import FRACTIONS
-from hqpy.common.states import AllocationState
+from hqpy.common.states import AllocationState, TaskState, WorkerState
 from hqpy.http.metrics import worker_state_label
 from hqpy.protocol import messages as m
-from hqpy.server.jobs import STATE_NAMES
+from hqpy.protocol.readmodels import AllocatorReadModel, ServerReadModel, WorkerSummary
 
-if TYPE_CHECKING:
-    from hqpy.protocol.readmodels import AllocatorReadModel
-    from hqpy.server.state import ServerState
-    from hqpy.server.workers import Worker
+TASK_STATE_NAMES = tuple(s.label for s in TaskState)
 
 MAX_JOBS = 50
 MAX_WORKERS = 100
@@ -32,7 +28,7 @@ MAX_EVENTS = 50
 
 
 def build_status(
-    state: ServerState,
+    server: ServerReadModel,
     allocator: AllocatorReadModel | None,
     started_at: float,
     now: float,
@@ -41,29 +37,26 @@ def build_status(
     queues = [] if allocator is None else allocator.queue_views()
     return {
         "server": {
-            "uid": state.server_uid,
+            "uid": server.server_uid,
             "version": __version__,
             "python": platform.python_version(),
             "started_at": started_at,
             "now": now,
         },
-        "totals": _totals(state),
+        "totals": _totals(server),
         "queues": [_queue(q, allocator) for q in queues],
-        "workers": _workers(state),
-        "jobs": _jobs(state),
+        "workers": [_worker(w) for w in server.newest_workers(MAX_WORKERS)],
+        "jobs": _jobs(server),
         "events": _events(queues, allocator),
     }
 
 
-def _totals(state: ServerState) -> dict[str, Any]:
-    tasks = [0] * len(STATE_NAMES)
-    for job in state.jobs.values():
-        for i, n in enumerate(job.counts):
-            tasks[i] += n
+def _totals(server: ServerReadModel) -> dict[str, Any]:
+    tasks = server.task_state_totals()
     return {
-        "jobs": len(state.jobs),
-        "tasks": dict(zip(STATE_NAMES, tasks, strict=True)),
-        "workers": sum(1 for w in state.workers.values() if w.state == "RUNNING"),
+        "jobs": server.job_count(),
+        "tasks": dict(zip(TASK_STATE_NAMES, tasks, strict=True)),
+        "workers": sum(1 for w in server.worker_summaries() if w.state is WorkerState.RUNNING),
     }
 
 
@@ -106,44 +99,32 @@ def _allocation(a: m.AllocationView) -> dict[str, Any]:
     }
 
 
-def _workers(state: ServerState) -> list[dict[str, Any]]:
-    workers = state.workers
-    running = [w for w in workers.values() if w.state == "RUNNING"]
-    # Then the most recently ended ones, newest first (ids grow with time).
-    rest = itertools.islice(
-        (w for w in reversed(workers.values()) if w.state != "RUNNING"),
-        max(0, MAX_WORKERS - len(running)),
-    )
-    return [_worker(w) for w in [*running[:MAX_WORKERS], *rest]]
-
-
-def _worker(w: Worker) -> dict[str, Any]:
-    manager = w.config.manager
+def _worker(w: WorkerSummary) -> dict[str, Any]:
     return {
         "id": w.id,
-        "hostname": w.config.hostname,
+        "hostname": w.hostname,
         "state": worker_state_label(w),
-        "allocation": None if manager is None else manager.allocation_id,
-        "manager": None if manager is None else manager.manager,
-        "cpus": w.capacity.get("cpus", 0) / FRACTIONS,
-        "cpus_assigned": w.assigned.get("cpus", 0) / FRACTIONS,
-        "tasks": len(w.tasks),
-        "running_tasks": w.running,
+        "allocation": w.allocation_id,
+        "manager": w.manager,
+        "cpus": w.cpus / FRACTIONS,
+        "cpus_assigned": w.cpus_assigned / FRACTIONS,
+        "tasks": w.tasks,
+        "running_tasks": w.running_tasks,
         "started_at": w.started_at,
         "ended_at": w.ended_at,
     }
 
 
-def _jobs(state: ServerState) -> list[dict[str, Any]]:
+def _jobs(server: ServerReadModel) -> list[dict[str, Any]]:
     out = []
-    for job in itertools.islice(reversed(state.jobs.values()), MAX_JOBS):
+    for job in server.newest_jobs(MAX_JOBS):
         out.append(
             {
                 "id": job.id,
                 "name": job.name,
-                "state": job.state_name().lower(),
+                "state": job.state.lower(),
                 "task_count": job.task_count,
-                "counts": dict(zip(STATE_NAMES, job.counts, strict=True)),
+                "counts": dict(zip(TASK_STATE_NAMES, job.counts, strict=True)),
                 "submitted_at": job.submitted_at,
                 "started_at": job.started_at,
                 "finished_at": job.finished_at,

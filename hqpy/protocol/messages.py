@@ -14,6 +14,7 @@ import attrs
 
 from hqpy.common.placeholders import fill_placeholders
 from hqpy.common.resources import ResourceDescriptorItem, ResourceRequest
+from hqpy.common.states import TaskState
 
 # ---------------------------------------------------------------------------------------------
 # Handshake (sent before authentication; kept tiny).
@@ -181,6 +182,12 @@ class StopWorker:
     """`stopped`, `idle-timeout`: recorded by the server as the worker's final state."""
 
 
+TaskUpdateRow = list[Any]
+"""`[job_id, task_id, instance_id, status, started_at, ended_at, error]`: `Any` because a row
+mixes ints, floats, a string and None (msgpack arrays keep the hot path small); the server
+checks each row as it applies it and drops a session whose rows are malformed."""
+
+
 @attrs.frozen
 class TaskUpdates:
     """Rows `[job_id, task_id, instance_id, status, started_at, ended_at, error]`.
@@ -189,13 +196,14 @@ class TaskUpdates:
     that starts and ends within one batch is reported once, finished, with its start time.
     """
 
-    updates: list[list[Any]]
+    updates: list[TaskUpdateRow]
 
 
-TASK_RUNNING = 1
-TASK_FINISHED = 2
-TASK_FAILED = 3
-TASK_CANCELED = 4
+TASK_RUNNING = TaskState.RUNNING
+TASK_FINISHED = TaskState.FINISHED
+TASK_FAILED = TaskState.FAILED
+TASK_CANCELED = TaskState.CANCELED
+"""Task statuses in updates are `TaskState` members on the wire (their ints)."""
 
 
 @attrs.frozen
@@ -352,6 +360,12 @@ class AllocEventView:
     message: str
 
 
+def describe_ids(noun: str, ids: str) -> str:
+    """`Job 5` or `Jobs 3,5-9` (from an id-set string): the subject of a one-line message about
+    the ids a reply lists as missing."""
+    return f"{noun} {ids}" if ids.isdigit() else f"{noun}s {ids}"
+
+
 @attrs.frozen
 class LogLine:
     level: str
@@ -446,15 +460,29 @@ class WaitJobsRequest:
 
 @attrs.frozen
 class TaskListRequest:
+    """One page of the tasks of some jobs. A reply holds at most `TASK_PAGE` tasks; the client
+    asks again with `after` set to the reply's `next` until `next` is None."""
+
     selector: str
     task_ids: str | None = None
     states: tuple[str, ...] = ()
+    after: tuple[int, int] | None = None
+    """Resume after this (job id, task id): the `next` of the previous page."""
 
 
 @attrs.frozen
 class TaskInfoRequest:
+    """One page of some tasks of one job (paged as `TaskListRequest`)."""
+
     job_id: int
     task_ids: str
+    after: int | None = None
+    """Resume after this task id: the `next` of the previous page."""
+
+
+TASK_PAGE = 20_000
+"""Tasks per reply of a paged request: a page stays a few MB, far under the frame limit, and
+the server answers other requests and workers between two pages."""
 
 
 @attrs.frozen
@@ -588,27 +616,34 @@ class LogLinesResponse:
 class JobListResponse:
     jobs: list[JobView]
     total: int
-    missing: list[int] = attrs.Factory(list)
-    """Ids a selector named that are no jobs (for `job wait`)."""
+    missing: str = ""
+    """Ids a selector named that are no jobs, as an id set (`job wait`)."""
 
 
 @attrs.frozen
 class JobDetailsResponse:
     jobs: list[JobDetailView]
-    missing: list[int]
+    missing: str
+    """Ids the selector named that are no jobs, as an id set (`100-50000000`)."""
 
 
 @attrs.frozen
 class TaskListResponse:
     jobs: list[tuple[int, list[TaskView]]]
-    missing: list[int]
+    missing: str
+    """Ids the selector named that are no jobs, as an id set; only in the first page."""
+    next: tuple[int, int] | None = None
+    """More tasks follow: ask again with `after` set to this."""
 
 
 @attrs.frozen
 class TaskInfoResponse:
     job: JobDetailView | None
     tasks: list[TaskView]
-    missing: list[int]
+    missing: str
+    """Task ids asked for that the job does not have, as an id set; only in the first page."""
+    next: int | None = None
+    """More tasks follow: ask again with `after` set to this."""
 
 
 @attrs.frozen

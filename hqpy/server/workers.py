@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import trio
 
 from hqpy.common.resources import ALL
 from hqpy.common.states import TaskState, WorkerState
-from hqpy.protocol.messages import WorkerConfiguration
+from hqpy.protocol.messages import ToWorker, WorkerConfiguration
 from hqpy.server.jobs import Task
+
+Outbox = trio.MemorySendChannel[ToWorker]
+"""Where the server core puts messages for one worker; its session sends them."""
 
 FAILURE_STATES = frozenset(s for s in WorkerState if s.is_failure)
 """Losing a worker for these reasons counts against the crash limit of its running tasks."""
@@ -21,7 +24,7 @@ STOP_REASONS = {
 
 class Worker:
     def __init__(
-        self, worker_id: int, config: WorkerConfiguration, now: float, outbox: Any = None
+        self, worker_id: int, config: WorkerConfiguration, now: float, outbox: Outbox | None = None
     ) -> None:
         self.id = worker_id
         self.config = config

@@ -15,6 +15,7 @@ from hqpy.common.resources import (
     ResourceRequest,
 )
 from hqpy.protocol import messages as m
+from hqpy.server import commands
 from hqpy.server.jobs import Job, Task, TaskState
 from hqpy.server.state import RequestError, ServerState
 from hqpy.server.workers import Worker, WorkerState
@@ -453,21 +454,21 @@ def test_losing_a_worker_twice_requeues_once(state: ServerState) -> None:
 
 def test_stop_workers_sends_stop_worker(state: ServerState) -> None:
     worker, outbox = add_worker(state)
-    lines = state.stop_workers(str(worker.id))
+    lines = commands.stop_workers(state, str(worker.id))
     assert texts(lines) == [("INFO", "Worker 1 stopped")]
     assert outbox.take() == [m.StopWorker("stopped")]
 
 
 def test_stop_workers_twice_warns(state: ServerState) -> None:
     add_worker(state)
-    state.stop_workers("1")
-    assert texts(state.stop_workers("1")) == [
+    commands.stop_workers(state, "1")
+    assert texts(commands.stop_workers(state, "1")) == [
         ("WARN", "Stopping worker 1 failed; worker is already stopped")
     ]
 
 
 def test_stop_missing_worker_is_an_error_line(state: ServerState) -> None:
-    assert texts(state.stop_workers("4")) == [
+    assert texts(commands.stop_workers(state, "4")) == [
         ("ERROR", "Stopping worker 4 failed; worker not found")
     ]
 
@@ -477,7 +478,7 @@ def test_stop_missing_worker_is_an_error_line(state: ServerState) -> None:
 
 def test_cancel_untouched_array_cancels_without_materialising(state: ServerState) -> None:
     job_id = submit(state, "0-999999")
-    lines = state.cancel_jobs(str(job_id), None)
+    lines = commands.cancel_jobs(state, str(job_id), None)
     job = state.jobs[job_id]
     assert texts(lines) == [
         ("INFO", "Job 1 canceled (1000000 tasks canceled, 0 tasks already finished)")
@@ -491,7 +492,7 @@ def test_cancel_counts_finished_tasks_in_its_message(state: ServerState) -> None
     worker, _ = add_worker(state, cpus=2)
     state.schedule()
     state.on_task_updates(worker, [update(job_id, i, m.TASK_FINISHED) for i in (0, 1)])
-    lines = state.cancel_jobs("1", None)
+    lines = commands.cancel_jobs(state, "1", None)
     assert texts(lines) == [("INFO", "Job 1 canceled (8 tasks canceled, 2 tasks already finished)")]
     assert counts(state.jobs[job_id]) == {"finished": 2, "canceled": 8}
 
@@ -502,7 +503,7 @@ def test_cancel_sends_cancel_tasks_for_assigned_tasks(state: ServerState) -> Non
     state.schedule()
     outbox.take()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_RUNNING)])
-    state.cancel_jobs("1", None)
+    commands.cancel_jobs(state, "1", None)
     [msg] = outbox.take()
     assert isinstance(msg, m.CancelTasks)
     assert sorted(msg.tasks) == [[1, 0, 0], [1, 1, 0]]
@@ -512,7 +513,7 @@ def test_cancel_sends_cancel_tasks_for_assigned_tasks(state: ServerState) -> Non
 def test_canceled_job_is_complete(state: ServerState, clock: FakeClock) -> None:
     job_id = submit(state)
     clock.now = 3000.0
-    state.cancel_jobs("1", "no longer needed")
+    commands.cancel_jobs(state, "1", "no longer needed")
     job = state.jobs[job_id]
     assert job.finished_at == 3000.0
     assert job.state_name() == "CANCELED"
@@ -521,7 +522,7 @@ def test_canceled_job_is_complete(state: ServerState, clock: FakeClock) -> None:
 
 def test_canceled_tasks_are_never_scheduled(state: ServerState) -> None:
     submit(state)
-    state.cancel_jobs("1", None)
+    commands.cancel_jobs(state, "1", None)
     _, outbox = add_worker(state)
     assert state.schedule() == 0
     assert outbox.take() == []
@@ -532,19 +533,21 @@ def test_cancel_finished_job_is_an_error_line(state: ServerState) -> None:
     worker, _ = add_worker(state)
     state.schedule()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)])
-    assert texts(state.cancel_jobs("1", None)) == [
+    assert texts(commands.cancel_jobs(state, "1", None)) == [
         ("ERROR", "Canceling job 1 failed; all tasks are already finished")
     ]
 
 
 def test_cancel_missing_job_is_an_error_line(state: ServerState) -> None:
-    assert texts(state.cancel_jobs("7", None)) == [
+    assert texts(commands.cancel_jobs(state, "7", None)) == [
         ("ERROR", "Canceling job 7 failed; job not found")
     ]
 
 
 def test_cancel_all_with_nothing_to_cancel(state: ServerState) -> None:
-    assert texts(state.cancel_jobs("all", None)) == [("INFO", "There is nothing to cancel")]
+    assert texts(commands.cancel_jobs(state, "all", None)) == [
+        ("INFO", "There is nothing to cancel")
+    ]
 
 
 def test_cancel_all_reports_only_jobs_it_canceled(state: ServerState) -> None:
@@ -553,7 +556,7 @@ def test_cancel_all_reports_only_jobs_it_canceled(state: ServerState) -> None:
     state.schedule()
     state.on_task_updates(worker, [update(done, 0, m.TASK_FINISHED)])
     submit(state, "0-2")
-    assert texts(state.cancel_jobs("all", None)) == [
+    assert texts(commands.cancel_jobs(state, "all", None)) == [
         ("INFO", "Job 2 canceled (3 tasks canceled, 0 tasks already finished)")
     ]
 
@@ -562,7 +565,7 @@ def test_update_for_a_canceled_task_is_ignored(state: ServerState) -> None:
     job_id = submit(state, "0")
     worker, _ = add_worker(state)
     state.schedule()
-    state.cancel_jobs("1", None)
+    commands.cancel_jobs(state, "1", None)
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)])
     assert counts(state.jobs[job_id]) == {"canceled": 1}
 
@@ -674,7 +677,7 @@ def test_closing_an_open_job_with_done_tasks_completes_it(
     state.schedule()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)])
     clock.now = 5000.0
-    assert texts(state.close_jobs("1")) == [("INFO", "Job 1 closed")]
+    assert texts(commands.close_jobs(state, "1")) == [("INFO", "Job 1 closed")]
     job = state.jobs[job_id]
     assert job.finished_at == 5000.0
     assert job.state_name() == "FINISHED"
@@ -682,13 +685,13 @@ def test_closing_an_open_job_with_done_tasks_completes_it(
 
 def test_closing_an_empty_open_job_completes_it(state: ServerState) -> None:
     job_id = state.open_job(None, None)
-    state.close_jobs(str(job_id))
+    commands.close_jobs(state, str(job_id))
     assert state.jobs[job_id].finished_at is not None
 
 
 def test_closing_a_closed_or_missing_job_is_an_error_line(state: ServerState) -> None:
     submit(state)
-    assert texts(state.close_jobs("1,5")) == [
+    assert texts(commands.close_jobs(state, "1,5")) == [
         ("ERROR", "Closing job 1 failed; job is already closed"),
         ("ERROR", "Closing job 5 failed; job not found"),
     ]
@@ -719,15 +722,15 @@ def test_forget_removes_a_completed_job(state: ServerState) -> None:
     job_id = submit(state, "0")
     worker, _ = add_worker(state)
     finish_job(state, job_id, worker)
-    assert texts(state.forget_jobs("1", ())) == [("INFO", "1 job were forgotten")]
+    assert texts(commands.forget_jobs(state, "1", ())) == [("INFO", "1 job were forgotten")]
     assert job_id not in state.jobs
 
 
 def test_forget_uses_the_plural_for_several_jobs(state: ServerState) -> None:
     submit(state)
     submit(state)
-    state.cancel_jobs("all", None)
-    assert texts(state.forget_jobs("all", ())) == [("INFO", "2 jobs were forgotten")]
+    commands.cancel_jobs(state, "all", None)
+    assert texts(commands.forget_jobs(state, "all", ())) == [("INFO", "2 jobs were forgotten")]
     assert state.jobs == {}
 
 
@@ -736,7 +739,7 @@ def test_forget_ignores_an_unfinished_job(state: ServerState) -> None:
     worker, _ = add_worker(state)
     finish_job(state, done, worker)
     waiting = submit(state, "0")
-    assert texts(state.forget_jobs("all", ())) == [
+    assert texts(commands.forget_jobs(state, "all", ())) == [
         ("INFO", "1 job were forgotten, 1 were ignored due to wrong state or invalid ID")
     ]
     assert list(state.jobs) == [waiting]
@@ -744,7 +747,7 @@ def test_forget_ignores_an_unfinished_job(state: ServerState) -> None:
 
 def test_forget_ignores_an_open_job(state: ServerState) -> None:
     job_id = state.open_job(None, None)
-    assert texts(state.forget_jobs(str(job_id), ())) == [
+    assert texts(commands.forget_jobs(state, str(job_id), ())) == [
         ("INFO", "0 jobs were forgotten, 1 were ignored due to wrong state or invalid ID")
     ]
     assert job_id in state.jobs
@@ -752,8 +755,8 @@ def test_forget_ignores_an_open_job(state: ServerState) -> None:
 
 def test_forget_counts_a_missing_id_as_ignored(state: ServerState) -> None:
     submit(state)
-    state.cancel_jobs("1", None)
-    assert texts(state.forget_jobs("1,9", ())) == [
+    commands.cancel_jobs(state, "1", None)
+    assert texts(commands.forget_jobs(state, "1,9", ())) == [
         ("INFO", "1 job were forgotten, 1 were ignored due to wrong state or invalid ID")
     ]
 
@@ -762,7 +765,7 @@ def test_forget_with_a_state_filter_keeps_other_states(state: ServerState) -> No
     job_id = submit(state, "0")
     worker, _ = add_worker(state)
     finish_job(state, job_id, worker)
-    assert texts(state.forget_jobs("1", ("failed",))) == [
+    assert texts(commands.forget_jobs(state, "1", ("failed",))) == [
         ("INFO", "0 jobs were forgotten, 1 were ignored due to wrong state or invalid ID")
     ]
     assert job_id in state.jobs
