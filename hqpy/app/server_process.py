@@ -14,6 +14,7 @@ allocations (shielded), then everything else is cancelled.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -42,10 +43,12 @@ class ServerProcess:
         config: ServerConfig,
         autoalloc_config: AutoAllocConfig | None = None,
         make_backend: BackendFactory | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock`: every time read of the server core (tests pass `trio.current_time`)."""
         self.config = config
         self.hub = EventHub()
-        self.core = Server(config, self.hub)
+        self.core = Server(config, self.hub, clock)
         self.autoalloc_config = autoalloc_config or AutoAllocConfig.from_env()
         self.make_backend = make_backend
         self.allocator: AutoAllocService | None = None

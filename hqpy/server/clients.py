@@ -21,7 +21,15 @@ from hqpy.protocol.readmodels import HandlerTable, RequestHandler
 from hqpy.server import views
 from hqpy.server.commands import cancel_jobs, close_jobs, forget_jobs, stop_workers
 from hqpy.server.jobs import Job
-from hqpy.server.selection import ID_LIMIT, id_text, parse_ids, parse_states, select
+from hqpy.server.selection import (
+    ID_LIMIT,
+    clip,
+    id_text,
+    intersect,
+    parse_ids,
+    parse_states,
+    select,
+)
 from hqpy.server.state import ServerState
 
 CHUNK = 1000
@@ -167,7 +175,7 @@ class ClientHandlers:
             return m.TaskInfoResponse(None, [], "")
         ids = parse_ids(req.task_ids)
         start = 0 if req.after is None else req.after + 1
-        missing = id_text(ids.difference(job.task_ids())) if req.after is None else ""
+        missing = id_text(intersect(ids, job.task_ids())[1]) if req.after is None else ""
         rows: list[m.TaskView] = []
         async for view in ChunkedViews(job, _from(ids, start), None):
             if len(rows) == m.TASK_PAGE:
@@ -227,8 +235,9 @@ def _from(ids: IdSet | None, start: int) -> IdSet | None:
     """`ids` without those below `start` (None: every id)."""
     if start <= 0:
         return ids
-    rest = IdSet.from_range(start, ID_LIMIT - 1) if start < ID_LIMIT else IdSet()
-    return rest if ids is None else ids.intersection(rest)
+    if ids is None:
+        return IdSet.from_range(start, ID_LIMIT - 1) if start < ID_LIMIT else IdSet()
+    return clip(ids, start, ID_LIMIT - 1)
 
 
 class ChunkedViews:
@@ -236,6 +245,8 @@ class ChunkedViews:
     event loop every `CHUNK` tasks looked at (matching or not)."""
 
     def __init__(self, job: Job, ids: IdSet | None, states: set[TaskState] | None) -> None:
+        if ids is not None:
+            ids = intersect(ids, job.task_ids())[0]
         self._tasks = job.iter_tasks(ids)
         self._states = states
         self._n = 0

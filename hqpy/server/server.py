@@ -43,6 +43,7 @@ from hqpy.server.workers import Outbox, Worker
 log = logging.getLogger(__name__)
 
 REAPER_INTERVAL = 0.1
+BIND_ATTEMPTS = 10
 
 
 @attrs.frozen
@@ -85,6 +86,8 @@ class Server:
         self.state.on_schedule_needed = self._schedule.set
         self._sessions: dict[int, trio.CancelScope] = {}
         self._listeners = trio.CancelScope()
+        self.listeners: list[trio.SocketListener] = []
+        """The client and worker listeners (IPv4 and IPv6 of each on one port)."""
 
     # -----------------------------------------------------------------------------------------
 
@@ -179,20 +182,15 @@ class Server:
         """Both listeners, in one cancel scope so that shutdown can close them first."""
         with self._listeners:
             async with trio.open_nursery() as nursery:
-                client_listeners = await nursery.start(
-                    partial(
-                        trio.serve_tcp,
-                        partial(self._serve_connection, role="client", secret=client[0]),
-                        client[1],
-                    )
-                )
-                worker_listeners = await nursery.start(
-                    partial(
-                        trio.serve_tcp,
-                        partial(self._serve_connection, role="worker", secret=worker[0]),
-                        worker[1],
-                    )
-                )
+                client_listeners = await open_listeners(client[1])
+                worker_listeners = await open_listeners(worker[1])
+                self.listeners = client_listeners + worker_listeners
+                for listeners, role, secret in (
+                    (client_listeners, "client", client[0]),
+                    (worker_listeners, "worker", worker[0]),
+                ):
+                    handler = partial(self._serve_connection, role=role, secret=secret)
+                    nursery.start_soon(trio.serve_listeners, handler, listeners)
                 task_status.started((_port_of(client_listeners), _port_of(worker_listeners)))
 
     # -----------------------------------------------------------------------------------------
@@ -397,6 +395,27 @@ async def _send_loop(framed: FramedStream, receive: trio.MemoryReceiveChannel[m.
                 merged.append(item)
         for item in merged:
             await framed.send(item, m.ToWorker)
+
+
+async def open_listeners(port: int) -> list[trio.SocketListener]:
+    """Listeners on every address family, all on one port: with port 0 the first family picks
+    it and the others bind the same one (`access.json` records a single port)."""
+    if port != 0:
+        return await trio.open_tcp_listeners(port)
+    for _attempt in range(BIND_ATTEMPTS):
+        listeners = await trio.open_tcp_listeners(0)
+        ports = {_port_of([listener]) for listener in listeners}
+        if len(ports) == 1:
+            return listeners
+        chosen = _port_of(listeners)
+        for listener in listeners:
+            await listener.aclose()
+        try:
+            return await trio.open_tcp_listeners(chosen)
+        except OSError as e:
+            # Someone took the port between the two binds: pick another.
+            log.debug("Port %d taken before all address families were bound: %s", chosen, e)
+    raise OSError(f"could not bind one port on every address family in {BIND_ATTEMPTS} attempts")
 
 
 def _port_of(listeners: list[trio.SocketListener]) -> int:

@@ -15,8 +15,6 @@ from hqpy.common.events import AllocationSubmitted, BatchCommandRun
 from hqpy.common.resources import (
     FRACTIONS,
     ResourceAmountRequest,
-    ResourceDescriptorItem,
-    ResourceKind,
     ResourceRequest,
 )
 from hqpy.common.states import WorkerState
@@ -28,6 +26,7 @@ from hqpy.server.demand import ServerDemand
 from hqpy.server.state import ServerState
 from hqpy.server.views import ServerViews
 from hqpy.server.workers import Worker
+from tests import factories
 
 ALLOWED_LABELS = {"state", "queue", "manager", "outcome", "command", "reason", "version", "python"}
 """No label may carry a job, task or allocation id (unbounded)."""
@@ -72,19 +71,8 @@ def submit(state: ServerState, ids: str, cpus: int = 1) -> int:
 
 
 def worker_config(cpus: int, allocation: str | None = None) -> m.WorkerConfiguration:
-    return m.WorkerConfiguration(
-        hostname="node1",
-        work_dir="/tmp",
-        listen_address="",
-        heartbeat_interval=3600.0,
-        idle_timeout=None,
-        time_limit=None,
-        resources=(ResourceDescriptorItem("cpus", ResourceKind.RANGE, start=0, end=cpus - 1),),
-        group="default",
-        on_server_lost="stop",
-        pid=1,
-        manager=None if allocation is None else m.ManagerInfo("LOCAL", allocation),
-    )
+    manager = None if allocation is None else m.ManagerInfo("LOCAL", allocation)
+    return factories.worker_config(cpus, heartbeat_interval=3600.0, manager=manager)
 
 
 def report(state: ServerState, worker: Worker, status: int, n: int, duration: float) -> None:

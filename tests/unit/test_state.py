@@ -10,8 +10,6 @@ import trio
 from hqpy.common.resources import (
     FRACTIONS,
     ResourceAmountRequest,
-    ResourceDescriptorItem,
-    ResourceKind,
     ResourceRequest,
 )
 from hqpy.protocol import messages as m
@@ -19,6 +17,7 @@ from hqpy.server import commands
 from hqpy.server.jobs import Job, Task, TaskState
 from hqpy.server.state import RequestError, ServerState
 from hqpy.server.workers import Worker, WorkerState
+from tests.factories import worker_config
 
 LOST_MESSAGE = (
     "Task was running on a worker that was lost; the task has occurred {n} times in this "
@@ -89,18 +88,7 @@ def submit(
 
 
 def add_worker(state: ServerState, cpus: int = 4, hostname: str = "node1") -> tuple[Worker, Outbox]:
-    config = m.WorkerConfiguration(
-        hostname=hostname,
-        work_dir="/tmp",
-        listen_address="",
-        heartbeat_interval=8.0,
-        idle_timeout=None,
-        time_limit=None,
-        resources=(ResourceDescriptorItem("cpus", ResourceKind.RANGE, start=0, end=cpus - 1),),
-        group="default",
-        on_server_lost="stop",
-        pid=1,
-    )
+    config = worker_config(cpus, hostname)
     outbox = Outbox()
     return state.add_worker(config, outbox), outbox
 
