@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -757,3 +759,45 @@ def test_forget_with_a_state_filter_keeps_other_states(state: ServerState) -> No
         ("INFO", "0 jobs were forgotten, 1 were ignored due to wrong state or invalid ID")
     ]
     assert job_id in state.jobs
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"env": {"A=B": "1"}}, "Invalid environment variable name 'A=B'"),
+        ({"env": {"A\0": "1"}}, "Invalid environment variable name 'A\\x00'"),
+        ({"env": {"": "1"}}, "Invalid environment variable name ''"),
+        ({"env": {"A": "x\0y"}}, "The value of environment variable A contains a NUL"),
+        ({"args": ("/bin/echo", "a\0b")}, "Argument 1 of the task contains a NUL"),
+        ({"cwd": "/tmp/\0"}, "The task's cwd path contains a NUL"),
+        ({"stdout": "/tmp/\0"}, "The task's stdout path contains a NUL"),
+    ],
+)
+def test_submit_refuses_what_would_poison_a_worker(
+    state: ServerState, change: dict[str, Any], reason: str
+) -> None:
+    """Issue 8.4: these made `Popen` raise in every worker that took the task."""
+    bad = attrs.evolve(desc("0"), **change)
+    with pytest.raises(RequestError, match=re.escape(reason)):
+        state.submit(m.SubmitRequest(bad))
+    assert state.jobs == {}
+
+
+def test_commands_on_huge_ranges_say_the_missing_ids_in_one_line(state: ServerState) -> None:
+    """Issue 8.2: each missing id was its own line (and the range was walked id by id)."""
+    submit(state, "0")
+    submit(state, "0")
+    assert texts(commands.cancel_jobs(state, "1-4000000000", None)) == [
+        ("INFO", "Job 1 canceled (1 tasks canceled, 0 tasks already finished)"),
+        ("INFO", "Job 2 canceled (1 tasks canceled, 0 tasks already finished)"),
+        ("ERROR", "Canceling jobs 3-4000000000 failed; jobs not found"),
+    ]
+    assert texts(commands.close_jobs(state, "7")) == [
+        ("ERROR", "Closing job 7 failed; job not found")
+    ]
+    assert texts(commands.stop_workers(state, "0-10:2")) == [
+        ("ERROR", "Stopping workers 0-10:2 failed; workers not found")
+    ]
+    assert texts(commands.forget_jobs(state, "1-4000000000", ())) == [
+        ("INFO", "2 jobs were forgotten, 3999999998 were ignored due to wrong state or invalid ID")
+    ]
