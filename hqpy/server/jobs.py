@@ -13,11 +13,8 @@ from collections.abc import Iterator
 import trio
 
 from hqpy.common.idset import IdSet
-from hqpy.common.states import DONE_TASK_STATES, JobState, TaskState, job_state
+from hqpy.common.states import JobState, TaskState, job_state
 from hqpy.protocol.messages import TaskBody
-
-STATE_NAMES = tuple(s.label for s in TaskState)
-DONE_STATES = DONE_TASK_STATES
 
 
 class Task:
@@ -193,25 +190,6 @@ class Job:
             ids = ids.union(g.ids)
         return ids
 
-    def has_task(self, task_id: int) -> bool:
-        return task_id in self.tasks or any(task_id in g.ids for g in self.groups)
-
-    def group_of(self, task_id: int) -> TaskGroup | None:
-        task = self.tasks.get(task_id)
-        if task is not None:
-            return task.group
-        for g in self.groups:
-            if task_id in g.ids:
-                return g
-        return None
-
-    def state_of(self, task_id: int) -> TaskState | None:
-        task = self.tasks.get(task_id)
-        if task is not None:
-            return task.state
-        group = self.group_of(task_id)
-        return None if group is None else group.untouched_state
-
     def is_unfinished(self) -> bool:
         return self.counts[TaskState.WAITING] + self.counts[TaskState.RUNNING] > 0
 
@@ -221,9 +199,6 @@ class Job:
     def state(self) -> JobState:
         """The job's state as HyperQueue names it."""
         return job_state(self.counts, self.is_open)
-
-    def state_name(self) -> str:
-        return self.state().value
 
     def move(self, task: Task, state: TaskState) -> None:
         self.counts[task.state] -= 1

@@ -237,7 +237,7 @@ def test_finished_updates_complete_the_job(state: ServerState, clock: FakeClock)
     job = state.jobs[job_id]
     assert counts(job) == {"finished": 4}
     assert job.finished_at == 2000.0
-    assert job.state_name() == "FINISHED"
+    assert job.state() == "FINISHED"
 
 
 def test_job_is_not_finished_while_a_task_remains(state: ServerState) -> None:
@@ -265,7 +265,7 @@ def test_failed_update_records_the_error(state: ServerState) -> None:
     job = state.jobs[job_id]
     assert counts(job) == {"failed": 1}
     assert job.tasks[0].error == "exit code 1"
-    assert job.state_name() == "FAILED"
+    assert job.state() == "FAILED"
     assert job.finished_at is not None
 
 
@@ -506,7 +506,7 @@ def test_canceled_job_is_complete(state: ServerState, clock: FakeClock) -> None:
     commands.cancel_jobs(state, "1", "no longer needed")
     job = state.jobs[job_id]
     assert job.finished_at == 3000.0
-    assert job.state_name() == "CANCELED"
+    assert job.state() == "CANCELED"
     assert job.cancel_reason == "no longer needed"
 
 
@@ -655,7 +655,7 @@ def test_open_job_with_all_tasks_done_is_not_complete(state: ServerState) -> Non
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)])
     job = state.jobs[job_id]
     assert job.finished_at is None
-    assert job.state_name() == "OPENED"
+    assert job.state() == "OPENED"
 
 
 def test_closing_an_open_job_with_done_tasks_completes_it(
@@ -670,7 +670,7 @@ def test_closing_an_open_job_with_done_tasks_completes_it(
     assert texts(commands.close_jobs(state, "1")) == [("INFO", "Job 1 closed")]
     job = state.jobs[job_id]
     assert job.finished_at == 5000.0
-    assert job.state_name() == "FINISHED"
+    assert job.state() == "FINISHED"
 
 
 def test_closing_an_empty_open_job_completes_it(state: ServerState) -> None:
@@ -694,7 +694,7 @@ def test_submit_into_a_finished_open_job_reopens_its_work(state: ServerState) ->
     state.schedule()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)])
     submit(state, "1", job_id=job_id)
-    assert state.jobs[job_id].state_name() == "WAITING"
+    assert state.jobs[job_id].state() == "WAITING"
 
 
 # --- forget --------------------------------------------------------------------------------------
