@@ -20,6 +20,9 @@ from hqpy.protocol.readmodels import AllocatorReadModel, ServerReadModel, Worker
 
 TASK_STATE_NAMES = tuple(s.label for s in TaskState)
 
+JsonObject = dict[str, Any]
+"""A JSON object for `json.dumps`: `Any` because its values are of every JSON shape."""
+
 MAX_JOBS = 50
 MAX_WORKERS = 100
 MAX_ALLOCATIONS = 40
@@ -32,7 +35,7 @@ def build_status(
     allocator: AllocatorReadModel | None,
     started_at: float,
     now: float,
-) -> dict[str, Any]:
+) -> JsonObject:
     """Everything the status page draws, as plain JSON values (times in epoch seconds)."""
     queues = [] if allocator is None else allocator.queue_views()
     return {
@@ -51,7 +54,7 @@ def build_status(
     }
 
 
-def _totals(server: ServerReadModel) -> dict[str, Any]:
+def _totals(server: ServerReadModel) -> JsonObject:
     tasks = server.task_state_totals()
     return {
         "jobs": server.job_count(),
@@ -60,7 +63,7 @@ def _totals(server: ServerReadModel) -> dict[str, Any]:
     }
 
 
-def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> dict[str, Any]:
+def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> JsonObject:
     p = queue.params
     allocations = [] if allocator is None else allocator.allocation_views(queue.id)
     order = {a.id: i for i, a in enumerate(allocations)}
@@ -87,7 +90,7 @@ def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> dict[str
     }
 
 
-def _allocation(a: m.AllocationView) -> dict[str, Any]:
+def _allocation(a: m.AllocationView) -> JsonObject:
     return {
         "id": a.id,
         "state": a.state.lower(),
@@ -99,7 +102,7 @@ def _allocation(a: m.AllocationView) -> dict[str, Any]:
     }
 
 
-def _worker(w: WorkerSummary) -> dict[str, Any]:
+def _worker(w: WorkerSummary) -> JsonObject:
     return {
         "id": w.id,
         "hostname": w.hostname,
@@ -115,7 +118,7 @@ def _worker(w: WorkerSummary) -> dict[str, Any]:
     }
 
 
-def _jobs(server: ServerReadModel) -> list[dict[str, Any]]:
+def _jobs(server: ServerReadModel) -> list[JsonObject]:
     out = []
     for job in server.newest_jobs(MAX_JOBS):
         out.append(
@@ -133,9 +136,7 @@ def _jobs(server: ServerReadModel) -> list[dict[str, Any]]:
     return out
 
 
-def _events(
-    queues: list[m.QueueView], allocator: AllocatorReadModel | None
-) -> list[dict[str, Any]]:
+def _events(queues: list[m.QueueView], allocator: AllocatorReadModel | None) -> list[JsonObject]:
     """The newest events of all live queues together, newest first."""
     recent: list[m.AllocEventView] = []
     for q in queues:

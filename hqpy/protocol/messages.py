@@ -161,19 +161,24 @@ class WorkerRegistered:
     idle_timeout: float | None
 
 
+ComputeRow = list[Any]
+"""`[job_id, task_id, instance_id, group_id, entry]`: `Any` because a row mixes ints and a
+string or None (plain arrays keep the hot path small)."""
+
+
 @attrs.frozen
 class ComputeTasks:
     """Tasks for a worker to run: rows `[job_id, task_id, instance_id, group_id, entry]`."""
 
     bodies: list[TaskBody]
-    tasks: list[list[Any]]
+    tasks: list[ComputeRow]
 
 
 @attrs.frozen
 class CancelTasks:
     """Rows `[job_id, task_id, instance_id]` the worker should kill or drop."""
 
-    tasks: list[list[Any]]
+    tasks: list[list[int]]
 
 
 @attrs.frozen

@@ -97,4 +97,4 @@ RequestHandler = Callable[[Any], Awaitable[Any]]
 `Any` because a table maps each request class to its own handler type, which Python's typing
 cannot say per key; the table is built from handlers typed exactly."""
 
-HandlerTable = Mapping[type[Any], RequestHandler]
+HandlerTable = Mapping[type[object], RequestHandler]
