@@ -234,6 +234,7 @@ def build_submit(args: argparse.Namespace) -> m.SubmitRequest:
             crash_limit=args.crash_limit,
             task_dir=args.task_dir,
             stdin=stdin,
+            auto_ids=args.array is None,
         ),
         name=args.name,
         max_fails=args.max_fails,

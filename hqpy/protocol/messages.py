@@ -401,6 +401,9 @@ class SubmitDesc:
     """0 means unlimited, -1 never restart."""
     task_dir: bool = False
     stdin: str | None = None
+    auto_ids: bool = False
+    """The ids were not given (`--array`): in an open job the tasks take the ids after the
+    job's highest one (HyperQueue); `ids` then counts from 0."""
 
 
 @attrs.frozen

@@ -55,6 +55,7 @@ class TaskGroup:
         "entries",
         "crash_limit",
         "index",
+        "entry_offset",
         "_cursor",
         "untouched",
         "untouched_state",
@@ -70,12 +71,15 @@ class TaskGroup:
         entries: list[str] | None,
         crash_limit: int,
         index: int,
+        entry_offset: int = 0,
     ) -> None:
         self.body = body
         self.ids = ids
         self.entries = entries
         self.crash_limit = crash_limit
         self.index = index
+        self.entry_offset = entry_offset
+        """Task `entry_offset + i` has entry `i` (tasks added to an open job after others)."""
         self._cursor: Iterator[int] = iter(ids)
         self.untouched = len(ids)
         """Tasks never materialised; they are in `untouched_state`."""
@@ -136,7 +140,7 @@ class TaskGroup:
     def entry(self, task_id: int) -> str | None:
         if self.entries is None:
             return None
-        return self.entries[task_id]
+        return self.entries[task_id - self.entry_offset]
 
     def mean_duration(self) -> float | None:
         if self.duration_count == 0:
@@ -183,6 +187,9 @@ class Job:
     @property
     def task_count(self) -> int:
         return sum(len(g.ids) for g in self.groups)
+
+    def max_task_id(self) -> int | None:
+        return max((g.ids.max() for g in self.groups if g.ids), default=None)
 
     def task_ids(self) -> IdSet:
         ids = IdSet.from_ids(())

@@ -110,3 +110,14 @@ def id_text(ids: IdSet) -> str:
         else:
             items.append(f"{start}-{last}:{step}")
     return ",".join(items)
+
+
+def shift(ids: IdSet, offset: int) -> IdSet:
+    """Every id plus `offset`, on runs."""
+    if offset == 0 or not ids:
+        return ids
+    items = []
+    for start, stop, step in ids.runs():
+        first, last = start + offset, stop - 1 + offset
+        items.append(str(first) if first == last else f"{first}-{last}:{step}")
+    return parse_id_set(",".join(items))

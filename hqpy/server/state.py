@@ -28,10 +28,14 @@ from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server.jobs import Job, TaskGroup
 from hqpy.server.scheduler import schedule
+from hqpy.server.selection import check_id_limit, shift
 from hqpy.server.validation import validate_submit
 from hqpy.server.workers import FAILURE_STATES, STOP_REASONS, Outbox, Worker
 
 log = logging.getLogger(__name__)
+
+NEVER_RESTART = -1
+"""`--crash-limit never-restart`: a task whose worker goes away while it runs fails."""
 
 
 class ServerState:
@@ -73,6 +77,7 @@ class ServerState:
         """A new job, or new tasks in an open job; RequestError names what is wrong."""
         desc = req.submit
         ids = validate_submit(desc)
+        offset = 0
         if req.job_id is not None:
             if req.name is not None:
                 raise RequestError(
@@ -87,6 +92,11 @@ class ServerState:
                 raise RequestError(f"Job {req.job_id} not found.")
             if not job.is_open:
                 raise RequestError(f"Job {req.job_id} is not opened.")
+            if desc.auto_ids:
+                last = job.max_task_id()
+                offset = 0 if last is None else last + 1
+                ids = shift(ids, offset)
+                check_id_limit(ids, desc.ids)
             for g in job.groups:
                 common = g.ids.intersection(ids)
                 if common:
@@ -113,7 +123,7 @@ class ServerState:
             server_uid=self.server_uid,
         )
         self.next_group_id += 1
-        group = TaskGroup(body, ids, desc.entries, desc.crash_limit, len(job.groups))
+        group = TaskGroup(body, ids, desc.entries, desc.crash_limit, len(job.groups), offset)
         job.groups.append(group)
         job.counts[TaskState.WAITING] += len(ids)
         job.finished_at = None
@@ -254,18 +264,24 @@ class ServerState:
             job = self.jobs.get(task.group.body.job_id)
             if job is None or task.state in DONE_STATES:
                 continue
-            if was_running and failure:
+            limit = task.group.crash_limit
+            error = None
+            if was_running and limit == NEVER_RESTART:
+                # Whatever the reason the worker went (stop, idle timeout, time limit, crash).
+                error = "Task was running on a lost worker while never restart flag was set."
+            elif was_running and failure:
                 task.crash_count += 1
-                limit = task.group.crash_limit
-                if limit == -1 or (limit > 0 and task.crash_count >= limit):
-                    task.error = (
+                if limit > 0 and task.crash_count >= limit:
+                    error = (
                         "Task was running on a worker that was lost; the task has occurred "
                         f"{task.crash_count} times in this situation and limit was reached."
                     )
-                    task.ended_at = now
-                    job.move(task, TaskState.FAILED)
-                    self._after_failure(job)
-                    continue
+            if error is not None:
+                task.error = error
+                task.ended_at = now
+                job.move(task, TaskState.FAILED)
+                self._after_failure(job)
+                continue
             task.instance_id += 1
             task.started_at = None
             task.hostname = None

@@ -387,15 +387,65 @@ def test_heartbeat_loss_counts_a_crash(state: ServerState) -> None:
     assert task.crash_count == 1
 
 
-def test_crash_limit_minus_one_fails_on_the_first_loss(state: ServerState) -> None:
+NEVER_RESTART_MESSAGE = "Task was running on a lost worker while never restart flag was set."
+
+
+@pytest.mark.parametrize("reason", list(WorkerState)[1:])
+def test_never_restart_fails_the_task_whatever_ended_its_worker(
+    state: ServerState, reason: WorkerState
+) -> None:
+    """Issue 14.8: `--crash-limit never-restart` (-1) fails a running task however its worker
+    goes away (stop, idle timeout, time limit, crash), with HyperQueue's text."""
     job_id = submit(state, "0", crash_limit=-1)
     worker, _ = add_worker(state)
     state.schedule()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_RUNNING)])
-    state.on_worker_lost(worker, WorkerState.CONNECTION_LOST)
+    state.on_worker_lost(worker, reason)
     task = state.jobs[job_id].tasks[0]
     assert task.state is TaskState.FAILED
-    assert task.error == LOST_MESSAGE.format(n=1)
+    assert task.error == NEVER_RESTART_MESSAGE
+
+
+def test_never_restart_requeues_a_task_that_was_only_assigned(state: ServerState) -> None:
+    job_id = submit(state, "0", crash_limit=-1)
+    worker, _ = add_worker(state)
+    state.schedule()
+    state.on_worker_lost(worker, WorkerState.STOPPED)
+    task = state.jobs[job_id].tasks[0]
+    assert (task.state, task.instance_id) == (TaskState.WAITING, 1)
+
+
+@pytest.mark.parametrize("reason", [WorkerState.STOPPED, WorkerState.IDLE_TIMEOUT])
+def test_numeric_crash_limit_counts_only_real_failures(
+    state: ServerState, reason: WorkerState
+) -> None:
+    job_id = submit(state, "0", crash_limit=1)
+    worker, _ = add_worker(state)
+    state.schedule()
+    state.on_task_updates(worker, [update(job_id, 0, m.TASK_RUNNING)])
+    state.on_worker_lost(worker, reason)
+    task = state.jobs[job_id].tasks[0]
+    assert (task.state, task.crash_count) == (TaskState.WAITING, 0)
+
+
+def test_open_job_submits_without_ids_take_the_next_ids(state: ServerState) -> None:
+    """Issue 14.4: the tasks go after the job's highest id (0 in an empty job)."""
+    job_id = state.open_job(None, None)
+
+    def add(ids: str = "0", entries: list[str] | None = None, auto: bool = True) -> None:
+        d = attrs.evolve(desc(ids), entries=entries, auto_ids=auto)
+        state.submit(m.SubmitRequest(d, job_id=job_id))
+
+    add()
+    add()
+    add("0-2", entries=["a", "b", "c"])
+    add("10", auto=False)
+    add()
+    job = state.jobs[job_id]
+    assert [str(g.ids) for g in job.groups] == ["0", "1", "2-4", "10", "11"]
+    assert [job.groups[2].entry(i) for i in (2, 3, 4)] == ["a", "b", "c"]
+    with pytest.raises(RequestError, match=r"^Task 11 already exists in job 1\.$"):
+        add("11", auto=False)
 
 
 def test_crash_limit_zero_never_fails_the_task(state: ServerState) -> None:
