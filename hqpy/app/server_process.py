@@ -91,6 +91,7 @@ class ServerProcess:
                             core.started_at,
                             self.config.metrics_host,
                             self.config.metrics_port,
+                            clock=core.clock,
                         )
                     )
                 task_status.started(info)

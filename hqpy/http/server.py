@@ -397,6 +397,7 @@ async def serve_http(
     host: str,
     port: int,
     *,
+    clock: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `/metrics`, the status page and `/api/status` until cancelled.
@@ -405,7 +406,7 @@ async def serve_http(
     the hub); `task_status.started` gets the listeners.
     """
     metrics = ServerMetrics(server, allocator, hub, started_at)
-    app = HttpServer(make_routes(server, allocator, metrics))
+    app = HttpServer(make_routes(server, allocator, metrics, clock))
     async with trio.open_nursery() as nursery:
         listeners: list[trio.SocketListener] = await nursery.start(
             partial(trio.serve_tcp, app.handle, port, host=host)

@@ -38,7 +38,7 @@ from hqpy.protocol.auth import AuthError, new_secret, server_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
 from hqpy.server.clients import ClientHandlers
 from hqpy.server.state import ServerState
-from hqpy.server.workers import Outbox, Worker
+from hqpy.server.workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,6 @@ class Server:
             return
         if not isinstance(hello, m.RegisterWorker):
             raise ProtocolError(f"a worker must register first, got {type(hello).__name__}")
-        send: Outbox
         send, receive = trio.open_memory_channel[m.ToWorker](math.inf)
         worker = self.state.add_worker(hello.configuration, send)
         idle = hello.configuration.idle_timeout

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import trio
+from typing import Protocol
 
 from hqpy.common.resources import ALL
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol.messages import ToWorker, WorkerConfiguration
 from hqpy.server.jobs import Task
 
-Outbox = trio.MemorySendChannel[ToWorker]
-"""Where the server core puts messages for one worker; its session sends them."""
+
+class Outbox(Protocol):
+    """Where the server core puts messages for one worker (a trio memory channel); its
+    session sends them."""
+
+    def send_nowait(self, message: ToWorker) -> None: ...
+
 
 FAILURE_STATES = frozenset(s for s in WorkerState if s.is_failure)
 """Losing a worker for these reasons counts against the crash limit of its running tasks."""

@@ -187,7 +187,7 @@ async def test_the_heartbeat_check_forgives_the_servers_own_stall(
     assert worker.state is WorkerState.RUNNING
     server.state.on_heartbeat(worker)
     await trio.sleep(2.5)
-    assert worker.state is WorkerState.HEARTBEAT_LOST
+    assert server.state.workers[worker.id].state is WorkerState.HEARTBEAT_LOST
 
 
 def _ipv6_loopback() -> bool:
@@ -208,7 +208,7 @@ async def test_every_address_family_listens_on_the_port_in_access_json(
     """Issue 8.11: the IPv6 listener had a port of its own, not the one clients are told."""
     record = serverdir.load_access(process.config.server_dir)
     assert record.client is not None and record.worker is not None
-    families = {}
+    families: dict[int, set[int]] = {}
     for listener in process.core.listeners:
         sock = listener.socket
         families.setdefault(sock.getsockname()[1], set()).add(sock.family)

@@ -13,8 +13,9 @@ from hqpy.common.resources import (
     ResourceAmountRequest,
     ResourceRequest,
 )
+from hqpy.common.states import TaskState
 from hqpy.protocol.messages import TaskBody
-from hqpy.server.jobs import Job, Task, TaskGroup, TaskState
+from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.scheduler import MAX_PREFILL_ROUNDS, prefill_rounds, schedule
 from hqpy.server.workers import Worker
 from tests.factories import cpu_resources, worker_config

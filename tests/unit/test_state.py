@@ -9,16 +9,18 @@ import attrs
 import pytest
 import trio
 
+from hqpy.common.errors import RequestError
 from hqpy.common.resources import (
     FRACTIONS,
     ResourceAmountRequest,
     ResourceRequest,
 )
+from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server import commands
-from hqpy.server.jobs import Job, Task, TaskState
-from hqpy.server.state import RequestError, ServerState
-from hqpy.server.workers import Worker, WorkerState
+from hqpy.server.jobs import Job, Task
+from hqpy.server.state import ServerState
+from hqpy.server.workers import Worker
 from tests.factories import worker_config
 
 LOST_MESSAGE = (
