@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from hqpy.common.errors import RequestError
@@ -117,7 +118,11 @@ class ClientHandlers:
         jobs, missing = select(self.state.jobs, req.selector)
         details = []
         for job in jobs:
-            details.append(views.job_detail(job, req.include_tasks))
+            detail = views.job_detail(job, include_tasks=False)
+            if req.include_tasks:
+                tasks = tuple([view async for view in ChunkedViews(job, None, None)])
+                detail = attrs.evolve(detail, tasks=tasks)
+            details.append(detail)
             await trio.lowlevel.checkpoint()
         return m.JobDetailsResponse(details, id_text(missing))
 

@@ -347,7 +347,7 @@ class Server:
             if late > REAPER_INTERVAL:
                 self.state.forgive_stall(late)
             for worker in list(self.state.workers.values()):
-                if worker.state != WorkerState.RUNNING:
+                if worker.state is not WorkerState.RUNNING:
                     continue
                 hb = worker.config.heartbeat_interval
                 if now - worker.last_heartbeat > 2 * hb:

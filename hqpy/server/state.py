@@ -30,7 +30,7 @@ from hqpy.server.jobs import Job, TaskGroup
 from hqpy.server.scheduler import schedule
 from hqpy.server.selection import check_id_limit, shift
 from hqpy.server.validation import validate_submit
-from hqpy.server.workers import FAILURE_STATES, STOP_REASONS, Outbox, Worker
+from hqpy.server.workers import STOP_REASONS, Outbox, Worker
 
 log = logging.getLogger(__name__)
 
@@ -243,14 +243,14 @@ class ServerState:
 
     def on_worker_lost(self, worker: Worker, state: WorkerState) -> None:
         """Put the worker's unfinished tasks back to waiting, counting crashes where it failed."""
-        if worker.state != WorkerState.RUNNING:
+        if worker.state is not WorkerState.RUNNING:
             return
-        if worker.stop_reason is not None and state in FAILURE_STATES:
+        if worker.stop_reason is not None and state.is_failure:
             state = STOP_REASONS.get(worker.stop_reason, WorkerState.STOPPED)
         now = self.clock()
         worker.state = state
         worker.ended_at = now
-        failure = state in FAILURE_STATES
+        failure = state.is_failure
         log.info(
             "Worker %d %s: %s (%d task(s) handed back)",
             worker.id,

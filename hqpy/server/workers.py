@@ -17,9 +17,6 @@ class Outbox(Protocol):
     def send_nowait(self, message: ToWorker) -> None: ...
 
 
-FAILURE_STATES = frozenset(s for s in WorkerState if s.is_failure)
-"""Losing a worker for these reasons counts against the crash limit of its running tasks."""
-
 STOP_REASONS = {
     "stopped": WorkerState.STOPPED,
     "idle-timeout": WorkerState.IDLE_TIMEOUT,
@@ -52,7 +49,7 @@ class Worker:
 
     @property
     def is_running(self) -> bool:
-        return self.state == WorkerState.RUNNING and self.stop_reason is None
+        return self.state is WorkerState.RUNNING and self.stop_reason is None
 
     def _add(self, task: Task, sign: int) -> None:
         for entry in task.group.body.request.entries:
