@@ -28,7 +28,7 @@ from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server.jobs import Job, TaskGroup
 from hqpy.server.scheduler import schedule
-from hqpy.server.selection import check_id_limit, shift
+from hqpy.server.selection import check_id_limit, intersect, shift
 from hqpy.server.validation import validate_submit
 from hqpy.server.workers import STOP_REASONS, Outbox, Worker
 
@@ -98,7 +98,7 @@ class ServerState:
                 ids = shift(ids, offset)
                 check_id_limit(ids, desc.ids)
             for g in job.groups:
-                common = g.ids.intersection(ids)
+                common, _ = intersect(ids, g.ids)
                 if common:
                     raise RequestError(f"Task {common.min()} already exists in job {job.id}.")
         else:

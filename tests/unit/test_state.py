@@ -853,3 +853,13 @@ def test_commands_on_huge_ranges_say_the_missing_ids_in_one_line(state: ServerSt
     assert texts(commands.forget_jobs(state, "1-4000000000", ())) == [
         ("INFO", "2 jobs were forgotten, 3999999998 were ignored due to wrong state or invalid ID")
     ]
+
+
+def test_a_huge_stepped_array_into_an_open_job_is_checked_on_ranges(state: ServerState) -> None:
+    """The collision check must not expand `0-4000000000:2` id by id."""
+    job_id = state.open_job(None, None)
+    submit(state, "0-10", job_id=job_id)
+    with pytest.raises(RequestError, match=r"^Task 0 already exists in job 1\.$"):
+        submit(state, "0-4000000000:2", job_id=job_id)
+    submit(state, "12-4000000000:2", job_id=job_id)
+    assert state.jobs[job_id].task_count == 11 + 1999999995
