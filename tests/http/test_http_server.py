@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import AsyncIterator
 from functools import partial
@@ -274,10 +275,17 @@ async def wait_for_connections(server: HttpServer, n: int) -> None:
             await trio.sleep(0.01)
 
 
+async def busy_app(calls: list[str], nursery: trio.Nursery) -> tuple[HttpServer, int]:
+    """Three slots, and requests may take their time: held half-sent requests stay busy."""
+    server = HttpServer(routes(calls), max_connections=3, request_timeout=60)  # type: ignore[arg-type]
+    listeners = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+    return server, listeners[0].socket.getsockname()[1]
+
+
 async def test_busy_connections_beyond_the_limit_are_refused(
-    app: tuple[HttpServer, int],
+    calls: list[str], nursery: trio.Nursery
 ) -> None:
-    server, port = app
+    server, port = await busy_app(calls, nursery)
     held = [await open_conn(port) for _ in range(3)]
     for s in held:
         # A request under way: these connections are busy, not idle.
@@ -293,6 +301,27 @@ async def test_busy_connections_beyond_the_limit_are_refused(
     await stream.send_all(get("/metrics"))
     assert (await read_response(stream, bytearray()))[0] == 200
     await stream.aclose()
+
+
+async def test_refused_connections_are_logged_once_with_a_count(
+    calls: list[str], nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, port = await busy_app(calls, nursery)
+    held = [await open_conn(port) for _ in range(3)]
+    for s in held:
+        await s.send_all(b"GET /metrics HTTP/1.1\r\n")
+    await wait_for_connections(server, 3)
+    with caplog.at_level(logging.WARNING, logger="hqpy.http.server"):
+        for _ in range(5):
+            extra = await open_conn(port)
+            assert await read_all(extra) == b""
+    assert server.refused == 5
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert [r.getMessage() for r in refused] == [
+        "HTTP: 3 connections busy; refused 1 new connection(s)"
+    ]
+    for s in held:
+        await s.aclose()
 
 
 async def test_idle_connections_make_room_for_a_new_one(app: tuple[HttpServer, int]) -> None:
