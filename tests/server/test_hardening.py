@@ -21,6 +21,7 @@ from hqpy.protocol import messages as m
 from hqpy.protocol.auth import peer_handshake
 from hqpy.protocol.framing import FramedStream
 from hqpy.server.server import REAPER_INTERVAL, Server, ServerConfig
+from tests import factories
 from tests.factories import worker_config
 from tests.server.test_server_inprocess import connect_worker, open_raw, submit
 
@@ -214,3 +215,17 @@ async def test_every_address_family_listens_on_the_port_in_access_json(
         families.setdefault(sock.getsockname()[1], set()).add(sock.family)
     assert set(families) == {record.client.port, record.worker.port}
     assert all(len(f) >= 2 for f in families.values()), families
+
+
+async def test_a_hand_written_client_cannot_submit_a_poison_task(
+    process: ServerProcess, client: ServerConnection
+) -> None:
+    """Issue 8.4: an env key with `=` made `Popen` raise in every worker that took the task."""
+    poison = factories.submit_desc("0", env={"A=B": "1"})
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(ClientError, match="Invalid environment variable name 'A=B'"):
+            await client.request(m.SubmitRequest(poison), m.SubmitResponse)
+        nul = factories.submit_desc("0", args=("/bin/echo", "a\0b"))
+        with pytest.raises(ClientError, match="Argument 1 of the task contains a NUL"):
+            await client.request(m.SubmitRequest(nul), m.SubmitResponse)
+    assert process.state.jobs == {}
