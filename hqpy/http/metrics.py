@@ -82,7 +82,10 @@ DISCONNECT_REASONS = tuple(
     s.lower().replace(" ", "_") for s in WorkerState if s is not WorkerState.RUNNING
 )
 """`connection_lost`, `heartbeat_lost`, ...: why a worker ended, as a Prometheus label."""
-WORKER_STATES = ("running", "stopping", *DISCONNECT_REASONS)
+RUNNING_LABEL = WorkerState.RUNNING.lower()
+WORKER_STATES = (RUNNING_LABEL, "stopping", *DISCONNECT_REASONS)
+ENDED_OUTCOMES = (AllocationState.FINISHED.lower(), AllocationState.FAILED.lower())
+"""The `outcome` label of `hqpy_allocations_ended_total`."""
 ENDED_TASK_STATES = (TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELED, TaskState.ABORTED)
 MAX_COMMAND_LABEL = 64
 
@@ -90,7 +93,7 @@ MAX_COMMAND_LABEL = 64
 def worker_state_label(worker: WorkerSummary) -> str:
     """`running`, `stopping` (asked to stop, not gone yet) or why it ended (`idle_timeout`)."""
     if worker.state is WorkerState.RUNNING:
-        return "stopping" if worker.stopping else "running"
+        return "stopping" if worker.stopping else RUNNING_LABEL
     return state_label(worker.state)
 
 
@@ -222,9 +225,9 @@ class ServerMetrics:
         if event.kind is AllocEventKind.ALLOCATION_STARTED and event.queue_wait is not None:
             self.queue_wait.labels(*labels).observe(event.queue_wait)
         elif event.kind is AllocEventKind.ALLOCATION_FINISHED:
-            self.allocations_ended.labels(*labels, "finished").inc()
+            self.allocations_ended.labels(*labels, ENDED_OUTCOMES[0]).inc()
         elif event.kind is AllocEventKind.ALLOCATION_FAILED:
-            self.allocations_ended.labels(*labels, "failed").inc()
+            self.allocations_ended.labels(*labels, ENDED_OUTCOMES[1]).inc()
 
     def on_batch_command(self, event: BatchCommandRun) -> None:
         self.observe_batch_command(event.program, event.seconds, event.ok)
@@ -234,7 +237,7 @@ class ServerMetrics:
         labels = (str(queue_id), manager)
         for outcome in ("success", "failure"):
             self.submissions.labels(*labels, outcome)
-        for outcome in ("finished", "failed"):
+        for outcome in ENDED_OUTCOMES:
             self.allocations_ended.labels(*labels, outcome)
         self.queue_wait.labels(*labels)
 

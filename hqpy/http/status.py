@@ -72,7 +72,7 @@ def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> JsonObje
     shown = active[-MAX_ALLOCATIONS:]
     shown += ended[len(ended) - max(0, MAX_ALLOCATIONS - len(shown)) :]
     shown.sort(key=lambda a: (a.queued_at, order[a.id]))
-    counts = {"queued": 0, "running": 0, "finished": 0, "failed": 0}
+    counts = {state.lower(): 0 for state in AllocationState}
     for a in allocations:
         counts[a.state.lower()] += 1
     return {
