@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from hqpy.cli.common import add_selector, duration, emit_log_lines, run_client
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection, ClientError
@@ -412,12 +414,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     def call(conn: BlockingConnection, out: Output) -> None:
-        resp = conn.request(
-            m.JobDetailsRequest(args.selector, include_tasks=args.output_mode == "json"),
-            m.JobDetailsResponse,
-        )
-        _log_missing(resp.missing)
-        out.job_details(resp.jobs)
+        req = m.JobDetailsRequest(args.selector, include_tasks=args.output_mode == "json")
+        resp = conn.request(req, m.JobDetailsResponse)
+        jobs, missing = resp.jobs, resp.missing
+        while resp.next is not None:
+            # A job's tasks come in pages (`TASK_PAGE` a reply): join them.
+            resp = conn.request(
+                m.JobDetailsRequest(req.selector, True, resp.next), m.JobDetailsResponse
+            )
+            for detail in resp.jobs:
+                if jobs and jobs[-1].info.id == detail.info.id:
+                    tasks = (*(jobs[-1].tasks or ()), *(detail.tasks or ()))
+                    jobs[-1] = attrs.evolve(jobs[-1], tasks=tasks)
+                else:
+                    jobs.append(detail)
+        _log_missing(missing)
+        out.job_details(jobs)
 
     return run_client(args, call)
 

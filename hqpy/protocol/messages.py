@@ -456,8 +456,12 @@ class ListJobsRequest:
 
 @attrs.frozen
 class JobDetailsRequest:
+    """With `include_tasks`, paged as `TaskListRequest`: at most `TASK_PAGE` tasks a reply."""
+
     selector: str
     include_tasks: bool = False
+    after: tuple[int, int] | None = None
+    """Resume after this (job id, task id): the `next` of the previous page."""
 
 
 @attrs.frozen
@@ -633,6 +637,8 @@ class JobDetailsResponse:
     jobs: list[JobDetailView]
     missing: str
     """Ids the selector named that are no jobs, as an id set (`100-50000000`)."""
+    next: tuple[int, int] | None = None
+    """More tasks follow: ask again with `after` set to this."""
 
 
 @attrs.frozen

@@ -116,15 +116,31 @@ class ClientHandlers:
 
     async def job_details(self, req: m.JobDetailsRequest) -> m.JobDetailsResponse:
         jobs, missing = select(self.state.jobs, req.selector)
+        missing_text = id_text(missing) if req.after is None else ""
+        after_job, after_task = req.after if req.after is not None else (-1, -1)
         details = []
+        room = m.TASK_PAGE
+        cursor = (after_job, after_task)
         for job in jobs:
+            if job.id < after_job:
+                continue
             detail = views.job_detail(job, include_tasks=False)
-            if req.include_tasks:
-                tasks = tuple([view async for view in ChunkedViews(job, None, None)])
-                detail = attrs.evolve(detail, tasks=tasks)
-            details.append(detail)
             await trio.lowlevel.checkpoint()
-        return m.JobDetailsResponse(details, id_text(missing))
+            if not req.include_tasks:
+                details.append(detail)
+                continue
+            start = after_task + 1 if job.id == after_job else 0
+            tasks: list[m.TaskView] = []
+            async for view in ChunkedViews(job, _from(None, start), None):
+                if room == 0:
+                    if tasks or job.id == after_job:
+                        details.append(attrs.evolve(detail, tasks=tuple(tasks)))
+                    return m.JobDetailsResponse(details, missing_text, next=cursor)
+                tasks.append(view)
+                cursor = (job.id, view.id)
+                room -= 1
+            details.append(attrs.evolve(detail, tasks=tuple(tasks)))
+        return m.JobDetailsResponse(details, missing_text)
 
     async def wait_jobs(self, req: m.WaitJobsRequest) -> m.JobListResponse:
         jobs, missing = select(self.state.jobs, req.selector)

@@ -246,3 +246,11 @@ def test_missing_ids_of_a_huge_range_are_one_line(hq_env: HqEnv) -> None:
     assert " ERROR Jobs 100-50000000 not found" in result.stderr
     result = hq_env.run("job", "cancel", "100-50000000")
     assert " ERROR Canceling jobs 100-50000000 failed; jobs not found" in result.stderr
+
+
+def test_json_job_info_joins_the_pages_of_a_big_job(hq_env: HqEnv) -> None:
+    """Issue 8.3: the tasks of `job info` come in pages; the client joins them."""
+    hq_env.start_server()
+    hq_env.command("submit", "--array", "0-44999", "--", "true")
+    job = hq_env.job_info()
+    assert [t["id"] for t in job["tasks"]] == list(range(45000))

@@ -229,3 +229,27 @@ async def test_a_hand_written_client_cannot_submit_a_poison_task(
         with pytest.raises(ClientError, match="Argument 1 of the task contains a NUL"):
             await client.request(m.SubmitRequest(nul), m.SubmitResponse)
     assert process.state.jobs == {}
+
+
+async def test_job_details_with_tasks_come_in_pages(client: ServerConnection) -> None:
+    n = 2 * m.TASK_PAGE + 5
+    with trio.fail_after(TIMEOUT):
+        first = await submit(client, f"0-{n - 1}")
+        second = await submit(client, "0-2")
+        pages = []
+        after = None
+        while True:
+            page = await client.request(
+                m.JobDetailsRequest(f"{first},{second}", True, after), m.JobDetailsResponse
+            )
+            pages.append(page)
+            if page.next is None:
+                break
+            after = page.next
+    assert len(pages) == 3
+    assert all(sum(len(d.tasks or ()) for d in p.jobs) <= m.TASK_PAGE for p in pages)
+    ids: dict[int, list[int]] = {}
+    for page in pages:
+        for detail in page.jobs:
+            ids.setdefault(detail.info.id, []).extend(t.id for t in detail.tasks or ())
+    assert ids == {first: list(range(n)), second: [0, 1, 2]}
