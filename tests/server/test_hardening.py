@@ -253,3 +253,17 @@ async def test_job_details_with_tasks_come_in_pages(client: ServerConnection) ->
         for detail in page.jobs:
             ids.setdefault(detail.info.id, []).extend(t.id for t in detail.tasks or ())
     assert ids == {first: list(range(n)), second: [0, 1, 2]}
+
+
+async def test_alloc_events_follow_clients_that_hang_up_are_dropped(
+    process: ServerProcess, client: ServerConnection
+) -> None:
+    """`alloc events --follow` waits in the allocator's handler; the session's hang-up watch
+    ends it like any other waiting request."""
+    params = m.QueueParams("local", time_limit=3600.0)
+    with trio.fail_after(TIMEOUT):
+        created = await client.request(m.AllocAddRequest(params, False), m.QueueCreatedResponse)
+        events = await client.request(m.AllocEventsRequest(created.queue_id), m.AllocEventsResponse)
+        follow = m.AllocEventsRequest(created.queue_id, after=events.total, wait=True)
+        await hang_up_while_waiting(process, follow)
+        assert await client.request(m.AllocListRequest(), m.QueueListResponse)
