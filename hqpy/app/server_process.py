@@ -14,6 +14,7 @@ allocations (shielded), then everything else is cancelled.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -28,6 +29,7 @@ from hqpy.protocol import messages as m
 from hqpy.server.demand import ServerDemand
 from hqpy.server.server import Server, ServerConfig
 from hqpy.server.state import ServerState
+from hqpy.server.views import ServerViews
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,12 @@ class ServerProcess:
         config: ServerConfig,
         autoalloc_config: AutoAllocConfig | None = None,
         make_backend: BackendFactory | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock`: every time read of the server core (tests pass `trio.current_time`)."""
         self.config = config
         self.hub = EventHub()
-        self.core = Server(config, self.hub)
+        self.core = Server(config, self.hub, clock)
         self.autoalloc_config = autoalloc_config or AutoAllocConfig.from_env()
         self.make_backend = make_backend
         self.allocator: AutoAllocService | None = None
@@ -78,12 +82,13 @@ class ServerProcess:
                 self.http_listeners = await nursery.start(
                     partial(
                         serve_http,
-                        core.state,
+                        ServerViews(core.state),
                         allocator,
                         self.hub,
                         core.started_at,
                         self.config.metrics_host,
                         self.config.metrics_port,
+                        clock=core.clock,
                     )
                 )
             task_status.started(info)

@@ -241,7 +241,7 @@ def cmd_log(args: argparse.Namespace) -> int:
         resp = conn.request(m.AllocLogRequest(args.allocation_id), m.AllocLogResponse)
         path = f"{resp.workdir}/{args.channel}"
         try:
-            with open(path, "rb") as f:  # noqa: ASYNC230 - a local file, read once
+            with open(path, "rb") as f:
                 shutil.copyfileobj(f, sys.stdout.buffer)
         except OSError as e:
             out.error(f"Cannot read `{path}`: {e.strerror}")

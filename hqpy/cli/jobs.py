@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from hqpy.cli.common import (
     add_selector,
     client_command,
@@ -291,6 +293,7 @@ def build_submit(args: argparse.Namespace) -> m.SubmitRequest:
             crash_limit=args.crash_limit,
             task_dir=args.task_dir,
             stdin=stdin,
+            auto_ids=args.array is None,
         ),
         name=args.name,
         max_fails=args.max_fails,
@@ -423,9 +426,36 @@ def wait_for_jobs(
         time.sleep(PROGRESS_INTERVAL)
 
 
-def _log_missing(job_ids: list[int]) -> None:
-    for job_id in job_ids:
-        log.error("Job %d not found", job_id)
+def _log_missing(job_ids: str) -> None:
+    if job_ids:
+        log.error("%s not found", m.describe_ids("Job", job_ids))
+
+
+def _task_list(conn: BlockingConnection, req: m.TaskListRequest) -> m.TaskListResponse:
+    """Every page of a task list, joined (the server sends `TASK_PAGE` tasks at a time)."""
+    resp = conn.request(req, m.TaskListResponse)
+    jobs, missing = resp.jobs, resp.missing
+    while resp.next is not None:
+        resp = conn.request(
+            m.TaskListRequest(req.selector, req.task_ids, req.states, resp.next),
+            m.TaskListResponse,
+        )
+        for job_id, tasks in resp.jobs:
+            if jobs and jobs[-1][0] == job_id:
+                jobs[-1][1].extend(tasks)
+            else:
+                jobs.append((job_id, tasks))
+    return m.TaskListResponse(jobs, missing)
+
+
+def _task_info(conn: BlockingConnection, job_id: int, task_ids: str) -> m.TaskInfoResponse:
+    """Every page of `task info`, joined."""
+    resp = conn.request(m.TaskInfoRequest(job_id, task_ids), m.TaskInfoResponse)
+    tasks, missing = resp.tasks, resp.missing
+    while resp.next is not None:
+        resp = conn.request(m.TaskInfoRequest(job_id, task_ids, resp.next), m.TaskInfoResponse)
+        tasks.extend(resp.tasks)
+    return m.TaskInfoResponse(resp.job, tasks, missing)
 
 
 def _ended(job: m.JobView, without_close: bool) -> bool:
@@ -494,13 +524,22 @@ def cmd_list(args: argparse.Namespace, conn: BlockingConnection, out: Output) ->
 
 @client_command
 def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
-    resp = conn.request(
-        m.JobDetailsRequest(args.selector, include_tasks=args.output_mode == "json"),
-        m.JobDetailsResponse,
-    )
-    for job_id in resp.missing:
-        log.error("Job %d not found", job_id)
-    out.job_details(resp.jobs)
+    req = m.JobDetailsRequest(args.selector, include_tasks=args.output_mode == "json")
+    resp = conn.request(req, m.JobDetailsResponse)
+    jobs, missing = resp.jobs, resp.missing
+    while resp.next is not None:
+        # A job's tasks come in pages (`TASK_PAGE` a reply): join them.
+        resp = conn.request(
+            m.JobDetailsRequest(req.selector, True, resp.next), m.JobDetailsResponse
+        )
+        for detail in resp.jobs:
+            if jobs and jobs[-1].info.id == detail.info.id:
+                tasks = (*(jobs[-1].tasks or ()), *(detail.tasks or ()))
+                jobs[-1] = attrs.evolve(jobs[-1], tasks=tasks)
+            else:
+                jobs.append(detail)
+    _log_missing(missing)
+    out.job_details(jobs)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -554,9 +593,7 @@ def cmd_task_ids(args: argparse.Namespace, conn: BlockingConnection, out: Output
 
 @client_command
 def cmd_cat(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
-    resp = conn.request(
-        m.TaskListRequest(args.job_id, args.tasks, args.task_status), m.TaskListResponse
-    )
+    resp = _task_list(conn, m.TaskListRequest(args.job_id, args.tasks, args.task_status))
     if not resp.jobs:
         log.error("No jobs were found")
         return
@@ -605,11 +642,8 @@ def _warn_missing_tasks(conn: BlockingConnection, job_id: int, requested: str) -
 
 @client_command
 def cmd_task_list(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
-    resp = conn.request(
-        m.TaskListRequest(args.selector, args.tasks, args.task_status), m.TaskListResponse
-    )
-    for job_id in resp.missing:
-        log.error("Job %d not found", job_id)
+    resp = _task_list(conn, m.TaskListRequest(args.selector, args.tasks, args.task_status))
+    _log_missing(resp.missing)
     out.task_list(resp.jobs, args.verbose)
 
 
@@ -619,12 +653,12 @@ def cmd_task_info(args: argparse.Namespace, conn: BlockingConnection, out: Outpu
     if job_id is None:
         log.error("Job %s not found", args.job_id)
         return
-    resp = conn.request(m.TaskInfoRequest(job_id, args.task_ids), m.TaskInfoResponse)
+    resp = _task_info(conn, job_id, args.task_ids)
     if resp.job is None:
         log.error("Job %d not found", job_id)
         return
-    for tid in resp.missing:
-        log.warning("Task %d not found", tid)
+    if resp.missing:
+        log.warning("%s not found", m.describe_ids("Task", resp.missing))
     out.task_info(resp.job, resp.tasks, args.verbose)
 
 

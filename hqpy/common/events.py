@@ -99,12 +99,13 @@ class BatchCommandRun:
 
 class EventHub:
     def __init__(self) -> None:
-        self._handlers: defaultdict[type[Any], list[Callable[[Any], None]]] = defaultdict(list)
+        # `Any`: each list holds handlers of its own key's event type, which typing cannot say.
+        self._handlers: defaultdict[type[object], list[Callable[[Any], None]]] = defaultdict(list)
 
     def subscribe(self, kind: type[E], handler: Callable[[E], None]) -> None:
         self._handlers[kind].append(handler)
 
-    def wants(self, kind: type[Any]) -> bool:
+    def wants(self, kind: type[object]) -> bool:
         """Does anyone listen to `kind`? Hot paths skip building events nobody reads."""
         return bool(self._handlers.get(kind))
 

@@ -81,12 +81,6 @@ class ResourceRequest:
     n_nodes: int = 0
     min_time: float = 0.0
 
-    def amount_of(self, resource: str) -> int:
-        for e in self.entries:
-            if e.resource == resource:
-                return e.amount
-        return 0
-
 
 # --- parsing ----------------------------------------------------------------------------------
 
@@ -377,13 +371,14 @@ def build_request(
     )
 
 
-# --- allocation on a worker ---------------------------------------------------------------------
+# --- resource grants on a worker ----------------------------------------------------------------
 
 
 @attrs.frozen
-class Allocation:
-    """What one task got. For an indexed pool whose amount has a fractional part, the last
-    index is the one shared with other tasks; the others are whole."""
+class ResourceGrant:
+    """What one task got of a worker's resources ("allocation" names a batch job, design.md).
+    For an indexed pool whose amount has a fractional part, the last index is the one shared
+    with other tasks; the others are whole."""
 
     indices: dict[str, tuple[str, ...]]
     amounts: dict[str, int]
@@ -570,7 +565,7 @@ class ResourcePool:
         pool = self._pools.get(name)
         return 0 if pool is None else pool.capacity
 
-    def try_allocate(self, req: ResourceRequest) -> Allocation | None:
+    def try_allocate(self, req: ResourceRequest) -> ResourceGrant | None:
         """Takes what `req` needs, or nothing at all (None) if any part cannot be had now."""
         if req.n_nodes > 0:
             entries = [ResourceAmountRequest(name, ALL) for name in self._pools]
@@ -579,7 +574,7 @@ class ResourcePool:
             names = [e.resource for e in entries]
             if len(set(names)) != len(names):
                 raise ValueError(f"resource request {names} names a resource more than once")
-        alloc = Allocation(indices={}, amounts={})
+        alloc = ResourceGrant(indices={}, amounts={})
         for entry in entries:
             if entry.amount == 0:
                 continue
@@ -598,7 +593,7 @@ class ResourcePool:
             alloc.amounts[entry.resource] = got
         return alloc
 
-    def release(self, alloc: Allocation) -> None:
+    def release(self, alloc: ResourceGrant) -> None:
         """Gives back everything `alloc` holds."""
         for name, amount in alloc.amounts.items():
             pool = self._pools.get(name)

@@ -18,7 +18,6 @@ import logging
 import os
 import platform
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -45,13 +44,15 @@ from hqpy.common.events import (
     WorkerLost,
 )
 from hqpy.common.resources import FRACTIONS
-from hqpy.common.states import AllocEventKind, TaskState, WorkerState
-from hqpy.server.jobs import STATE_NAMES
-from hqpy.server.workers import Worker
-
-if TYPE_CHECKING:
-    from hqpy.protocol.readmodels import AllocatorReadModel
-    from hqpy.server.state import ServerState
+from hqpy.common.states import (
+    AllocationState,
+    AllocEventKind,
+    JobState,
+    QueueState,
+    TaskState,
+    WorkerState,
+)
+from hqpy.protocol.readmodels import AllocatorReadModel, ServerReadModel, WorkerSummary
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +68,32 @@ TASK_DURATION_BUCKETS = (
 BATCH_COMMAND_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Up to the default command timeout (30 s) and a little past it."""
 
-JOB_STATES = ("waiting", "running", "finished", "failed", "canceled", "aborted", "opened")
-WORKER_STATES = (
-    "running",
-    "stopping",
-    "connection_lost",
-    "heartbeat_lost",
-    "stopped",
-    "idle_timeout",
-    "time_limit_reached",
+JOB_ORDER = (
+    JobState.WAITING,
+    JobState.RUNNING,
+    JobState.FINISHED,
+    JobState.FAILED,
+    JobState.CANCELED,
+    JobState.ABORTED,
+    JobState.OPENED,
 )
-DISCONNECT_REASONS = WORKER_STATES[2:]
-ALLOCATION_STATES = ("queued", "running", "finished", "failed")
-QUEUE_STATES = ("active", "paused")
+"""The order of the `hqpy_jobs` series (kept as it always was: dashboards sort by it)."""
+DISCONNECT_REASONS = tuple(
+    s.lower().replace(" ", "_") for s in WorkerState if s is not WorkerState.RUNNING
+)
+"""`connection_lost`, `heartbeat_lost`, ...: why a worker ended, as a Prometheus label."""
+RUNNING_LABEL = WorkerState.RUNNING.lower()
+WORKER_STATES = (RUNNING_LABEL, "stopping", *DISCONNECT_REASONS)
+ENDED_OUTCOMES = (AllocationState.FINISHED.lower(), AllocationState.FAILED.lower())
+"""The `outcome` label of `hqpy_allocations_ended_total`."""
 ENDED_TASK_STATES = (TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELED, TaskState.ABORTED)
 MAX_COMMAND_LABEL = 64
 
 
-def worker_state_label(worker: Worker) -> str:
+def worker_state_label(worker: WorkerSummary) -> str:
     """`running`, `stopping` (asked to stop, not gone yet) or why it ended (`idle_timeout`)."""
-    if worker.state == WorkerState.RUNNING:
-        return "running" if worker.stop_reason is None else "stopping"
+    if worker.state is WorkerState.RUNNING:
+        return "stopping" if worker.stopping else RUNNING_LABEL
     return state_label(worker.state)
 
 
@@ -126,14 +132,14 @@ class ServerMetrics:
 
     def __init__(
         self,
-        state: ServerState,
+        server: ServerReadModel,
         allocator: AllocatorReadModel | None,
         hub: EventHub,
         started_at: float,
     ) -> None:
         # The `_created` series of counters would double the output and mean nothing here.
         disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.state = state
+        self.server = server
         self.allocator = allocator
         self.started_at = started_at
         self.registry = CollectorRegistry(auto_describe=False)
@@ -219,9 +225,9 @@ class ServerMetrics:
         if event.kind is AllocEventKind.ALLOCATION_STARTED and event.queue_wait is not None:
             self.queue_wait.labels(*labels).observe(event.queue_wait)
         elif event.kind is AllocEventKind.ALLOCATION_FINISHED:
-            self.allocations_ended.labels(*labels, "finished").inc()
+            self.allocations_ended.labels(*labels, ENDED_OUTCOMES[0]).inc()
         elif event.kind is AllocEventKind.ALLOCATION_FAILED:
-            self.allocations_ended.labels(*labels, "failed").inc()
+            self.allocations_ended.labels(*labels, ENDED_OUTCOMES[1]).inc()
 
     def on_batch_command(self, event: BatchCommandRun) -> None:
         self.observe_batch_command(event.program, event.seconds, event.ok)
@@ -231,7 +237,7 @@ class ServerMetrics:
         labels = (str(queue_id), manager)
         for outcome in ("success", "failure"):
             self.submissions.labels(*labels, outcome)
-        for outcome in ("finished", "failed"):
+        for outcome in ENDED_OUTCOMES:
             self.allocations_ended.labels(*labels, outcome)
         self.queue_wait.labels(*labels)
 
@@ -257,7 +263,7 @@ class _StateCollector:
 
     def collect(self) -> Iterable[Metric]:
         metrics = self.metrics
-        state = metrics.state
+        server = metrics.server
         info = GaugeMetricFamily(
             "hqpy_build_info",
             "Always 1; the labels tell the hqpy and Python versions",
@@ -271,22 +277,17 @@ class _StateCollector:
             value=metrics.started_at,
         )
 
-        task_counts = [0] * len(TaskState)
-        job_counts = dict.fromkeys(JOB_STATES, 0)
-        for job in state.jobs.values():
-            counts = job.counts
-            for i, n in enumerate(counts):
-                task_counts[i] += n
-            job_counts[job.state_name().lower()] += 1
+        task_counts = server.task_state_totals()
+        job_counts = server.job_state_totals()
         tasks = GaugeMetricFamily("hqpy_tasks", "Tasks by state", labels=("state",))
-        for i, name in enumerate(STATE_NAMES):
-            tasks.add_metric((name,), task_counts[i])
+        for task_state in TaskState:
+            tasks.add_metric((task_state.label,), task_counts[task_state])
         yield tasks
         jobs = GaugeMetricFamily(
             "hqpy_jobs", "Jobs by state (as `hq job list` shows it)", labels=("state",)
         )
-        for name, n in job_counts.items():
-            jobs.add_metric((name,), n)
+        for job_state in JOB_ORDER:
+            jobs.add_metric((job_state.lower(),), job_counts[job_state])
         yield jobs
         finished = CounterMetricFamily(
             "hqpy_tasks_finished",
@@ -294,9 +295,7 @@ class _StateCollector:
             labels=("outcome",),
         )
         for ended in ENDED_TASK_STATES:
-            finished.add_metric(
-                (STATE_NAMES[ended],), task_counts[ended] + metrics.forgotten[ended]
-            )
+            finished.add_metric((ended.label,), task_counts[ended] + metrics.forgotten[ended])
         yield finished
         yield metrics.task_duration.family(
             "hqpy_task_duration_seconds",
@@ -306,12 +305,12 @@ class _StateCollector:
         worker_counts = dict.fromkeys(WORKER_STATES, 0)
         cpus = 0
         cpus_assigned = 0
-        for worker in state.workers.values():
+        for worker in server.worker_summaries():
             label = worker_state_label(worker)
             worker_counts[label] = worker_counts.get(label, 0) + 1
-            if worker.state == WorkerState.RUNNING:
-                cpus += worker.capacity.get("cpus", 0)
-                cpus_assigned += worker.assigned.get("cpus", 0)
+            if worker.state is WorkerState.RUNNING:
+                cpus += worker.cpus
+                cpus_assigned += worker.cpus_assigned
         workers = GaugeMetricFamily(
             "hqpy_workers",
             "Workers by state; ended ones by why they ended",
@@ -335,7 +334,7 @@ class _StateCollector:
     def _autoalloc(self) -> Iterable[Metric]:
         allocator = self.metrics.allocator
         queues = [] if allocator is None else allocator.queue_views()
-        queue_counts = dict.fromkeys(QUEUE_STATES, 0)
+        queue_counts = dict.fromkeys(QueueState, 0)
         self_paused = GaugeMetricFamily(
             "hqpy_alloc_queue_self_paused",
             "1 while a queue is paused because its submissions or allocations kept failing",
@@ -347,20 +346,20 @@ class _StateCollector:
             labels=("queue", "manager", "state"),
         )
         for queue in queues:
-            queue_counts[queue.state.lower()] += 1
+            queue_counts[QueueState(queue.state)] += 1
             labels = (str(queue.id), queue.params.manager)
             self_paused.add_metric(labels, 1 if queue.self_paused else 0)
-            counts = dict.fromkeys(ALLOCATION_STATES, 0)
+            counts = dict.fromkeys(AllocationState, 0)
             assert allocator is not None
             for alloc in allocator.allocation_views(queue.id):
-                counts[alloc.state.lower()] += 1
-            for name, n in counts.items():
-                allocations.add_metric((*labels, name), n)
+                counts[AllocationState(alloc.state)] += 1
+            for alloc_state, n in counts.items():
+                allocations.add_metric((*labels, alloc_state.lower()), n)
         alloc_queues = GaugeMetricFamily(
             "hqpy_alloc_queues", "Allocation queues by state", labels=("state",)
         )
-        for name, n in queue_counts.items():
-            alloc_queues.add_metric((name,), n)
+        for queue_state, n in queue_counts.items():
+            alloc_queues.add_metric((queue_state.lower(),), n)
         yield alloc_queues
         yield self_paused
         yield allocations

@@ -10,8 +10,11 @@ The request loop is defensive, since anything on the network may connect:
 - malformed HTTP (including the client or worker protocol's binary frames) gets a 400 and the
   connection closes: this port never speaks anything but HTTP;
 - only GET and HEAD (405 otherwise), 404 for unknown paths; handlers only read state;
-- timeouts: a connection idle between requests, a request that arrives too slowly, and a client
-  that does not read its answer are all dropped; at most `max_connections` at once;
+- timeouts: a connection idle between requests (a few seconds), a request that arrives too
+  slowly, and a client that does not read its answer are all dropped;
+- at most `max_connections` at once, but idle ones never crowd out new ones: when the cap is
+  reached, the connection idle the longest is closed to make room; only when every connection
+  is busy is a new one refused (logged at most once per `REFUSED_LOG_INTERVAL`, with a count);
 - keep-alive and pipelining work as h11 provides them;
 - no exception escapes a connection's task (that would stop the server): it is logged.
 """
@@ -20,12 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from http import HTTPStatus
 from importlib import resources
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import attrs
@@ -33,12 +36,10 @@ import h11
 import trio
 
 from hqpy import __version__
-
-if TYPE_CHECKING:
-    from hqpy.common.events import EventHub
-    from hqpy.http.metrics import ServerMetrics
-    from hqpy.protocol.readmodels import AllocatorReadModel
-    from hqpy.server.state import ServerState
+from hqpy.common.events import EventHub
+from hqpy.http.metrics import ServerMetrics
+from hqpy.http.status import build_status
+from hqpy.protocol.readmodels import AllocatorReadModel, ServerReadModel
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ MAX_BODY = 64 * 1024
 MAX_CONNECTIONS = 64
 REQUEST_TIMEOUT = 10.0
 """From a request's first byte to its last, and for sending an answer."""
-IDLE_TIMEOUT = 30.0
-"""How long a kept-alive connection may wait for its next request."""
+IDLE_TIMEOUT = 5.0
+"""How long a kept-alive connection may wait for its next request (Prometheus reconnects at
+no cost; an idle connection only holds a slot)."""
+REFUSED_LOG_INTERVAL = 10.0
+"""Refused connections are logged at most this often, as one line with their count."""
 READ_SIZE = 16 * 1024
 LINGER_TIME = 1.0
 LINGER_BYTES = 1024 * 1024
@@ -115,13 +119,25 @@ class HttpServer:
         self.connections = 0
         self.served = 0
         """Requests answered (any status); for tests and debugging."""
+        self.refused = 0
+        """Connections refused because every slot was busy; for tests and debugging."""
+        self._idle: dict[int, trio.CancelScope] = {}
+        """Connections waiting for their next request, oldest first: the first to evict."""
+        self._next_id = 0
+        self._refused_unlogged = 0
+        self._refused_logged_at = -math.inf
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """One connection, from accept to close; never raises (but cancellation)."""
         if self.connections >= self.max_connections:
-            log.warning("HTTP: too many connections (%d), refusing one", self.connections)
-            await _close(stream)
-            return
+            if self._idle:
+                # Make room: the connection idle the longest goes (it can reconnect).
+                oldest = next(iter(self._idle))
+                self._idle.pop(oldest).cancel()
+            else:
+                self._log_refused()
+                await _close(stream)
+                return
         self.connections += 1
         try:
             await self._serve(stream)
@@ -133,11 +149,26 @@ class HttpServer:
             self.connections -= 1
             await _close(stream)
 
+    def _log_refused(self) -> None:
+        self.refused += 1
+        self._refused_unlogged += 1
+        now = trio.current_time()
+        if now - self._refused_logged_at >= REFUSED_LOG_INTERVAL:
+            log.warning(
+                "HTTP: %d connections busy; refused %d new connection(s)",
+                self.connections,
+                self._refused_unlogged,
+            )
+            self._refused_unlogged = 0
+            self._refused_logged_at = now
+
     async def _serve(self, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head)
+        conn_id = self._next_id
+        self._next_id += 1
         while True:
             try:
-                request = await self._read_request(conn, stream)
+                request = await self._read_request(conn, stream, conn_id)
             except h11.RemoteProtocolError as e:
                 await self._refuse(conn, stream, None, e.error_status_hint, f"Bad request: {e}")
                 return
@@ -154,10 +185,11 @@ class HttpServer:
             conn.start_next_cycle()
 
     async def _read_request(
-        self, conn: h11.Connection, stream: trio.abc.Stream
+        self, conn: h11.Connection, stream: trio.abc.Stream, conn_id: int = -1
     ) -> h11.Request | None:
-        """The next whole request (its body read and dropped); None if the peer went away
-        or stayed silent. Raises `h11.RemoteProtocolError` or `_Refuse` on a bad one."""
+        """The next whole request (its body read and dropped); None if the peer went away,
+        stayed silent, or was evicted while idle to make room for a new connection. Raises
+        `h11.RemoteProtocolError` or `_Refuse` on a bad one."""
         started = bool(conn.trailing_data[0])
         deadline = trio.current_time() + (self.request_timeout if started else self.idle_timeout)
         request: h11.Request | None = None
@@ -166,8 +198,13 @@ class HttpServer:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 data = None
-                with trio.move_on_at(deadline):
-                    data = await stream.receive_some(READ_SIZE)
+                with trio.move_on_at(deadline) as scope:
+                    if not started:
+                        self._idle[conn_id] = scope
+                    try:
+                        data = await stream.receive_some(READ_SIZE)
+                    finally:
+                        self._idle.pop(conn_id, None)
                 if data is None:
                     if started:
                         raise _Refuse(408, "Request timeout", request)
@@ -327,17 +364,16 @@ def static_files() -> dict[str, tuple[bytes, str]]:
 
 
 def make_routes(
-    state: ServerState,
+    server: ServerReadModel,
     allocator: AllocatorReadModel | None,
     metrics: ServerMetrics,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, Route]:
-    from hqpy.http.status import build_status
-
     def scrape() -> Reply:
         return Reply(200, metrics.render(), METRICS_CONTENT_TYPE)
 
     def status() -> Reply:
-        doc = build_status(state, allocator, metrics.started_at, time.time())
+        doc = build_status(server, allocator, metrics.started_at, clock())
         return Reply(200, json.dumps(doc).encode(), CONTENT_TYPES[".json"])
 
     routes: dict[str, Route] = {"/metrics": scrape, "/api/status": status}
@@ -354,13 +390,14 @@ def _constant(reply: Reply) -> Reply:
 
 
 async def serve_http(
-    state: ServerState,
+    server: ServerReadModel,
     allocator: AllocatorReadModel | None,
     hub: EventHub,
     started_at: float,
     host: str,
     port: int,
     *,
+    clock: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `/metrics`, the status page and `/api/status` until cancelled.
@@ -368,10 +405,8 @@ async def serve_http(
     Started with `await nursery.start(...)` once the allocator runs (the metrics subscribe to
     the hub); `task_status.started` gets the listeners.
     """
-    from hqpy.http.metrics import ServerMetrics
-
-    metrics = ServerMetrics(state, allocator, hub, started_at)
-    app = HttpServer(make_routes(state, allocator, metrics))
+    metrics = ServerMetrics(server, allocator, hub, started_at)
+    app = HttpServer(make_routes(server, allocator, metrics, clock))
     async with trio.open_nursery() as nursery:
         listeners: list[trio.SocketListener] = await nursery.start(
             partial(trio.serve_tcp, app.handle, port, host=host)

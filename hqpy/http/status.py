@@ -8,21 +8,20 @@ even when the server holds a million-task array.
 from __future__ import annotations
 
 import heapq
-import itertools
 import platform
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hqpy import __version__
 from hqpy.common.resources import FRACTIONS
-from hqpy.common.states import AllocationState
+from hqpy.common.states import AllocationState, TaskState, WorkerState
 from hqpy.http.metrics import worker_state_label
 from hqpy.protocol import messages as m
-from hqpy.server.jobs import STATE_NAMES
+from hqpy.protocol.readmodels import AllocatorReadModel, ServerReadModel, WorkerSummary
 
-if TYPE_CHECKING:
-    from hqpy.protocol.readmodels import AllocatorReadModel
-    from hqpy.server.state import ServerState
-    from hqpy.server.workers import Worker
+TASK_STATE_NAMES = tuple(s.label for s in TaskState)
+
+JsonObject = dict[str, Any]
+"""A JSON object for `json.dumps`: `Any` because its values are of every JSON shape."""
 
 MAX_JOBS = 50
 MAX_WORKERS = 100
@@ -32,42 +31,39 @@ MAX_EVENTS = 50
 
 
 def build_status(
-    state: ServerState,
+    server: ServerReadModel,
     allocator: AllocatorReadModel | None,
     started_at: float,
     now: float,
-) -> dict[str, Any]:
+) -> JsonObject:
     """Everything the status page draws, as plain JSON values (times in epoch seconds)."""
     queues = [] if allocator is None else allocator.queue_views()
     return {
         "server": {
-            "uid": state.server_uid,
+            "uid": server.server_uid,
             "version": __version__,
             "python": platform.python_version(),
             "started_at": started_at,
             "now": now,
         },
-        "totals": _totals(state),
+        "totals": _totals(server),
         "queues": [_queue(q, allocator) for q in queues],
-        "workers": _workers(state),
-        "jobs": _jobs(state),
+        "workers": [_worker(w) for w in server.newest_workers(MAX_WORKERS)],
+        "jobs": _jobs(server),
         "events": _events(queues, allocator),
     }
 
 
-def _totals(state: ServerState) -> dict[str, Any]:
-    tasks = [0] * len(STATE_NAMES)
-    for job in state.jobs.values():
-        for i, n in enumerate(job.counts):
-            tasks[i] += n
+def _totals(server: ServerReadModel) -> JsonObject:
+    tasks = server.task_state_totals()
     return {
-        "jobs": len(state.jobs),
-        "tasks": dict(zip(STATE_NAMES, tasks, strict=True)),
-        "workers": sum(1 for w in state.workers.values() if w.state == "RUNNING"),
+        "jobs": server.job_count(),
+        "tasks": dict(zip(TASK_STATE_NAMES, tasks, strict=True)),
+        "workers": sum(1 for w in server.worker_summaries() if w.state is WorkerState.RUNNING),
     }
 
 
-def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> dict[str, Any]:
+def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> JsonObject:
     p = queue.params
     allocations = [] if allocator is None else allocator.allocation_views(queue.id)
     order = {a.id: i for i, a in enumerate(allocations)}
@@ -76,7 +72,7 @@ def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> dict[str
     shown = active[-MAX_ALLOCATIONS:]
     shown += ended[len(ended) - max(0, MAX_ALLOCATIONS - len(shown)) :]
     shown.sort(key=lambda a: (a.queued_at, order[a.id]))
-    counts = {"queued": 0, "running": 0, "finished": 0, "failed": 0}
+    counts = {state.lower(): 0 for state in AllocationState}
     for a in allocations:
         counts[a.state.lower()] += 1
     return {
@@ -94,7 +90,7 @@ def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> dict[str
     }
 
 
-def _allocation(a: m.AllocationView) -> dict[str, Any]:
+def _allocation(a: m.AllocationView) -> JsonObject:
     return {
         "id": a.id,
         "state": a.state.lower(),
@@ -106,44 +102,32 @@ def _allocation(a: m.AllocationView) -> dict[str, Any]:
     }
 
 
-def _workers(state: ServerState) -> list[dict[str, Any]]:
-    workers = state.workers
-    running = [w for w in workers.values() if w.state == "RUNNING"]
-    # Then the most recently ended ones, newest first (ids grow with time).
-    rest = itertools.islice(
-        (w for w in reversed(workers.values()) if w.state != "RUNNING"),
-        max(0, MAX_WORKERS - len(running)),
-    )
-    return [_worker(w) for w in [*running[:MAX_WORKERS], *rest]]
-
-
-def _worker(w: Worker) -> dict[str, Any]:
-    manager = w.config.manager
+def _worker(w: WorkerSummary) -> JsonObject:
     return {
         "id": w.id,
-        "hostname": w.config.hostname,
+        "hostname": w.hostname,
         "state": worker_state_label(w),
-        "allocation": None if manager is None else manager.allocation_id,
-        "manager": None if manager is None else manager.manager,
-        "cpus": w.capacity.get("cpus", 0) / FRACTIONS,
-        "cpus_assigned": w.assigned.get("cpus", 0) / FRACTIONS,
-        "tasks": len(w.tasks),
-        "running_tasks": w.running,
+        "allocation": w.allocation_id,
+        "manager": w.manager,
+        "cpus": w.cpus / FRACTIONS,
+        "cpus_assigned": w.cpus_assigned / FRACTIONS,
+        "tasks": w.tasks,
+        "running_tasks": w.running_tasks,
         "started_at": w.started_at,
         "ended_at": w.ended_at,
     }
 
 
-def _jobs(state: ServerState) -> list[dict[str, Any]]:
+def _jobs(server: ServerReadModel) -> list[JsonObject]:
     out = []
-    for job in itertools.islice(reversed(state.jobs.values()), MAX_JOBS):
+    for job in server.newest_jobs(MAX_JOBS):
         out.append(
             {
                 "id": job.id,
                 "name": job.name,
-                "state": job.state_name().lower(),
+                "state": job.state.lower(),
                 "task_count": job.task_count,
-                "counts": dict(zip(STATE_NAMES, job.counts, strict=True)),
+                "counts": dict(zip(TASK_STATE_NAMES, job.counts, strict=True)),
                 "submitted_at": job.submitted_at,
                 "started_at": job.started_at,
                 "finished_at": job.finished_at,
@@ -152,9 +136,7 @@ def _jobs(state: ServerState) -> list[dict[str, Any]]:
     return out
 
 
-def _events(
-    queues: list[m.QueueView], allocator: AllocatorReadModel | None
-) -> list[dict[str, Any]]:
+def _events(queues: list[m.QueueView], allocator: AllocatorReadModel | None) -> list[JsonObject]:
     """The newest events of all live queues together, newest first."""
     recent: list[m.AllocEventView] = []
     for q in queues:

@@ -14,6 +14,7 @@ import attrs
 
 from hqpy.common.placeholders import fill_placeholders
 from hqpy.common.resources import ResourceDescriptorItem, ResourceRequest
+from hqpy.common.states import TaskState
 
 # ---------------------------------------------------------------------------------------------
 # Handshake (sent before authentication; kept tiny).
@@ -160,25 +161,36 @@ class WorkerRegistered:
     idle_timeout: float | None
 
 
+ComputeRow = list[Any]
+"""`[job_id, task_id, instance_id, group_id, entry]`: `Any` because a row mixes ints and a
+string or None (plain arrays keep the hot path small)."""
+
+
 @attrs.frozen
 class ComputeTasks:
     """Tasks for a worker to run: rows `[job_id, task_id, instance_id, group_id, entry]`."""
 
     bodies: list[TaskBody]
-    tasks: list[list[Any]]
+    tasks: list[ComputeRow]
 
 
 @attrs.frozen
 class CancelTasks:
     """Rows `[job_id, task_id, instance_id]` the worker should kill or drop."""
 
-    tasks: list[list[Any]]
+    tasks: list[list[int]]
 
 
 @attrs.frozen
 class StopWorker:
     reason: str
     """`stopped`, `idle-timeout`: recorded by the server as the worker's final state."""
+
+
+TaskUpdateRow = list[Any]
+"""`[job_id, task_id, instance_id, status, started_at, ended_at, error]`: `Any` because a row
+mixes ints, floats, a string and None (msgpack arrays keep the hot path small); the server
+checks each row as it applies it and drops a session whose rows are malformed."""
 
 
 @attrs.frozen
@@ -189,13 +201,14 @@ class TaskUpdates:
     that starts and ends within one batch is reported once, finished, with its start time.
     """
 
-    updates: list[list[Any]]
+    updates: list[TaskUpdateRow]
 
 
-TASK_RUNNING = 1
-TASK_FINISHED = 2
-TASK_FAILED = 3
-TASK_CANCELED = 4
+TASK_RUNNING = TaskState.RUNNING
+TASK_FINISHED = TaskState.FINISHED
+TASK_FAILED = TaskState.FAILED
+TASK_CANCELED = TaskState.CANCELED
+"""Task statuses in updates are `TaskState` members on the wire (their ints)."""
 
 
 @attrs.frozen
@@ -352,6 +365,12 @@ class AllocEventView:
     message: str
 
 
+def describe_ids(noun: str, ids: str) -> str:
+    """`Job 5` or `Jobs 3,5-9` (from an id-set string): the subject of a one-line message about
+    the ids a reply lists as missing."""
+    return f"{noun} {ids}" if ids.isdigit() else f"{noun}s {ids}"
+
+
 @attrs.frozen
 class LogLine:
     level: str
@@ -382,6 +401,9 @@ class SubmitDesc:
     """0 means unlimited, -1 never restart."""
     task_dir: bool = False
     stdin: bytes | None = None
+    auto_ids: bool = False
+    """The ids were not given (`--array`): in an open job the tasks take the ids after the
+    job's highest one (HyperQueue); `ids` then counts from 0."""
 
 
 @attrs.frozen
@@ -434,8 +456,12 @@ class ListJobsRequest:
 
 @attrs.frozen
 class JobDetailsRequest:
+    """With `include_tasks`, paged as `TaskListRequest`: at most `TASK_PAGE` tasks a reply."""
+
     selector: str
     include_tasks: bool = False
+    after: tuple[int, int] | None = None
+    """Resume after this (job id, task id): the `next` of the previous page."""
 
 
 @attrs.frozen
@@ -446,15 +472,29 @@ class WaitJobsRequest:
 
 @attrs.frozen
 class TaskListRequest:
+    """One page of the tasks of some jobs. A reply holds at most `TASK_PAGE` tasks; the client
+    asks again with `after` set to the reply's `next` until `next` is None."""
+
     selector: str
     task_ids: str | None = None
     states: tuple[str, ...] = ()
+    after: tuple[int, int] | None = None
+    """Resume after this (job id, task id): the `next` of the previous page."""
 
 
 @attrs.frozen
 class TaskInfoRequest:
+    """One page of some tasks of one job (paged as `TaskListRequest`)."""
+
     job_id: int
     task_ids: str
+    after: int | None = None
+    """Resume after this task id: the `next` of the previous page."""
+
+
+TASK_PAGE = 20_000
+"""Tasks per reply of a paged request: a page stays a few MB, far under the frame limit, and
+the server answers other requests and workers between two pages."""
 
 
 @attrs.frozen
@@ -588,27 +628,36 @@ class LogLinesResponse:
 class JobListResponse:
     jobs: list[JobView]
     total: int
-    missing: list[int] = attrs.Factory(list)
-    """Ids a selector named that are no jobs (for `job wait`)."""
+    missing: str = ""
+    """Ids a selector named that are no jobs, as an id set (`job wait`)."""
 
 
 @attrs.frozen
 class JobDetailsResponse:
     jobs: list[JobDetailView]
-    missing: list[int]
+    missing: str
+    """Ids the selector named that are no jobs, as an id set (`100-50000000`)."""
+    next: tuple[int, int] | None = None
+    """More tasks follow: ask again with `after` set to this."""
 
 
 @attrs.frozen
 class TaskListResponse:
     jobs: list[tuple[int, list[TaskView]]]
-    missing: list[int]
+    missing: str
+    """Ids the selector named that are no jobs, as an id set; only in the first page."""
+    next: tuple[int, int] | None = None
+    """More tasks follow: ask again with `after` set to this."""
 
 
 @attrs.frozen
 class TaskInfoResponse:
     job: JobDetailView | None
     tasks: list[TaskView]
-    missing: list[int]
+    missing: str
+    """Task ids asked for that the job does not have, as an id set; only in the first page."""
+    next: int | None = None
+    """More tasks follow: ask again with `after` set to this."""
 
 
 @attrs.frozen

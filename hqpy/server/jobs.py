@@ -13,11 +13,8 @@ from collections.abc import Iterator
 import trio
 
 from hqpy.common.idset import IdSet
-from hqpy.common.states import DONE_TASK_STATES, JobState, TaskState, job_state
+from hqpy.common.states import JobState, TaskState, job_state
 from hqpy.protocol.messages import TaskBody
-
-STATE_NAMES = tuple(s.label for s in TaskState)
-DONE_STATES = DONE_TASK_STATES
 
 
 class Task:
@@ -58,6 +55,7 @@ class TaskGroup:
         "entries",
         "crash_limit",
         "index",
+        "entry_offset",
         "_cursor",
         "untouched",
         "untouched_state",
@@ -73,12 +71,15 @@ class TaskGroup:
         entries: list[str] | None,
         crash_limit: int,
         index: int,
+        entry_offset: int = 0,
     ) -> None:
         self.body = body
         self.ids = ids
         self.entries = entries
         self.crash_limit = crash_limit
         self.index = index
+        self.entry_offset = entry_offset
+        """Task `entry_offset + i` has entry `i` (tasks added to an open job after others)."""
         self._cursor: Iterator[int] = iter(ids)
         self.untouched = len(ids)
         """Tasks never materialised; they are in `untouched_state`."""
@@ -139,7 +140,7 @@ class TaskGroup:
     def entry(self, task_id: int) -> str | None:
         if self.entries is None:
             return None
-        return self.entries[task_id]
+        return self.entries[task_id - self.entry_offset]
 
     def mean_duration(self) -> float | None:
         if self.duration_count == 0:
@@ -187,30 +188,14 @@ class Job:
     def task_count(self) -> int:
         return sum(len(g.ids) for g in self.groups)
 
+    def max_task_id(self) -> int | None:
+        return max((g.ids.max() for g in self.groups if g.ids), default=None)
+
     def task_ids(self) -> IdSet:
         ids = IdSet.from_ids(())
         for g in self.groups:
             ids = ids.union(g.ids)
         return ids
-
-    def has_task(self, task_id: int) -> bool:
-        return task_id in self.tasks or any(task_id in g.ids for g in self.groups)
-
-    def group_of(self, task_id: int) -> TaskGroup | None:
-        task = self.tasks.get(task_id)
-        if task is not None:
-            return task.group
-        for g in self.groups:
-            if task_id in g.ids:
-                return g
-        return None
-
-    def state_of(self, task_id: int) -> TaskState | None:
-        task = self.tasks.get(task_id)
-        if task is not None:
-            return task.state
-        group = self.group_of(task_id)
-        return None if group is None else group.untouched_state
 
     def is_unfinished(self) -> bool:
         return self.counts[TaskState.WAITING] + self.counts[TaskState.RUNNING] > 0
@@ -221,9 +206,6 @@ class Job:
     def state(self) -> JobState:
         """The job's state as HyperQueue names it."""
         return job_state(self.counts, self.is_open)
-
-    def state_name(self) -> str:
-        return self.state().value
 
     def move(self, task: Task, state: TaskState) -> None:
         self.counts[task.state] -= 1

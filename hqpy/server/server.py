@@ -20,9 +20,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
@@ -32,6 +32,7 @@ from hqpy import __version__
 from hqpy.common import serverdir
 from hqpy.common.events import EventHub
 from hqpy.common.states import WorkerState
+from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, new_secret, server_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
@@ -42,6 +43,7 @@ from hqpy.server.workers import Worker
 log = logging.getLogger(__name__)
 
 REAPER_INTERVAL = 0.1
+BIND_ATTEMPTS = 10
 
 
 @attrs.frozen
@@ -58,16 +60,24 @@ class ServerConfig:
 
 
 class Server:
-    def __init__(self, config: ServerConfig, hub: EventHub | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        hub: EventHub | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`clock` is every time the server reads (tests pass `trio.current_time` to run the
+        heartbeat and idle checks on trio's autojump clock)."""
         self.config = config
-        self.started_at = time.time()
+        self.clock = clock
+        self.started_at = clock()
         self.instance_dir: Path | None = None
         self.access: serverdir.AccessRecord | None = None
         uid = serverdir.new_server_uid()
         if config.access_file is not None:
             self.access = serverdir.read_access_file(config.access_file)
             uid = self.access.server_uid
-        self.state = ServerState(uid, hub=hub)
+        self.state = ServerState(uid, clock=clock, hub=hub)
         self.hub = self.state.hub
         self.handlers = ClientHandlers(self.state, self.info)
         self.stop_requested = trio.Event()
@@ -76,6 +86,8 @@ class Server:
         self.state.on_schedule_needed = self._schedule.set
         self._sessions: dict[int, trio.CancelScope] = {}
         self._listeners = trio.CancelScope()
+        self.listeners: list[trio.SocketListener] = []
+        """The client and worker listeners (IPv4 and IPv6 of each on one port)."""
 
     # -----------------------------------------------------------------------------------------
 
@@ -170,20 +182,15 @@ class Server:
         """Both listeners, in one cancel scope so that shutdown can close them first."""
         with self._listeners:
             async with trio.open_nursery() as nursery:
-                client_listeners = await nursery.start(
-                    partial(
-                        trio.serve_tcp,
-                        partial(self._serve_connection, role="client", secret=client[0]),
-                        client[1],
-                    )
-                )
-                worker_listeners = await nursery.start(
-                    partial(
-                        trio.serve_tcp,
-                        partial(self._serve_connection, role="worker", secret=worker[0]),
-                        worker[1],
-                    )
-                )
+                client_listeners = await open_listeners(client[1])
+                worker_listeners = await open_listeners(worker[1])
+                self.listeners = client_listeners + worker_listeners
+                for listeners, role, secret in (
+                    (client_listeners, "client", client[0]),
+                    (worker_listeners, "worker", worker[0]),
+                ):
+                    handler = partial(self._serve_connection, role=role, secret=secret)
+                    nursery.start_soon(trio.serve_listeners, handler, listeners)
                 task_status.started((_port_of(client_listeners), _port_of(worker_listeners)))
 
     # -----------------------------------------------------------------------------------------
@@ -211,14 +218,55 @@ class Server:
                 await stream.aclose()
 
     async def _client_session(self, framed: FramedStream) -> None:
+        pending: bytes | None = None
         while True:
-            request = await framed.receive(m.ClientRequest)
-            if request is None:
+            payload = pending if pending is not None else await framed.receive_frame()
+            pending = None
+            if payload is None:
                 return
-            response = await self.handlers.handle(request)
+            try:
+                request = codec.decode(payload, m.ClientRequest)
+            except codec.DecodeError as e:
+                raise ProtocolError(str(e)) from None
+            answer = await self._answer_while_connected(framed, request)
+            if answer is None:
+                log.debug("Client hung up while its %s was answered", type(request).__name__)
+                return
+            response, pending = answer
             await framed.send(response, m.ClientResponse)
             if isinstance(request, m.StopServerRequest):
                 self.request_stop()
+
+    async def _answer_while_connected(
+        self, framed: FramedStream, request: m.ClientRequest
+    ) -> tuple[m.ClientResponse, bytes | None] | None:
+        """The answer to a request, watching the connection meanwhile: if the client hangs up
+        first (EOF or a broken connection), the handler is cancelled (a waiting one drops its
+        waiter) and this returns None. A frame that arrives meanwhile is handed back, to be
+        answered next."""
+        response: m.ClientResponse | None = None
+        early: list[bytes] = []
+
+        async def watch(cancel: trio.CancelScope) -> None:
+            try:
+                frame = await framed.receive_frame()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                frame = None
+            except ProtocolError as e:
+                log.debug("Client sent a bad frame while waiting: %s", e)
+                frame = None
+            if frame is None:
+                cancel.cancel()
+            else:
+                early.append(frame)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            response = await self.handlers.handle(request)
+            nursery.cancel_scope.cancel()
+        if response is None:
+            return None
+        return response, (early[0] if early else None)
 
     async def _worker_session(self, framed: FramedStream) -> None:
         hello = await framed.receive(m.FromWorker)
@@ -226,7 +274,7 @@ class Server:
             return
         if not isinstance(hello, m.RegisterWorker):
             raise ProtocolError(f"a worker must register first, got {type(hello).__name__}")
-        send, receive = trio.open_memory_channel[Any](math.inf)
+        send, receive = trio.open_memory_channel[m.ToWorker](math.inf)
         worker = self.state.add_worker(hello.configuration, send)
         idle = hello.configuration.idle_timeout
         if idle is None:
@@ -285,12 +333,21 @@ class Server:
             self.state.schedule()
 
     async def _reaper(self) -> None:
-        """Drop workers whose heartbeat stopped, and stop workers that idled too long."""
+        """Drop workers whose heartbeat stopped, and stop workers that idled too long.
+
+        A worker is never blamed for the server's own stall: when this tick comes late (the
+        loop was busy), the lateness is added to every worker's heartbeat allowance, since
+        their heartbeats may be waiting unread in the socket."""
+        expected = self.clock() + REAPER_INTERVAL
         while True:
             await trio.sleep(REAPER_INTERVAL)
-            now = time.time()
+            now = self.clock()
+            late = now - expected
+            expected = now + REAPER_INTERVAL
+            if late > REAPER_INTERVAL:
+                self.state.forgive_stall(late)
             for worker in list(self.state.workers.values()):
-                if worker.state != WorkerState.RUNNING:
+                if worker.state is not WorkerState.RUNNING:
                     continue
                 hb = worker.config.heartbeat_interval
                 if now - worker.last_heartbeat > 2 * hb:
@@ -319,7 +376,7 @@ class Server:
                 return
 
 
-async def _send_loop(framed: FramedStream, receive: trio.MemoryReceiveChannel[Any]) -> None:
+async def _send_loop(framed: FramedStream, receive: trio.MemoryReceiveChannel[m.ToWorker]) -> None:
     """Send queued messages, merging consecutive task assignments into one frame."""
     async for msg in receive:
         batch = [msg]
@@ -328,7 +385,7 @@ async def _send_loop(framed: FramedStream, receive: trio.MemoryReceiveChannel[An
                 batch.append(receive.receive_nowait())
             except trio.WouldBlock:
                 break
-        merged: list[Any] = []
+        merged: list[m.ToWorker] = []
         for item in batch:
             last = merged[-1] if merged else None
             if isinstance(item, m.ComputeTasks) and isinstance(last, m.ComputeTasks):
@@ -337,6 +394,27 @@ async def _send_loop(framed: FramedStream, receive: trio.MemoryReceiveChannel[An
                 merged.append(item)
         for item in merged:
             await framed.send(item, m.ToWorker)
+
+
+async def open_listeners(port: int) -> list[trio.SocketListener]:
+    """Listeners on every address family, all on one port: with port 0 the first family picks
+    it and the others bind the same one (`access.json` records a single port)."""
+    if port != 0:
+        return await trio.open_tcp_listeners(port)
+    for _attempt in range(BIND_ATTEMPTS):
+        listeners = await trio.open_tcp_listeners(0)
+        ports = {_port_of([listener]) for listener in listeners}
+        if len(ports) == 1:
+            return listeners
+        chosen = _port_of(listeners)
+        for listener in listeners:
+            await listener.aclose()
+        try:
+            return await trio.open_tcp_listeners(chosen)
+        except OSError as e:
+            # Someone took the port between the two binds: pick another.
+            log.debug("Port %d taken before all address families were bound: %s", chosen, e)
+    raise OSError(f"could not bind one port on every address family in {BIND_ATTEMPTS} attempts")
 
 
 def _port_of(listeners: list[trio.SocketListener]) -> int:

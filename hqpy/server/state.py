@@ -1,16 +1,18 @@
-"""All the server's state and every change to it, with no I/O.
+"""All the server's state and every change to it (the transitions), with no I/O.
 
 Everything runs on the trio thread, so there are no locks. Messages for workers are put into
 each worker's outbox (a memory channel) and sent by its session; requests for scheduling are
-made through `on_schedule_needed`.
+made through `on_schedule_needed`. Request checks are in `validation`, the user-facing texts of
+commands in `commands`, views in `views`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+
+import trio
 
 from hqpy.common.errors import RequestError
 from hqpy.common.events import (
@@ -21,25 +23,19 @@ from hqpy.common.events import (
     WorkerConnected,
     WorkerLost,
 )
-from hqpy.common.idset import IdSet, Selector, parse_id_set, parse_selector
 from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
-from hqpy.server.jobs import Job, Task, TaskGroup
+from hqpy.server.jobs import Job, TaskGroup
 from hqpy.server.scheduler import schedule
-from hqpy.server.workers import FAILURE_STATES, STOP_REASONS, Worker
+from hqpy.server.selection import check_id_limit, intersect, shift
+from hqpy.server.validation import validate_submit
+from hqpy.server.workers import STOP_REASONS, Outbox, Worker
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-STATE_BY_NAME = {
-    "waiting": TaskState.WAITING,
-    "running": TaskState.RUNNING,
-    "finished": TaskState.FINISHED,
-    "failed": TaskState.FAILED,
-    "canceled": TaskState.CANCELED,
-    "aborted": TaskState.ABORTED,
-}
+NEVER_RESTART = -1
+"""`--crash-limit never-restart`: a task whose worker goes away while it runs fails."""
 
 
 class ServerState:
@@ -61,7 +57,8 @@ class ServerState:
         self.next_worker_id = 1
         self.next_group_id = 1
         self.on_schedule_needed: Callable[[], None] = lambda: None
-        self.worker_waiters: list[tuple[int, Any]] = []
+        self.worker_waiters: list[tuple[int, trio.Event]] = []
+        """`hq worker wait N` sessions: (N, set when N workers run)."""
 
     # -----------------------------------------------------------------------------------------
     # Jobs
@@ -77,19 +74,10 @@ class ServerState:
         return job.id
 
     def submit(self, req: m.SubmitRequest) -> int:
+        """A new job, or new tasks in an open job; RequestError names what is wrong."""
         desc = req.submit
-        if not desc.request.entries and desc.request.n_nodes == 0:
-            raise RequestError("A task must request some resources (at least `--cpus 1`)")
-        if not desc.args:
-            raise RequestError("A task needs a program to run")
-        try:
-            ids = parse_id_set(desc.ids)
-        except ValueError as e:
-            raise RequestError(str(e)) from None
-        if desc.entries is not None and ids and ids.max() >= len(desc.entries):
-            raise RequestError(
-                f"Task id {ids.max()} has no entry: there are only {len(desc.entries)} entries"
-            )
+        ids = validate_submit(desc)
+        offset = 0
         if req.job_id is not None:
             if req.name is not None:
                 raise RequestError(
@@ -104,8 +92,13 @@ class ServerState:
                 raise RequestError(f"Job {req.job_id} not found.")
             if not job.is_open:
                 raise RequestError(f"Job {req.job_id} is not opened.")
+            if desc.auto_ids:
+                last = job.max_task_id()
+                offset = 0 if last is None else last + 1
+                ids = shift(ids, offset)
+                check_id_limit(ids, desc.ids)
             for g in job.groups:
-                common = g.ids.intersection(ids)
+                common, _ = intersect(ids, g.ids)
                 if common:
                     raise RequestError(f"Task {common.min()} already exists in job {job.id}.")
         else:
@@ -130,7 +123,7 @@ class ServerState:
             server_uid=self.server_uid,
         )
         self.next_group_id += 1
-        group = TaskGroup(body, ids, desc.entries, desc.crash_limit, len(job.groups))
+        group = TaskGroup(body, ids, desc.entries, desc.crash_limit, len(job.groups), offset)
         job.groups.append(group)
         job.counts[TaskState.WAITING] += len(ids)
         job.finished_at = None
@@ -141,59 +134,32 @@ class ServerState:
         self.on_schedule_needed()
         return job.id
 
-    def select_jobs(self, selector: str) -> tuple[list[Job], list[int]]:
-        """Jobs named by a selector (`3`, `1-4`, `last`, `all`), and the ids that do not exist."""
-        return select(self.jobs, selector)
+    def close_job(self, job: Job) -> bool:
+        """Close an open job (no more submits into it); False if it was not open."""
+        if not job.is_open:
+            return False
+        job.is_open = False
+        self._check_job_complete(job)
+        return True
 
-    def close_jobs(self, selector: str) -> list[m.LogLine]:
-        jobs, missing = self.select_jobs(selector)
-        lines = []
-        for job in jobs:
-            if not job.is_open:
-                lines.append(
-                    m.LogLine("ERROR", f"Closing job {job.id} failed; job is already closed")
-                )
-                continue
-            job.is_open = False
-            lines.append(m.LogLine("INFO", f"Job {job.id} closed"))
-            self._check_job_complete(job)
-        lines += [m.LogLine("ERROR", f"Closing job {i} failed; job not found") for i in missing]
-        return lines
+    def cancel_job(self, job: Job, reason: str | None) -> int | None:
+        """Cancel a job's unfinished tasks; how many, or None if none was left."""
+        if not job.is_unfinished():
+            return None
+        canceled = self._close_unfinished(job, TaskState.CANCELED)
+        job.cancel_reason = reason
+        return canceled
 
-    def cancel_jobs(self, selector: str, reason: str | None) -> list[m.LogLine]:
-        jobs, missing = self.select_jobs(selector)
-        lines = []
-        all_jobs = selector.strip() == "all"
-        for job in jobs:
-            if not job.is_unfinished():
-                if not all_jobs:
-                    lines.append(
-                        m.LogLine(
-                            "ERROR",
-                            f"Canceling job {job.id} failed; all tasks are already finished",
-                        )
-                    )
-                continue
-            canceled = self._close_unfinished(job, TaskState.CANCELED)
-            job.cancel_reason = reason
-            done = job.counts[TaskState.FINISHED]
-            lines.append(
-                m.LogLine(
-                    "INFO",
-                    f"Job {job.id} canceled ({canceled} tasks canceled, "
-                    f"{done} tasks already finished)",
-                )
-            )
-        lines += [m.LogLine("ERROR", f"Canceling job {i} failed; job not found") for i in missing]
-        if all_jobs and not lines:
-            lines.append(m.LogLine("INFO", "There is nothing to cancel"))
-        return lines
+    def forget_job(self, job: Job) -> None:
+        """Drop a complete job from memory (its task counts go to the hub's listeners)."""
+        self.hub.publish(JobForgotten(job.id, tuple(job.counts)))
+        del self.jobs[job.id]
 
     def _close_unfinished(self, job: Job, state: TaskState) -> int:
         """Cancel or abort every unfinished task of a job; returns how many."""
         n = 0
         now = self.clock()
-        cancels: dict[int, list[list[Any]]] = {}
+        cancels: dict[int, list[list[int]]] = {}
         for group in job.groups:
             k = group.close_untouched(state)
             job.counts[TaskState.WAITING] -= k
@@ -218,34 +184,16 @@ class ServerState:
         self.on_schedule_needed()
         return n
 
-    def forget_jobs(self, selector: str, states: tuple[str, ...]) -> list[m.LogLine]:
-        jobs, missing = self.select_jobs(selector)
-        wanted = {s.upper() for s in states} or {"FINISHED", "FAILED", "CANCELED", "ABORTED"}
-        forgotten = ignored = len(missing)
-        forgotten = 0
-        for job in jobs:
-            if job.is_complete() and job.state_name() in wanted:
-                self.hub.publish(JobForgotten(job.id, tuple(job.counts)))
-                del self.jobs[job.id]
-                forgotten += 1
-            else:
-                ignored += 1
-        text = f"{forgotten} {'job' if forgotten == 1 else 'jobs'} were forgotten"
-        if ignored:
-            text += f", {ignored} were ignored due to wrong state or invalid ID"
-        return [m.LogLine("INFO", text)]
-
     def _check_job_complete(self, job: Job) -> None:
-        if job.finished_at is None and job.is_complete() and job.task_count >= 0:
-            if not job.is_unfinished() and not job.is_open:
-                job.finished_at = self.clock()
+        if job.finished_at is None and job.is_complete():
+            job.finished_at = self.clock()
         if not job.is_unfinished():
             job.notify_waiters()
 
     # -----------------------------------------------------------------------------------------
     # Workers
 
-    def add_worker(self, config: m.WorkerConfiguration, outbox: Any = None) -> Worker:
+    def add_worker(self, config: m.WorkerConfiguration, outbox: Outbox | None = None) -> Worker:
         worker = Worker(self.next_worker_id, config, self.clock(), outbox)
         self.next_worker_id += 1
         self.workers[worker.id] = worker
@@ -282,25 +230,6 @@ class ServerState:
                 keep.append((wanted, event))
         self.worker_waiters = keep
 
-    def select_workers(self, selector: str) -> tuple[list[Worker], list[int]]:
-        return select(self.workers, selector)
-
-    def stop_workers(self, selector: str) -> list[m.LogLine]:
-        workers, missing = self.select_workers(selector)
-        lines = []
-        for w in workers:
-            if w.state != WorkerState.RUNNING or w.stop_reason is not None:
-                lines.append(
-                    m.LogLine("WARN", f"Stopping worker {w.id} failed; worker is already stopped")
-                )
-                continue
-            self.request_worker_stop(w, "stopped")
-            lines.append(m.LogLine("INFO", f"Worker {w.id} stopped"))
-        lines += [
-            m.LogLine("ERROR", f"Stopping worker {i} failed; worker not found") for i in missing
-        ]
-        return lines
-
     def request_worker_stop(self, worker: Worker, reason: str) -> None:
         log.info("Worker %d asked to stop: %s", worker.id, reason)
         worker.stop_reason = reason
@@ -314,14 +243,14 @@ class ServerState:
 
     def on_worker_lost(self, worker: Worker, state: WorkerState) -> None:
         """Put the worker's unfinished tasks back to waiting, counting crashes where it failed."""
-        if worker.state != WorkerState.RUNNING:
+        if worker.state is not WorkerState.RUNNING:
             return
-        if worker.stop_reason is not None and state in FAILURE_STATES:
+        if worker.stop_reason is not None and state.is_failure:
             state = STOP_REASONS.get(worker.stop_reason, WorkerState.STOPPED)
         now = self.clock()
         worker.state = state
         worker.ended_at = now
-        failure = state in FAILURE_STATES
+        failure = state.is_failure
         log.info(
             "Worker %d %s: %s (%d task(s) handed back)",
             worker.id,
@@ -335,18 +264,24 @@ class ServerState:
             job = self.jobs.get(task.group.body.job_id)
             if job is None or task.state in DONE_STATES:
                 continue
-            if was_running and failure:
+            limit = task.group.crash_limit
+            error = None
+            if was_running and limit == NEVER_RESTART:
+                # Whatever the reason the worker went (stop, idle timeout, time limit, crash).
+                error = "Task was running on a lost worker while never restart flag was set."
+            elif was_running and failure:
                 task.crash_count += 1
-                limit = task.group.crash_limit
-                if limit == -1 or (limit > 0 and task.crash_count >= limit):
-                    task.error = (
+                if limit > 0 and task.crash_count >= limit:
+                    error = (
                         "Task was running on a worker that was lost; the task has occurred "
                         f"{task.crash_count} times in this situation and limit was reached."
                     )
-                    task.ended_at = now
-                    job.move(task, TaskState.FAILED)
-                    self._after_failure(job)
-                    continue
+            if error is not None:
+                task.error = error
+                task.ended_at = now
+                job.move(task, TaskState.FAILED)
+                self._after_failure(job)
+                continue
             task.instance_id += 1
             task.started_at = None
             task.hostname = None
@@ -370,6 +305,13 @@ class ServerState:
 
     def on_heartbeat(self, worker: Worker) -> None:
         worker.last_heartbeat = self.clock()
+
+    def forgive_stall(self, seconds: float) -> None:
+        """The server itself did not run for `seconds` (a long request): heartbeats that came
+        meanwhile are still unread, so no worker may be blamed for that time."""
+        for worker in self.workers.values():
+            if worker.state is WorkerState.RUNNING:
+                worker.last_heartbeat += seconds
 
     # -----------------------------------------------------------------------------------------
     # Scheduling and task updates
@@ -406,7 +348,7 @@ class ServerState:
             self._send(worker_id, m.ComputeTasks(bodies, rows))
         return n
 
-    def on_task_updates(self, worker: Worker, updates: list[list[Any]]) -> None:
+    def on_task_updates(self, worker: Worker, updates: list[m.TaskUpdateRow]) -> None:
         jobs = self.jobs
         now = self.clock()
         touched: set[int] = set()
@@ -429,25 +371,25 @@ class ServerState:
                 worker.last_task_started = started_at
                 if job.started_at is None:
                     job.started_at = started_at
-            if status == m.TASK_RUNNING:
+            if status == TaskState.RUNNING:
                 if task.state is TaskState.WAITING:
                     job.move(task, TaskState.RUNNING)
                     worker.running += 1
                 continue
             worker.release(task, now)
             task.ended_at = ended_at
-            if status == m.TASK_FINISHED:
+            if status == TaskState.FINISHED:
                 job.move(task, TaskState.FINISHED)
                 if started_at is not None and ended_at is not None:
                     task.group.duration_sum += ended_at - started_at
                     task.group.duration_count += 1
-            elif status == m.TASK_FAILED:
+            elif status == TaskState.FAILED:
                 task.error = error
                 job.move(task, TaskState.FAILED)
                 self._after_failure(job)
             else:
                 job.move(task, TaskState.CANCELED)
-            if publish and status != m.TASK_CANCELED:
+            if publish and status != TaskState.CANCELED:
                 hub.publish(TaskEnded(job_id, task_id, task.state, task.started_at, ended_at))
             touched.add(job_id)
         for job_id in touched:
@@ -462,141 +404,7 @@ class ServerState:
                 self._close_unfinished(job, TaskState.ABORTED)
         self._check_job_complete(job)
 
-    def _send(self, worker_id: int, message: Any) -> None:
+    def _send(self, worker_id: int, message: m.ToWorker) -> None:
         worker = self.workers.get(worker_id)
         if worker is not None and worker.outbox is not None:
             worker.outbox.send_nowait(message)
-
-    # -----------------------------------------------------------------------------------------
-    # Views
-
-    def job_view(self, job: Job) -> m.JobView:
-        c = job.counts
-        return m.JobView(
-            id=job.id,
-            name=job.name,
-            task_count=job.task_count,
-            task_stats=m.TaskStats(
-                waiting=c[TaskState.WAITING],
-                running=c[TaskState.RUNNING],
-                finished=c[TaskState.FINISHED],
-                failed=c[TaskState.FAILED],
-                canceled=c[TaskState.CANCELED],
-                aborted=c[TaskState.ABORTED],
-            ),
-            is_open=job.is_open,
-            cancel_reason=job.cancel_reason,
-        )
-
-    def task_view(self, job: Job, group: TaskGroup, task_id: int, task: Task | None) -> m.TaskView:
-        if task is None:
-            return m.TaskView(
-                id=task_id, state=group.untouched_state.name.lower(), group=group.index
-            )
-        paths = group.body.resolve_paths(task_id, task.instance_id)
-        return m.TaskView(
-            id=task_id,
-            state=task.state.name.lower(),
-            instance_id=task.instance_id,
-            workers=(task.hostname,) if task.hostname else (),
-            started_at=task.started_at,
-            ended_at=task.ended_at,
-            error=task.error,
-            cwd=paths[0],
-            stdout=paths[1],
-            stderr=paths[2],
-            crash_count=task.crash_count,
-            group=group.index,
-        )
-
-    def job_detail(self, job: Job, include_tasks: bool) -> m.JobDetailView:
-        failed = []
-        for task_id in sorted(t.id for t in job.tasks.values() if t.state is TaskState.FAILED)[:5]:
-            task = job.tasks[task_id]
-            failed.append(self.task_view(job, task.group, task_id, task))
-        tasks = None
-        if include_tasks:
-            tasks = tuple(self.task_view(job, g, tid, t) for tid, g, t in job.iter_tasks())
-        return m.JobDetailView(
-            info=self.job_view(job),
-            submits=tuple(
-                m.SubmitView(
-                    ids=str(g.ids),
-                    args=g.body.args,
-                    env=g.body.env,
-                    cwd=g.body.cwd,
-                    stdout=g.body.stdout,
-                    stderr=g.body.stderr,
-                    request=g.body.request,
-                    priority=g.body.priority,
-                    time_limit=g.body.time_limit,
-                    crash_limit=g.crash_limit,
-                    task_dir=g.body.task_dir,
-                    has_entries=g.entries is not None,
-                )
-                for g in job.groups
-            ),
-            submitted_at=job.submitted_at,
-            submit_dir=job.submit_dir,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            max_fails=job.max_fails,
-            workers=tuple(job.hostnames),
-            failed_tasks=tuple(failed),
-            tasks=tasks,
-        )
-
-    def task_views(
-        self, job: Job, ids: IdSet | None, states: set[TaskState] | None
-    ) -> Iterator[m.TaskView]:
-        for task_id, group, task in job.iter_tasks(ids):
-            state = task.state if task is not None else group.untouched_state
-            if states is None or state in states:
-                yield self.task_view(job, group, task_id, task)
-
-    def worker_view(self, w: Worker) -> m.WorkerView:
-        return m.WorkerView(
-            id=w.id,
-            state=w.state,
-            configuration=w.config,
-            started_at=w.started_at,
-            ended_at=w.ended_at,
-            assigned_tasks=len(w.tasks),
-            running_tasks=w.running,
-            last_task_started=w.last_task_started,
-        )
-
-
-def select(items: dict[int, T], selector: str) -> tuple[list[T], list[int]]:
-    """The items a selector names (`3`, `1-4`, `last`, `all`), and the ids that do not exist."""
-    try:
-        sel: Selector = parse_selector(selector)
-    except ValueError as e:
-        raise RequestError(str(e)) from None
-    if sel.kind == "all":
-        return list(items.values()), []
-    if sel.kind == "last":
-        return ([items[max(items)]] if items else []), []
-    assert sel.ids is not None
-    found, missing = [], []
-    for item_id in sel.ids:
-        item = items.get(item_id)
-        if item is None:
-            missing.append(item_id)
-        else:
-            found.append(item)
-    return found, missing
-
-
-def parse_states(names: tuple[str, ...]) -> set[TaskState] | None:
-    if not names:
-        return None
-    out = set()
-    for name in names:
-        state = STATE_BY_NAME.get(name.lower())
-        if state is None:
-            raise RequestError(
-                f"Unknown task state `{name}`; expected one of {', '.join(STATE_BY_NAME)}"
-            )
-        out.add(state)
-    return out

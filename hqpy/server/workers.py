@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol
 
 from hqpy.common.resources import ALL
 from hqpy.common.states import TaskState, WorkerState
-from hqpy.protocol.messages import WorkerConfiguration
+from hqpy.protocol.messages import ToWorker, WorkerConfiguration
 from hqpy.server.jobs import Task
 
-FAILURE_STATES = frozenset(s for s in WorkerState if s.is_failure)
-"""Losing a worker for these reasons counts against the crash limit of its running tasks."""
+
+class Outbox(Protocol):
+    """Where the server core puts messages for one worker (a trio memory channel); its
+    session sends them."""
+
+    def send_nowait(self, message: ToWorker) -> None: ...
+
 
 STOP_REASONS = {
     "stopped": WorkerState.STOPPED,
@@ -21,7 +26,7 @@ STOP_REASONS = {
 
 class Worker:
     def __init__(
-        self, worker_id: int, config: WorkerConfiguration, now: float, outbox: Any = None
+        self, worker_id: int, config: WorkerConfiguration, now: float, outbox: Outbox | None = None
     ) -> None:
         self.id = worker_id
         self.config = config
@@ -44,7 +49,7 @@ class Worker:
 
     @property
     def is_running(self) -> bool:
-        return self.state == WorkerState.RUNNING and self.stop_reason is None
+        return self.state is WorkerState.RUNNING and self.stop_reason is None
 
     def _add(self, task: Task, sign: int) -> None:
         for entry in task.group.body.request.entries:

@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from hqpy.common.process import OrphanGuard, TaskProcess, devnull, resolve_program
-from hqpy.common.resources import Allocation
+from hqpy.common.resources import ResourceGrant
 from hqpy.protocol.messages import TaskBody
 
 ERROR_FILE_LIMIT = 2048
@@ -79,7 +79,7 @@ class Launcher:
         task_id: int,
         instance_id: int,
         entry: str | None,
-        allocation: Allocation | None,
+        allocation: ResourceGrant | None,
         on_started: Any,
         cancel_scope: trio.CancelScope,
     ) -> TaskOutcome:

@@ -222,3 +222,35 @@ def test_server_start_twice_in_same_dir_fails(hq_env: HqEnv) -> None:
     # The running server is not disturbed.
     assert hq_env.command("job", "list", json=True) == []
     assert (hq_env.server_dir / "hq-current").resolve().name == "001"
+
+
+def test_open_job_submits_without_array_take_the_next_task_id(hq_env: HqEnv) -> None:
+    """Issue 14.4, as HyperQueue: the highest id + 1 (0 in an empty job)."""
+    hq_env.start_server()
+    hq_env.command("job", "open")
+    hq_env.command("submit", "--job", "1", "--", "true")
+    hq_env.command("submit", "--job", "1", "--", "true")
+    hq_env.command("submit", "--job", "1", "--array", "7", "--", "true")
+    hq_env.command("submit", "--job", "1", "--", "true")
+    assert hq_env.command("job", "task-ids", "1") == "0-1,7-8\n"
+    result = hq_env.run("submit", "--job", "1", "--array", "8", "--", "true", expect_fail=True)
+    assert "Task 8 already exists in job 1." in result.stderr
+
+
+def test_missing_ids_of_a_huge_range_are_one_line(hq_env: HqEnv) -> None:
+    """Issue 8.2: `job info 100-50000000` walked the range and logged a line per id."""
+    hq_env.start_server()
+    hq_env.command("submit", "--", "true")
+    result = hq_env.run("job", "info", "1,100-50000000")
+    assert result.stderr.count("not found") == 1
+    assert " ERROR Jobs 100-50000000 not found" in result.stderr
+    result = hq_env.run("job", "cancel", "100-50000000")
+    assert " ERROR Canceling jobs 100-50000000 failed; jobs not found" in result.stderr
+
+
+def test_json_job_info_joins_the_pages_of_a_big_job(hq_env: HqEnv) -> None:
+    """Issue 8.3: the tasks of `job info` come in pages; the client joins them."""
+    hq_env.start_server()
+    hq_env.command("submit", "--array", "0-44999", "--", "true")
+    job = hq_env.job_info()
+    assert [t["id"] for t in job["tasks"]] == list(range(45000))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import AsyncIterator
 from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 from hqpy.http.server import HttpServer, Reply
 
@@ -267,22 +269,104 @@ async def test_slow_request_gets_408(app: tuple[HttpServer, int], calls: list[st
     assert calls == []
 
 
-async def test_connections_beyond_the_limit_are_closed(app: tuple[HttpServer, int]) -> None:
-    server, port = app
-    held = [await open_conn(port) for _ in range(3)]
+async def wait_for_connections(server: HttpServer, n: int) -> None:
     with trio.fail_after(TIMEOUT):
-        while server.connections < 3:  # noqa: ASYNC110 (a plain counter, polled)
+        while server.connections != n:  # noqa: ASYNC110 (a plain counter, polled)
             await trio.sleep(0.01)
+
+
+async def busy_app(calls: list[str], nursery: trio.Nursery) -> tuple[HttpServer, int]:
+    """Three slots, and requests may take their time: held half-sent requests stay busy."""
+    server = HttpServer(routes(calls), max_connections=3, request_timeout=60)  # type: ignore[arg-type]
+    listeners = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+    return server, listeners[0].socket.getsockname()[1]
+
+
+async def test_busy_connections_beyond_the_limit_are_refused(
+    calls: list[str], nursery: trio.Nursery
+) -> None:
+    server, port = await busy_app(calls, nursery)
+    held = [await open_conn(port) for _ in range(3)]
+    for s in held:
+        # A request under way: these connections are busy, not idle.
+        await s.send_all(b"GET /metrics HTTP/1.1\r\n")
+    await wait_for_connections(server, 3)
     extra = await open_conn(port)
     assert await read_all(extra) == b""
+    assert server.refused == 1
     for s in held:
         await s.aclose()
-    with trio.fail_after(TIMEOUT):
-        while server.connections:  # noqa: ASYNC110
-            await trio.sleep(0.01)
+    await wait_for_connections(server, 0)
     stream = await open_conn(port)
     await stream.send_all(get("/metrics"))
     assert (await read_response(stream, bytearray()))[0] == 200
+    await stream.aclose()
+
+
+async def test_refused_connections_are_logged_once_with_a_count(
+    calls: list[str], nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, port = await busy_app(calls, nursery)
+    held = [await open_conn(port) for _ in range(3)]
+    for s in held:
+        await s.send_all(b"GET /metrics HTTP/1.1\r\n")
+    await wait_for_connections(server, 3)
+    with caplog.at_level(logging.WARNING, logger="hqpy.http.server"):
+        for _ in range(5):
+            extra = await open_conn(port)
+            assert await read_all(extra) == b""
+    assert server.refused == 5
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert [r.getMessage() for r in refused] == [
+        "HTTP: 3 connections busy; refused 1 new connection(s)"
+    ]
+    for s in held:
+        await s.aclose()
+
+
+async def test_idle_connections_make_room_for_a_new_one(app: tuple[HttpServer, int]) -> None:
+    server, port = app
+    held = []
+    for _ in range(3):
+        held.append(await open_conn(port))
+        await wait_for_connections(server, len(held))
+    stream = await open_conn(port)
+    await stream.send_all(get("/metrics"))
+    assert (await read_response(stream, bytearray()))[0] == 200
+    # The one idle the longest made room.
+    assert await read_all(held[0]) == b""
+    assert server.refused == 0
+    for s in [*held, stream]:
+        await s.aclose()
+
+
+async def test_sixty_four_idle_connections_do_not_stop_a_scrape(
+    calls: list[str], nursery: trio.Nursery
+) -> None:
+    """Issue 8.8: the default cap held by idle connections used to lock `/metrics` out."""
+    server = HttpServer(routes(calls))  # type: ignore[arg-type]
+    listeners = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    held = [await open_conn(port) for _ in range(server.max_connections)]
+    await wait_for_connections(server, server.max_connections)
+    stream = await open_conn(port)
+    await stream.send_all(get("/metrics"))
+    assert (await read_response(stream, bytearray()))[0] == 200
+    assert calls == ["ok"]
+    for s in [*held, stream]:
+        await s.aclose()
+
+
+async def test_idle_connections_close_after_a_few_seconds(
+    calls: list[str], nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = HttpServer(routes(calls))  # type: ignore[arg-type]
+    listeners = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    stream = await open_conn(port)
+    start = trio.current_time()
+    assert await read_all(stream) == b""
+    assert trio.current_time() - start <= 5.0 + 0.5
     await stream.aclose()
 
 

@@ -15,17 +15,18 @@ from hqpy.common.events import AllocationSubmitted, BatchCommandRun
 from hqpy.common.resources import (
     FRACTIONS,
     ResourceAmountRequest,
-    ResourceDescriptorItem,
-    ResourceKind,
     ResourceRequest,
 )
 from hqpy.common.states import WorkerState
 from hqpy.http.metrics import ServerMetrics
 from hqpy.http.status import MAX_EVENTS, MAX_JOBS, build_status
 from hqpy.protocol import messages as m
+from hqpy.server import commands
 from hqpy.server.demand import ServerDemand
 from hqpy.server.state import ServerState
+from hqpy.server.views import ServerViews
 from hqpy.server.workers import Worker
+from tests import factories
 
 ALLOWED_LABELS = {"state", "queue", "manager", "outcome", "command", "reason", "version", "python"}
 """No label may carry a job, task or allocation id (unbounded)."""
@@ -70,19 +71,8 @@ def submit(state: ServerState, ids: str, cpus: int = 1) -> int:
 
 
 def worker_config(cpus: int, allocation: str | None = None) -> m.WorkerConfiguration:
-    return m.WorkerConfiguration(
-        hostname="node1",
-        work_dir="/tmp",
-        listen_address="",
-        heartbeat_interval=3600.0,
-        idle_timeout=None,
-        time_limit=None,
-        resources=(ResourceDescriptorItem("cpus", ResourceKind.RANGE, start=0, end=cpus - 1),),
-        group="default",
-        on_server_lost="stop",
-        pid=1,
-        manager=None if allocation is None else m.ManagerInfo("LOCAL", allocation),
-    )
+    manager = None if allocation is None else m.ManagerInfo("LOCAL", allocation)
+    return factories.worker_config(cpus, heartbeat_interval=3600.0, manager=manager)
 
 
 def report(state: ServerState, worker: Worker, status: int, n: int, duration: float) -> None:
@@ -113,7 +103,7 @@ def service(state: ServerState, tmp_path: Path, clock: Clock) -> AutoAllocServic
 
 @pytest.fixture
 def metrics(state: ServerState, service: AutoAllocService) -> ServerMetrics:
-    return ServerMetrics(state, service, state.hub, 123.0)
+    return ServerMetrics(ServerViews(state), service, state.hub, 123.0)
 
 
 async def test_tasks_jobs_and_workers_are_counted_at_scrape_time(
@@ -154,10 +144,10 @@ async def test_finished_counters_survive_forget_and_cancel(
     state.schedule()
     report(state, worker, m.TASK_FINISHED, 3, duration=1.0)
     submit(state, "0-99")
-    state.cancel_jobs("2", None)
+    commands.cancel_jobs(state, "2", None)
     s = scrape(metrics)
     assert value(s, "hqpy_tasks_finished_total", outcome="canceled") == 100
-    state.forget_jobs("all", ())
+    commands.forget_jobs(state, "all", ())
     s = scrape(metrics)
     assert value(s, "hqpy_tasks", state="finished") == 0
     assert value(s, "hqpy_tasks_finished_total", outcome="finished") == 3
@@ -173,7 +163,7 @@ async def test_a_million_task_array_is_scraped_without_touching_its_tasks(
     assert value(s, "hqpy_jobs", state="waiting") == 1
     # The collector read the job's counts: no task object was made.
     assert len(state.jobs[1].tasks) == 0
-    doc = build_status(state, None, 0.0, 1.0)
+    doc = build_status(ServerViews(state), None, 0.0, 1.0)
     assert doc["jobs"][0]["task_count"] == 1_000_000
     assert len(state.jobs[1].tasks) == 0
 
@@ -291,7 +281,7 @@ async def test_status_document_is_bounded_and_newest_first(
             service.state.end(queue, alloc, n % 2 == 0, "done")
     worker = state.add_worker(worker_config(4, "local-57"))
     state.schedule()
-    doc = build_status(state, service, 0.0, clock.now)
+    doc = build_status(ServerViews(state), service, 0.0, clock.now)
     assert [j["id"] for j in doc["jobs"]] == list(range(MAX_JOBS + 20, 20, -1))
     assert doc["totals"]["jobs"] == MAX_JOBS + 20
     assert doc["totals"]["tasks"]["waiting"] == 4 * (MAX_JOBS + 20)  # assigned still wait

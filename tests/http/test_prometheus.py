@@ -36,7 +36,7 @@ def alert_rules() -> str:
     """The alert rules `docs/metrics.md` gives (its YAML block that starts with `groups:`)."""
     blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), re.S)
     [rules] = [b for b in blocks if b.startswith("groups:")]
-    return rules
+    return str(rules)
 
 
 class Prometheus:

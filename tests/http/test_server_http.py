@@ -17,7 +17,8 @@ from hqpy.protocol import messages as m
 from hqpy.protocol.codec import encode
 from hqpy.protocol.framing import HEADER
 from hqpy.server.server import ServerConfig
-from tests.server.test_server_inprocess import connect_worker, poll_job, submit, worker_config
+from tests.factories import worker_config
+from tests.server.test_server_inprocess import connect_worker, poll_job, submit
 
 TIMEOUT = 10
 

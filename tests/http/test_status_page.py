@@ -89,7 +89,9 @@ def test_status_page_shows_queue_allocations_and_job_progress(
         )
         return (row[0], row[1]) if row and row[0] > 0 and row[2] == 1 else None
 
-    finished, total = wait_until(progress, timeout=60, what="job 1 shows progress")
+    shown = wait_until(progress, timeout=60, what="job 1 shows progress")
+    assert shown is not None
+    finished, total = shown
     assert total == 24 and 0 < finished
     assert js(browser, "return document.querySelectorAll('tr.worker').length") >= 1
     assert js(browser, "return document.querySelectorAll('tr.event').length") >= 2

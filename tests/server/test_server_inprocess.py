@@ -22,14 +22,13 @@ from hqpy.common import serverdir
 from hqpy.common.resources import (
     FRACTIONS,
     ResourceAmountRequest,
-    ResourceDescriptorItem,
-    ResourceKind,
     ResourceRequest,
 )
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, new_secret, peer_handshake
 from hqpy.protocol.framing import HEADER, FramedStream
 from hqpy.server.server import ServerConfig
+from tests.factories import worker_config
 
 TIMEOUT = 10
 
@@ -80,21 +79,6 @@ class FakeWorker:
         await self.framed.aclose()
 
 
-def worker_config(cpus: int, hostname: str) -> m.WorkerConfiguration:
-    return m.WorkerConfiguration(
-        hostname=hostname,
-        work_dir="/tmp",
-        listen_address="",
-        heartbeat_interval=3600.0,
-        idle_timeout=None,
-        time_limit=None,
-        resources=(ResourceDescriptorItem("cpus", ResourceKind.RANGE, start=0, end=cpus - 1),),
-        group="default",
-        on_server_lost="stop",
-        pid=1,
-    )
-
-
 async def open_raw(server_dir: Path, role: str = "client") -> trio.SocketStream:
     record = serverdir.load_access(server_dir)
     endpoint = record.client if role == "client" else record.worker
@@ -102,12 +86,19 @@ async def open_raw(server_dir: Path, role: str = "client") -> trio.SocketStream:
     return await trio.open_tcp_stream(endpoint.host, endpoint.port)
 
 
-async def connect_worker(server_dir: Path, cpus: int = 4, hostname: str = "fake1") -> FakeWorker:
+async def connect_worker(
+    server_dir: Path,
+    cpus: int = 4,
+    hostname: str = "fake1",
+    config: m.WorkerConfiguration | None = None,
+) -> FakeWorker:
     record = serverdir.load_access(server_dir)
     assert record.worker is not None and record.worker.secret_key is not None
     framed = FramedStream(await open_raw(server_dir, "worker"))
     await peer_handshake(framed, "worker", record.worker.secret_key)
-    await framed.send(m.RegisterWorker(worker_config(cpus, hostname)), m.FromWorker)
+    if config is None:
+        config = worker_config(cpus, hostname, heartbeat_interval=3600.0)
+    await framed.send(m.RegisterWorker(config), m.FromWorker)
     registered = await framed.receive(m.ToWorker)
     assert isinstance(registered, m.WorkerRegistered)
     return FakeWorker(framed, registered)

@@ -30,8 +30,8 @@ LAYERS: dict[str, int] = {
 }
 ROOT = "__init__"
 """`hqpy/__init__.py` holds only the version; everything may import it."""
-PENDING: set[tuple[str, str]] = {("http", "server")}
-"""Arrows still to be removed (the HTTP side still reads the server core's objects)."""
+PENDING: set[tuple[str, str]] = set()
+"""Arrows still to be removed (none left: keep it empty)."""
 
 
 def subpackage(module: str) -> str | None:

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from hqpy.common.resources import (
     ALL,
     FRACTIONS,
-    Allocation,
     AllocationPolicy,
     ResourceAmountRequest,
     ResourceDescriptorItem,
+    ResourceGrant,
     ResourceKind,
     ResourcePool,
     ResourceRequest,
@@ -287,7 +287,7 @@ def _pool(**defs: str) -> ResourcePool:
 def test_pool_allocates_lowest_free_indices_and_releases() -> None:
     pool = _pool(cpus="4")
     a = pool.try_allocate(_req("cpus=2"))
-    assert a == Allocation(indices={"cpus": ("0", "1")}, amounts={"cpus": 20000})
+    assert a == ResourceGrant(indices={"cpus": ("0", "1")}, amounts={"cpus": 20000})
     b = pool.try_allocate(_req("cpus=2"))
     assert b is not None and b.indices["cpus"] == ("2", "3")
     assert pool.free("cpus") == 0
@@ -460,7 +460,7 @@ def test_pool_never_overcommits_and_release_restores(
 ) -> None:
     pool = _pool(**POOL_DEFS)
     capacity = {name: pool.free(name) for name in POOL_DEFS}
-    held: list[Allocation] = []
+    held: list[ResourceGrant] = []
     for release_first, entries in ops:
         if release_first and held:
             pool.release(held.pop(0))

@@ -11,14 +11,14 @@ from hqpy.common.resources import (
     ALL,
     FRACTIONS,
     ResourceAmountRequest,
-    ResourceDescriptorItem,
-    ResourceKind,
     ResourceRequest,
 )
-from hqpy.protocol.messages import TaskBody, WorkerConfiguration
-from hqpy.server.jobs import Job, Task, TaskGroup, TaskState
+from hqpy.common.states import TaskState
+from hqpy.protocol.messages import TaskBody
+from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.scheduler import MAX_PREFILL_ROUNDS, prefill_rounds, schedule
 from hqpy.server.workers import Worker
+from tests.factories import cpu_resources, worker_config
 
 _group_ids = itertools.count(1)
 
@@ -78,19 +78,10 @@ def make_worker(
     now: float = 0.0,
     **resources: int,
 ) -> Worker:
-    items = [ResourceDescriptorItem("cpus", ResourceKind.RANGE, start=0, end=cpus - 1)]
-    items += [ResourceDescriptorItem(n, ResourceKind.SUM, size=s) for n, s in resources.items()]
-    config = WorkerConfiguration(
+    config = worker_config(
         hostname=f"w{worker_id}",
-        work_dir="/tmp",
-        listen_address="",
-        heartbeat_interval=8.0,
-        idle_timeout=None,
         time_limit=time_limit,
-        resources=tuple(items),
-        group="default",
-        on_server_lost="stop",
-        pid=1,
+        resources=cpu_resources(cpus, **resources),
     )
     return Worker(worker_id, config, now)
 

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
+from hqpy.common.errors import RequestError
 from hqpy.common.resources import (
     FRACTIONS,
     ResourceAmountRequest,
-    ResourceDescriptorItem,
-    ResourceKind,
     ResourceRequest,
 )
+from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
-from hqpy.server.jobs import Job, Task, TaskState
-from hqpy.server.state import RequestError, ServerState
-from hqpy.server.workers import Worker, WorkerState
+from hqpy.server import commands
+from hqpy.server.jobs import Job, Task
+from hqpy.server.state import ServerState
+from hqpy.server.workers import Worker
+from tests.factories import worker_config
 
 LOST_MESSAGE = (
     "Task was running on a worker that was lost; the task has occurred {n} times in this "
@@ -88,18 +92,7 @@ def submit(
 
 
 def add_worker(state: ServerState, cpus: int = 4, hostname: str = "node1") -> tuple[Worker, Outbox]:
-    config = m.WorkerConfiguration(
-        hostname=hostname,
-        work_dir="/tmp",
-        listen_address="",
-        heartbeat_interval=8.0,
-        idle_timeout=None,
-        time_limit=None,
-        resources=(ResourceDescriptorItem("cpus", ResourceKind.RANGE, start=0, end=cpus - 1),),
-        group="default",
-        on_server_lost="stop",
-        pid=1,
-    )
+    config = worker_config(cpus, hostname)
     outbox = Outbox()
     return state.add_worker(config, outbox), outbox
 
@@ -246,7 +239,7 @@ def test_finished_updates_complete_the_job(state: ServerState, clock: FakeClock)
     job = state.jobs[job_id]
     assert counts(job) == {"finished": 4}
     assert job.finished_at == 2000.0
-    assert job.state_name() == "FINISHED"
+    assert job.state() == "FINISHED"
 
 
 def test_job_is_not_finished_while_a_task_remains(state: ServerState) -> None:
@@ -274,7 +267,7 @@ def test_failed_update_records_the_error(state: ServerState) -> None:
     job = state.jobs[job_id]
     assert counts(job) == {"failed": 1}
     assert job.tasks[0].error == "exit code 1"
-    assert job.state_name() == "FAILED"
+    assert job.state() == "FAILED"
     assert job.finished_at is not None
 
 
@@ -396,15 +389,65 @@ def test_heartbeat_loss_counts_a_crash(state: ServerState) -> None:
     assert task.crash_count == 1
 
 
-def test_crash_limit_minus_one_fails_on_the_first_loss(state: ServerState) -> None:
+NEVER_RESTART_MESSAGE = "Task was running on a lost worker while never restart flag was set."
+
+
+@pytest.mark.parametrize("reason", list(WorkerState)[1:])
+def test_never_restart_fails_the_task_whatever_ended_its_worker(
+    state: ServerState, reason: WorkerState
+) -> None:
+    """Issue 14.8: `--crash-limit never-restart` (-1) fails a running task however its worker
+    goes away (stop, idle timeout, time limit, crash), with HyperQueue's text."""
     job_id = submit(state, "0", crash_limit=-1)
     worker, _ = add_worker(state)
     state.schedule()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_RUNNING)])
-    state.on_worker_lost(worker, WorkerState.CONNECTION_LOST)
+    state.on_worker_lost(worker, reason)
     task = state.jobs[job_id].tasks[0]
     assert task.state is TaskState.FAILED
-    assert task.error == LOST_MESSAGE.format(n=1)
+    assert task.error == NEVER_RESTART_MESSAGE
+
+
+def test_never_restart_requeues_a_task_that_was_only_assigned(state: ServerState) -> None:
+    job_id = submit(state, "0", crash_limit=-1)
+    worker, _ = add_worker(state)
+    state.schedule()
+    state.on_worker_lost(worker, WorkerState.STOPPED)
+    task = state.jobs[job_id].tasks[0]
+    assert (task.state, task.instance_id) == (TaskState.WAITING, 1)
+
+
+@pytest.mark.parametrize("reason", [WorkerState.STOPPED, WorkerState.IDLE_TIMEOUT])
+def test_numeric_crash_limit_counts_only_real_failures(
+    state: ServerState, reason: WorkerState
+) -> None:
+    job_id = submit(state, "0", crash_limit=1)
+    worker, _ = add_worker(state)
+    state.schedule()
+    state.on_task_updates(worker, [update(job_id, 0, m.TASK_RUNNING)])
+    state.on_worker_lost(worker, reason)
+    task = state.jobs[job_id].tasks[0]
+    assert (task.state, task.crash_count) == (TaskState.WAITING, 0)
+
+
+def test_open_job_submits_without_ids_take_the_next_ids(state: ServerState) -> None:
+    """Issue 14.4: the tasks go after the job's highest id (0 in an empty job)."""
+    job_id = state.open_job(None, None)
+
+    def add(ids: str = "0", entries: list[str] | None = None, auto: bool = True) -> None:
+        d = attrs.evolve(desc(ids), entries=entries, auto_ids=auto)
+        state.submit(m.SubmitRequest(d, job_id=job_id))
+
+    add()
+    add()
+    add("0-2", entries=["a", "b", "c"])
+    add("10", auto=False)
+    add()
+    job = state.jobs[job_id]
+    assert [str(g.ids) for g in job.groups] == ["0", "1", "2-4", "10", "11"]
+    assert [job.groups[2].entry(i) for i in (2, 3, 4)] == ["a", "b", "c"]
+    with pytest.raises(RequestError, match=r"^Task 11 already exists in job 1\.$"):
+        add("11", auto=False)
 
 
 def test_crash_limit_zero_never_fails_the_task(state: ServerState) -> None:
@@ -453,21 +496,21 @@ def test_losing_a_worker_twice_requeues_once(state: ServerState) -> None:
 
 def test_stop_workers_sends_stop_worker(state: ServerState) -> None:
     worker, outbox = add_worker(state)
-    lines = state.stop_workers(str(worker.id))
+    lines = commands.stop_workers(state, str(worker.id))
     assert texts(lines) == [("INFO", "Worker 1 stopped")]
     assert outbox.take() == [m.StopWorker("stopped")]
 
 
 def test_stop_workers_twice_warns(state: ServerState) -> None:
     add_worker(state)
-    state.stop_workers("1")
-    assert texts(state.stop_workers("1")) == [
+    commands.stop_workers(state, "1")
+    assert texts(commands.stop_workers(state, "1")) == [
         ("WARN", "Stopping worker 1 failed; worker is already stopped")
     ]
 
 
 def test_stop_missing_worker_is_an_error_line(state: ServerState) -> None:
-    assert texts(state.stop_workers("4")) == [
+    assert texts(commands.stop_workers(state, "4")) == [
         ("ERROR", "Stopping worker 4 failed; worker not found")
     ]
 
@@ -477,7 +520,7 @@ def test_stop_missing_worker_is_an_error_line(state: ServerState) -> None:
 
 def test_cancel_untouched_array_cancels_without_materialising(state: ServerState) -> None:
     job_id = submit(state, "0-999999")
-    lines = state.cancel_jobs(str(job_id), None)
+    lines = commands.cancel_jobs(state, str(job_id), None)
     job = state.jobs[job_id]
     assert texts(lines) == [
         ("INFO", "Job 1 canceled (1000000 tasks canceled, 0 tasks already finished)")
@@ -491,7 +534,7 @@ def test_cancel_counts_finished_tasks_in_its_message(state: ServerState) -> None
     worker, _ = add_worker(state, cpus=2)
     state.schedule()
     state.on_task_updates(worker, [update(job_id, i, m.TASK_FINISHED) for i in (0, 1)])
-    lines = state.cancel_jobs("1", None)
+    lines = commands.cancel_jobs(state, "1", None)
     assert texts(lines) == [("INFO", "Job 1 canceled (8 tasks canceled, 2 tasks already finished)")]
     assert counts(state.jobs[job_id]) == {"finished": 2, "canceled": 8}
 
@@ -502,7 +545,7 @@ def test_cancel_sends_cancel_tasks_for_assigned_tasks(state: ServerState) -> Non
     state.schedule()
     outbox.take()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_RUNNING)])
-    state.cancel_jobs("1", None)
+    commands.cancel_jobs(state, "1", None)
     [msg] = outbox.take()
     assert isinstance(msg, m.CancelTasks)
     assert sorted(msg.tasks) == [[1, 0, 0], [1, 1, 0]]
@@ -512,16 +555,16 @@ def test_cancel_sends_cancel_tasks_for_assigned_tasks(state: ServerState) -> Non
 def test_canceled_job_is_complete(state: ServerState, clock: FakeClock) -> None:
     job_id = submit(state)
     clock.now = 3000.0
-    state.cancel_jobs("1", "no longer needed")
+    commands.cancel_jobs(state, "1", "no longer needed")
     job = state.jobs[job_id]
     assert job.finished_at == 3000.0
-    assert job.state_name() == "CANCELED"
+    assert job.state() == "CANCELED"
     assert job.cancel_reason == "no longer needed"
 
 
 def test_canceled_tasks_are_never_scheduled(state: ServerState) -> None:
     submit(state)
-    state.cancel_jobs("1", None)
+    commands.cancel_jobs(state, "1", None)
     _, outbox = add_worker(state)
     assert state.schedule() == 0
     assert outbox.take() == []
@@ -532,19 +575,21 @@ def test_cancel_finished_job_is_an_error_line(state: ServerState) -> None:
     worker, _ = add_worker(state)
     state.schedule()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)])
-    assert texts(state.cancel_jobs("1", None)) == [
+    assert texts(commands.cancel_jobs(state, "1", None)) == [
         ("ERROR", "Canceling job 1 failed; all tasks are already finished")
     ]
 
 
 def test_cancel_missing_job_is_an_error_line(state: ServerState) -> None:
-    assert texts(state.cancel_jobs("7", None)) == [
+    assert texts(commands.cancel_jobs(state, "7", None)) == [
         ("ERROR", "Canceling job 7 failed; job not found")
     ]
 
 
 def test_cancel_all_with_nothing_to_cancel(state: ServerState) -> None:
-    assert texts(state.cancel_jobs("all", None)) == [("INFO", "There is nothing to cancel")]
+    assert texts(commands.cancel_jobs(state, "all", None)) == [
+        ("INFO", "There is nothing to cancel")
+    ]
 
 
 def test_cancel_all_reports_only_jobs_it_canceled(state: ServerState) -> None:
@@ -553,7 +598,7 @@ def test_cancel_all_reports_only_jobs_it_canceled(state: ServerState) -> None:
     state.schedule()
     state.on_task_updates(worker, [update(done, 0, m.TASK_FINISHED)])
     submit(state, "0-2")
-    assert texts(state.cancel_jobs("all", None)) == [
+    assert texts(commands.cancel_jobs(state, "all", None)) == [
         ("INFO", "Job 2 canceled (3 tasks canceled, 0 tasks already finished)")
     ]
 
@@ -562,7 +607,7 @@ def test_update_for_a_canceled_task_is_ignored(state: ServerState) -> None:
     job_id = submit(state, "0")
     worker, _ = add_worker(state)
     state.schedule()
-    state.cancel_jobs("1", None)
+    commands.cancel_jobs(state, "1", None)
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)])
     assert counts(state.jobs[job_id]) == {"canceled": 1}
 
@@ -662,7 +707,7 @@ def test_open_job_with_all_tasks_done_is_not_complete(state: ServerState) -> Non
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)])
     job = state.jobs[job_id]
     assert job.finished_at is None
-    assert job.state_name() == "OPENED"
+    assert job.state() == "OPENED"
 
 
 def test_closing_an_open_job_with_done_tasks_completes_it(
@@ -674,21 +719,21 @@ def test_closing_an_open_job_with_done_tasks_completes_it(
     state.schedule()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)])
     clock.now = 5000.0
-    assert texts(state.close_jobs("1")) == [("INFO", "Job 1 closed")]
+    assert texts(commands.close_jobs(state, "1")) == [("INFO", "Job 1 closed")]
     job = state.jobs[job_id]
     assert job.finished_at == 5000.0
-    assert job.state_name() == "FINISHED"
+    assert job.state() == "FINISHED"
 
 
 def test_closing_an_empty_open_job_completes_it(state: ServerState) -> None:
     job_id = state.open_job(None, None)
-    state.close_jobs(str(job_id))
+    commands.close_jobs(state, str(job_id))
     assert state.jobs[job_id].finished_at is not None
 
 
 def test_closing_a_closed_or_missing_job_is_an_error_line(state: ServerState) -> None:
     submit(state)
-    assert texts(state.close_jobs("1,5")) == [
+    assert texts(commands.close_jobs(state, "1,5")) == [
         ("ERROR", "Closing job 1 failed; job is already closed"),
         ("ERROR", "Closing job 5 failed; job not found"),
     ]
@@ -701,7 +746,7 @@ def test_submit_into_a_finished_open_job_reopens_its_work(state: ServerState) ->
     state.schedule()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)])
     submit(state, "1", job_id=job_id)
-    assert state.jobs[job_id].state_name() == "WAITING"
+    assert state.jobs[job_id].state() == "WAITING"
 
 
 # --- forget --------------------------------------------------------------------------------------
@@ -719,15 +764,15 @@ def test_forget_removes_a_completed_job(state: ServerState) -> None:
     job_id = submit(state, "0")
     worker, _ = add_worker(state)
     finish_job(state, job_id, worker)
-    assert texts(state.forget_jobs("1", ())) == [("INFO", "1 job were forgotten")]
+    assert texts(commands.forget_jobs(state, "1", ())) == [("INFO", "1 job were forgotten")]
     assert job_id not in state.jobs
 
 
 def test_forget_uses_the_plural_for_several_jobs(state: ServerState) -> None:
     submit(state)
     submit(state)
-    state.cancel_jobs("all", None)
-    assert texts(state.forget_jobs("all", ())) == [("INFO", "2 jobs were forgotten")]
+    commands.cancel_jobs(state, "all", None)
+    assert texts(commands.forget_jobs(state, "all", ())) == [("INFO", "2 jobs were forgotten")]
     assert state.jobs == {}
 
 
@@ -736,7 +781,7 @@ def test_forget_ignores_an_unfinished_job(state: ServerState) -> None:
     worker, _ = add_worker(state)
     finish_job(state, done, worker)
     waiting = submit(state, "0")
-    assert texts(state.forget_jobs("all", ())) == [
+    assert texts(commands.forget_jobs(state, "all", ())) == [
         ("INFO", "1 job were forgotten, 1 were ignored due to wrong state or invalid ID")
     ]
     assert list(state.jobs) == [waiting]
@@ -744,7 +789,7 @@ def test_forget_ignores_an_unfinished_job(state: ServerState) -> None:
 
 def test_forget_ignores_an_open_job(state: ServerState) -> None:
     job_id = state.open_job(None, None)
-    assert texts(state.forget_jobs(str(job_id), ())) == [
+    assert texts(commands.forget_jobs(state, str(job_id), ())) == [
         ("INFO", "0 jobs were forgotten, 1 were ignored due to wrong state or invalid ID")
     ]
     assert job_id in state.jobs
@@ -752,8 +797,8 @@ def test_forget_ignores_an_open_job(state: ServerState) -> None:
 
 def test_forget_counts_a_missing_id_as_ignored(state: ServerState) -> None:
     submit(state)
-    state.cancel_jobs("1", None)
-    assert texts(state.forget_jobs("1,9", ())) == [
+    commands.cancel_jobs(state, "1", None)
+    assert texts(commands.forget_jobs(state, "1,9", ())) == [
         ("INFO", "1 job were forgotten, 1 were ignored due to wrong state or invalid ID")
     ]
 
@@ -762,7 +807,59 @@ def test_forget_with_a_state_filter_keeps_other_states(state: ServerState) -> No
     job_id = submit(state, "0")
     worker, _ = add_worker(state)
     finish_job(state, job_id, worker)
-    assert texts(state.forget_jobs("1", ("failed",))) == [
+    assert texts(commands.forget_jobs(state, "1", ("failed",))) == [
         ("INFO", "0 jobs were forgotten, 1 were ignored due to wrong state or invalid ID")
     ]
     assert job_id in state.jobs
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"env": {"A=B": "1"}}, "Invalid environment variable name 'A=B'"),
+        ({"env": {"A\0": "1"}}, "Invalid environment variable name 'A\\x00'"),
+        ({"env": {"": "1"}}, "Invalid environment variable name ''"),
+        ({"env": {"A": "x\0y"}}, "The value of environment variable A contains a NUL"),
+        ({"args": ("/bin/echo", "a\0b")}, "Argument 1 of the task contains a NUL"),
+        ({"cwd": "/tmp/\0"}, "The task's cwd path contains a NUL"),
+        ({"stdout": "/tmp/\0"}, "The task's stdout path contains a NUL"),
+    ],
+)
+def test_submit_refuses_what_would_poison_a_worker(
+    state: ServerState, change: dict[str, Any], reason: str
+) -> None:
+    """Issue 8.4: these made `Popen` raise in every worker that took the task."""
+    bad = attrs.evolve(desc("0"), **change)
+    with pytest.raises(RequestError, match=re.escape(reason)):
+        state.submit(m.SubmitRequest(bad))
+    assert state.jobs == {}
+
+
+def test_commands_on_huge_ranges_say_the_missing_ids_in_one_line(state: ServerState) -> None:
+    """Issue 8.2: each missing id was its own line (and the range was walked id by id)."""
+    submit(state, "0")
+    submit(state, "0")
+    assert texts(commands.cancel_jobs(state, "1-4000000000", None)) == [
+        ("INFO", "Job 1 canceled (1 tasks canceled, 0 tasks already finished)"),
+        ("INFO", "Job 2 canceled (1 tasks canceled, 0 tasks already finished)"),
+        ("ERROR", "Canceling jobs 3-4000000000 failed; jobs not found"),
+    ]
+    assert texts(commands.close_jobs(state, "7")) == [
+        ("ERROR", "Closing job 7 failed; job not found")
+    ]
+    assert texts(commands.stop_workers(state, "0-10:2")) == [
+        ("ERROR", "Stopping workers 0-10:2 failed; workers not found")
+    ]
+    assert texts(commands.forget_jobs(state, "1-4000000000", ())) == [
+        ("INFO", "2 jobs were forgotten, 3999999998 were ignored due to wrong state or invalid ID")
+    ]
+
+
+def test_a_huge_stepped_array_into_an_open_job_is_checked_on_ranges(state: ServerState) -> None:
+    """The collision check must not expand `0-4000000000:2` id by id."""
+    job_id = state.open_job(None, None)
+    submit(state, "0-10", job_id=job_id)
+    with pytest.raises(RequestError, match=r"^Task 0 already exists in job 1\.$"):
+        submit(state, "0-4000000000:2", job_id=job_id)
+    submit(state, "12-4000000000:2", job_id=job_id)
+    assert state.jobs[job_id].task_count == 11 + 1999999995

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
+from hqpy.common import states
 from hqpy.common.durations import format_makespan
 from hqpy.common.idset import IdSet, format_id_set, parse_id_set
 from hqpy.protocol import messages as m
@@ -18,21 +19,10 @@ JOB_STATES = ("RUNNING", "WAITING", "FINISHED", "FAILED", "ABORTED", "CANCELED")
 
 
 def job_state(view: m.JobView) -> str:
-    """One state for a whole job, by HyperQueue's precedence (running beats waiting beats ...)."""
-    stats = view.task_stats
-    if stats.running > 0:
-        return "RUNNING"
-    if stats.waiting > 0:
-        return "WAITING"
-    if stats.failed > 0:
-        return "FAILED"
-    if stats.aborted > 0:
-        return "ABORTED"
-    if stats.canceled > 0:
-        return "CANCELED"
-    if view.is_open:
-        return "OPENED"
-    return "FINISHED"
+    """One state for a whole job, by HyperQueue's precedence (`hqpy.common.states.job_state`)."""
+    s = view.task_stats
+    counts = (s.waiting, s.running, s.finished, s.failed, s.canceled, s.aborted)
+    return states.job_state(counts, view.is_open).value
 
 
 def iso(t: float | None) -> str | None:

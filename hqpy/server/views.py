@@ -1,0 +1,191 @@
+"""What clients, the metrics and the status page see of the server: protocol views built from
+the core's objects. Nothing here changes state; `ServerState` owns every transition."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+from hqpy.common.idset import IdSet
+from hqpy.common.states import JobState, TaskState, WorkerState
+from hqpy.protocol import messages as m
+from hqpy.protocol.readmodels import JobSummary, WorkerSummary
+from hqpy.server.jobs import Job, Task, TaskGroup
+from hqpy.server.state import ServerState
+from hqpy.server.workers import Worker
+
+MAX_FAILED_SHOWN = 5
+"""`job info` shows the errors of this many failed tasks."""
+
+
+def job_view(job: Job) -> m.JobView:
+    c = job.counts
+    return m.JobView(
+        id=job.id,
+        name=job.name,
+        task_count=job.task_count,
+        task_stats=m.TaskStats(
+            waiting=c[TaskState.WAITING],
+            running=c[TaskState.RUNNING],
+            finished=c[TaskState.FINISHED],
+            failed=c[TaskState.FAILED],
+            canceled=c[TaskState.CANCELED],
+            aborted=c[TaskState.ABORTED],
+        ),
+        is_open=job.is_open,
+        cancel_reason=job.cancel_reason,
+    )
+
+
+def task_view(group: TaskGroup, task_id: int, task: Task | None) -> m.TaskView:
+    if task is None:
+        return m.TaskView(id=task_id, state=group.untouched_state.label, group=group.index)
+    paths = group.body.resolve_paths(task_id, task.instance_id)
+    return m.TaskView(
+        id=task_id,
+        state=task.state.label,
+        instance_id=task.instance_id,
+        workers=(task.hostname,) if task.hostname else (),
+        started_at=task.started_at,
+        ended_at=task.ended_at,
+        error=task.error,
+        cwd=paths[0],
+        stdout=paths[1],
+        stderr=paths[2],
+        crash_count=task.crash_count,
+        group=group.index,
+    )
+
+
+def job_detail(job: Job, include_tasks: bool) -> m.JobDetailView:
+    failed_ids = sorted(t.id for t in job.tasks.values() if t.state is TaskState.FAILED)
+    failed = []
+    for task_id in failed_ids[:MAX_FAILED_SHOWN]:
+        task = job.tasks[task_id]
+        failed.append(task_view(task.group, task_id, task))
+    tasks = None
+    if include_tasks:
+        tasks = tuple(task_view(g, tid, t) for tid, g, t in job.iter_tasks())
+    return m.JobDetailView(
+        info=job_view(job),
+        submits=tuple(
+            m.SubmitView(
+                ids=str(g.ids),
+                args=g.body.args,
+                env=g.body.env,
+                cwd=g.body.cwd,
+                stdout=g.body.stdout,
+                stderr=g.body.stderr,
+                request=g.body.request,
+                priority=g.body.priority,
+                time_limit=g.body.time_limit,
+                crash_limit=g.crash_limit,
+                task_dir=g.body.task_dir,
+                has_entries=g.entries is not None,
+            )
+            for g in job.groups
+        ),
+        submitted_at=job.submitted_at,
+        submit_dir=job.submit_dir,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        max_fails=job.max_fails,
+        workers=tuple(job.hostnames),
+        failed_tasks=tuple(failed),
+        tasks=tasks,
+    )
+
+
+def task_views(job: Job, ids: IdSet | None, states: set[TaskState] | None) -> Iterator[m.TaskView]:
+    """The tasks of a job (those in `ids`, in `states`), in id order."""
+    for task_id, group, task in job.iter_tasks(ids):
+        state = task.state if task is not None else group.untouched_state
+        if states is None or state in states:
+            yield task_view(group, task_id, task)
+
+
+def worker_view(w: Worker) -> m.WorkerView:
+    return m.WorkerView(
+        id=w.id,
+        state=w.state,
+        configuration=w.config,
+        started_at=w.started_at,
+        ended_at=w.ended_at,
+        assigned_tasks=len(w.tasks),
+        running_tasks=w.running,
+        last_task_started=w.last_task_started,
+    )
+
+
+def job_summary(job: Job) -> JobSummary:
+    return JobSummary(
+        id=job.id,
+        name=job.name,
+        state=job.state(),
+        task_count=job.task_count,
+        counts=tuple(job.counts),
+        submitted_at=job.submitted_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def worker_summary(w: Worker) -> WorkerSummary:
+    manager = w.config.manager
+    return WorkerSummary(
+        id=w.id,
+        hostname=w.config.hostname,
+        state=w.state,
+        stopping=w.stop_reason is not None,
+        manager=None if manager is None else manager.manager,
+        allocation_id=None if manager is None else manager.allocation_id,
+        cpus=w.capacity.get("cpus", 0),
+        cpus_assigned=w.assigned.get("cpus", 0),
+        tasks=len(w.tasks),
+        running_tasks=w.running,
+        started_at=w.started_at,
+        ended_at=w.ended_at,
+    )
+
+
+class ServerViews:
+    """The server core as `ServerReadModel` (what `hqpy.http` reads); O(jobs + workers)."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    @property
+    def server_uid(self) -> str:
+        return self.state.server_uid
+
+    def job_count(self) -> int:
+        return len(self.state.jobs)
+
+    def task_state_totals(self) -> list[int]:
+        totals = [0] * len(TaskState)
+        for job in self.state.jobs.values():
+            for i, n in enumerate(job.counts):
+                totals[i] += n
+        return totals
+
+    def job_state_totals(self) -> dict[JobState, int]:
+        totals = dict.fromkeys(JobState, 0)
+        for job in self.state.jobs.values():
+            totals[job.state()] += 1
+        return totals
+
+    def newest_jobs(self, limit: int) -> list[JobSummary]:
+        return [job_summary(j) for j in itertools.islice(reversed(self.state.jobs.values()), limit)]
+
+    def worker_summaries(self) -> Iterator[WorkerSummary]:
+        return (worker_summary(w) for w in self.state.workers.values())
+
+    def newest_workers(self, limit: int) -> list[WorkerSummary]:
+        workers = self.state.workers.values()
+        running = [w for w in workers if w.state is WorkerState.RUNNING][:limit]
+        # Then the most recently ended ones, newest first (ids grow with time).
+        ended = itertools.islice(
+            (w for w in reversed(workers) if w.state is not WorkerState.RUNNING),
+            max(0, limit - len(running)),
+        )
+        return [worker_summary(w) for w in [*running, *ended]]
