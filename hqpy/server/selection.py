@@ -10,26 +10,25 @@ from __future__ import annotations
 from typing import TypeVar
 
 from hqpy.common.errors import RequestError
-from hqpy.common.idset import IdSet, parse_id_set, parse_selector
+from hqpy.common.idset import MAX_ID, IdSet, parse_id_set, parse_selector
 from hqpy.common.states import TaskState
 
 T = TypeVar("T")
 
-ID_LIMIT = 2**32
-"""Ids are 32-bit, as in HyperQueue."""
+ID_LIMIT = MAX_ID + 1
+"""Ids are 32-bit, as in HyperQueue (the id parser refuses larger ones)."""
 
 
 def parse_ids(text: str) -> IdSet:
     """An id set from a request; RequestError for bad text or ids of 2^32 or more."""
     try:
-        ids = parse_id_set(text)
+        return parse_id_set(text)
     except ValueError as e:
         raise RequestError(str(e)) from None
-    check_id_limit(ids, text)
-    return ids
 
 
 def check_id_limit(ids: IdSet, text: str) -> None:
+    """For ids the server computes (an open job's next ids): they must stay 32-bit too."""
     for _start, stop, _step in ids.runs():
         if stop > ID_LIMIT:
             raise RequestError(
@@ -50,7 +49,6 @@ def select(items: dict[int, T], selector: str) -> tuple[list[T], IdSet]:
         return ([items[max(items)]] if items else []), IdSet()
     assert sel.ids is not None
     wanted = sel.ids
-    check_id_limit(wanted, selector)
     if not items:
         return [], wanted
     existing = IdSet.from_ids(items)
