@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -18,7 +19,7 @@ from hqpy.autoalloc.backends.base import (
     StatusQueryError,
     SubmitError,
 )
-from hqpy.autoalloc.backends.common import ScriptBackend, write_script
+from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.backends.htcondor import HtcondorBackend
 from hqpy.autoalloc.backends.lsf import LsfBackend
 from hqpy.autoalloc.backends.pbs import PbsBackend
@@ -28,7 +29,7 @@ from tests.backends.conftest import Emulator
 
 FLAVORS = ["slurm", "pbs", "lsf", "htcondor"]
 
-BACKENDS: dict[str, type[ScriptBackend]] = {
+BACKENDS: dict[str, Callable[..., BatchBackend]] = {
     "slurm": SlurmBackend,
     "pbs": PbsBackend,
     "lsf": LsfBackend,
