@@ -14,6 +14,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,12 @@ import trio
 import trio.lowlevel
 
 from hqpy.common import serverdir
-from hqpy.common.process import OrphanGuard
 from hqpy.common.resources import ResourceDescriptorItem, ResourcePool
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
-from hqpy.worker.launcher import Launcher
+from hqpy.worker.launcher import Launcher, TaskOutcome
+from hqpy.worker.spawner import Spawner
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,14 @@ class _QueuedTask:
 
 
 class WorkerAgent:
-    def __init__(self, options: WorkerOptions, hq_path: str) -> None:
+    def __init__(
+        self, options: WorkerOptions, hq_path: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self.options = options
+        self.clock = clock
         self.work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="hq-worker")) / "work"
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.launcher = Launcher(self.work_dir, hq_path)
+        self.launcher = Launcher(self.work_dir, hq_path, clock=clock)
         self.pool = ResourcePool(list(options.resources))
         self.bodies: dict[int, m.TaskBody] = {}
         self.queue: list[_QueuedTask] = []
@@ -129,14 +133,17 @@ class WorkerAgent:
 
     async def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
-        if not self.options.zero_worker:
-            # Started before registering, so the first task does not wait for it.
-            self.launcher.guard = OrphanGuard()
-        try:
+        if self.options.zero_worker:
             return await self._serve()
-        finally:
-            if self.launcher.guard is not None:
-                self.launcher.guard.close()
+        # Started before registering, so the first task does not wait for it.
+        spawner = self.launcher.spawner = Spawner(self.clock)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spawner.serve)
+            try:
+                return await self._serve()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await spawner.aclose()
 
     async def _serve(self) -> int:
         try:
@@ -182,7 +189,7 @@ class WorkerAgent:
         self.main_scope.cancel()
 
     async def _connect(self) -> FramedStream:
-        deadline = time.monotonic() + 10
+        deadline = trio.current_time() + 10
         while True:
             try:
                 record = serverdir.load_access(self.options.server_dir)
@@ -191,7 +198,7 @@ class WorkerAgent:
                 stream = await trio.open_tcp_stream(record.worker.host, record.worker.port)
                 break
             except (serverdir.AccessError, OSError) as e:
-                if time.monotonic() > deadline:
+                if trio.current_time() > deadline:
                     raise WorkerExit(
                         EXIT_SERVER_LOST, f"Cannot connect to the server: {e}"
                     ) from None
@@ -267,7 +274,7 @@ class WorkerAgent:
             head = self.queue[0]
             if self.options.zero_worker:
                 heapq.heappop(self.queue)
-                now = time.time()
+                now = self.clock()
                 self._report(head, m.TASK_FINISHED, now, now, None)
                 continue
             allocation = self.pool.try_allocate(head.body.request)
@@ -286,6 +293,7 @@ class WorkerAgent:
             started.append(t)
             self._report(item, m.TASK_RUNNING, t, None, None)
 
+        outcome = TaskOutcome(False, "the task was not run")
         try:
             with scope:
                 outcome = await self.launcher.run(
@@ -295,15 +303,17 @@ class WorkerAgent:
                     item.entry,
                     allocation,
                     on_started,
-                    scope,
                 )
+        except Exception as e:  # a task's failure, whatever it is, never ends the worker
+            log.exception("Task %d@%d failed in the worker", item.task_id, item.job_id)
+            outcome = TaskOutcome(False, f"The worker could not run the task: {e!r}")
         finally:
             self.pool.release(allocation)
             self.running.pop((item.job_id, item.task_id), None)
             if not self.running:
                 self.all_done.set()
         start = started[0] if started else None
-        now = time.time()
+        now = self.clock()
         if scope.cancel_called:
             self._report(item, m.TASK_CANCELED, start, now, None)
         elif outcome.ok:
@@ -338,8 +348,6 @@ class WorkerAgent:
             await self.updates_ready.wait()
             self.updates_ready = trio.Event()
             await trio.lowlevel.checkpoint()
-            if self.launcher.guard is not None:
-                self.launcher.guard.flush()
             updates, self.updates = self.updates, []
             self.unsent_running.clear()
             try:

@@ -1,24 +1,22 @@
-"""Running one task as a process: its environment, output files, time limit and error text."""
+"""Running one task as a process: its environment, output files, time limit and error text.
+
+The process itself is started and reaped by the worker's spawner process (`spawner`), so the
+worker's event loop does no fork, no file-system work and no blocking wait per task.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import trio
-
-from hqpy.common.process import OrphanGuard, TaskProcess, devnull, resolve_program
+from hqpy.common.process import resolve_program
 from hqpy.common.resources import Allocation
 from hqpy.protocol.messages import TaskBody
-
-ERROR_FILE_LIMIT = 2048
+from hqpy.worker.spawner import Spawner, SpawnResult
 
 
 class TaskOutcome:
@@ -31,17 +29,25 @@ class TaskOutcome:
 
 
 class Launcher:
-    """Starts task processes for one worker; caches what is shared by the tasks of a group."""
+    """Prepares task processes for one worker; caches what is shared by the tasks of a group."""
 
-    def __init__(self, work_dir: Path, hq_path: str, guard: OrphanGuard | None = None) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        hq_path: str,
+        spawner: Spawner | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.work_dir = work_dir
         self.hq_path = hq_path
-        self.guard = guard
+        self.spawner = spawner
+        self.clock = clock
+        self._work_prefix = str(work_dir)
         self._base_env: dict[int, dict[str, str]] = {}
-        self._argv: dict[int, list[str]] = {}
-        self._made_dirs: set[str] = set()
+        self._program: dict[int, tuple[str, list[str]]] = {}
 
     def base_env(self, body: TaskBody) -> dict[str, str]:
+        """The environment every task of the body's group starts from."""
         env = self._base_env.get(body.group_id)
         if env is None:
             env = dict(os.environ)
@@ -52,26 +58,17 @@ class Launcher:
             self._base_env[body.group_id] = env
         return env
 
-    def argv(self, body: TaskBody) -> list[str]:
-        """The task's argv with the program resolved once per group, not once per task."""
-        argv = self._argv.get(body.group_id)
-        if argv is None:
+    def program(self, body: TaskBody) -> tuple[str, list[str]]:
+        """The file to execute and the argv, once per group. The PATH lookup only chooses the
+        file: argv[0] stays what the user typed (`ls`, so its errors start `ls: `)."""
+        program = self._program.get(body.group_id)
+        if program is None:
+            if not body.args:
+                raise ValueError("the task has no program to run")
             path = self.base_env(body).get("PATH")
-            argv = [resolve_program(body.args[0], path), *body.args[1:]]
-            self._argv[body.group_id] = argv
-        return argv
-
-    def _ensure_parent(self, path: str) -> None:
-        parent = os.path.dirname(path)
-        if parent and parent not in self._made_dirs:
-            os.makedirs(parent, exist_ok=True)
-            self._made_dirs.add(parent)
-
-    def _open_output(self, path: str | None) -> int:
-        if path is None:
-            return -1
-        self._ensure_parent(path)
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            program = (resolve_program(body.args[0], path), list(body.args))
+            self._program[body.group_id] = program
+        return program
 
     async def run(
         self,
@@ -80,163 +77,121 @@ class Launcher:
         instance_id: int,
         entry: str | None,
         allocation: Allocation | None,
-        on_started: Any,
-        cancel_scope: trio.CancelScope,
+        on_started: Callable[[float], None],
     ) -> TaskOutcome:
-        """Run the task to its end; `on_started(time)` is called once the process exists."""
-        cwd, stdout_path, stderr_path = body.resolve_paths(task_id, instance_id)
-        env = dict(self.base_env(body))
-        env["HQ_TASK_ID"] = str(task_id)
-        env["HQ_INSTANCE_ID"] = str(instance_id)
+        """Run the task to its end. Any error in starting it is the task's failure, never the
+        worker's: `on_started(time)` is called once the process exists. Cancelled (the caller's
+        scope), it kills the task's process group and re-raises."""
+        assert self.spawner is not None, "the launcher needs a spawner to run tasks"
+        cwd = body.cwd
+        try:
+            cwd, stdout, stderr = body.resolve_paths(task_id, instance_id)
+            executable, argv = self.program(body)
+        except Exception as e:  # bad input from the submit is the task's failure
+            return TaskOutcome(False, spawn_error(body.args, cwd, None, str(e)))
+        extra = {"HQ_TASK_ID": str(task_id), "HQ_INSTANCE_ID": str(instance_id)}
         if entry is not None:
-            env["HQ_ENTRY"] = entry
+            extra["HQ_ENTRY"] = entry
         if allocation is not None:
             for name, indices in allocation.indices.items():
                 if not indices:
                     continue
                 joined = ",".join(indices)
                 if name == "cpus":
-                    env["HQ_CPUS"] = joined
+                    extra["HQ_CPUS"] = joined
                 else:
-                    env["HQ_RESOURCE_VALUES_" + _env_name(name)] = joined
-        task_dir: str | None = None
+                    extra["HQ_RESOURCE_VALUES_" + _env_name(name)] = joined
         if body.task_dir:
-            task_dir = tempfile.mkdtemp(prefix=f"t{body.job_id}-{task_id}-", dir=self.work_dir)
-            env["HQ_TASK_DIR"] = task_dir
-            error_file = os.path.join(task_dir, "hq-error")
+            error_file = None
+            task_dir_prefix = f"{self._work_prefix}/t{body.job_id}-{task_id}-{instance_id}-"
         else:
-            error_file = str(self.work_dir / f"hq-error-{body.job_id}-{task_id}-{instance_id}")
-        env["HQ_ERROR_FILENAME"] = error_file
-        stdout = stderr = -1
-        try:
-            stdout = self._open_output(stdout_path)
-            stderr = self._open_output(stderr_path)
-            return await self._spawn(
-                body,
-                cwd,
-                env,
-                devnull() if stdout < 0 else stdout,
-                devnull() if stderr < 0 else stderr,
-                error_file,
-                on_started,
-                cancel_scope,
-            )
-        except OSError as e:
-            return TaskOutcome(False, f"Cannot create the task's output files: {e}")
-        finally:
-            for fd in (stdout, stderr):
-                if fd >= 0:
-                    os.close(fd)
-            if task_dir is not None:
-                shutil.rmtree(task_dir, ignore_errors=True)
-
-    async def _spawn(
-        self,
-        body: TaskBody,
-        cwd: str,
-        env: Mapping[str, str],
-        stdout: int,
-        stderr: int,
-        error_file: str,
-        on_started: Any,
-        cancel_scope: trio.CancelScope,
-    ) -> TaskOutcome:
-        stdin = devnull()
-        stdin_file = None
-        if body.stdin is not None:
-            stdin_file = tempfile.TemporaryFile(dir=self.work_dir)
-            stdin_file.write(body.stdin.encode())
-            stdin_file.seek(0)
-            stdin = stdin_file.fileno()
-        try:
-            proc = TaskProcess.start(
-                self.argv(body), cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr
-            )
-        except OSError as e:
-            return TaskOutcome(False, spawn_error(body.args, cwd, e))
-        finally:
-            if stdin_file is not None:
-                stdin_file.close()
-        on_started(time.time())
-        if self.guard is not None:
-            self.guard.add(proc.pid)
-        timed_out = False
-        try:
-            if body.time_limit is not None:
-                with trio.move_on_after(body.time_limit) as limit:
-                    code = await proc.wait()
-                if limit.cancelled_caught:
-                    timed_out = True
-                    proc.kill()
-                    code = await proc.wait()
-            else:
-                code = await proc.wait()
-        finally:
-            if proc.popen.returncode is None:
-                proc.kill()
-                with trio.CancelScope(shield=True):
-                    await proc.wait()
-            if self.guard is not None:
-                self.guard.remove(proc.pid)
-        if cancel_scope.cancel_called:
-            return TaskOutcome(False, canceled=True)
+            error_file = f"{self._work_prefix}/hq-error-{body.job_id}-{task_id}-{instance_id}"
+            task_dir_prefix = None
+        data: str | bytes | None = body.stdin
+        stdin = data.encode(errors="surrogateescape") if isinstance(data, str) else data
+        clock = self.clock
+        result, timed_out = await self.spawner.run(
+            executable=executable,
+            argv=argv,
+            group_id=body.group_id,
+            group_env=lambda: self.base_env(body),
+            extra_env=extra,
+            cwd=cwd,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=stdin,
+            error_file=error_file,
+            task_dir_prefix=task_dir_prefix,
+            time_limit=body.time_limit,
+            on_started=lambda: on_started(clock()),
+        )
+        if result.stage is not None:
+            return TaskOutcome(False, start_error(body.args, cwd, result))
         if timed_out:
             return TaskOutcome(False, "Time limit reached")
+        code = result.code
         if code == 0:
             return TaskOutcome(True)
-        error = read_error_file(error_file)
-        if error is None:
-            if code < 0:
-                sig = -code
-                try:
-                    name = signal.Signals(sig).name
-                except ValueError:
-                    name = f"signal {sig}"
-                error = f"Program terminated with exit code -1. Received signal {sig} ({name})."
-            else:
-                error = f"Program terminated with exit code {code}."
-        return TaskOutcome(False, error)
+        if result.error is not None:
+            return TaskOutcome(False, result.error)
+        assert code is not None
+        if code < 0:
+            sig = -code
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            return TaskOutcome(
+                False, f"Program terminated with exit code -1. Received signal {sig} ({name})."
+            )
+        return TaskOutcome(False, f"Program terminated with exit code {code}.")
 
 
 def _env_name(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+def start_error(args: tuple[str, ...], cwd: str, result: SpawnResult) -> str:
+    """The task's error text for a process that could not be started."""
+    text = result.error or ""
+    if result.stage == "output":
+        return f"Cannot create the task's output files: {text}"
+    if result.stage == "cwd":
+        reason = _os_error(result.errno, text)
+        return f'Cannot execute "{_command(args)}": the working directory `{cwd}`: {reason}'
+    if result.stage == "exec":
+        return spawn_error(args, cwd, result.errno, text)
+    return spawn_error(args, cwd, None, text)
 
 
-def read_error_file(path: str) -> str | None:
-    """The error a task wrote to `HQ_ERROR_FILENAME`, or None when it wrote none."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(ERROR_FILE_LIMIT + 1)
-    except FileNotFoundError:
-        return None
-    _remove_quietly(path)
-    if not data:
-        return "Task created an error file, but it is empty"
-    text = data[:ERROR_FILE_LIMIT].decode(errors="replace")
-    if len(data) > ERROR_FILE_LIMIT:
-        text += "\n[The message was truncated]"
-    return text
+def _command(args: tuple[str, ...]) -> str:
+    return " ".join(args).encode(errors="backslashreplace").decode()
 
 
-def spawn_error(args: tuple[str, ...], cwd: str, e: OSError) -> str:
+def _os_error(code: int | None, text: str) -> str:
+    if code is None:
+        return text
+    return f"{os.strerror(code)} (os error {code})"
+
+
+def spawn_error(args: tuple[str, ...], cwd: str, code: int | None, text: str = "") -> str:
     """HyperQueue's text for a program that could not be started."""
-    program = args[0] if args else ""
-    text = f'Cannot execute "{" ".join(args)}": {os.strerror(e.errno or 0)} (os error {e.errno})'
-    if e.errno == errno.ENOENT:
-        text += f"\nThe program that you have tried to execute (`{program}`) was not found."
-        candidate = Path(cwd) / program
-        if "/" not in program and candidate.exists():
-            text += f"\nThe file `{candidate}` exists, maybe you have meant `./{program}` instead?"
-    elif e.errno == errno.EACCES:
-        text += (
+    program = _command(args[:1])
+    out = f'Cannot execute "{_command(args)}": {_os_error(code, text)}'
+    if code == errno.ENOENT:
+        out += f"\nThe program that you have tried to execute (`{program}`) was not found."
+        try:
+            exists = "/" not in program and (Path(cwd) / program).exists()
+        except (OSError, ValueError):
+            exists = False
+        if exists:
+            out += (
+                f"\nThe file `{Path(cwd) / program}` exists,"
+                f" maybe you have meant `./{program}` instead?"
+            )
+    elif code == errno.EACCES:
+        out += (
             f"\nThe script that you have tried to execute (`{program}`) is not executable."
             "\nTry making it executable or add a shebang line to it."
         )
-    return text
+    return out
