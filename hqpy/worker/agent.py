@@ -23,12 +23,12 @@ import trio
 import trio.lowlevel
 
 from hqpy.common import serverdir
+from hqpy.common.process import OrphanGuard
 from hqpy.common.resources import ResourceDescriptorItem, ResourcePool
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
 from hqpy.worker.launcher import Launcher, TaskOutcome
-from hqpy.worker.spawner import Spawner
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +136,12 @@ class WorkerAgent:
         if self.options.zero_worker:
             return await self._serve()
         # Started before registering, so the first task does not wait for it.
-        spawner = self.launcher.spawner = Spawner(self.clock)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(spawner.serve)
-            try:
-                return await self._serve()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await spawner.aclose()
+        guard = self.launcher.guard = OrphanGuard()
+        try:
+            return await self._serve()
+        finally:
+            with trio.CancelScope(shield=True):
+                await guard.aclose()
 
     async def _serve(self) -> int:
         try:
@@ -348,6 +346,8 @@ class WorkerAgent:
             await self.updates_ready.wait()
             self.updates_ready = trio.Event()
             await trio.lowlevel.checkpoint()
+            if self.launcher.guard is not None:
+                self.launcher.guard.flush()
             updates, self.updates = self.updates, []
             self.unsent_running.clear()
             try:

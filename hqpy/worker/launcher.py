@@ -1,22 +1,34 @@
 """Running one task as a process: its environment, output files, time limit and error text.
 
-The process itself is started and reaped by the worker's spawner process (`spawner`), so the
-worker's event loop does no fork, no file-system work and no blocking wait per task.
+Per task the event loop does only what cannot be shared: one dict copy of the group's prepared
+environment, the output files (when asked for), one `posix_spawn` and one pidfd wait. No
+temporary directory unless `--task-dir` asks for one; that one is removed in a thread.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hqpy.common.process import resolve_program
+import trio
+
+from hqpy.common.process import (
+    ChangeDirError,
+    OrphanGuard,
+    SpawnedProcess,
+    devnull,
+    resolve_program,
+    spawn,
+)
 from hqpy.common.resources import Allocation
 from hqpy.protocol.messages import TaskBody
-from hqpy.worker.spawner import Spawner, SpawnResult
+
+ERROR_FILE_LIMIT = 2048
 
 
 class TaskOutcome:
@@ -28,26 +40,31 @@ class TaskOutcome:
         self.canceled = canceled
 
 
+class TaskStartError(Exception):
+    """A task could not be started; the message is the task's error text."""
+
+
 class Launcher:
-    """Prepares task processes for one worker; caches what is shared by the tasks of a group."""
+    """Starts task processes for one worker; caches what is shared by the tasks of a group."""
 
     def __init__(
         self,
         work_dir: Path,
         hq_path: str,
-        spawner: Spawner | None = None,
+        guard: OrphanGuard | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.work_dir = work_dir
+        self.work_dir = Path(os.path.abspath(work_dir))
         self.hq_path = hq_path
-        self.spawner = spawner
+        self.guard = guard
         self.clock = clock
-        self._work_prefix = str(work_dir)
+        self._work_prefix = str(self.work_dir)
         self._base_env: dict[int, dict[str, str]] = {}
         self._program: dict[int, tuple[str, list[str]]] = {}
+        self._made_dirs: set[str] = set()
 
     def base_env(self, body: TaskBody) -> dict[str, str]:
-        """The environment every task of the body's group starts from."""
+        """The environment every task of the body's group starts from, built once."""
         env = self._base_env.get(body.group_id)
         if env is None:
             env = dict(os.environ)
@@ -70,6 +87,94 @@ class Launcher:
             self._program[body.group_id] = program
         return program
 
+    def _open_output(self, path: str | None, fds: list[int]) -> int:
+        if path is None:
+            return devnull()
+        parent = os.path.dirname(path)
+        if parent and parent not in self._made_dirs:
+            os.makedirs(parent, exist_ok=True)
+            self._made_dirs.add(parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fds.append(fd)
+        return fd
+
+    def _start(
+        self,
+        body: TaskBody,
+        task_id: int,
+        instance_id: int,
+        entry: str | None,
+        allocation: Allocation | None,
+        env: dict[str, str],
+    ) -> tuple[SpawnedProcess, str]:
+        """Start the process; returns it and its cwd. Any error is a `TaskStartError` with the
+        task's error text: whatever a submit holds, it fails that task only."""
+        cwd = body.cwd
+        try:
+            cwd, stdout_path, stderr_path = body.resolve_paths(task_id, instance_id)
+            executable, argv = self.program(body)
+            env.update(self.base_env(body))
+            env["HQ_TASK_ID"] = str(task_id)
+            env["HQ_INSTANCE_ID"] = str(instance_id)
+            if entry is not None:
+                env["HQ_ENTRY"] = entry
+            if allocation is not None:
+                for name, indices in allocation.indices.items():
+                    if not indices:
+                        continue
+                    joined = ",".join(indices)
+                    if name == "cpus":
+                        env["HQ_CPUS"] = joined
+                    else:
+                        env["HQ_RESOURCE_VALUES_" + _env_name(name)] = joined
+        except Exception as e:
+            raise TaskStartError(spawn_error(body.args, cwd, None, str(e))) from None
+        fds: list[int] = []
+        try:
+            try:
+                stdout = self._open_output(stdout_path, fds)
+                stderr = self._open_output(stderr_path, fds)
+            except (OSError, ValueError) as e:
+                raise TaskStartError(f"Cannot create the task's output files: {e}") from None
+            stdin = devnull()
+            data: str | bytes | None = body.stdin
+            if data is not None:
+                if isinstance(data, str):
+                    data = data.encode(errors="surrogateescape")
+                # In memory: no file to create and remove, nothing to wait for on a disk.
+                stdin = os.memfd_create("hq-stdin")
+                fds.append(stdin)
+                _write_all(stdin, data)
+                os.lseek(stdin, 0, os.SEEK_SET)
+            try:
+                proc = spawn(
+                    executable,
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                )
+            except ChangeDirError as e:
+                reason = _os_error(e.errno, e.strerror or str(e))
+                raise TaskStartError(
+                    f'Cannot execute "{_command(body.args)}":'
+                    f" cannot enter the working directory `{_printable(cwd)}`: {reason}"
+                ) from None
+            except OSError as e:
+                raise TaskStartError(spawn_error(body.args, cwd, e.errno, str(e))) from None
+            except Exception as e:
+                raise TaskStartError(spawn_error(body.args, cwd, None, str(e))) from None
+        except TaskStartError:
+            raise
+        except Exception as e:  # anything else about this task is still its own failure
+            raise TaskStartError(spawn_error(body.args, cwd, None, repr(e))) from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return proc, cwd
+
     async def run(
         self,
         body: TaskBody,
@@ -79,62 +184,67 @@ class Launcher:
         allocation: Allocation | None,
         on_started: Callable[[float], None],
     ) -> TaskOutcome:
-        """Run the task to its end. Any error in starting it is the task's failure, never the
-        worker's: `on_started(time)` is called once the process exists. Cancelled (the caller's
-        scope), it kills the task's process group and re-raises."""
-        assert self.spawner is not None, "the launcher needs a spawner to run tasks"
-        cwd = body.cwd
-        try:
-            cwd, stdout, stderr = body.resolve_paths(task_id, instance_id)
-            executable, argv = self.program(body)
-        except Exception as e:  # bad input from the submit is the task's failure
-            return TaskOutcome(False, spawn_error(body.args, cwd, None, str(e)))
-        extra = {"HQ_TASK_ID": str(task_id), "HQ_INSTANCE_ID": str(instance_id)}
-        if entry is not None:
-            extra["HQ_ENTRY"] = entry
-        if allocation is not None:
-            for name, indices in allocation.indices.items():
-                if not indices:
-                    continue
-                joined = ",".join(indices)
-                if name == "cpus":
-                    extra["HQ_CPUS"] = joined
-                else:
-                    extra["HQ_RESOURCE_VALUES_" + _env_name(name)] = joined
+        """Run the task to its end; `on_started(time)` is called once the process exists. Any
+        error in starting it is the task's failure, never the worker's. Cancelled (by the
+        caller's scope), it kills the task's process group and re-raises."""
+        env: dict[str, str] = {}
+        task_dir: str | None = None
         if body.task_dir:
-            error_file = None
-            task_dir_prefix = f"{self._work_prefix}/t{body.job_id}-{task_id}-{instance_id}-"
+            task_dir = f"{self._work_prefix}/t{body.job_id}-{task_id}-{instance_id}"
+            try:
+                os.mkdir(task_dir, 0o700)  # one syscall; the removal is the slow part
+            except FileExistsError:
+                await _remove_tree(task_dir)
+                os.mkdir(task_dir, 0o700)
+            except OSError as e:
+                return TaskOutcome(False, f"Cannot create the task directory: {e}")
+            env["HQ_TASK_DIR"] = task_dir
+            error_file = task_dir + "/hq-error"
         else:
             error_file = f"{self._work_prefix}/hq-error-{body.job_id}-{task_id}-{instance_id}"
-            task_dir_prefix = None
-        data: str | bytes | None = body.stdin
-        stdin = data.encode(errors="surrogateescape") if isinstance(data, str) else data
-        clock = self.clock
-        result, timed_out = await self.spawner.run(
-            executable=executable,
-            argv=argv,
-            group_id=body.group_id,
-            group_env=lambda: self.base_env(body),
-            extra_env=extra,
-            cwd=cwd,
-            stdout=stdout,
-            stderr=stderr,
-            stdin=stdin,
-            error_file=error_file,
-            task_dir_prefix=task_dir_prefix,
-            time_limit=body.time_limit,
-            on_started=lambda: on_started(clock()),
-        )
-        if result.stage is not None:
-            return TaskOutcome(False, start_error(body.args, cwd, result))
+        env["HQ_ERROR_FILENAME"] = error_file
+        try:
+            try:
+                proc, _ = self._start(body, task_id, instance_id, entry, allocation, env)
+            except TaskStartError as e:
+                return TaskOutcome(False, str(e))
+            on_started(self.clock())
+            return await self._wait(proc, body.time_limit, error_file)
+        finally:
+            if task_dir is not None:
+                with trio.CancelScope(shield=True):
+                    await _remove_tree(task_dir)
+
+    async def _wait(
+        self, proc: SpawnedProcess, time_limit: float | None, error_file: str
+    ) -> TaskOutcome:
+        if self.guard is not None:
+            self.guard.add(proc.pid)
+        timed_out = False
+        try:
+            if time_limit is not None:
+                with trio.move_on_after(time_limit) as limit:
+                    code = await proc.wait()
+                if limit.cancelled_caught:
+                    timed_out = True
+                    proc.kill()
+                    code = await proc.wait()
+            else:
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+            if self.guard is not None:
+                self.guard.remove(proc.pid)
         if timed_out:
             return TaskOutcome(False, "Time limit reached")
-        code = result.code
         if code == 0:
             return TaskOutcome(True)
-        if result.error is not None:
-            return TaskOutcome(False, result.error)
-        assert code is not None
+        error = read_error_file(error_file)
+        if error is not None:
+            return TaskOutcome(False, error)
         if code < 0:
             sig = -code
             try:
@@ -147,25 +257,51 @@ class Launcher:
         return TaskOutcome(False, f"Program terminated with exit code {code}.")
 
 
+async def _remove_tree(path: str) -> None:
+    """Remove a task directory in a thread: it may hold many files."""
+    await trio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _env_name(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
-def start_error(args: tuple[str, ...], cwd: str, result: SpawnResult) -> str:
-    """The task's error text for a process that could not be started."""
-    text = result.error or ""
-    if result.stage == "output":
-        return f"Cannot create the task's output files: {text}"
-    if result.stage == "cwd":
-        reason = _os_error(result.errno, text)
-        return f'Cannot execute "{_command(args)}": the working directory `{cwd}`: {reason}'
-    if result.stage == "exec":
-        return spawn_error(args, cwd, result.errno, text)
-    return spawn_error(args, cwd, None, text)
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def read_error_file(path: str) -> str | None:
+    """The error a task wrote to `HQ_ERROR_FILENAME`, or None when it wrote none."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(ERROR_FILE_LIMIT + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    _remove_quietly(path)
+    if not data:
+        return "Task created an error file, but it is empty"
+    text = data[:ERROR_FILE_LIMIT].decode(errors="replace")
+    if len(data) > ERROR_FILE_LIMIT:
+        text += "\n[The message was truncated]"
+    return text
+
+
+def _printable(text: str) -> str:
+    """`text` as it can be shown: NUL and text that cannot be encoded escaped."""
+    return text.replace("\0", "\\0").encode(errors="backslashreplace").decode()
 
 
 def _command(args: tuple[str, ...]) -> str:
-    return " ".join(args).encode(errors="backslashreplace").decode()
+    return _printable(" ".join(args))
 
 
 def _os_error(code: int | None, text: str) -> str:
@@ -186,7 +322,7 @@ def spawn_error(args: tuple[str, ...], cwd: str, code: int | None, text: str = "
             exists = False
         if exists:
             out += (
-                f"\nThe file `{Path(cwd) / program}` exists,"
+                f"\nThe file `{_printable(str(Path(cwd) / program))}` exists,"
                 f" maybe you have meant `./{program}` instead?"
             )
     elif code == errno.EACCES:
