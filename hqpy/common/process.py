@@ -80,8 +80,13 @@ class SpawnedProcess:
                 trio.lowlevel.notify_closing(self._pidfd)
                 os.close(self._pidfd)
                 self._pidfd = None
-        while (code := _reap(self.pid)) is None:
-            await trio.sleep(0.01)  # only without a pidfd: a readable one means it has ended
+        code = _reap(self.pid)
+        if code is None:  # no pidfd: wait in a thread, without reaping (it may be abandoned)
+            await trio.to_thread.run_sync(
+                os.waitid, os.P_PID, self.pid, os.WEXITED | os.WNOWAIT, abandon_on_cancel=True
+            )
+            code = _reap(self.pid)
+            assert code is not None
         self.returncode = code
         return code
 
