@@ -23,7 +23,7 @@ import trio
 import trio.lowlevel
 
 from hqpy.common import serverdir
-from hqpy.common.process import OrphanGuard
+from hqpy.common.process import OrphanGuard, process_age
 from hqpy.common.resources import ResourceDescriptorItem, ResourcePool
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
@@ -161,6 +161,9 @@ class WorkerAgent:
             return EXIT_SERVER_LOST
         self.worker_id = reply.worker_id
         log.info("Worker %d registered with server %s", reply.worker_id, reply.server_uid)
+        age = process_age()
+        if age is not None:
+            log.debug("Registered %.0f ms after the worker process started", age * 1000)
         try:
             with self.main_scope:
                 async with trio.open_nursery() as nursery:
