@@ -107,9 +107,6 @@ def _reap(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status) if reaped else None
 
 
-_current_dir: str | None = None
-
-
 def spawn(
     executable: str,
     argv: list[str],
@@ -123,18 +120,17 @@ def spawn(
     """Start a task process in a new session with `os.posix_spawn`.
 
     `posix_spawn` cannot change the child's directory, so this process moves to `cwd` first and
-    stays there (the tasks of a group share it, so that is one `chdir` per group, not per task);
-    the worker uses only absolute paths. Raises `ChangeDirError` for a bad `cwd`, OSError for a
-    program that cannot be executed, ValueError (NUL, `=` in a name, text that cannot be
-    encoded) for bad arguments or environment.
+    stays there (the worker uses only absolute paths). It moves for every task, even to the same
+    path: one cheap syscall, and a directory removed and made again is the new one.
+
+    Raises `ChangeDirError` for a bad `cwd`, OSError for a program that cannot be executed,
+    ValueError (NUL, `=` in a name, text that cannot be encoded) for bad arguments or
+    environment.
     """
-    global _current_dir
-    if cwd != _current_dir:
-        try:
-            os.chdir(cwd)
-        except (OSError, ValueError) as e:
-            raise ChangeDirError(getattr(e, "errno", None), str(e)) from e
-        _current_dir = cwd
+    try:
+        os.chdir(cwd)
+    except (OSError, ValueError) as e:
+        raise ChangeDirError(getattr(e, "errno", None), str(e)) from e
     pid = os.posix_spawn(
         executable,
         argv,

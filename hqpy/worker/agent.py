@@ -90,9 +90,11 @@ class WorkerAgent:
     def __init__(
         self, options: WorkerOptions, hq_path: str, clock: Callable[[], float] = time.time
     ) -> None:
-        self.options = options
+        # Absolute paths: the worker moves to each task's directory to start it.
+        self.options = options = attrs.evolve(options, server_dir=options.server_dir.absolute())
         self.clock = clock
-        self.work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="hq-worker")) / "work"
+        work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="hq-worker")) / "work"
+        self.work_dir = work_dir.absolute()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.launcher = Launcher(self.work_dir, hq_path, clock=clock)
         self.pool = ResourcePool(list(options.resources))

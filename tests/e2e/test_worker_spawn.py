@@ -7,20 +7,24 @@ so its messages bypass every check of the CLI and the server: the worker must su
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import trio
+import trio.lowlevel
 
 from hqpy import __version__
 from hqpy.common import serverdir
+from hqpy.common.process import OrphanGuard, devnull, spawn
 from hqpy.common.resources import ResourceAmountRequest, ResourceRequest
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
@@ -232,3 +236,47 @@ def test_cancel_kills_the_whole_group(hq_env: HqEnv) -> None:
     assert worker.is_running()
     hq_env.command("submit", "--wait", "--", "true")
     assert hq_env.task_states(2) == {0: "finished"}
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` (under the caller's timeout)."""
+    for _ in itertools.count():
+        if condition():
+            return
+        await trio.sleep(0.02)
+
+
+async def test_orphan_guard_kills_listed_groups_on_close(tmp_path: Path) -> None:
+    """Closing the guard (as a worker does when it ends) kills the groups still listed, and
+    waits for the guard without blocking the event loop."""
+    proc = spawn(
+        "/bin/sh",
+        ["sh", "-c", "sleep 100 & echo $! > child.pid; wait"],
+        cwd=str(tmp_path),
+        env=dict(os.environ),
+        stdin=devnull(),
+        stdout=devnull(),
+        stderr=devnull(),
+    )
+    guard = OrphanGuard()
+    guard.add(proc.pid)
+    guard.flush()
+    pid_file = tmp_path / "child.pid"
+    with trio.fail_after(20):
+        await _until(lambda: pid_file.exists() and bool(pid_file.read_text().strip()))
+        child = int(pid_file.read_text())
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await trio.lowlevel.checkpoint()
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            await guard.aclose()
+            nursery.cancel_scope.cancel()
+        assert await proc.wait() == -9
+        await _until(lambda: not process_alive(child))
+    assert ticks > 0  # the loop ran while the guard was closing
