@@ -101,6 +101,23 @@ class SpawnedProcess:
                 pass
 
 
+def keep_descriptors_private() -> None:
+    """Mark every descriptor above stderr close-on-exec. `posix_spawn` does not close what it
+    was not asked to (unlike `Popen(close_fds=True)`), and a descriptor this process inherited
+    (a pipe of whoever started it) must not leak into every task."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the descriptor of the listing itself, already closed
+
+
 def _reap(pid: int) -> int | None:
     """The exit code of an ended child (reaping it), or None while it runs; never blocks."""
     reaped, status = os.waitpid(pid, os.WNOHANG)

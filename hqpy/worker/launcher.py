@@ -22,6 +22,7 @@ from hqpy.common.process import (
     OrphanGuard,
     SpawnedProcess,
     devnull,
+    keep_descriptors_private,
     resolve_program,
     spawn,
 )
@@ -62,6 +63,7 @@ class Launcher:
         self._base_env: dict[int, dict[str, str]] = {}
         self._program: dict[int, tuple[str, list[str]]] = {}
         self._made_dirs: set[str] = set()
+        keep_descriptors_private()
 
     def base_env(self, body: TaskBody) -> dict[str, str]:
         """The environment every task of the body's group starts from, built once."""

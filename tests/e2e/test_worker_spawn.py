@@ -280,3 +280,32 @@ async def test_orphan_guard_kills_listed_groups_on_close(tmp_path: Path) -> None
         assert await proc.wait() == -9
         await _until(lambda: not process_alive(child))
     assert ticks > 0  # the loop ran while the guard was closing
+
+
+def test_inherited_descriptors_do_not_leak_into_tasks(hq_env: HqEnv) -> None:
+    """`posix_spawn` closes nothing by itself: a pipe the worker inherited stays out of tasks."""
+    hq_env.start_server()
+    read, write = os.pipe()
+    fd = 37
+    os.dup2(write, fd)
+    try:
+        worker = subprocess.Popen(
+            hq_env.hq_argv("worker", "start", "--cpus", "1"),
+            cwd=hq_env.work_dir,
+            env=hq_env.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(fd,),
+            start_new_session=True,
+        )
+    finally:
+        for each in (read, write, fd):
+            os.close(each)
+    try:
+        script = f"if [ -e /proc/self/fd/{fd} ]; then echo leaked; else echo private; fi"
+        hq_env.command("submit", "--wait", "--", "bash", "-c", script)
+        assert hq_env.path("job-1", "0.stdout").read_text() == "private\n"
+    finally:
+        worker.kill()
+        worker.wait()
