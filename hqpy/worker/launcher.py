@@ -107,15 +107,17 @@ class Launcher:
         instance_id: int,
         entry: str | None,
         allocation: Allocation | None,
-        env: dict[str, str],
-    ) -> tuple[SpawnedProcess, str]:
-        """Start the process; returns it and its cwd. Any error is a `TaskStartError` with the
-        task's error text: whatever a submit holds, it fails that task only."""
+        files: dict[str, str],
+    ) -> SpawnedProcess:
+        """Start the process (`files`: the task's `HQ_ERROR_FILENAME` and `HQ_TASK_DIR`). Any
+        error is a `TaskStartError` with the task's error text: whatever a submit holds, it
+        fails that task only."""
         cwd = body.cwd
         try:
             cwd, stdout_path, stderr_path = body.resolve_paths(task_id, instance_id)
             executable, argv = self.program(body)
-            env.update(self.base_env(body))
+            env = dict(self.base_env(body))
+            env.update(files)
             env["HQ_TASK_ID"] = str(task_id)
             env["HQ_INSTANCE_ID"] = str(instance_id)
             if entry is not None:
@@ -175,7 +177,7 @@ class Launcher:
         finally:
             for fd in fds:
                 os.close(fd)
-        return proc, cwd
+        return proc
 
     async def run(
         self,
@@ -189,7 +191,7 @@ class Launcher:
         """Run the task to its end; `on_started(time)` is called once the process exists. Any
         error in starting it is the task's failure, never the worker's. Cancelled (by the
         caller's scope), it kills the task's process group and re-raises."""
-        env: dict[str, str] = {}
+        files: dict[str, str] = {}
         task_dir: str | None = None
         if body.task_dir:
             task_dir = f"{self._work_prefix}/t{body.job_id}-{task_id}-{instance_id}"
@@ -200,14 +202,14 @@ class Launcher:
                 os.mkdir(task_dir, 0o700)
             except OSError as e:
                 return TaskOutcome(False, f"Cannot create the task directory: {e}")
-            env["HQ_TASK_DIR"] = task_dir
+            files["HQ_TASK_DIR"] = task_dir
             error_file = task_dir + "/hq-error"
         else:
             error_file = f"{self._work_prefix}/hq-error-{body.job_id}-{task_id}-{instance_id}"
-        env["HQ_ERROR_FILENAME"] = error_file
+        files["HQ_ERROR_FILENAME"] = error_file
         try:
             try:
-                proc, _ = self._start(body, task_id, instance_id, entry, allocation, env)
+                proc = self._start(body, task_id, instance_id, entry, allocation, files)
             except TaskStartError as e:
                 return TaskOutcome(False, str(e))
             on_started(self.clock())

@@ -309,3 +309,19 @@ def test_inherited_descriptors_do_not_leak_into_tasks(hq_env: HqEnv) -> None:
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_task_variables_win_over_the_worker_environment(hq_env: HqEnv) -> None:
+    """A worker started inside another task (with its HQ_* variables) gives its own tasks
+    their own values."""
+    hq_env.start_server()
+    env = dict(hq_env.env)
+    env.update(HQ_TASK_ID="99", HQ_ERROR_FILENAME="/nonexistent/e", HQ_TASK_DIR="/nonexistent")
+    hq_env.start_worker(env=env)
+    script = 'echo "$HQ_TASK_ID $HQ_TASK_DIR"; echo "own error" > "$HQ_ERROR_FILENAME"; exit 1'
+    hq_env.command("submit", "--wait", "--task-dir", "--", "bash", "-c", script)
+    task_id, task_dir = hq_env.path("job-1", "0.stdout").read_text().split()
+    assert task_id == "0"
+    assert task_dir != "/nonexistent"
+    [task] = parse_table(hq_env.command("task", "list", "1", "-v")).records()
+    assert task["Error"] == "own error"
