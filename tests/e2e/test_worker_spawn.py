@@ -25,11 +25,17 @@ import trio.lowlevel
 from hqpy import __version__
 from hqpy.common import serverdir
 from hqpy.common.process import OrphanGuard, devnull, spawn
-from hqpy.common.resources import ResourceAmountRequest, ResourceRequest
+from hqpy.common.resources import (
+    ResourceAmountRequest,
+    ResourceDescriptorItem,
+    ResourceKind,
+    ResourceRequest,
+)
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import new_secret, server_handshake
 from hqpy.protocol.framing import FramedStream
+from hqpy.worker.agent import WorkerAgent, WorkerOptions
 from tests.e2e.harness import HqEnv, parse_table, process_alive, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -325,3 +331,25 @@ def test_task_variables_win_over_the_worker_environment(hq_env: HqEnv) -> None:
     assert task_dir != "/nonexistent"
     [task] = parse_table(hq_env.command("task", "list", "1", "-v")).records()
     assert task["Error"] == "own error"
+
+
+async def test_worker_times_come_from_its_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Task start and end times are read through the worker's injected clock (here a fixed
+    one), with real task processes."""
+    monkeypatch.chdir(tmp_path)  # the worker moves to each task's directory
+    server = FakeServer(tmp_path)
+    options = WorkerOptions(
+        server_dir=server.server_dir,
+        resources=(ResourceDescriptorItem("cpus", ResourceKind.RANGE, start=0, end=1),),
+        work_dir=tmp_path / "work",
+    )
+    agent = WorkerAgent(options, "hq", clock=lambda: 1234.5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.run)
+        ok = _body(1, tmp_path)
+        failing = _body(2, tmp_path, args=("false",))
+        final = await server.run_tasks([ok, failing])
+    assert final[1][3:] == [m.TASK_FINISHED, 1234.5, 1234.5, None]
+    assert final[2][3:] == [m.TASK_FAILED, 1234.5, 1234.5, "Program terminated with exit code 1."]
