@@ -361,21 +361,39 @@ def hqpy_cluster(workdir: Path, name: str) -> Iterator[HqpyCluster]:
         cluster.stop()
 
 
+FLOOR_BESIDE_TASKS = 2_000
+"""Tasks of the floor measured right before and right after each `hqpy` row."""
+
+
 def bench_hqpy_throughput(
     bench: str, tasks: int, workdir: Path, wait_timeout: float, worker_env: dict[str, str]
 ) -> Result:
+    """`tasks` `true` tasks on one 2-cpu worker. When the worker spawns real processes, a short
+    floor is measured right before and right after the row: on a shared machine the load
+    changes within minutes, and `floor_ratio` (rate / mean of those floors) is the figure that
+    can be compared between runs."""
+    spawns = worker_env.get("HQPY_ZERO_WORKER") != "1"
     with hqpy_cluster(workdir, f"{bench}-{tasks}") as cluster:
         cluster.start_server()
         cluster.start_worker(2, worker_env)
+        floors = [bench_floor(FLOOR_BESIDE_TASKS, wait_timeout).rate] if spawns else []
         start = time.perf_counter()
         cluster.run("submit", "--array", f"1-{tasks}", *NO_OUTPUT, "--", "true")
         submitted = time.perf_counter()
         cluster.run("job", "wait", "last", timeout=wait_timeout)
         end = time.perf_counter()
+        if spawns:
+            floors.append(bench_floor(FLOOR_BESIDE_TASKS, wait_timeout).rate)
         # The server's own clock, from the submission it received to the last task's end:
         # what the scheduler, the protocol and the worker do, without client start-up.
         info = json.loads(cluster.run("--output-mode", "json", "job", "info", "last").stdout)[0]
         makespan = _iso_seconds(info["finished_at"]) - _iso_seconds(info["started_at"])
+        extra: dict[str, Any] = {}
+        if floors and all(f is not None for f in floors):
+            floor_rate = sum(f for f in floors if f is not None) / len(floors)
+            extra = {"floor_rate": floor_rate, "floor_ratio": tasks / (end - start) / floor_rate}
+            if makespan > 0:
+                extra["server_floor_ratio"] = tasks / makespan / floor_rate
         return timed_rate(
             bench,
             tasks,
@@ -384,6 +402,7 @@ def bench_hqpy_throughput(
             wait_seconds=end - submitted,
             server_seconds=makespan,
             server_rate=tasks / makespan if makespan > 0 else None,
+            **extra,
         )
 
 

@@ -14,6 +14,8 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +24,20 @@ import trio
 import trio.lowlevel
 
 from hqpy.common import serverdir
-from hqpy.common.process import OrphanGuard
+from hqpy.common.process import OrphanGuard, process_age
 from hqpy.common.resources import ResourceDescriptorItem, ResourcePool
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
-from hqpy.worker.launcher import Launcher
+from hqpy.worker.launcher import Launcher, TaskOutcome
 
 log = logging.getLogger(__name__)
 
-UPDATE_BATCH_DELAY = 0.002
-"""Seconds a task update may wait for others to share its frame."""
+UPDATE_BATCH_DELAY = 0.005
+"""Seconds between two frames of task updates: what ends meanwhile shares the next frame, and a
+task that starts and ends within it is reported once. An update never waits when none was sent
+in the last 5 ms. Measured (docs/benchmark.md): the server's CPU per `true` task fell from 80-189
+to 23-97 µs and the worker's from 208-419 to 159-327 µs."""
 EXIT_OK = 0
 EXIT_SERVER_LOST = 1
 
@@ -86,11 +91,16 @@ class _QueuedTask:
 
 
 class WorkerAgent:
-    def __init__(self, options: WorkerOptions, hq_path: str) -> None:
-        self.options = options
-        self.work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="hq-worker")) / "work"
+    def __init__(
+        self, options: WorkerOptions, hq_path: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        # Absolute paths: the worker moves to each task's directory to start it.
+        self.options = options = attrs.evolve(options, server_dir=options.server_dir.absolute())
+        self.clock = clock
+        work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="hq-worker")) / "work"
+        self.work_dir = work_dir.absolute()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.launcher = Launcher(self.work_dir, hq_path)
+        self.launcher = Launcher(self.work_dir, hq_path, clock=clock)
         self.pool = ResourcePool(list(options.resources))
         self.bodies: dict[int, m.TaskBody] = {}
         self.queue: list[_QueuedTask] = []
@@ -129,14 +139,15 @@ class WorkerAgent:
 
     async def run(self) -> int:
         """Serve until stopped; returns the process exit code."""
-        if not self.options.zero_worker:
-            # Started before registering, so the first task does not wait for it.
-            self.launcher.guard = OrphanGuard()
+        if self.options.zero_worker:
+            return await self._serve()
+        # Started before registering, so the first task does not wait for it.
+        guard = self.launcher.guard = OrphanGuard()
         try:
             return await self._serve()
         finally:
-            if self.launcher.guard is not None:
-                self.launcher.guard.close()
+            with trio.CancelScope(shield=True):
+                await guard.aclose()
 
     async def _serve(self) -> int:
         try:
@@ -156,6 +167,9 @@ class WorkerAgent:
             return EXIT_SERVER_LOST
         self.worker_id = reply.worker_id
         log.info("Worker %d registered with server %s", reply.worker_id, reply.server_uid)
+        age = process_age()
+        if age is not None:
+            log.debug("Registered %.0f ms after the worker process started", age * 1000)
         try:
             with self.main_scope:
                 async with trio.open_nursery() as nursery:
@@ -168,6 +182,9 @@ class WorkerAgent:
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
+                if self.updates:  # what ended since the last frame
+                    with suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        await framed.send(m.TaskUpdates(self.updates), m.FromWorker)
                 await framed.aclose()
         code, reason = self.exit or (EXIT_SERVER_LOST, "the connection to the server was lost")
         log.info("Worker is stopping: %s", reason)
@@ -182,7 +199,7 @@ class WorkerAgent:
         self.main_scope.cancel()
 
     async def _connect(self) -> FramedStream:
-        deadline = time.monotonic() + 10
+        deadline = trio.current_time() + 10
         while True:
             try:
                 record = serverdir.load_access(self.options.server_dir)
@@ -191,7 +208,7 @@ class WorkerAgent:
                 stream = await trio.open_tcp_stream(record.worker.host, record.worker.port)
                 break
             except (serverdir.AccessError, OSError) as e:
-                if time.monotonic() > deadline:
+                if trio.current_time() > deadline:
                     raise WorkerExit(
                         EXIT_SERVER_LOST, f"Cannot connect to the server: {e}"
                     ) from None
@@ -267,7 +284,7 @@ class WorkerAgent:
             head = self.queue[0]
             if self.options.zero_worker:
                 heapq.heappop(self.queue)
-                now = time.time()
+                now = self.clock()
                 self._report(head, m.TASK_FINISHED, now, now, None)
                 continue
             allocation = self.pool.try_allocate(head.body.request)
@@ -286,6 +303,7 @@ class WorkerAgent:
             started.append(t)
             self._report(item, m.TASK_RUNNING, t, None, None)
 
+        outcome = TaskOutcome(False, "the task was not run")
         try:
             with scope:
                 outcome = await self.launcher.run(
@@ -295,15 +313,17 @@ class WorkerAgent:
                     item.entry,
                     allocation,
                     on_started,
-                    scope,
                 )
+        except Exception as e:  # a task's failure, whatever it is, never ends the worker
+            log.exception("Task %d@%d failed in the worker", item.task_id, item.job_id)
+            outcome = TaskOutcome(False, f"The worker could not run the task: {e!r}")
         finally:
             self.pool.release(allocation)
             self.running.pop((item.job_id, item.task_id), None)
             if not self.running:
                 self.all_done.set()
         start = started[0] if started else None
-        now = time.time()
+        now = self.clock()
         if scope.cancel_called:
             self._report(item, m.TASK_CANCELED, start, now, None)
         elif outcome.ok:
@@ -346,6 +366,7 @@ class WorkerAgent:
                 await framed.send(m.TaskUpdates(updates), m.FromWorker)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 return
+            await trio.sleep(UPDATE_BATCH_DELAY)
 
     async def _heartbeat(self, framed: FramedStream) -> None:
         while True:

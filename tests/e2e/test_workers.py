@@ -199,3 +199,21 @@ def test_worker_detects_slurm_allocation(hq_env: HqEnv) -> None:
     assert worker.is_running()
     data = hq_env.command("worker", "list", json=True)
     assert data[0]["allocation"] == {"manager": "SLURM", "id": "77"}
+
+
+def test_worker_sizes_itself_from_its_allocation(hq_env: HqEnv) -> None:
+    """A 1-core Slurm (or PBS) allocation gives a 1-cpu worker; `--cpus` still wins."""
+    hq_env.start_server()
+    env = dict(hq_env.env)
+    env["SLURM_CPUS_ON_NODE"] = "1"
+    hq_env.start_worker("--detect-resources", "cpus", cpus=None, env=env)
+    env = dict(hq_env.env)
+    env["PBS_NCPUS"] = "1"
+    hq_env.start_worker("--detect-resources", "cpus", cpus="3", env=env)
+    workers = {w["id"]: w for w in hq_env.command("worker", "list", json=True)}
+    [cpus] = workers[1]["configuration"]["resources"]["resources"]
+    assert cpus["name"] == "cpus"
+    assert (cpus["kind"], cpus["end"] - cpus["start"]) == ("range", 0)
+    assert workers[2]["configuration"]["resources"]["resources"] == [
+        {"name": "cpus", "kind": "range", "start": 0, "end": 2}
+    ]
