@@ -73,15 +73,19 @@ def schedule(
             if prefill and rounds == 0:
                 continue
             request = group.body.request
-            for worker in workers:
-                if not fits_worker(worker, request, now):
-                    continue
-                while can_take(worker, request, rounds):
+            eligible = [w for w in workers if fits_worker(w, request, now)]
+            # Tasks queued ahead go out in equal shares of what waits, so that the end of a
+            # job is spread over every worker instead of filling the first ones deep.
+            share = -(-group.waiting_count() // len(eligible)) if prefill and eligible else None
+            for worker in eligible:
+                given = 0
+                while can_take(worker, request, rounds) and (share is None or given < share):
                     task = group.take(job)
                     if task is None:
                         break
                     worker.assign(task)
                     out.setdefault(worker.id, []).append(task)
+                    given += 1
                 if not group.has_waiting():
                     break
     return out

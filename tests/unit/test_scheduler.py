@@ -375,6 +375,14 @@ def test_prefill_never_takes_more_than_the_waiting_tasks() -> None:
     assert not group.has_waiting()
 
 
+def test_prefill_deals_the_waiting_tasks_out_in_equal_shares() -> None:
+    job = make_job()
+    group = add_group(job, ids=range(1000), mean_duration=0.0001)
+    workers = [make_worker(i, cpus=2) for i in range(1, 5)]
+    out = schedule([(job, group)], workers, now=0.0)
+    assert sorted(len(tasks) for tasks in out.values()) == [250, 250, 250, 250]
+
+
 # --- bookkeeping ---------------------------------------------------------------------------------
 
 
