@@ -703,7 +703,6 @@ def bench_many_workers(workers: int, tasks: int, workdir: Path) -> Result:
     spread = max(abs(c - mean) for c in counts) / mean * 100 if mean else 0.0
     rate = tasks / spans[job]
     log(f"many-workers: tasks per worker min {min(counts)}, max {max(counts)}, mean {mean:.0f}")
-    log(f"many-workers: tasks per worker (by registration) {counts}")
     return Result(
         "many-workers",
         tasks,
