@@ -29,6 +29,8 @@ from hqpy.client.blocking import ClientError
 from hqpy.protocol import messages as m
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from hqpy.cli.output import Output
     from hqpy.client.blocking import BlockingConnection
 
@@ -431,15 +433,25 @@ def _log_missing(job_ids: str) -> None:
         log.error("%s not found", m.describe_ids("Job", job_ids))
 
 
-def _task_list(conn: BlockingConnection, req: m.TaskListRequest) -> m.TaskListResponse:
-    """Every page of a task list, joined (the server sends `TASK_PAGE` tasks at a time)."""
+def _task_pages(conn: BlockingConnection, req: m.TaskListRequest) -> Iterator[m.TaskListResponse]:
+    """The pages of a task list as they come (the server sends `TASK_PAGE` tasks at a time);
+    a job's tasks may go on in the next page, and a job with no tasks is one empty entry."""
     resp = conn.request(req, m.TaskListResponse)
-    jobs, missing = resp.jobs, resp.missing
+    yield resp
     while resp.next is not None:
         resp = conn.request(
             m.TaskListRequest(req.selector, req.task_ids, req.states, resp.next),
             m.TaskListResponse,
         )
+        yield resp
+
+
+def _task_list(conn: BlockingConnection, req: m.TaskListRequest) -> m.TaskListResponse:
+    """Every page of a task list, joined."""
+    pages = _task_pages(conn, req)
+    first = next(pages)
+    jobs, missing = first.jobs, first.missing
+    for resp in pages:
         for job_id, tasks in resp.jobs:
             if jobs and jobs[-1][0] == job_id:
                 jobs[-1][1].extend(tasks)
@@ -593,28 +605,43 @@ def cmd_task_ids(args: argparse.Namespace, conn: BlockingConnection, out: Output
 
 @client_command
 def cmd_cat(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
-    resp = _task_list(conn, m.TaskListRequest(args.job_id, args.tasks, args.task_status))
-    if not resp.jobs:
-        log.error("No jobs were found")
-        return
-    for job_id, tasks in resp.jobs:
-        if args.tasks is not None:
-            _warn_missing_tasks(conn, job_id, args.tasks)
-        if not tasks:
-            log.warning("No tasks were selected for job %d, there is nothing to print", job_id)
-            continue
-        for task in tasks:
-            path = task.stdout if args.stream == "stdout" else task.stderr
-            if task.state == "waiting" and path is None:
-                continue
-            if path is None:
-                log.warning("Task %d has no `%s` stream associated with it", task.id, args.stream)
-                continue
-            if args.print_task_header:
-                sys.stdout.write(f"# Job {job_id}, task {task.id}\n")
-            sys.stdout.flush()
-            _copy_to_stdout(path)
+    # Printed page by page: the client's memory does not grow with the job.
+    last_job: int | None = None
+    for page in _task_pages(conn, m.TaskListRequest(args.job_id, args.tasks, args.task_status)):
+        if last_job is None and not page.jobs:
+            log.error("No jobs were found")
+            return
+        for job_id, tasks in page.jobs:
+            if job_id != last_job:
+                last_job = job_id
+                if args.tasks is not None:
+                    _warn_missing_tasks(conn, job_id, args.tasks)
+                if not tasks:
+                    log.warning(
+                        "No tasks were selected for job %d, there is nothing to print", job_id
+                    )
+                    continue
+            _print_streams(args, job_id, tasks)
     sys.stdout.flush()
+
+
+def _print_streams(args: argparse.Namespace, job_id: int, tasks: list[m.TaskView]) -> None:
+    """The output files of some tasks of a job, as they are (headers and files go to the
+    binary stream, so that nothing waits for a flush in between)."""
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    for task in tasks:
+        path = task.stdout if args.stream == "stdout" else task.stderr
+        if task.state == "waiting" and path is None:
+            continue
+        if path is None:
+            out.flush()
+            log.warning("Task %d has no `%s` stream associated with it", task.id, args.stream)
+            continue
+        if args.print_task_header:
+            out.write(f"# Job {job_id}, task {task.id}\n".encode())
+        _copy_to_stdout(path)
+    out.flush()
 
 
 def _warn_missing_tasks(conn: BlockingConnection, job_id: int, requested: str) -> None:

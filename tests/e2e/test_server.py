@@ -257,6 +257,20 @@ def test_json_job_info_joins_the_pages_of_a_big_job(hq_env: HqEnv) -> None:
     assert [t["id"] for t in job["tasks"]] == list(range(45000))
 
 
+def test_job_cat_prints_every_page_of_a_big_job_in_order(hq_env: HqEnv) -> None:
+    """`job cat` prints page by page (memory flat in the job's size) and misses no task at the
+    page boundaries; the tasks never ran, so each one is a warning."""
+    hq_env.start_server()
+    hq_env.command("submit", "--array", "0-44999", "--", "true")
+    hq_env.command("job", "cancel", "1")
+    result = hq_env.run("job", "cat", "1", "stdout")
+    assert result.stdout == ""
+    warnings = [line for line in result.stderr.splitlines() if "stream" in line]
+    assert len(warnings) == 45000
+    for i in (0, 19_999, 20_000, 39_999, 40_000, 44_999):
+        assert warnings[i].endswith(f"Task {i} has no `stdout` stream associated with it")
+
+
 def _poll(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
