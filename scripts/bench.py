@@ -22,6 +22,9 @@ Benchmarks (names for `--only`):
   json` and of `hq job cat J stdout`, with each client's peak RSS.
 - ``many-workers``: the server alone with 64 simulated 2-cpu workers runs 200,000 tasks: rate,
   and the spread of tasks per worker (largest distance from the mean, in percent of the mean).
+- ``startup``: how long after its process starts `hq server start` has written
+  `<server-dir>/hq-current/access.json` (the file polled every millisecond), median of 7 starts,
+  beside `python -c pass`; each server is then stopped with SIGINT (exit code checked).
 - ``cli``: the start-up cost of `hq` from a regular (non-editable) install in a fresh venv:
   median wall time of `hq job list`, `hq submit -- true`, `hq job info 1` (against a running
   server) and `hq --version`, each as a ratio to `python -c pass` by the same interpreter.
@@ -57,6 +60,7 @@ BENCHES = (
     "hqpy-server-only",
     "bigjob",
     "many-workers",
+    "startup",
     "cli",
 )
 
@@ -719,6 +723,48 @@ def bench_many_workers(workers: int, tasks: int, workdir: Path) -> Result:
     )
 
 
+STARTUP_RUNS = 7
+
+
+def bench_startup(workdir: Path, runs: int = STARTUP_RUNS) -> Result:
+    """Time from `server start`'s spawn to its access file, next to `python -c pass`."""
+    times = []
+    for n in range(runs):
+        server_dir = workdir / f"startup-{n}"
+        access = server_dir / "hq-current" / "access.json"
+        cmd = [sys.executable, "-m", "hqpy", "--server-dir", str(server_dir), "server", "start"]
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            while not access.exists():
+                if proc.poll() is not None or time.perf_counter() - start > STARTUP_TIMEOUT:
+                    raise BenchError(f"server start wrote no access file (exit {proc.poll()})")
+                time.sleep(0.001)
+            times.append(time.perf_counter() - start)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=STOP_TIMEOUT)
+            if code != 0:
+                raise BenchError(f"server start exited with {code} on SIGINT")
+        finally:
+            _kill_group(proc)
+    times.sort()
+    base = _median_seconds([sys.executable, "-c", "pass"], workdir, runs)
+    median = times[len(times) // 2]
+    return Result(
+        "startup",
+        runs,
+        median,
+        None,
+        {
+            "access_file_ms": median * 1000,
+            "python_pass_ms": base * 1000,
+            "best_ms": times[0] * 1000,
+        },
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # cli: start-up time of `hq` from a regular install
 
@@ -878,6 +924,7 @@ def build_plan(args: argparse.Namespace, workdir: Path) -> list[Plan]:
             MANY_WORKERS_TASKS,
             lambda: bench_many_workers(MANY_WORKERS, MANY_WORKERS_TASKS, workdir),
         ),
+        Plan("startup", STARTUP_RUNS, lambda: bench_startup(workdir)),
         Plan("cli", CLI_RUNS, lambda: bench_cli(workdir)),
     ]
     return [p for p in plan if not args.only or p.name in args.only]

@@ -80,25 +80,25 @@ def cmd_start(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, early_stop)
 
-    from hqpy.common import serverdir
-    from hqpy.server.startup import early_start
+    from hqpy.server.startup import StartError, early_start
 
-    out = output_of(args)
     try:
         early = early_start(
             args.server_dir, args.host, args.client_port, args.worker_port, args.access_file
         )
-    except serverdir.AccessError as e:
-        out.error(str(e))
+    except StartError as e:
+        output_of(args).error(str(e))
         return 1
     except OSError as e:
-        out.error(f"Cannot start the server: {e}")
+        output_of(args).error(f"Cannot start the server: {e}")
         return 1
     try:
         if stop_signals:
             return 0
         return _serve(args, early, stop_signals)
     finally:
+        from hqpy.common import serverdir
+
         serverdir.unlink_current(args.server_dir, early.instance_dir)
         early.close()
 

@@ -79,7 +79,7 @@ class Server:
         uid = serverdir.new_server_uid()
         if config.early is not None:
             self.instance_dir = config.early.instance_dir
-            self.access = config.early.access
+            self.access = config.early.record()
             uid = self.access.server_uid
         elif config.access_file is not None:
             self.access = serverdir.read_access_file(config.access_file)

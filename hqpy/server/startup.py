@@ -9,27 +9,71 @@ backlog until the server accepts it.
 from __future__ import annotations
 
 import errno
+import json
+import os
 import secrets
 import socket
+import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hqpy import __version__
-from hqpy.common import serverdir
+
+if TYPE_CHECKING:
+    from hqpy.common.serverdir import AccessRecord
 
 BIND_ATTEMPTS = 10
 BACKLOG = 1024
 ALIVE_TIMEOUT = 2.0
+CURRENT = "hq-current"
+ACCESS_FILE = "access.json"
+"""As in `hqpy.common.serverdir`, which is not imported here: its attrs and cattrs would cost
+more than everything else before the access file is written."""
+
+
+class StartError(Exception):
+    """The server cannot start here; the message says why."""
+
+
+@dataclass
+class Endpoint:
+    host: str
+    port: int
+    secret_key: str
 
 
 @dataclass
 class EarlyStart:
     """What the early start made: the server adopts all of it."""
 
+    server_dir: Path
     instance_dir: Path
-    access: serverdir.AccessRecord
+    version: str
+    server_uid: str
+    client: Endpoint
+    worker: Endpoint
     client_sockets: list[socket.socket]
     worker_sockets: list[socket.socket]
+
+    def record(self) -> AccessRecord:
+        from hqpy.common import serverdir
+
+        return serverdir.AccessRecord(
+            self.version,
+            self.server_uid,
+            serverdir.Endpoint(self.client.host, self.client.port, self.client.secret_key),
+            serverdir.Endpoint(self.worker.host, self.worker.port, self.worker.secret_key),
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """What `serverdir.write_access` writes for the same record."""
+        return {
+            "version": self.version,
+            "server_uid": self.server_uid,
+            "client": vars(self.client),
+            "worker": vars(self.worker),
+        }
 
     def close(self) -> None:
         for sock in self.client_sockets + self.worker_sockets:
@@ -87,17 +131,47 @@ def open_sockets(port: int) -> list[socket.socket]:
 
 
 def _server_alive(access_path: Path) -> bool:
+    """Is a server answering at the client address of this access file?"""
     try:
-        record = serverdir.read_access_file(access_path)
-    except serverdir.AccessError:
-        return False
-    if record.client is None:
+        client = json.loads(access_path.read_text())["client"]
+        host, port = client["host"], int(client["port"])
+    except (OSError, ValueError, KeyError, TypeError):
         return False
     try:
-        socket.create_connection((record.client.host, record.client.port), ALIVE_TIMEOUT).close()
+        socket.create_connection((host, port), ALIVE_TIMEOUT).close()
         return True
     except OSError:
         return False
+
+
+def _create_instance_dir(server_dir: Path) -> Path:
+    """The next numbered instance dir (`001`, `002`, ...), as `serverdir.create_instance_dir`."""
+    server_dir.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name) for p in server_dir.iterdir() if p.name.isdigit() and p.is_dir()]
+    n = max(numbers, default=0) + 1
+    while True:
+        path = server_dir / f"{n:03}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def _link_current(server_dir: Path, instance: Path) -> None:
+    current = server_dir / CURRENT
+    if current.is_dir() and not current.is_symlink():
+        raise StartError(f"`{current}` is a directory; remove it before starting a server")
+    tmp = server_dir / f".{CURRENT}.{os.getpid()}"
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(instance.name)
+    os.replace(tmp, current)
+
+
+def _new_uid() -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(6))
 
 
 def early_start(
@@ -107,28 +181,35 @@ def early_start(
     worker_port: int,
     access_file: Path | None,
 ) -> EarlyStart:
-    """Refuse to start beside a live server; bind; write `access.json` and `hq-current`."""
-    current = serverdir.resolve_access_path(server_dir)
-    if current.exists() and _server_alive(current):
-        raise serverdir.AccessError(
+    """Refuse to start beside a live server; bind; write `access.json` and `hq-current`.
+    Raises `StartError` (with the message for the user) or `OSError`."""
+    current = server_dir / CURRENT
+    current_access = current / ACCESS_FILE if current.exists() else server_dir / ACCESS_FILE
+    if current_access.exists() and _server_alive(current_access):
+        raise StartError(
             f"Server at `{server_dir}` is already running, "
             "use another server dir or stop it first (`hq server stop`)"
         )
     if access_file is not None:
-        record = serverdir.read_access_file(access_file)
+        from hqpy.common import serverdir
+
+        try:
+            record = serverdir.read_access_file(access_file)
+        except serverdir.AccessError as e:
+            raise StartError(str(e)) from None
+        c, w = record.client, record.worker
+        if c is None or w is None or not c.secret_key or not w.secret_key:
+            raise StartError(
+                "The access file must hold both the client and the worker part, with secret keys"
+            )
+        version, uid = record.version, record.server_uid
+        client = Endpoint(c.host, c.port, c.secret_key)
+        worker = Endpoint(w.host, w.port, w.secret_key)
     else:
         name = host or socket.gethostname()
-        record = serverdir.AccessRecord(
-            __version__,
-            serverdir.new_server_uid(),
-            serverdir.Endpoint(name, client_port, secrets.token_hex(32)),
-            serverdir.Endpoint(name, worker_port, secrets.token_hex(32)),
-        )
-    client, worker = record.client, record.worker
-    if client is None or worker is None or not client.secret_key or not worker.secret_key:
-        raise serverdir.AccessError(
-            "The access file must hold both the client and the worker part, with secret keys"
-        )
+        version, uid = __version__, _new_uid()
+        client = Endpoint(name, client_port, secrets.token_hex(32))
+        worker = Endpoint(name, worker_port, secrets.token_hex(32))
     client_sockets = open_sockets(client.port)
     try:
         worker_sockets = open_sockets(worker.port)
@@ -136,18 +217,18 @@ def early_start(
         for sock in client_sockets:
             sock.close()
         raise
-    early = EarlyStart(server_dir, record, client_sockets, worker_sockets)
+    client.port, worker.port = _port(client_sockets), _port(worker_sockets)
+    early = EarlyStart(
+        server_dir, server_dir, version, uid, client, worker, client_sockets, worker_sockets
+    )
     try:
-        instance_dir = serverdir.create_instance_dir(server_dir)
-        early.instance_dir = instance_dir
-        early.access = serverdir.AccessRecord(
-            record.version,
-            record.server_uid,
-            serverdir.Endpoint(client.host, _port(client_sockets), client.secret_key),
-            serverdir.Endpoint(worker.host, _port(worker_sockets), worker.secret_key),
-        )
-        serverdir.write_access(instance_dir / serverdir.ACCESS_FILE, early.access)
-        serverdir.link_current(server_dir, instance_dir)
+        early.instance_dir = _create_instance_dir(server_dir)
+        path = early.instance_dir / ACCESS_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(early.to_json(), f, indent=2)
+        os.chmod(path, 0o600)
+        _link_current(server_dir, early.instance_dir)
     except BaseException:
         early.close()
         raise
