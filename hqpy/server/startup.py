@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 import string
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,25 +35,35 @@ class StartError(Exception):
     """The server cannot start here; the message says why."""
 
 
-@dataclass
 class Endpoint:
-    host: str
-    port: int
-    secret_key: str
+    """Plain classes, not dataclasses: `dataclasses` imports `inspect` (some 15 ms)."""
+
+    def __init__(self, host: str, port: int, secret_key: str) -> None:
+        self.host = host
+        self.port = port
+        self.secret_key = secret_key
 
 
-@dataclass
 class EarlyStart:
     """What the early start made: the server adopts all of it."""
 
-    server_dir: Path
-    instance_dir: Path
-    version: str
-    server_uid: str
-    client: Endpoint
-    worker: Endpoint
-    client_sockets: list[socket.socket]
-    worker_sockets: list[socket.socket]
+    def __init__(
+        self,
+        instance_dir: Path,
+        version: str,
+        server_uid: str,
+        client: Endpoint,
+        worker: Endpoint,
+        client_sockets: list[socket.socket],
+        worker_sockets: list[socket.socket],
+    ) -> None:
+        self.instance_dir = instance_dir
+        self.version = version
+        self.server_uid = server_uid
+        self.client = client
+        self.worker = worker
+        self.client_sockets = client_sockets
+        self.worker_sockets = worker_sockets
 
     def record(self) -> AccessRecord:
         from hqpy.common import serverdir
@@ -71,8 +80,8 @@ class EarlyStart:
         return {
             "version": self.version,
             "server_uid": self.server_uid,
-            "client": vars(self.client),
-            "worker": vars(self.worker),
+            "client": dict(vars(self.client)),
+            "worker": dict(vars(self.worker)),
         }
 
     def close(self) -> None:
@@ -218,9 +227,7 @@ def early_start(
             sock.close()
         raise
     client.port, worker.port = _port(client_sockets), _port(worker_sockets)
-    early = EarlyStart(
-        server_dir, server_dir, version, uid, client, worker, client_sockets, worker_sockets
-    )
+    early = EarlyStart(server_dir, version, uid, client, worker, client_sockets, worker_sockets)
     try:
         early.instance_dir = _create_instance_dir(server_dir)
         path = early.instance_dir / ACCESS_FILE
