@@ -152,6 +152,12 @@ def add_submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-dir", action="store_true", help="Give each task a temporary directory")
     p.add_argument("--stdin", action="store_true", help="Pass this command's stdin to each task")
     p.add_argument("--job", type=_job_id, help="Submit into this open job")
+    p.add_argument(
+        "--directives",
+        choices=("auto", "file", "stdin", "off"),
+        default="auto",
+        help="Read `#HQ` options (and the shebang) from the script: `auto` for a `.sh` program",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--wait", action="store_true", help="Wait until the job ends")
     g.add_argument("--progress", action="store_true", help="Show a progress bar until the job ends")
@@ -379,7 +385,10 @@ def _check_parents(path: str, option: str) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from hqpy.cli.directives import apply_directives
+
     try:
+        apply_directives(args, add_submit_options, sys.stdin.buffer.read)
         request = build_submit(args)
     except ValueError as e:
         output_of(args).error(str(e))
