@@ -284,7 +284,7 @@ def build_submit(args: argparse.Namespace) -> m.SubmitRequest:
     cwd = os.path.abspath(args.cwd) if args.cwd else submit_dir
     stdout = _output_path(args.stdout, DEFAULT_STDOUT, "--stdout")
     stderr = _output_path(args.stderr, DEFAULT_STDERR, "--stderr")
-    stdin = sys.stdin.buffer.read() if args.stdin else None
+    stdin = _read_stdin(args) if args.stdin else None
     return m.SubmitRequest(
         submit=m.SubmitDesc(
             ids=ids_text,
@@ -384,11 +384,20 @@ def _check_parents(path: str, option: str) -> None:
         raise ValueError(f"{option} `{path}`: `{parent}` is not a directory")
 
 
+def _read_stdin(args: argparse.Namespace) -> bytes:
+    """This command's stdin, read once (`--directives stdin` and `--stdin` may both want it)."""
+    data: bytes | None = getattr(args, "stdin_data", None)
+    if data is None:
+        data = sys.stdin.buffer.read()
+        args.stdin_data = data
+    return data
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from hqpy.cli.directives import apply_directives
 
     try:
-        apply_directives(args, add_submit_options, sys.stdin.buffer.read)
+        apply_directives(args, add_submit_options, lambda: _read_stdin(args))
         request = build_submit(args)
     except ValueError as e:
         output_of(args).error(str(e))

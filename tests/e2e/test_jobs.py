@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -405,3 +406,16 @@ def test_submit_reads_directives_and_runs_a_script_through_its_shebang(hq_env: H
         "The script that you have tried to execute (`./job.sh`) is not executable."
         in (tasks[0]["error"])
     )
+
+
+def test_directives_from_stdin_and_stdin_for_the_task_share_one_read(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.start_worker()
+    text = "#HQ --name piped\nhello\n"
+    argv = hq_env.hq_argv("submit", "--wait", "--directives", "stdin", "--stdin", "--", "cat")
+    done = subprocess.run(
+        argv, input=text.encode(), env=hq_env.env, cwd=hq_env.work_dir, timeout=60, check=False
+    )
+    assert done.returncode == 0
+    assert hq_env.job_info(1)["info"]["name"] == "piped"
+    assert hq_env.command("job", "cat", "1", "stdout") == text
