@@ -76,6 +76,7 @@ class TaskGroup:
         "_done_instance",
         "_hosts",
         "_host_names",
+        "paths",
     )
 
     def __init__(
@@ -112,6 +113,8 @@ class TaskGroup:
         self._done_instance: dict[int, int] = {}
         self._hosts: dict[str, int] = {}
         self._host_names: list[str] = []
+        self.paths: object = None
+        """The views' compiled path templates of this group (built on first use)."""
 
     @property
     def group_id(self) -> int:

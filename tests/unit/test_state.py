@@ -19,7 +19,7 @@ from hqpy.common.resources import (
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server import commands, views
-from hqpy.server.jobs import Job, Task
+from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.state import ServerState
 from hqpy.server.workers import Worker
 from tests.factories import worker_config
@@ -902,3 +902,23 @@ def test_a_huge_stepped_array_into_an_open_job_is_checked_on_ranges(state: Serve
         submit(state, "0-4000000000:2", job_id=job_id)
     submit(state, "12-4000000000:2", job_id=job_id)
     assert state.jobs[job_id].task_count == 11 + 1999999995
+
+
+@pytest.mark.parametrize(
+    ("cwd", "stdout"),
+    [
+        ("%{SUBMIT_DIR}", "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout"),
+        ("/w/%{TASK_ID}-%{INSTANCE_ID}/%{CWD}", "%{CWD}%{CWD}x%{SERVER_UID}%{NOPE}%{}%{TASK_ID"),
+        ("plain", "plain.out"),
+        ("%{JOB_ID}%{TASK_ID}", "%%{TASK_ID}}{%{INSTANCE_ID}"),
+    ],
+)
+def test_view_paths_are_the_paths_a_worker_resolves(cwd: str, stdout: str) -> None:
+    body = attrs.evolve(
+        m.TaskBody(7, 3, ("x",), {}, cwd, stdout, None, "/sub", desc().request),
+        server_uid="UID",
+    )
+    group = TaskGroup(body, IdSet.from_range(0, 9), None, 5, 0)
+    for task_id, instance_id in ((0, 0), (9, 4)):
+        expected = body.resolve_paths(task_id, instance_id)
+        assert views.task_paths(group, task_id, instance_id) == expected
