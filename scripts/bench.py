@@ -16,6 +16,15 @@ Benchmarks (names for `--only`):
   ``job list`` round trip.
 - ``hqpy-server-only``: as ``hqpy``, but the worker runs with ``HQPY_ZERO_WORKER=1`` (it completes
   tasks without spawning processes).
+- ``bigjob``: the server alone (simulated workers that finish each task the moment it arrives,
+  in one child process) runs a 1,000,000-task array to completion: rate, server RSS at the end.
+  Then, on a finished 100,000-task job: the time of `hq job info`, of `hq task list J --output-mode
+  json` and of `hq job cat J stdout`, with each client's peak RSS.
+- ``many-workers``: the server alone with 64 simulated 2-cpu workers runs 200,000 tasks: rate,
+  and the spread of tasks per worker (largest distance from the mean, in percent of the mean).
+- ``startup``: how long after its process starts `hq server start` has written
+  `<server-dir>/hq-current/access.json` (the file polled every millisecond), median of 7 starts,
+  beside `python -c pass`; each server is then stopped with SIGINT (exit code checked).
 - ``cli``: the start-up cost of `hq` from a regular (non-editable) install in a fresh venv:
   median wall time of `hq job list`, `hq submit -- true`, `hq job info 1` (against a running
   server) and `hq --version`, each as a ratio to `python -c pass` by the same interpreter.
@@ -49,6 +58,9 @@ BENCHES = (
     "hqpy-array",
     "hqpy-autoalloc",
     "hqpy-server-only",
+    "bigjob",
+    "many-workers",
+    "startup",
     "cli",
 )
 
@@ -497,6 +509,282 @@ def bench_hqpy_array(tasks: int, workdir: Path) -> Result:
 
 
 # --------------------------------------------------------------------------------------------
+# the server alone: simulated workers (bigjob, many-workers)
+
+SIM_READY_TIMEOUT = 60.0
+BIGJOB_TASKS = 1_000_000
+BIGJOB_CLI_TASKS = 100_000
+MANY_WORKERS = 64
+MANY_WORKERS_TASKS = 200_000
+
+
+def sim_workers_child(count: int, cpus: int, server_dir: str) -> int:
+    """Child mode: `count` simulated workers of `cpus` cpus on one trio loop. Each finishes a
+    task the moment its assignment arrives (writing the task's stdout file if it has one, so
+    that `hq job cat` has something to print); when the server closes the connections, prints
+    one JSON line with the tasks each worker ran."""
+    import trio
+
+    from hqpy.common import serverdir
+    from hqpy.common.resources import parse_descriptor
+    from hqpy.protocol import codec
+    from hqpy.protocol import messages as m
+    from hqpy.protocol.auth import peer_handshake
+    from hqpy.protocol.framing import FramedStream
+
+    counts = [0] * count
+    finished = int(m.TASK_FINISHED)
+    spans: dict[int, list[float]] = {}
+    """Per job: when its first task arrived, when its last update went out."""
+
+    async def one(index: int) -> None:
+        record = serverdir.load_access(Path(server_dir))
+        assert record.worker is not None and record.worker.secret_key
+        stream = await trio.open_tcp_stream(record.worker.host, record.worker.port)
+        framed = FramedStream(stream)
+        await peer_handshake(framed, "worker", record.worker.secret_key)
+        config = m.WorkerConfiguration(
+            hostname=f"sim{index}",
+            work_dir="/nonexistent",
+            listen_address=f"sim{index}:0",
+            heartbeat_interval=3600.0,
+            idle_timeout=None,
+            time_limit=None,
+            resources=(parse_descriptor("cpus", str(cpus)),),
+            group="default",
+            on_server_lost="stop",
+            pid=os.getpid(),
+        )
+        await framed.send(m.RegisterWorker(config), m.FromWorker)
+        await framed.receive(m.ToWorker)
+        bodies: dict[int, m.TaskBody] = {}
+        while True:
+            try:
+                msg = await framed.receive(m.ToWorker)
+            except (trio.BrokenResourceError, OSError):
+                msg = None
+            if msg is None or isinstance(msg, m.StopWorker):
+                return
+            if not isinstance(msg, m.ComputeTasks):
+                continue
+            for body in msg.bodies:
+                bodies[body.group_id] = body
+            now = time.time()
+            updates = []
+            for job_id, task_id, instance_id, group_id, _entry in msg.tasks:
+                if job_id not in spans:
+                    spans[job_id] = [now, now]
+                body = bodies[group_id]
+                if body.stdout is not None:
+                    stdout = body.resolve_paths(task_id, instance_id)[1]
+                    if stdout is not None:
+                        # What the task would write; blocking is fine for a simulation.
+                        Path(stdout).write_text(f"task {task_id}\n")  # noqa: ASYNC240
+                updates.append([job_id, task_id, instance_id, finished, now, now, None])
+            counts[index] += len(updates)
+            try:
+                await framed.send_frame(codec.encode(m.TaskUpdates(updates), m.FromWorker))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            sent = time.time()
+            for row in updates:
+                spans[row[0]][1] = sent
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for index in range(count):
+                nursery.start_soon(one, index)
+
+    trio.run(main)
+    print(json.dumps({"event": "done", "counts": counts, "spans": spans}), flush=True)
+    return 0
+
+
+class SimWorkers:
+    """The simulated-workers child of a cluster (see `sim_workers_child`)."""
+
+    def __init__(self, cluster: HqpyCluster, count: int, cpus: int = 2) -> None:
+        self.cluster = cluster
+        self.count = count
+        self.out_path = cluster.workdir / "sim-workers.out"
+        cmd = [sys.executable, os.path.abspath(__file__), "--sim-workers-child", str(count)]
+        cmd += ["--sim-cpus", str(cpus), "--sim-server-dir", str(cluster.server_dir)]
+        with open(self.out_path, "wb") as out, open(cluster.workdir / "sim.log", "wb") as err:
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=err, cwd=cluster.workdir, start_new_session=True
+            )
+        cluster.procs.append(self.proc)
+
+        def registered() -> bool:
+            workers = json.loads(cluster.run("--output-mode", "json", "worker", "list").stdout)
+            if len(workers) < count:
+                raise BenchError(f"{len(workers)} of {count} simulated workers registered")
+            return True
+
+        cluster._wait_for("the simulated workers to register", self.proc, registered)
+
+    def result(self) -> tuple[list[int], dict[int, float]]:
+        """Tasks per worker, and seconds from each job's first assignment to its last update;
+        call after the server stopped."""
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError("the simulated workers did not end with the server") from exc
+        done = _read_events(self.out_path).get("done")
+        if done is None:
+            raise BenchError(
+                f"the simulated workers failed: {_tail(self.cluster.workdir / 'sim.log')}"
+            )
+        spans = {int(job): last - first for job, (first, last) in done["spans"].items()}
+        return list(done["counts"]), spans
+
+
+def _server_run(
+    cluster: HqpyCluster, tasks: int, timeout: float, *options: str
+) -> tuple[int, float]:
+    """Submit an array of `tasks` and wait for it: the job's id and the wall time (with the
+    start-up of two clients; the simulated workers time the job from its first assignment)."""
+    start = time.perf_counter()
+    submit = ("--output-mode", "json", "submit", "--array", f"1-{tasks}", *options, "--", "true")
+    job_id = int(json.loads(cluster.run(*submit).stdout)["id"])
+    cluster.run("job", "wait", str(job_id), timeout=timeout)
+    return job_id, time.perf_counter() - start
+
+
+def _client_run(cluster: HqpyCluster, *args: str) -> tuple[float, float, int]:
+    """One hq command with its output thrown away: (seconds, peak RSS in MiB, output bytes)."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(
+            cluster.command(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            cwd=cluster.workdir,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        size = out.seek(0, os.SEEK_END)
+    if proc.returncode != 0:
+        raise BenchError(f"`hq {' '.join(args)}` exited with {proc.returncode}")
+    return seconds, usage.ru_maxrss / 1024, size
+
+
+def bench_bigjob(tasks: int, cli_tasks: int, workdir: Path) -> Result:
+    """1,000,000 tasks through the server alone, then the CLI on a finished 100,000-task job."""
+    extra: dict[str, Any] = {}
+    with hqpy_cluster(workdir, f"bigjob-{tasks}") as cluster:
+        cluster.start_server()
+        sim = SimWorkers(cluster, 1)
+        before = cluster.rss()
+        big, seconds = _server_run(cluster, tasks, wait_timeout(tasks), *NO_OUTPUT)
+        after = cluster.rss()
+        extra.update(
+            rss_mb_before=before.get("VmRSS"),
+            rss_mb_end=after.get("VmRSS"),
+            peak_rss_mb=after.get("VmHWM"),
+        )
+        out_dir = cluster.workdir / "out"
+        out_dir.mkdir()
+        stdout = str(out_dir / "%{TASK_ID}.out")
+        job, _ = _server_run(
+            cluster, cli_tasks, wait_timeout(cli_tasks), "--stdout", stdout, "--stderr", "none"
+        )
+        for name, args in (
+            ("job_info", ("job", "info", str(job))),
+            ("task_list_json", ("--output-mode", "json", "task", "list", str(job))),
+            ("job_cat", ("job", "cat", str(job), "stdout")),
+        ):
+            took, rss, size = _client_run(cluster, *args)
+            extra[f"{name}_seconds"] = took
+            extra[f"{name}_client_mb"] = rss
+            extra[f"{name}_output_mb"] = size / 2**20
+        extra["rss_mb_after_cli"] = cluster.rss().get("VmRSS")
+    counts, spans = sim.result()
+    if sum(counts) < tasks + cli_tasks:
+        raise BenchError(f"the simulated workers ran {sum(counts)} tasks of {tasks + cli_tasks}")
+    extra["server_rate"] = tasks / spans[big]
+    extra["targets_met"] = (
+        extra["server_rate"] >= 20_000
+        and (extra["rss_mb_end"] or 0) <= 200
+        and extra["job_info_seconds"] < 0.5
+        and extra["task_list_json_seconds"] < 3
+        and extra["task_list_json_client_mb"] < 200
+    )
+    return Result("bigjob", tasks, seconds, tasks / seconds, extra)
+
+
+def bench_many_workers(workers: int, tasks: int, workdir: Path) -> Result:
+    """`tasks` tasks over `workers` simulated 2-cpu workers: rate and spread of tasks."""
+    with hqpy_cluster(workdir, f"many-workers-{workers}") as cluster:
+        cluster.start_server()
+        sim = SimWorkers(cluster, workers)
+        job, seconds = _server_run(cluster, tasks, wait_timeout(tasks), *NO_OUTPUT)
+    counts, spans = sim.result()
+    mean = sum(counts) / len(counts)
+    spread = max(abs(c - mean) for c in counts) / mean * 100 if mean else 0.0
+    rate = tasks / spans[job]
+    log(f"many-workers: tasks per worker min {min(counts)}, max {max(counts)}, mean {mean:.0f}")
+    return Result(
+        "many-workers",
+        tasks,
+        seconds,
+        tasks / seconds,
+        {
+            "workers": workers,
+            "server_rate": rate,
+            "min_tasks": min(counts),
+            "max_tasks": max(counts),
+            "spread_pct": spread,
+            "targets_met": rate >= 20_000 and spread <= 10.0,
+        },
+    )
+
+
+STARTUP_RUNS = 7
+
+
+def bench_startup(workdir: Path, runs: int = STARTUP_RUNS) -> Result:
+    """Time from `server start`'s spawn to its access file, next to `python -c pass`."""
+    times = []
+    for n in range(runs):
+        server_dir = workdir / f"startup-{n}"
+        access = server_dir / "hq-current" / "access.json"
+        cmd = [sys.executable, "-m", "hqpy", "--server-dir", str(server_dir), "server", "start"]
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            while not access.exists():
+                if proc.poll() is not None or time.perf_counter() - start > STARTUP_TIMEOUT:
+                    raise BenchError(f"server start wrote no access file (exit {proc.poll()})")
+                time.sleep(0.001)
+            times.append(time.perf_counter() - start)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=STOP_TIMEOUT)
+            if code != 0:
+                raise BenchError(f"server start exited with {code} on SIGINT")
+        finally:
+            _kill_group(proc)
+    times.sort()
+    base = _median_seconds([sys.executable, "-c", "pass"], workdir, runs)
+    median = times[len(times) // 2]
+    return Result(
+        "startup",
+        runs,
+        median,
+        None,
+        {
+            "access_file_ms": median * 1000,
+            "python_pass_ms": base * 1000,
+            "best_ms": times[0] * 1000,
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # cli: start-up time of `hq` from a regular install
 
 CLI_RUNS = 21
@@ -649,6 +937,13 @@ def build_plan(args: argparse.Namespace, workdir: Path) -> list[Plan]:
                 "hqpy-server-only", large, workdir, wait_timeout(large), zero
             ),
         ),
+        Plan("bigjob", BIGJOB_TASKS, lambda: bench_bigjob(BIGJOB_TASKS, BIGJOB_CLI_TASKS, workdir)),
+        Plan(
+            "many-workers",
+            MANY_WORKERS_TASKS,
+            lambda: bench_many_workers(MANY_WORKERS, MANY_WORKERS_TASKS, workdir),
+        ),
+        Plan("startup", STARTUP_RUNS, lambda: bench_startup(workdir)),
         Plan("cli", CLI_RUNS, lambda: bench_cli(workdir)),
     ]
     return [p for p in plan if not args.only or p.name in args.only]
@@ -725,6 +1020,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # Internal: the HyperQueue engine measurement runs in a child process.
     parser.add_argument("--hq-engine-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--hq-engine-server-dir", help=argparse.SUPPRESS)
+    # Internal: the simulated workers of `bigjob` and `many-workers` run in a child process.
+    parser.add_argument("--sim-workers-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sim-cpus", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--sim-server-dir", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -733,6 +1032,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.hq_engine_child is not None:
         return hq_engine_child(args.hq_engine_child, args.hq_engine_server_dir)
+    if args.sim_workers_child is not None:
+        return sim_workers_child(args.sim_workers_child, args.sim_cpus, args.sim_server_dir)
     _log_enabled = not args.json_only
     with tempfile.TemporaryDirectory(prefix="hqpy-bench-") as tmp:
         workdir = Path(tmp)

@@ -63,7 +63,7 @@ class ServerProcess:
 
     async def run(self, *, task_status: trio.TaskStatus[m.ServerInfoView]) -> None:
         core = self.core
-        instance_dir = await core.prepare()
+        instance_dir = core.instance_dir or await core.prepare()
         allocator = AutoAllocService(
             ServerDemand(core.state),
             self.hub,

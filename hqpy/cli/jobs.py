@@ -29,6 +29,8 @@ from hqpy.client.blocking import ClientError
 from hqpy.protocol import messages as m
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from hqpy.cli.output import Output
     from hqpy.client.blocking import BlockingConnection
 
@@ -150,6 +152,12 @@ def add_submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-dir", action="store_true", help="Give each task a temporary directory")
     p.add_argument("--stdin", action="store_true", help="Pass this command's stdin to each task")
     p.add_argument("--job", type=_job_id, help="Submit into this open job")
+    p.add_argument(
+        "--directives",
+        choices=("auto", "file", "stdin", "off"),
+        default="auto",
+        help="Read `#HQ` options (and the shebang) from the script: `auto` for a `.sh` program",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--wait", action="store_true", help="Wait until the job ends")
     g.add_argument("--progress", action="store_true", help="Show a progress bar until the job ends")
@@ -276,7 +284,7 @@ def build_submit(args: argparse.Namespace) -> m.SubmitRequest:
     cwd = os.path.abspath(args.cwd) if args.cwd else submit_dir
     stdout = _output_path(args.stdout, DEFAULT_STDOUT, "--stdout")
     stderr = _output_path(args.stderr, DEFAULT_STDERR, "--stderr")
-    stdin = sys.stdin.buffer.read() if args.stdin else None
+    stdin = _read_stdin(args) if args.stdin else None
     return m.SubmitRequest(
         submit=m.SubmitDesc(
             ids=ids_text,
@@ -376,8 +384,20 @@ def _check_parents(path: str, option: str) -> None:
         raise ValueError(f"{option} `{path}`: `{parent}` is not a directory")
 
 
+def _read_stdin(args: argparse.Namespace) -> bytes:
+    """This command's stdin, read once (`--directives stdin` and `--stdin` may both want it)."""
+    data: bytes | None = getattr(args, "stdin_data", None)
+    if data is None:
+        data = sys.stdin.buffer.read()
+        args.stdin_data = data
+    return data
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    from hqpy.cli.directives import apply_directives
+
     try:
+        apply_directives(args, add_submit_options, lambda: _read_stdin(args))
         request = build_submit(args)
     except ValueError as e:
         output_of(args).error(str(e))
@@ -431,15 +451,25 @@ def _log_missing(job_ids: str) -> None:
         log.error("%s not found", m.describe_ids("Job", job_ids))
 
 
-def _task_list(conn: BlockingConnection, req: m.TaskListRequest) -> m.TaskListResponse:
-    """Every page of a task list, joined (the server sends `TASK_PAGE` tasks at a time)."""
+def _task_pages(conn: BlockingConnection, req: m.TaskListRequest) -> Iterator[m.TaskListResponse]:
+    """The pages of a task list as they come (the server sends `TASK_PAGE` tasks at a time);
+    a job's tasks may go on in the next page, and a job with no tasks is one empty entry."""
     resp = conn.request(req, m.TaskListResponse)
-    jobs, missing = resp.jobs, resp.missing
+    yield resp
     while resp.next is not None:
         resp = conn.request(
             m.TaskListRequest(req.selector, req.task_ids, req.states, resp.next),
             m.TaskListResponse,
         )
+        yield resp
+
+
+def _task_list(conn: BlockingConnection, req: m.TaskListRequest) -> m.TaskListResponse:
+    """Every page of a task list, joined."""
+    pages = _task_pages(conn, req)
+    first = next(pages)
+    jobs, missing = first.jobs, first.missing
+    for resp in pages:
         for job_id, tasks in resp.jobs:
             if jobs and jobs[-1][0] == job_id:
                 jobs[-1][1].extend(tasks)
@@ -593,28 +623,43 @@ def cmd_task_ids(args: argparse.Namespace, conn: BlockingConnection, out: Output
 
 @client_command
 def cmd_cat(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
-    resp = _task_list(conn, m.TaskListRequest(args.job_id, args.tasks, args.task_status))
-    if not resp.jobs:
-        log.error("No jobs were found")
-        return
-    for job_id, tasks in resp.jobs:
-        if args.tasks is not None:
-            _warn_missing_tasks(conn, job_id, args.tasks)
-        if not tasks:
-            log.warning("No tasks were selected for job %d, there is nothing to print", job_id)
-            continue
-        for task in tasks:
-            path = task.stdout if args.stream == "stdout" else task.stderr
-            if task.state == "waiting" and path is None:
-                continue
-            if path is None:
-                log.warning("Task %d has no `%s` stream associated with it", task.id, args.stream)
-                continue
-            if args.print_task_header:
-                sys.stdout.write(f"# Job {job_id}, task {task.id}\n")
-            sys.stdout.flush()
-            _copy_to_stdout(path)
+    # Printed page by page: the client's memory does not grow with the job.
+    last_job: int | None = None
+    for page in _task_pages(conn, m.TaskListRequest(args.job_id, args.tasks, args.task_status)):
+        if last_job is None and not page.jobs:
+            log.error("No jobs were found")
+            return
+        for job_id, tasks in page.jobs:
+            if job_id != last_job:
+                last_job = job_id
+                if args.tasks is not None:
+                    _warn_missing_tasks(conn, job_id, args.tasks)
+                if not tasks:
+                    log.warning(
+                        "No tasks were selected for job %d, there is nothing to print", job_id
+                    )
+                    continue
+            _print_streams(args, job_id, tasks)
     sys.stdout.flush()
+
+
+def _print_streams(args: argparse.Namespace, job_id: int, tasks: list[m.TaskView]) -> None:
+    """The output files of some tasks of a job, as they are (headers and files go to the
+    binary stream, so that nothing waits for a flush in between)."""
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    for task in tasks:
+        path = task.stdout if args.stream == "stdout" else task.stderr
+        if task.state == "waiting" and path is None:
+            continue
+        if path is None:
+            out.flush()
+            log.warning("Task %d has no `%s` stream associated with it", task.id, args.stream)
+            continue
+        if args.print_task_header:
+            out.write(f"# Job {job_id}, task {task.id}\n".encode())
+        _copy_to_stdout(path)
+    out.flush()
 
 
 def _warn_missing_tasks(conn: BlockingConnection, job_id: int, requested: str) -> None:

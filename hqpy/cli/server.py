@@ -8,12 +8,13 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hqpy.cli.common import client_command, duration, output_of
-from hqpy.cli.output import Output
-from hqpy.client.blocking import BlockingConnection, ClientError, connect
-from hqpy.protocol import messages as m
+
+if TYPE_CHECKING:  # `server start` writes its access file before importing these
+    from hqpy.cli.output import Output
+    from hqpy.client.blocking import BlockingConnection
 
 log = logging.getLogger("hqpy.cli")
 
@@ -67,8 +68,47 @@ def register(tree: Any, nouns: Any) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    """Bind, write the access file and `hq-current` first (standard library only), then import
+    and start the rest. SIGINT or SIGTERM at any point is a clean stop: exit 0, no link left."""
+    import signal
+
+    stop_signals: list[int] = []
+
+    def early_stop(signum: int, _frame: object) -> None:
+        stop_signals.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, early_stop)
+
+    from hqpy.server.startup import StartError, early_start
+
+    try:
+        early = early_start(
+            args.server_dir, args.host, args.client_port, args.worker_port, args.access_file
+        )
+    except StartError as e:
+        output_of(args).error(str(e))
+        return 1
+    except OSError as e:
+        output_of(args).error(f"Cannot start the server: {e}")
+        return 1
+    try:
+        if stop_signals:
+            return 0
+        return _serve(args, early, stop_signals)
+    finally:
+        from hqpy.common import serverdir
+
+        serverdir.unlink_current(args.server_dir, early.instance_dir)
+        early.close()
+
+
+def _serve(args: argparse.Namespace, early: Any, stop_signals: list[int]) -> int:
+    import trio
+
     from hqpy.app.server_process import ServerProcess
     from hqpy.common.serverdir import AccessError
+    from hqpy.protocol import messages as m
     from hqpy.server.server import ServerConfig
 
     out = output_of(args)
@@ -81,15 +121,31 @@ def cmd_start(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        early=early,
     )
-
-    import trio
 
     async def run() -> None:
         server = ServerProcess(config)
-        async with trio.open_nursery() as nursery:
-            info = await nursery.start(server.run)
-            out.server_started(info)
+        import signal
+
+        # Open before the server starts, so that no signal falls between two receivers.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            if stop_signals:
+                return
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    async for _ in signals:
+                        server.request_stop()
+                        return
+
+                async def serve(*, task_status: trio.TaskStatus[m.ServerInfoView]) -> None:
+                    await server.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                info = await nursery.start(serve)
+                out.server_started(info)
 
     errors: list[str] = []
     try:
@@ -123,16 +179,22 @@ def _port(text: str) -> int:
 
 @client_command
 def cmd_stop(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    from hqpy.protocol import messages as m
+
     conn.request(m.StopServerRequest(), m.OkResponse)
 
 
 @client_command
 def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    from hqpy.protocol import messages as m
+
     resp = conn.request(m.ServerInfoRequest(), m.ServerInfoResponse)
     out.server_info(resp.info)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
+    from hqpy.client.blocking import ClientError, connect
+
     out = output_of(args)
 
     deadline = time.monotonic() + args.timeout

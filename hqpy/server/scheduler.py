@@ -17,6 +17,9 @@ from hqpy.server.workers import Worker
 PREFILL_HORIZON = 0.25
 """Seconds of work to keep queued on a worker when a group's tasks are short."""
 MAX_PREFILL_ROUNDS = 512
+PREFILL_SHARE_PARTS = 8
+"""A worker is queued at most 1/PREFILL_SHARE_PARTS of its share of the waiting tasks at a time,
+so that the share of each worker is dealt in several small parts and the last part is small."""
 
 
 def prefill_rounds(group: TaskGroup) -> int:
@@ -73,15 +76,21 @@ def schedule(
             if prefill and rounds == 0:
                 continue
             request = group.body.request
-            for worker in workers:
-                if not fits_worker(worker, request, now):
-                    continue
-                while can_take(worker, request, rounds):
+            eligible = [w for w in workers if fits_worker(w, request, now)]
+            # Tasks queued ahead go out in small parts of equal shares of what waits, so that
+            # every worker gets about as many (a worker's last part decides the spread).
+            share = None
+            if prefill and len(eligible) > 1:
+                share = -(-group.waiting_count() // (len(eligible) * PREFILL_SHARE_PARTS))
+            for worker in eligible:
+                given = 0
+                while can_take(worker, request, rounds) and (share is None or given < share):
                     task = group.take(job)
                     if task is None:
                         break
                     worker.assign(task)
                     out.setdefault(worker.id, []).append(task)
+                    given += 1
                 if not group.has_waiting():
                     break
     return out

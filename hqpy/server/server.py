@@ -37,6 +37,7 @@ from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, new_secret, server_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
 from hqpy.server.clients import ClientHandlers
+from hqpy.server.startup import EarlyStart
 from hqpy.server.state import ServerState
 from hqpy.server.workers import Worker
 
@@ -57,6 +58,8 @@ class ServerConfig:
     metrics_port: int | None = None
     """Serve Prometheus metrics and the status page on this port (None: do not)."""
     metrics_host: str = "127.0.0.1"
+    early: EarlyStart | None = attrs.field(default=None, eq=False)
+    """Sockets already bound and the access file already written (`server start`)."""
 
 
 class Server:
@@ -74,7 +77,11 @@ class Server:
         self.instance_dir: Path | None = None
         self.access: serverdir.AccessRecord | None = None
         uid = serverdir.new_server_uid()
-        if config.access_file is not None:
+        if config.early is not None:
+            self.instance_dir = config.early.instance_dir
+            self.access = config.early.record()
+            uid = self.access.server_uid
+        elif config.access_file is not None:
             self.access = serverdir.read_access_file(config.access_file)
             uid = self.access.server_uid
         self.state = ServerState(uid, clock=clock, hub=hub)
@@ -157,13 +164,14 @@ class Server:
                     (worker_ep.secret_key, worker_ep.port),
                 )
                 client_port, worker_port = listeners
-                self.access = attrs.evolve(
-                    self.access,
-                    client=attrs.evolve(client_ep, port=client_port),
-                    worker=attrs.evolve(worker_ep, port=worker_port),
-                )
-                serverdir.write_access(self.instance_dir / serverdir.ACCESS_FILE, self.access)
-                serverdir.link_current(server_dir, self.instance_dir)
+                if self.config.early is None:
+                    self.access = attrs.evolve(
+                        self.access,
+                        client=attrs.evolve(client_ep, port=client_port),
+                        worker=attrs.evolve(worker_ep, port=worker_port),
+                    )
+                    serverdir.write_access(self.instance_dir / serverdir.ACCESS_FILE, self.access)
+                    serverdir.link_current(server_dir, self.instance_dir)
                 nursery.start_soon(self._scheduler)
                 nursery.start_soon(self._reaper)
                 nursery.start_soon(self._watch_signals)
@@ -182,8 +190,13 @@ class Server:
         """Both listeners, in one cancel scope so that shutdown can close them first."""
         with self._listeners:
             async with trio.open_nursery() as nursery:
-                client_listeners = await open_listeners(client[1])
-                worker_listeners = await open_listeners(worker[1])
+                early = self.config.early
+                if early is not None:
+                    client_listeners = adopt_listeners(early.client_sockets)
+                    worker_listeners = adopt_listeners(early.worker_sockets)
+                else:
+                    client_listeners = await open_listeners(client[1])
+                    worker_listeners = await open_listeners(worker[1])
                 self.listeners = client_listeners + worker_listeners
                 for listeners, role, secret in (
                     (client_listeners, "client", client[0]),
@@ -415,6 +428,11 @@ async def open_listeners(port: int) -> list[trio.SocketListener]:
             # Someone took the port between the two binds: pick another.
             log.debug("Port %d taken before all address families were bound: %s", chosen, e)
     raise OSError(f"could not bind one port on every address family in {BIND_ATTEMPTS} attempts")
+
+
+def adopt_listeners(sockets: list[socket.socket]) -> list[trio.SocketListener]:
+    """Trio listeners on sockets bound (and listening) before trio started."""
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
 def _port_of(listeners: list[trio.SocketListener]) -> int:

@@ -391,6 +391,8 @@ class ServerState:
                 job.move(task, TaskState.CANCELED)
             if publish and status != TaskState.CANCELED:
                 hub.publish(TaskEnded(job_id, task_id, task.state, task.started_at, ended_at))
+            if task.state is TaskState.FINISHED:
+                job.retire(task)
             touched.add(job_id)
         for job_id in touched:
             job = jobs.get(job_id)

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Iterator
 
 from hqpy.common.idset import IdSet
+from hqpy.common.placeholders import _PLACEHOLDER_RE
 from hqpy.common.states import JobState, TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.protocol.readmodels import JobSummary, WorkerSummary
@@ -37,10 +38,77 @@ def job_view(job: Job) -> m.JobView:
     )
 
 
+Piece = tuple[bool, str]
+"""`(True, NAME)`: the per-task value of a placeholder; `(False, TEXT)`: text as it is."""
+
+_PER_TASK = ("TASK_ID", "INSTANCE_ID", "CWD")
+
+
+def _compile(template: str, fixed: dict[str, str], names: tuple[str, ...]) -> list[Piece]:
+    """A path template split once, with the group's own values already in: filling it per
+    task is a join, not a regex pass (`TaskBody.resolve_paths` gives the same text)."""
+    pieces: list[Piece] = []
+    text = []
+    pos = 0
+    for match in _PLACEHOLDER_RE.finditer(template):
+        text.append(template[pos : match.start()])
+        name = match[1]
+        if name in fixed:
+            text.append(fixed[name])
+        elif name in names:
+            pieces.append((False, "".join(text)))
+            text = []
+            pieces.append((True, name))
+        else:
+            text.append(match[0])
+        pos = match.end()
+    text.append(template[pos:])
+    pieces.append((False, "".join(text)))
+    return [p for p in pieces if p[0] or p[1]]
+
+
+def _fill(pieces: list[Piece], values: dict[str, str]) -> str:
+    return "".join(values[text] if per_task else text for per_task, text in pieces)
+
+
+class _Paths:
+    """The cwd, stdout and stderr templates of one group, compiled."""
+
+    __slots__ = ("cwd", "stdout", "stderr")
+
+    def __init__(self, body: m.TaskBody) -> None:
+        fixed = {
+            "JOB_ID": str(body.job_id),
+            "SUBMIT_DIR": body.submit_dir,
+            "SERVER_UID": body.server_uid,
+        }
+        self.cwd = _compile(body.cwd, fixed, _PER_TASK[:2])
+        self.stdout = None if body.stdout is None else _compile(body.stdout, fixed, _PER_TASK)
+        self.stderr = None if body.stderr is None else _compile(body.stderr, fixed, _PER_TASK)
+
+    def resolve(self, task_id: int, instance_id: int) -> tuple[str, str | None, str | None]:
+        values = {"TASK_ID": str(task_id), "INSTANCE_ID": str(instance_id)}
+        cwd = _fill(self.cwd, values)
+        values["CWD"] = cwd
+        out = None if self.stdout is None else _fill(self.stdout, values)
+        err = None if self.stderr is None else _fill(self.stderr, values)
+        return cwd, out, err
+
+
+def task_paths(
+    group: TaskGroup, task_id: int, instance_id: int
+) -> tuple[str, str | None, str | None]:
+    """A task's cwd, stdout and stderr, as `group.body.resolve_paths` gives them."""
+    paths = group.paths
+    if not isinstance(paths, _Paths):
+        paths = group.paths = _Paths(group.body)
+    return paths.resolve(task_id, instance_id)
+
+
 def task_view(group: TaskGroup, task_id: int, task: Task | None) -> m.TaskView:
     if task is None:
         return m.TaskView(id=task_id, state=group.untouched_state.label, group=group.index)
-    paths = group.body.resolve_paths(task_id, task.instance_id)
+    paths = task_paths(group, task_id, task.instance_id)
     return m.TaskView(
         id=task_id,
         state=task.state.label,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -375,3 +376,46 @@ def test_submit_progress_without_tty_writes_no_stderr(hq_env: HqEnv) -> None:
     assert result.stdout.startswith(SUBMITTED)
     assert "\r" not in result.stdout and "\x1b" not in result.stdout
     assert hq_env.task_states() == {1: "finished", 2: "finished", 3: "finished"}
+
+
+def test_submit_reads_directives_and_runs_a_script_through_its_shebang(hq_env: HqEnv) -> None:
+    """Issue 14.7: `#HQ` lines become options (the command line wins); the shebang runs a
+    script that is not executable."""
+    script = hq_env.work_dir / "job.sh"
+    script.write_text(
+        "#!/bin/bash -e\n#HQ --name from-directive --priority 2\n#HQ --env WHO=directive\n"
+        'echo "$WHO $1"\n'
+    )
+    script.chmod(0o644)
+    hq_env.start_server()
+    hq_env.start_worker()
+    hq_env.command("submit", "--wait", "--env", "X=1", "--", "./job.sh", "arg")
+    hq_env.command("submit", "--wait", "--name", "from-cli", "--", "./job.sh", "two")
+    first, second = hq_env.job_info(1), hq_env.job_info(2)
+    assert (first["info"]["name"], second["info"]["name"]) == ("from-directive", "from-cli")
+    assert first["submits"][0]["array"]["priority"] == 2
+    assert first["submits"][0]["array"]["program"]["args"] == ["/bin/bash", "-e", "./job.sh", "arg"]
+    assert first["submits"][0]["array"]["program"]["env"] == {"WHO": "directive", "X": "1"}
+    assert hq_env.command("job", "cat", "1", "stdout") == "directive arg\n"
+    assert hq_env.command("job", "cat", "2", "stdout") == "directive two\n"
+    # Without directives the script runs as it is, and it is not executable.
+    hq_env.command("submit", "--wait", "--directives", "off", "--", "./job.sh")
+    tasks = hq_env.job_info(3)["tasks"]
+    assert [t["state"] for t in tasks] == ["failed"]
+    assert (
+        "The script that you have tried to execute (`./job.sh`) is not executable."
+        in (tasks[0]["error"])
+    )
+
+
+def test_directives_from_stdin_and_stdin_for_the_task_share_one_read(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.start_worker()
+    text = "#HQ --name piped\nhello\n"
+    argv = hq_env.hq_argv("submit", "--wait", "--directives", "stdin", "--stdin", "--", "cat")
+    done = subprocess.run(
+        argv, input=text.encode(), env=hq_env.env, cwd=hq_env.work_dir, timeout=60, check=False
+    )
+    assert done.returncode == 0
+    assert hq_env.job_info(1)["info"]["name"] == "piped"
+    assert hq_env.command("job", "cat", "1", "stdout") == text

@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 import pytest
@@ -254,3 +255,79 @@ def test_json_job_info_joins_the_pages_of_a_big_job(hq_env: HqEnv) -> None:
     hq_env.command("submit", "--array", "0-44999", "--", "true")
     job = hq_env.job_info()
     assert [t["id"] for t in job["tasks"]] == list(range(45000))
+
+
+def test_job_cat_prints_every_page_of_a_big_job_in_order(hq_env: HqEnv) -> None:
+    """`job cat` prints page by page (memory flat in the job's size) and misses no task at the
+    page boundaries; the tasks never ran, so each one is a warning."""
+    hq_env.start_server()
+    hq_env.command("submit", "--array", "0-44999", "--", "true")
+    hq_env.command("job", "cancel", "1")
+    result = hq_env.run("job", "cat", "1", "stdout")
+    assert result.stdout == ""
+    warnings = [line for line in result.stderr.splitlines() if "stream" in line]
+    assert len(warnings) == 45000
+    for i in (0, 19_999, 20_000, 39_999, 40_000, 44_999):
+        assert warnings[i].endswith(f"Task {i} has no `stdout` stream associated with it")
+
+
+def _poll(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Has the process installed its own SIGTERM handler (`server start` does so first)?"""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+    except OSError:
+        return False
+    caught = int(status.split("SigCgt:")[1].split()[0], 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+@pytest.mark.parametrize(
+    "point", ["handlers-set", "handlers-set+20ms", "link-written", "link+50ms", "answering"]
+)
+def test_signal_during_start_up_is_a_clean_stop(
+    hq_env: HqEnv, sig: signal.Signals, point: str
+) -> None:
+    """Wherever start-up is when the signal comes (imports, binding, the allocator, serving):
+    exit 0, no traceback, no `hq-current` left behind. Points are found by polling, not by
+    the clock: the handlers in /proc/PID/status, the link, a first answer."""
+    current = hq_env.server_dir / "hq-current"
+    stderr_path = hq_env.logs_dir / f"server-{sig.name}-{point}.stderr"
+    with open(stderr_path, "wb") as err:
+        popen = subprocess.Popen(
+            hq_env.hq_argv("server", "start"),
+            cwd=hq_env.work_dir,
+            env=hq_env.env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        # Before `hq` sets its handlers the interpreter is still starting: nothing to clean.
+        _poll(lambda: _catches_sigterm(popen.pid))
+        if point == "handlers-set+20ms":
+            time.sleep(0.02)
+        elif point.startswith("link"):
+            _poll(lambda: (current / "access.json").exists())
+            if point == "link+50ms":
+                time.sleep(0.05)
+        elif point == "answering":
+            _poll(lambda: hq_env.run("server", "info", check=False).returncode == 0)
+        popen.send_signal(sig)
+        code = popen.wait(20)
+    finally:
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+    stderr = stderr_path.read_text()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    assert not current.exists() and not current.is_symlink()

@@ -16,7 +16,12 @@ from hqpy.common.resources import (
 from hqpy.common.states import TaskState
 from hqpy.protocol.messages import TaskBody
 from hqpy.server.jobs import Job, Task, TaskGroup
-from hqpy.server.scheduler import MAX_PREFILL_ROUNDS, prefill_rounds, schedule
+from hqpy.server.scheduler import (
+    MAX_PREFILL_ROUNDS,
+    PREFILL_SHARE_PARTS,
+    prefill_rounds,
+    schedule,
+)
 from hqpy.server.workers import Worker
 from tests.factories import cpu_resources, worker_config
 
@@ -373,6 +378,28 @@ def test_prefill_never_takes_more_than_the_waiting_tasks() -> None:
     out = schedule([(job, group)], [make_worker(cpus=2)], now=0.0)
     assert sorted(t.id for t in out[1]) == list(range(7))
     assert not group.has_waiting()
+
+
+def test_prefill_deals_the_waiting_tasks_out_in_equal_shares() -> None:
+    job = make_job()
+    group = add_group(job, ids=range(1000), mean_duration=0.0001)
+    workers = [make_worker(i, cpus=2) for i in range(1, 5)]
+    out = schedule([(job, group)], workers, now=0.0)
+    # Filled to capacity (2 each), then a part of each one's share of the other 992.
+    part = -(-992 // (4 * PREFILL_SHARE_PARTS))
+    assert [len(out[w.id]) for w in workers] == [2 + part] * 4
+    # The next passes deal the rest the same way, each worker as much as the others.
+    for _ in range(200):
+        more = schedule([(job, group)], workers, now=0.0)
+        for worker in workers:
+            for task in more.get(worker.id, []):
+                out[worker.id].append(task)
+                worker.release(task, 0.0)
+        for worker in workers:
+            for task in list(worker.tasks.values()):
+                worker.release(task, 0.0)
+    sizes = [len(out[w.id]) for w in workers]
+    assert sum(sizes) == 1000 and max(sizes) - min(sizes) <= part
 
 
 # --- bookkeeping ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from hqpy.common.errors import RequestError
+from hqpy.common.idset import IdSet
 from hqpy.common.resources import (
     FRACTIONS,
     ResourceAmountRequest,
@@ -17,8 +18,8 @@ from hqpy.common.resources import (
 )
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
-from hqpy.server import commands
-from hqpy.server.jobs import Job, Task
+from hqpy.server import commands, views
+from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.state import ServerState
 from hqpy.server.workers import Worker
 from tests.factories import worker_config
@@ -337,6 +338,44 @@ def test_repeated_finished_update_is_counted_once(state: ServerState) -> None:
     state.schedule()
     state.on_task_updates(worker, [update(job_id, 0, m.TASK_FINISHED)] * 2)
     assert counts(state.jobs[job_id]) == {"waiting": 1, "finished": 1}
+
+
+def test_finished_tasks_give_up_their_objects_and_keep_their_views(
+    state: ServerState, clock: FakeClock
+) -> None:
+    job_id = submit(state, "0-20:2,100-104")
+    worker, _ = add_worker(state, cpus=4, hostname="node7")
+    job = state.jobs[job_id]
+    ids = [t for t, _, _ in job.iter_tasks()]
+    for _ in range(3):
+        state.schedule()
+        rows = [update(job_id, t.id, m.TASK_FINISHED, t.instance_id) for t in worker.tasks.values()]
+        rows[0][3] = m.TASK_FAILED
+        rows[0][6] = "boom"
+        state.on_task_updates(worker, rows)
+    state.schedule()
+    state.on_task_updates(
+        worker,
+        [update(job_id, t.id, m.TASK_FINISHED, 0, None, 1002.0) for t in worker.tasks.values()],
+    )
+    assert job.counts[TaskState.FINISHED] + job.counts[TaskState.FAILED] == len(ids)
+    # Only the failed tasks keep objects; the finished ones are columns of their group.
+    assert {t.state for t in job.tasks.values()} == {TaskState.FAILED}
+    listed = {v.id: v for v in views.task_views(job, None, None)}
+    assert sorted(listed) == ids
+    for task_id, view in listed.items():
+        if view.state == "finished":
+            assert view.ended_at in (1001.0, 1002.0)
+            started = view.ended_at == 1001.0
+            assert view.started_at == (1000.0 if started else None)
+            assert view.workers == (("node7",) if started else ())
+            assert view.stdout == f"/home/user/job-{job_id}/{task_id}.stdout"
+        else:
+            assert (view.state, view.error) == ("failed", "boom")
+    # A late update for a retired task changes nothing.
+    finished = next(i for i, v in listed.items() if v.state == "finished")
+    state.on_task_updates(worker, [update(job_id, finished, m.TASK_FAILED, error="late")])
+    assert next(views.task_views(job, IdSet([finished]), None)).state == "finished"
 
 
 # --- lost workers --------------------------------------------------------------------------------
@@ -863,3 +902,23 @@ def test_a_huge_stepped_array_into_an_open_job_is_checked_on_ranges(state: Serve
         submit(state, "0-4000000000:2", job_id=job_id)
     submit(state, "12-4000000000:2", job_id=job_id)
     assert state.jobs[job_id].task_count == 11 + 1999999995
+
+
+@pytest.mark.parametrize(
+    ("cwd", "stdout"),
+    [
+        ("%{SUBMIT_DIR}", "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout"),
+        ("/w/%{TASK_ID}-%{INSTANCE_ID}/%{CWD}", "%{CWD}%{CWD}x%{SERVER_UID}%{NOPE}%{}%{TASK_ID"),
+        ("plain", "plain.out"),
+        ("%{JOB_ID}%{TASK_ID}", "%%{TASK_ID}}{%{INSTANCE_ID}"),
+    ],
+)
+def test_view_paths_are_the_paths_a_worker_resolves(cwd: str, stdout: str) -> None:
+    body = attrs.evolve(
+        m.TaskBody(7, 3, ("x",), {}, cwd, stdout, None, "/sub", desc().request),
+        server_uid="UID",
+    )
+    group = TaskGroup(body, IdSet.from_range(0, 9), None, 5, 0)
+    for task_id, instance_id in ((0, 0), (9, 4)):
+        expected = body.resolve_paths(task_id, instance_id)
+        assert views.task_paths(group, task_id, instance_id) == expected
