@@ -10,6 +10,7 @@ runs the script as `interp args job.sh ...`, so a script without the execute bit
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from collections.abc import Callable
 from typing import NoReturn
@@ -88,4 +89,7 @@ def apply_directives(
             elif given == default:
                 setattr(args, key, value)
     if shebang is not None and mode != "stdin":
+        if args.name is None and getattr(args, "job", None) is None:
+            # The job keeps the script's name, not its interpreter's.
+            args.name = os.path.basename(command[0])
         args.command = [*shebang, *command]
