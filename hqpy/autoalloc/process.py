@@ -73,6 +73,7 @@ class AllocatorProcess:
         self._wakeup = trio.Event()
         self._last_pass = 0.0
         self._last_refresh: dict[int, float] = {}
+        self._last_queued_refresh: dict[int, float] = {}
         self._stopping = False
         self._submitting: set[int] = set()
         """Queues with a submission step under way."""
@@ -364,19 +365,24 @@ class AllocatorProcess:
     async def _refresh_loop(self) -> None:
         while True:
             await trio.sleep(self.config.tick_interval)
-            for queue_id in self._due_refreshes(force=False):
-                self._start("status", self._refresh_step, queue_id)
+            for queue_id, queued_only in self._due_refreshes(force=False):
+                assert self._nursery is not None, "the allocator is not running"
+                self._nursery.start_soon(
+                    self._refresh_step, queue_id, queued_only, name=f"queue {queue_id} status"
+                )
 
     async def refresh(self, force: bool) -> None:
         """Ask the batch systems about active allocations now (each due queue in parallel) and
         return when all answered. The local backend is asked on every tick."""
         async with trio.open_nursery() as nursery:
-            for queue_id in self._due_refreshes(force):
-                nursery.start_soon(self._refresh_step, queue_id)
+            for queue_id, queued_only in self._due_refreshes(force):
+                nursery.start_soon(self._refresh_step, queue_id, queued_only)
 
-    def _due_refreshes(self, force: bool) -> list[int]:
-        """Queues to poll now; each is marked refreshing until its poll ends. A removed queue's
-        allocations whose cancel was not confirmed are still followed."""
+    def _due_refreshes(self, force: bool) -> list[tuple[int, bool]]:
+        """Queues to poll now, and whether only their queued allocations are due (every
+        `queued_refresh_interval`; all of them every `refresh_interval`). Each is marked
+        refreshing until its poll ends. A removed queue's allocations whose cancel was not
+        confirmed are still followed."""
         now = self.clock()
         due = []
         for queue in self.state.queues.values():
@@ -384,17 +390,27 @@ class AllocatorProcess:
                 continue
             cheap = queue.params.manager == "local"
             last = self._last_refresh.get(queue.id, 0.0)
-            if not (force or cheap or now - last >= self.config.refresh_interval):
+            if force or cheap or now - last >= self.config.refresh_interval:
+                self._last_refresh[queue.id] = now
+                self._last_queued_refresh[queue.id] = now
+                queued_only = False
+            elif queue.queued() and (
+                now - self._last_queued_refresh.setdefault(queue.id, now)
+                >= self.config.queued_refresh_interval
+            ):
+                self._last_queued_refresh[queue.id] = now
+                queued_only = True
+            else:
                 continue
-            self._last_refresh[queue.id] = now
             self._refreshing.add(queue.id)
-            due.append(queue.id)
+            due.append((queue.id, queued_only))
         return due
 
-    async def _refresh_step(self, queue_id: int) -> None:
+    async def _refresh_step(self, queue_id: int, queued_only: bool = False) -> None:
         try:
             queue = self.state.queues[queue_id]
-            ids = [a.id for a in queue.active()]
+            allocations = queue.queued() if queued_only else list(queue.active())
+            ids = [a.id for a in allocations]
             if not ids:
                 return
             backend = self.backend(queue.params.manager)

@@ -32,6 +32,7 @@ from hqpy.autoalloc.state import AllocationQueue, AllocEvent, AutoAllocState
 from hqpy.autoalloc.views import AllocatorViews
 from hqpy.common.demand import DemandSource
 from hqpy.common.events import (
+    AllocationEndReported,
     AllocEventRecorded,
     EventHub,
     JobSubmitted,
@@ -84,6 +85,7 @@ class AutoAllocService:
         hub.subscribe(JobSubmitted, lambda event: self.notify())
         hub.subscribe(WorkerConnected, self._on_worker_connected)
         hub.subscribe(WorkerLost, self._on_worker_lost)
+        hub.subscribe(AllocationEndReported, self._on_end_reported)
 
     # -----------------------------------------------------------------------------------------
     # Life cycle (the composition root)
@@ -152,6 +154,15 @@ class AutoAllocService:
 
     def _on_worker_lost(self, event: WorkerLost) -> None:
         self.state.on_worker_lost(event.worker_id, event.lifetime, event.failure, event.state)
+        self.notify()
+
+    def _on_end_reported(self, event: AllocationEndReported) -> None:
+        found = self.state.find_allocation(event.allocation_id)
+        if found is None:
+            log.debug("Allocation %s of no queue reported its end", event.allocation_id)
+            return
+        queue, alloc = found
+        self.state.on_end_reported(queue, alloc, event.exit_code, event.stderr_tail)
         self.notify()
 
     # -----------------------------------------------------------------------------------------

@@ -35,6 +35,20 @@ class ExternalStatus:
 
 
 @attrs.frozen
+class ScriptSetup:
+    """What an allocation script does before its worker line (`common.render_prelude`)."""
+
+    report_command: str | None = None
+    """`<hq> worker report-end --server-dir "..."`: the exit trap that reports the end."""
+    env_script: str | None = None
+    """Sourced first (`--env-script`)."""
+    exports: tuple[tuple[str, str], ...] = ()
+    """Exported variables: `HQPY_LOG`, `RUST_LOG`, then each `--worker-env`."""
+    worker_dir: str | None = None
+    """The workers' working directory (`--worker-dir`), created if missing."""
+
+
+@attrs.frozen
 class AllocationRequest:
     """Everything needed to render one allocation's submit script."""
 
@@ -53,6 +67,8 @@ class AllocationRequest:
     workdir: Path
     """The allocation dir; holds `hq-submit.sh`, `jobid`, `stdout`, `stderr`."""
     dry_run: bool = False
+    setup: ScriptSetup = ScriptSetup()
+    """Exit trap, environment and directory; rendered by every backend before the worker."""
 
 
 @attrs.frozen

@@ -128,6 +128,38 @@ def build_worker_command(
     return line
 
 
+STDERR_NAME = "stderr"
+
+
+def render_prelude(request: AllocationRequest, allocation_id: str) -> str:
+    """The lines between the directives and the worker line (empty when there is nothing to
+    set up): the exit trap that reports the allocation's end to the server, the env script,
+    the exported variables and the working directory.
+
+    Variables are exported rather than written before the worker command, so that they reach
+    workers started through `srun`, `pbsdsh`, `blaunch` or `qrsh -V` too.
+
+    Args:
+        allocation_id: how the script names its allocation (`$SLURM_JOB_ID`, ...).
+    """
+    setup = request.setup
+    lines = []
+    if setup.report_command:
+        stderr = quote_double(str(request.workdir / STDERR_NAME))
+        body = (
+            f'hqpy_exit=$?; {setup.report_command} --allocation "{allocation_id}" '
+            f'--exit-code "$hqpy_exit" --stderr-file {stderr} >/dev/null 2>&1'
+        )
+        lines.append(f"trap {quote_single(body)} EXIT")
+    if setup.env_script:
+        lines.append(f"source {quote_double(setup.env_script)}")
+    lines.extend(f"export {key}={quote_double(value)}" for key, value in setup.exports)
+    if setup.worker_dir:
+        d = quote_double(setup.worker_dir)
+        lines.append(f"mkdir -p {d} && cd {d} || exit 1")
+    return "".join(line + "\n" for line in lines)
+
+
 def is_simple_command(line: str) -> bool:
     """Whether `line` is one plain command that a launcher (`srun`) can exec directly: no
     `&&`/`;`/pipes (start and stop commands) and no leading `VAR=value` (`HQPY_LOG`)."""

@@ -40,7 +40,12 @@ from hqpy.autoalloc.backends.base import (
     SubmitError,
     cancel_each,
 )
-from hqpy.autoalloc.backends.common import format_walltime, run_checked, write_jobid
+from hqpy.autoalloc.backends.common import (
+    format_walltime,
+    render_prelude,
+    run_checked,
+    write_jobid,
+)
 from hqpy.autoalloc.backends.runner import CommandObserver, make_runner
 from hqpy.common.process import TaskProcess, devnull
 
@@ -86,7 +91,8 @@ def render_local_script(request: AllocationRequest) -> str:
         "done",
         'exit "$status"',
     ]
-    return "\n".join(lines) + "\n\n" + "\n".join(body) + "\n"
+    prelude = render_prelude(request, f"${ALLOCATION_ID_ENV}")
+    return "\n".join(lines) + "\n\n" + prelude + "\n".join(body) + "\n"
 
 
 def read_time_limit(text: str) -> float | None:

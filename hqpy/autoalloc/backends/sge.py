@@ -41,6 +41,7 @@ from hqpy.autoalloc.backends.common import (
     ScriptBackend,
     format_walltime,
     quote_single,
+    render_prelude,
     run_checked,
     run_unchecked,
     write_jobid,
@@ -109,7 +110,9 @@ def render_qsub_sge_script(request: AllocationRequest, parallel_environment: str
         )
     if request.additional_args:
         lines.append("#$ " + " ".join(request.additional_args))
-    return "\n".join(lines) + '\n\nexport HQPY_ALLOCATION_ID="$JOB_ID"\n' + command + "\n"
+    prelude = render_prelude(request, "$JOB_ID")
+    allocation = 'export HQPY_ALLOCATION_ID="$JOB_ID"\n'
+    return "\n".join(lines) + "\n\n" + allocation + prelude + command + "\n"
 
 
 def parse_qsub_terse_output(stdout: str) -> str:
