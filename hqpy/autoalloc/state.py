@@ -317,7 +317,7 @@ class AutoAllocState:
         if alloc.connected:
             return
         why = f"its script exited with code {exit_code}"
-        if alloc.started_at is None and not alloc.disconnected:
+        if not alloc.disconnected:
             why += " before any worker registered"
         tail = [line.strip() for line in stderr_tail.splitlines() if line.strip()]
         if exit_code != 0 and tail:

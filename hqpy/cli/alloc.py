@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from typing import Any
@@ -39,6 +40,13 @@ def _utilization(text: str) -> float:
     return value
 
 
+def _absolute(text: str) -> str:
+    """A path option, made absolute against the directory `hq` runs in."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return os.path.abspath(os.path.expanduser(text))
+
+
 def add_queue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("manager", choices=registry.names(), help="The batch system")
     p.add_argument(
@@ -72,6 +80,25 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detect-resources", help="Passed on to `hq worker start`")
     p.add_argument("--overview-interval", type=duration, help="Passed on to the workers")
     p.add_argument("--min-utilization", type=_utilization, default=0.0, help="0..1, as workers")
+    p.add_argument(
+        "--env-script",
+        type=_absolute,
+        help="A bash file sourced first in each allocation script (modules, venvs)",
+    )
+    p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A variable exported for the workers (repeatable)",
+    )
+    p.add_argument(
+        "--python",
+        help="The interpreter that runs the workers (default: the server's; `python3` allowed)",
+    )
+    p.add_argument(
+        "--worker-dir", type=_absolute, help="The workers' working directory (created if missing)"
+    )
     p.set_defaults(additional_args=[], batch_args=True)
     p.epilog = "Arguments after `--` go verbatim into the script as one batch directive line."
 
@@ -146,6 +173,10 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
         detect_resources=args.detect_resources,
         overview_interval=args.overview_interval,
         min_utilization=args.min_utilization,
+        env_script=args.env_script,
+        worker_env=tuple(args.worker_env),
+        python=args.python,
+        worker_dir=args.worker_dir,
     )
 
 

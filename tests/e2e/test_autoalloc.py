@@ -365,12 +365,82 @@ def test_allocations_run_tasks_and_finish(batches: Batches, hq_env: HqEnv, manag
                 f"#PBS -e {workdir}/stderr",
                 "#PBS -l walltime=00:10:00",
             ]
+        id_var = "$SLURM_JOB_ID" if manager == "slurm" else "$PBS_JOBID"
+        trap = (
+            f"trap 'hqpy_exit=$?; {hq_command()} worker report-end "
+            f'--server-dir "{instance}" --allocation "{id_var}" --exit-code "$hqpy_exit" '
+            f'--stderr-file "{workdir}/stderr" >/dev/null 2>&1\' EXIT'
+        )
         script = (workdir / "hq-submit.sh").read_text()
-        assert script == "\n".join(header) + "\n\n" + exec_line + "\n"
+        assert script == "\n".join(header) + "\n\n" + trap + "\n" + exec_line + "\n"
         submits = batch.calls(SUBMIT_TOOL[manager])
         assert len(submits) == len(allocations)
         assert submits[0]["argv"] == [str(workdir / "hq-submit.sh")]
         assert submits[0]["cwd"] == str(workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocations that report their own end (hq #13.1)
+
+
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_allocation_whose_worker_cannot_start_fails_with_its_stderr_and_pauses(
+    batches: Batches, hq_env: HqEnv, manager: str
+) -> None:
+    # The commonest real failure (a missing module, a broken venv): the script ends before
+    # any worker registers. Its exit trap reports it: FAILED with the stderr text, and (one
+    # failure allowed here) the queue pauses itself. The batch system is polled only every
+    # 30 minutes and queued allocations every 10 minutes, so the report is what tells.
+    batches.setup(hq_env, manager)
+    hq_env.env["HQ_AUTOALLOC_REFRESH_INTERVAL_MS"] = str(30 * 60 * 1000)
+    hq_env.env["HQPY_AUTOALLOC_QUEUED_REFRESH_INTERVAL_MS"] = str(10 * 60 * 1000)
+    hq_env.env["HQ_AUTOALLOC_MAX_ALLOCATION_FAILS"] = "1"
+    hq_env.start_server()
+    add_queue(
+        hq_env,
+        manager,
+        "--time-limit",
+        "10m",
+        "--cpus",
+        "1",
+        "--worker-start-cmd",
+        "echo boom >&2; false",
+    )
+    hq_env.command("submit", "--", "sleep", "0")
+    wait_logged(hq_env, 1, "allocation-failed")
+    wait_logged(hq_env, 1, "queue-paused")
+    [info] = alloc_info(hq_env)
+    assert info["status"] == "failed"
+    events = alloc_events(hq_env)
+    [failed] = [e for e in events if e["event"] == "allocation-failed"]
+    assert failed["allocation_id"] == info["id"]
+    assert failed["message"] == (
+        "its script exited with code 1 before any worker registered; stderr: boom"
+    )
+    [paused] = [e for e in events if e["event"] == "queue-paused"]
+    assert "1 allocations in a row failed" in paused["message"]
+    [queue_json] = hq_env.command("alloc", "list", json=True)
+    assert queue_json["state"] == "PAUSED"
+    assert "boom" in hq_env.command("alloc", "log", info["id"], "stderr")
+
+
+def test_report_end_needs_the_worker_secret_and_a_live_server(hq_env: HqEnv) -> None:
+    # The report is authenticated like a worker: a wrong secret is refused, in one line.
+    hq_env.start_server()
+    [access] = hq_env.server_dir.glob("*/access.json")
+    record = json.loads(access.read_text())
+    record["worker"]["secret_key"] = "0" * len(record["worker"]["secret_key"])
+    forged = hq_env.work_dir / "forged"
+    (forged / "001").mkdir(parents=True)
+    (forged / "001" / "access.json").write_text(json.dumps(record))
+    args = ("worker", "report-end", "--allocation", "local-1", "--exit-code", "1")
+    result = hq_env.run(*args, server_dir=forged / "001", expect_fail=True)
+    [line] = result.stderr.strip().splitlines()
+    assert "Could not report the end of allocation local-1" in line, result.stderr
+    hq_env.run(*args)  # the right secret: taken (no queue knows the allocation)
+    assert hq_env.stop_server() == 0
+    result = hq_env.run(*args, expect_fail=True)
+    assert "Could not report the end of allocation local-1" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
