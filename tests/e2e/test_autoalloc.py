@@ -17,6 +17,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import suppress
@@ -441,6 +442,94 @@ def test_report_end_needs_the_worker_secret_and_a_live_server(hq_env: HqEnv) -> 
     assert hq_env.stop_server() == 0
     result = hq_env.run(*args, expect_fail=True)
     assert "Could not report the end of allocation local-1" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The environment each queue's workers start in (hq #9.5)
+
+
+@pytest.mark.parametrize("manager", ["local", "slurm"])
+def test_queue_worker_environment_reaches_tasks(
+    batches: Batches, hq_env: HqEnv, manager: str
+) -> None:
+    batches.setup(hq_env, manager)
+    hq_env.start_server()
+    env_script = hq_env.work_dir / "env.sh"
+    env_script.write_text("export FROM_ENV_SCRIPT=sourced\n")
+    # A stand-in interpreter: marks the environment, then runs the real one.
+    python = hq_env.work_dir / "my python"
+    python.write_text(
+        '#!/bin/bash\nexport VIA_PYTHON="$0"\nexport WORKER_CWD="$PWD"\n'
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    python.chmod(0o755)
+    worker_dir = hq_env.work_dir / "worker dir"
+    workers = "2" if manager == "slurm" else "1"  # Slurm: through `srun`
+    add_queue(
+        hq_env,
+        manager,
+        "--time-limit",
+        "10m",
+        "--cpus",
+        "1",
+        "--workers-per-alloc",
+        workers,
+        "--env-script",
+        str(env_script),
+        "--worker-env",
+        "FROM_WORKER_ENV=a b",
+        "--worker-env",
+        "SECOND=2",
+        "--python",
+        str(python),
+        "--worker-dir",
+        str(worker_dir),
+    )
+    hq_env.command(
+        "submit",
+        "--",
+        "bash",
+        "-c",
+        'echo "$FROM_ENV_SCRIPT|$FROM_WORKER_ENV|$SECOND|$VIA_PYTHON|$WORKER_CWD"',
+    )
+    assert job_stats(hq_env, 1)["finished"] == 1
+    output = hq_env.command("job", "cat", "1", "stdout").strip()
+    assert output == f"sourced|a b|2|{python}|{worker_dir}"
+    [queue_json] = hq_env.command("alloc", "list", json=True)
+    assert queue_json["worker_environment"] == {
+        "env_script": str(env_script),
+        "worker_env": ["FROM_WORKER_ENV=a b", "SECOND=2"],
+        "python": str(python),
+        "worker_dir": str(worker_dir),
+    }
+
+
+def test_alloc_add_refuses_a_missing_env_script_or_interpreter(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    missing = hq_env.work_dir / "missing.sh"
+    result = hq_env.run(
+        "alloc",
+        "add",
+        "local",
+        "--time-limit",
+        "1h",
+        "--env-script",
+        str(missing),
+        expect_fail=True,
+    )
+    assert f"Env script `{missing}` does not exist" in result.stderr
+    result = hq_env.run(
+        "alloc",
+        "add",
+        "local",
+        "--time-limit",
+        "1h",
+        "--python",
+        "no-such-python3",
+        expect_fail=True,
+    )
+    assert "Python interpreter `no-such-python3` was not found" in result.stderr
+    assert hq_env.command("alloc", "list", json=True) == []
 
 
 # ---------------------------------------------------------------------------------------------
