@@ -13,6 +13,7 @@ from hqpy.autoalloc.backends import registry
 from hqpy.autoalloc.backends.base import AllocationRequest, ScriptSetup
 from hqpy.autoalloc.backends.common import allocation_name, build_worker_command, quote_double
 from hqpy.autoalloc.planner import declared_resources, local_cpus
+from hqpy.autoalloc.templates import TemplateError, check_template
 from hqpy.common.errors import RequestError
 from hqpy.protocol.messages import QueueParams
 
@@ -92,6 +93,11 @@ def validate_environment(params: QueueParams) -> None:
             )
     if params.worker_dir is not None and not os.path.isabs(params.worker_dir):
         raise AllocError(f"Worker dir `{params.worker_dir}` must be an absolute path")
+    if params.script_template is not None or params.template_params:
+        try:
+            check_template(params.script_template or "", params.template_params)
+        except TemplateError as e:
+            raise AllocError(f"Invalid script template: {e}") from None
 
 
 def script_setup(params: QueueParams, instance_dir: Path, env: dict[str, str]) -> ScriptSetup:

@@ -33,6 +33,7 @@ from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.params import allocation_request
 from hqpy.autoalloc.planner import plan_queue
 from hqpy.autoalloc.state import Allocation, AllocationQueue, AutoAllocState
+from hqpy.autoalloc.templates import render_allocation_script
 from hqpy.common.demand import DemandSource
 from hqpy.common.events import AllocationSubmitted, EventHub
 from hqpy.common.states import AllocEventKind, QueueState
@@ -221,7 +222,7 @@ class AllocatorProcess:
         )
         try:
             workdir.mkdir(parents=True, exist_ok=True)
-            script = write_script(request, backend.render_script(request))
+            script = write_script(request, render_allocation_script(backend, request, queue.params))
             allocation_id = await backend.submit(script, workdir)
         except (BackendError, OSError) as e:
             queue = self.state.queues[queue_id]

@@ -29,6 +29,7 @@ from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.params import AllocError, allocation_request, validate_params
 from hqpy.autoalloc.process import AllocatorProcess, BackendFactory
 from hqpy.autoalloc.state import AllocationQueue, AllocEvent, AutoAllocState
+from hqpy.autoalloc.templates import render_allocation_script
 from hqpy.autoalloc.views import AllocatorViews
 from hqpy.common.demand import DemandSource
 from hqpy.common.events import (
@@ -177,9 +178,11 @@ class AutoAllocService:
         self.notify()
         return queue
 
-    async def dry_run(self, params: QueueParams) -> None:
+    async def dry_run(self, params: QueueParams, print_script: bool = False) -> Path | None:
         """Submit a trial allocation and cancel it at once, so a bad option shows now (a
-        backend that can check its script without submitting, as local does, only checks)."""
+        backend that can check its script without submitting, as local does, only checks).
+        With `print_script`, only render the script and return its allocation dir (kept, so
+        that the client can print `hq-submit.sh`)."""
         validate_params(params)
         self._dry_runs += 1
         workdir = self.instance_dir / "autoalloc" / f"dry-run-{self._dry_runs}"
@@ -196,18 +199,20 @@ class AutoAllocService:
         backend = self.process.backend(params.manager)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
-            script = write_script(request, backend.render_script(request))
+            script = write_script(request, render_allocation_script(backend, request, params))
         except OSError as e:
             raise AllocError(f"Could not submit allocation: cannot write {workdir}: {e}") from None
         except BackendError as e:
             raise AllocError(f"Could not submit allocation: {e}") from None
+        if print_script:
+            return workdir
         if isinstance(backend, ChecksScripts):
             try:
                 await backend.check_script(script)
             except BackendError as e:
                 raise AllocError(f"Could not submit allocation: {e}") from None
             shutil.rmtree(workdir, ignore_errors=True)
-            return
+            return None
         try:
             allocation_id = await backend.submit(script, workdir)
         except BackendError as e:
@@ -220,6 +225,7 @@ class AutoAllocService:
         if error is not None:
             raise AllocError(f"Could not cancel allocation {allocation_id}: {error}")
         shutil.rmtree(workdir, ignore_errors=True)
+        return None
 
     def get_queue(self, queue_id: int) -> AllocationQueue:
         queue = self.state.get_live(queue_id)

@@ -151,6 +151,11 @@ class QueueParams:
     """`--python`: the interpreter that runs the worker (None: the server's own)."""
     worker_dir: str | None = None
     """`--worker-dir`: an absolute path, the worker's working directory."""
+    script_template: str | None = None
+    """`--script-template`: the template's text (read by `hq alloc add`), see
+    `autoalloc.templates`."""
+    template_params: tuple[str, ...] = ()
+    """`-x key=value`, as typed: the template's own placeholders."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,6 +556,8 @@ class AllocAddRequest:
 @attrs.frozen
 class AllocDryRunRequest:
     params: QueueParams
+    print_script: bool = False
+    """Only render the script (kept in the dry run's dir, answered with `AllocLogResponse`)."""
 
 
 @attrs.frozen

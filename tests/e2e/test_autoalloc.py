@@ -533,6 +533,114 @@ def test_alloc_add_refuses_a_missing_env_script_or_interpreter(hq_env: HqEnv) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# Script templates and `dry-run --print-script` (hq #9.6)
+
+DIRECTIVE = {
+    "slurm": "#SBATCH --time=01:00:00",
+    "pbs": "#PBS -l walltime=01:00:00",
+    "local": "# time limit 01:00:00",
+    "lsf": "#BSUB -W 1:00",
+    "htcondor": "#CONDOR batch_name",
+    "sge": "#$ -l h_rt=01:00:00",
+}
+
+
+def test_dry_run_prints_the_script_of_every_backend(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    instance = next(hq_env.server_dir.glob("*/access.json")).parent
+    for manager, directive in DIRECTIVE.items():
+        script = hq_env.command(
+            "alloc", "dry-run", manager, "--time-limit", "1h", "--cpus", "1", "--print-script"
+        )
+        lines = script.splitlines()
+        assert lines[0] == "#!/bin/bash", script
+        assert any(line.startswith(directive) for line in lines), (manager, script)
+        assert 'worker start --idle-timeout "5m"' in script
+        assert f'worker report-end --server-dir "{instance}"' in script
+    # Nothing was submitted and nothing is left behind.
+    assert not list((instance / "autoalloc").glob("dry-run-*"))
+
+
+def test_script_template_replaces_the_script_and_runs_a_queue(
+    batches: Batches, hq_env: HqEnv
+) -> None:
+    batches.setup(hq_env, "local")
+    hq_env.start_server()
+    template = hq_env.work_dir / "site.sh"
+    template.write_text(
+        "#!/bin/bash\n$directives\n# site template for $queue_name: $node_count node(s), "
+        "$walltime, in $allocation_dir\n$env_setup\nexport FROM_TEMPLATE=$module\n"
+        "$worker_command\n"
+    )
+    options = ["--time-limit", "1h", "--cpus", "1", "--name", "site"]
+    options += ["--script-template", str(template), "-x", "module=gcc/12", "-x", "unused=1"]
+    printed = hq_env.command("alloc", "dry-run", "local", *options, "--print-script")
+    builtin = hq_env.command(
+        "alloc",
+        "dry-run",
+        "local",
+        "--time-limit",
+        "1h",
+        "--cpus",
+        "1",
+        "--name",
+        "site",
+        "--print-script",
+    )
+    # The two dry runs have their own dirs (`dry-run-1`, `dry-run-2`).
+    printed, builtin = (re.sub(r"dry-run-\d+", "dry-run-N", t) for t in (printed, builtin))
+    head, _, body = builtin.partition("\n\n")
+    trap, _, worker_lines = body.partition("\n")
+    [dry_dir] = re.findall(r'--stderr-file "(.*)/stderr"', trap)
+    assert printed == (
+        head
+        + f"\n# site template for site: 1 node(s), 01:00:00, in {dry_dir}\n"
+        + trap
+        + "\nexport FROM_TEMPLATE=gcc/12\n"
+        + worker_lines
+    ), printed
+
+    add_queue(hq_env, "local", *options)
+    [queue_json] = hq_env.command("alloc", "list", json=True)
+    assert queue_json["worker_environment"]["template_params"] == ["module=gcc/12", "unused=1"]
+    hq_env.command("submit", "--", "bash", "-c", 'echo "$FROM_TEMPLATE"')
+    assert job_stats(hq_env, 1)["finished"] == 1
+    assert hq_env.command("job", "cat", "1", "stdout").strip() == "gcc/12"
+    [info] = alloc_info(hq_env)
+    script = (Path(info["workdir"]) / "hq-submit.sh").read_text()
+    assert f"in {info['workdir']}\n" in script
+
+
+def test_script_template_names_what_is_missing(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    template = hq_env.work_dir / "t.sh"
+    template.write_text("#!/bin/bash\n$directives\nmodule load $module\n$worker_command\n")
+    base = ["alloc", "add", "slurm", "--time-limit", "1h", "--script-template", str(template)]
+    result = hq_env.run(*base, expect_fail=True)
+    assert "script template uses `$module`" in result.stderr
+    assert "give it with `-x module=VALUE`" in result.stderr
+    template.write_text("#!/bin/bash\n$directives\ncost: 5$\n")
+    result = hq_env.run(*base, expect_fail=True)
+    assert "Invalid script template" in result.stderr
+    assert "$$" in result.stderr
+    result = hq_env.run(*base, "-x", "directives=no", expect_fail=True)
+    assert "would hide the built-in placeholder `$directives`" in result.stderr
+    missing = hq_env.work_dir / "missing.sh"
+    result = hq_env.run(
+        "alloc",
+        "add",
+        "slurm",
+        "--time-limit",
+        "1h",
+        "--script-template",
+        str(missing),
+        expect_fail=True,
+    )
+    assert f"Cannot read script template `{missing}`" in result.stderr
+    assert hq_env.command("alloc", "list", json=True) == []
+
+
+# ---------------------------------------------------------------------------------------------
 # Options the CLI refuses
 
 

@@ -267,6 +267,8 @@ def _worker_environment(p: m.QueueParams) -> dict[str, Any]:
         "worker_env": list(p.worker_env),
         "python": p.python,
         "worker_dir": p.worker_dir,
+        "script_template": p.script_template is not None,
+        "template_params": list(p.template_params),
     }
     return {"worker_environment": env} if any(env.values()) else {}
 
