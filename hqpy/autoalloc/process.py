@@ -223,7 +223,7 @@ class AllocatorProcess:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             script = write_script(request, render_allocation_script(backend, request, queue.params))
-            allocation_id = await backend.submit(script, workdir)
+            allocation_id = await backend.submit(request, script)
         except (BackendError, OSError) as e:
             queue = self.state.queues[queue_id]
             if queue.in_flight:

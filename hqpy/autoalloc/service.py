@@ -214,7 +214,7 @@ class AutoAllocService:
             shutil.rmtree(workdir, ignore_errors=True)
             return None
         try:
-            allocation_id = await backend.submit(script, workdir)
+            allocation_id = await backend.submit(request, script)
         except BackendError as e:
             raise AllocError(f"Could not submit allocation: {e}") from None
         targets = [CancelTarget(allocation_id, workdir)]

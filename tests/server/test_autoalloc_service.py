@@ -133,7 +133,8 @@ class FakeBackend:
         header = f"#!/bin/bash\n# {request.name}: {request.worker_count} worker(s)\n"
         return f"{header}\n{request.worker_command}\n"
 
-    async def submit(self, script: Path, workdir: Path) -> str:
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        workdir = request.workdir
         await trio.lowlevel.checkpoint()
         self._record("submit", str(script))
         self.scripts.append(script)

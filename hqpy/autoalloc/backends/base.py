@@ -151,8 +151,9 @@ class BatchBackend(Protocol):
         """The whole `hq-submit.sh` (pure)."""
         ...
 
-    async def submit(self, script: Path, workdir: Path) -> str:
-        """Submit the script; returns the allocation id. Raises `SubmitError`."""
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        """Submit the script (rendered from `request`, written in `request.workdir`); returns
+        the allocation id. Raises `SubmitError`."""
         ...
 
     async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:

@@ -344,7 +344,8 @@ class ScriptBackend:
     def parse_submit_output(stdout: str) -> str:
         raise NotImplementedError
 
-    async def submit(self, script: Path, workdir: Path) -> str:
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        workdir = request.workdir
         program = self.submit_program
         result = await run_checked(
             self._run,

@@ -184,7 +184,8 @@ class HtcondorBackend(ScriptBackend):
     def render_script(self, request: AllocationRequest) -> str:
         return render_condor_script(request)
 
-    async def submit(self, script: Path, workdir: Path) -> str:
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        workdir = request.workdir
         description = workdir / SUBMIT_FILE
         try:
             text = await trio.Path(script).read_text()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -53,8 +52,6 @@ logger = logging.getLogger(__name__)
 
 ALLOCATION_ID_ENV = "HQPY_ALLOCATION_ID"
 
-_TIME_LIMIT_RE = re.compile(r"^# time limit (\d+):(\d\d):(\d\d)$", re.MULTILINE)
-_DRY_RUN_RE = re.compile(r"^# dry run$", re.MULTILINE)
 
 _FOREIGN_ALLOCATION_ENV = ("SLURM_JOB_ID", "PBS_JOBID", "PBS_ENVIRONMENT")
 """Removed from a local allocation's environment: a server that itself runs inside a Slurm or
@@ -64,9 +61,9 @@ PBS job must not make its local workers report that job as their allocation."""
 def render_local_script(request: AllocationRequest) -> str:
     """A bash script that starts `worker_count` workers in the background and waits for them.
 
-    The comment lines are read back by `submit` (time limit, dry run), so the script on disk
-    is the whole truth, as `#SBATCH` lines are for Slurm. The exit status is the last failing
-    worker's, so a crashing allocation is FAILED.
+    The comment lines are for people reading it; `submit` takes the time limit and the dry
+    run from the request. The exit status is the last failing worker's, so a crashing
+    allocation is FAILED.
     """
     lines = [
         "#!/bin/bash",
@@ -93,15 +90,6 @@ def render_local_script(request: AllocationRequest) -> str:
     ]
     prelude = render_prelude(request, f"${ALLOCATION_ID_ENV}")
     return "\n".join(lines) + "\n\n" + prelude + "\n".join(body) + "\n"
-
-
-def read_time_limit(text: str) -> float | None:
-    """Seconds from the script's `# time limit HH:MM:SS` line, if it has one."""
-    match = _TIME_LIMIT_RE.search(text)
-    if match is None:
-        return None
-    hours, minutes, seconds = (int(g) for g in match.groups())
-    return float(hours * 3600 + minutes * 60 + seconds)
 
 
 @attrs.define(eq=False)
@@ -245,14 +233,14 @@ class LocalBackend:
             what="bash -n",
         )
 
-    async def submit(self, script: Path, workdir: Path) -> str:
-        # The script is hqpy's own rendering (checked with `bash -n` by the dry run); a submit
-        # only reads its directives back, without the thread hops of trio's file and process
-        # helpers: this sits between a `hq submit` and the first worker.
-        text = _read_script(script)
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        # The time limit and the dry run come from the request (a script template need not
+        # keep the comment lines); no thread hops of trio's file and process helpers: this
+        # sits between a `hq submit` and the first worker.
+        workdir = request.workdir
         self._counter += 1
         allocation_id = f"local-{self._counter}"
-        if _DRY_RUN_RE.search(text):
+        if request.dry_run:
             self._allocations[allocation_id] = _LocalAllocation(
                 allocation_id, workdir, None, process=None
             )
@@ -268,7 +256,7 @@ class LocalBackend:
         allocation = _LocalAllocation(
             allocation_id,
             workdir,
-            read_time_limit(text),
+            request.time_limit,
             process=process,
             started_at=time.time(),
         )
@@ -392,10 +380,3 @@ class LocalBackend:
         logger.info("local allocation %s reached its time limit", allocation.id)
         allocation.timed_out = True
         await self._terminate(allocation)
-
-
-def _read_script(script: Path) -> str:
-    try:
-        return script.read_text()
-    except OSError as e:
-        raise SubmitError(f"cannot read {script}: {e.strerror or e}") from e

@@ -193,7 +193,8 @@ class LsfBackend(ScriptBackend):
     def render_script(self, request: AllocationRequest) -> str:
         return render_bsub_script(request)
 
-    async def submit(self, script: Path, workdir: Path) -> str:
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        workdir = request.workdir
         result = await run_checked(
             self._run,
             ["bsub"],

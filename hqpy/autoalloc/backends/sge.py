@@ -225,7 +225,8 @@ class SgeBackend(ScriptBackend):
     def render_script(self, request: AllocationRequest) -> str:
         return render_qsub_sge_script(request, self.parallel_environment)
 
-    async def submit(self, script: Path, workdir: Path) -> str:
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        workdir = request.workdir
         result = await run_checked(
             self._run,
             ["qsub", "-terse", str(script)],
