@@ -82,12 +82,16 @@ def build_worker_command(
         cpus_override: `--cpus` for a queue without one (the local backend divides the
             machine's cpus among the workers of an allocation).
     """
-    try:
-        manager_arg = _MANAGER_ARG[manager.lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown manager {manager!r}; expected one of {', '.join(_MANAGER_ARG)}"
-        ) from None
+    manager_arg = _MANAGER_ARG.get(manager.lower())
+    if manager_arg is None:
+        from hqpy.autoalloc.backends import registry
+
+        if manager.lower() not in registry.names():
+            raise ValueError(
+                f"unknown manager {manager!r}; expected one of {', '.join(registry.names())}"
+            )
+        # A plug-in's workers find their allocation in HQPY_ALLOCATION_ID, as local ones.
+        manager_arg = "detect"
     parts = [
         shlex.join(hq_argv),
         "worker start",
