@@ -77,3 +77,12 @@ def test_plugin_backend_runs_a_queue_end_to_end(toy_backend: None, hq_env: HqEnv
     workers = hq_env.command("worker", "list", json=True)
     assert any(w["allocation"] and w["allocation"]["id"] == "toy-1-1" for w in workers), workers
     assert hq_env.stop_server() == 0
+
+
+def test_docs_show_the_whole_plugin() -> None:
+    """`docs/backends.md` shows the plug-in that the test above runs, as it is."""
+    docs = (Path(__file__).parents[2] / "docs" / "backends.md").read_text()
+    source = (PLUGIN / "hqpy_toy_backend" / "__init__.py").read_text()
+    code = source[source.index("from __future__") :].rstrip()
+    assert code in docs
+    assert '[project.entry-points."hqpy.backends"]\ntoy = "hqpy_toy_backend:ToyBackend"' in docs

@@ -53,9 +53,17 @@ logger = logging.getLogger(__name__)
 ALLOCATION_ID_ENV = "HQPY_ALLOCATION_ID"
 
 
-_FOREIGN_ALLOCATION_ENV = ("SLURM_JOB_ID", "PBS_JOBID", "PBS_ENVIRONMENT")
-"""Removed from a local allocation's environment: a server that itself runs inside a Slurm or
-PBS job must not make its local workers report that job as their allocation."""
+_FOREIGN_ALLOCATION_ENV = (
+    "SLURM_JOB_ID",
+    "SLURM_JOBID",
+    "PBS_JOBID",
+    "PBS_ENVIRONMENT",
+    "LSB_JOBID",
+    "SGE_ROOT",
+    "_CONDOR_JOB_AD",
+)
+"""Removed from a local allocation's environment: a server that itself runs inside a batch
+job must not make its local workers report that job as their allocation (`--manager detect`)."""
 
 
 def render_local_script(request: AllocationRequest) -> str:
