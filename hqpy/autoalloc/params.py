@@ -12,7 +12,7 @@ from pathlib import Path
 from hqpy.autoalloc.backends import registry
 from hqpy.autoalloc.backends.base import AllocationRequest, ScriptSetup
 from hqpy.autoalloc.backends.common import allocation_name, build_worker_command, quote_double
-from hqpy.autoalloc.planner import declared_resources, local_cpus
+from hqpy.autoalloc.planner import declared_resources
 from hqpy.autoalloc.templates import TemplateError, check_template
 from hqpy.common.errors import RequestError
 from hqpy.protocol.messages import QueueParams
@@ -124,17 +124,22 @@ def allocation_request(
     workdir: Path,
     *,
     instance_dir: Path,
-    host_cpus: int,
+    cpus_override: str | None = None,
     dry_run: bool = False,
 ) -> AllocationRequest:
-    """What the backend renders into the allocation's `hq-submit.sh`."""
+    """What the backend renders into the allocation's `hq-submit.sh`.
+
+    Args:
+        cpus_override: `--cpus` for workers of a queue without one, from a backend that
+            shares this machine (`SharesHost.worker_cpus`).
+    """
     command = build_worker_command(
         params,
         hq_argv=hq_argv(params.python),
         server_dir=instance_dir,
         manager=params.manager,
         hqpy_log=None,  # exported by the script's set-up, with `RUST_LOG`
-        cpus_override=local_cpus(params, host_cpus),
+        cpus_override=cpus_override,
     )
     return AllocationRequest(
         queue_id=queue_id,

@@ -26,7 +26,13 @@ from pathlib import Path
 import trio
 
 from hqpy.autoalloc.backends import registry
-from hqpy.autoalloc.backends.base import BackendError, BatchBackend, CancelsAll, CancelTarget
+from hqpy.autoalloc.backends.base import (
+    BackendError,
+    BatchBackend,
+    CancelsAll,
+    CancelTarget,
+    SharesHost,
+)
 from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.cancels import cancel_bound, cancel_with_retries, unconfirmed
 from hqpy.autoalloc.config import AutoAllocConfig
@@ -37,6 +43,7 @@ from hqpy.autoalloc.templates import render_allocation_script
 from hqpy.common.demand import DemandSource
 from hqpy.common.events import AllocationSubmitted, EventHub
 from hqpy.common.states import AllocEventKind, QueueState
+from hqpy.protocol.messages import QueueParams
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,11 @@ BackendFactory = Callable[[str, trio.Nursery, float], BatchBackend]
 """`make_backend(manager, nursery, command_timeout)`: how tests put a fake batch system in."""
 
 WITHDRAW_REASON = "no waiting task needs it"
+
+
+def worker_cpus(backend: BatchBackend, params: QueueParams) -> str | None:
+    """`--cpus` the backend gives workers of a queue without one (local: its share)."""
+    return backend.worker_cpus(params) if isinstance(backend, SharesHost) else None
 
 
 class AllocatorProcess:
@@ -58,7 +70,6 @@ class AllocatorProcess:
         config: AutoAllocConfig,
         make_backend: BackendFactory | None,
         clock: Callable[[], float] = time.time,
-        host_cpus: int = 1,
     ) -> None:
         self.state = state
         self.demand = demand
@@ -66,7 +77,6 @@ class AllocatorProcess:
         self.instance_dir = instance_dir
         self.config = config
         self.clock = clock
-        self.host_cpus = host_cpus
         self.cancel_bound = cancel_bound(config.command_timeout)
         self._make_backend = make_backend
         self._backends: dict[str, BatchBackend] = {}
@@ -124,6 +134,11 @@ class AllocatorProcess:
             self._backends[manager] = backend
         return backend
 
+    def share(self, params: QueueParams) -> SharesHost | None:
+        """The queue's backend, when it shares this machine's cpus among its workers."""
+        backend = self.backend(params.manager)
+        return backend if isinstance(backend, SharesHost) else None
+
     def existing_backend(self, manager: str) -> BatchBackend | None:
         return self._backends.get(manager)
 
@@ -156,7 +171,7 @@ class AllocatorProcess:
         work = self.demand.waiting_work()
         for queue in self.state.live_queues():
             busy = queue.id in self._submitting
-            plan = plan_queue(queue, work, self.host_cpus, may_submit=not busy)
+            plan = plan_queue(queue, work, self.share(queue.params), may_submit=not busy)
             self._withdraw_unneeded(queue, plan.needed_workers, now)
             if queue.state is not QueueState.ACTIVE or self.state.pause_if_failing(queue):
                 continue
@@ -218,7 +233,7 @@ class AllocatorProcess:
             workers,
             workdir,
             instance_dir=self.instance_dir,
-            host_cpus=self.host_cpus,
+            cpus_override=worker_cpus(backend, queue.params),
         )
         try:
             workdir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ methods here; readers (metrics, status page) use the `AllocatorReadModel` views.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.cancels import cancel_bound, cancel_with_retries, unconfirmed
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.params import AllocError, allocation_request, validate_params
-from hqpy.autoalloc.process import AllocatorProcess, BackendFactory
+from hqpy.autoalloc.process import AllocatorProcess, BackendFactory, worker_cpus
 from hqpy.autoalloc.state import AllocationQueue, AllocEvent, AutoAllocState
 from hqpy.autoalloc.templates import render_allocation_script
 from hqpy.autoalloc.views import AllocatorViews
@@ -69,7 +68,6 @@ class AutoAllocService:
         self.state = AutoAllocState(clock)
         self.state.on_event = self._on_event
         self._events_changed = trio.Event()
-        self.host_cpus = len(os.sched_getaffinity(0))
         self.process = AllocatorProcess(
             self.state,
             demand,
@@ -78,7 +76,6 @@ class AutoAllocService:
             config,
             make_backend,
             clock,
-            self.host_cpus,
         )
         self.views = AllocatorViews(self.state)
         self.cancel_bound = cancel_bound(config.command_timeout)
@@ -186,6 +183,7 @@ class AutoAllocService:
         validate_params(params)
         self._dry_runs += 1
         workdir = self.instance_dir / "autoalloc" / f"dry-run-{self._dry_runs}"
+        backend = self.process.backend(params.manager)
         request = allocation_request(
             params,
             0,
@@ -193,10 +191,9 @@ class AutoAllocService:
             params.workers_per_alloc,
             workdir,
             instance_dir=self.instance_dir,
-            host_cpus=self.host_cpus,
+            cpus_override=worker_cpus(backend, params),
             dry_run=True,
         )
-        backend = self.process.backend(params.manager)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             script = write_script(request, render_allocation_script(backend, request, params))

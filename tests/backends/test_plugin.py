@@ -74,7 +74,7 @@ def test_plugin_backend_runs_a_queue_end_to_end(toy_backend: None, hq_env: HqEnv
     allocations = hq_env.command("alloc", "info", "1", json=True)
     assert allocations[0]["id"] == "toy-1-1"
     assert allocations[0]["started_at"] is not None
-    workers = hq_env.command("worker", "list", json=True)
+    workers = hq_env.command("worker", "list", "--all", json=True)
     assert any(w["allocation"] and w["allocation"]["id"] == "toy-1-1" for w in workers), workers
     assert hq_env.stop_server() == 0
 

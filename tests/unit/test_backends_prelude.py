@@ -120,7 +120,7 @@ def test_script_setup_exports_the_servers_log_variables_then_worker_env(tmp_path
 
 def test_python_option_runs_workers_and_the_report_with_that_interpreter(tmp_path: Path) -> None:
     params = QueueParams("local", 3600.0, python="/usr/bin/python3")
-    req = allocation_request(params, 1, 1, 1, tmp_path / "w", instance_dir=tmp_path, host_cpus=2)
+    req = allocation_request(params, 1, 1, 1, tmp_path / "w", instance_dir=tmp_path)
     assert req.worker_command.startswith("/usr/bin/python3 -m hqpy worker start")
     assert req.setup.report_command is not None
     assert req.setup.report_command.startswith("/usr/bin/python3 -m hqpy worker report-end")

@@ -14,6 +14,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 import attrs
 import trio
 
+from hqpy.protocol.messages import QueueParams
+
 
 class ExternalState(enum.Enum):
     QUEUED = "queued"
@@ -190,6 +192,21 @@ class TracksWorkers(Protocol):
     keeps an allocation QUEUED until then, as a batch job waits in its queue)."""
 
     def mark_started(self, allocation_id: str) -> None: ...
+
+
+@runtime_checkable
+class SharesHost(Protocol):
+    """Runs its workers on the server's own machine (the local backend): it divides the
+    machine's cpus among the workers of a queue that gives no `--cpus`, and caps how many such
+    workers run at once."""
+
+    def worker_cpus(self, params: QueueParams) -> str | None:
+        """`--cpus` of each worker of the queue; None when the queue gives its own."""
+        ...
+
+    def worker_cap(self, params: QueueParams, cpus_per_worker: int) -> int | None:
+        """At most this many workers of the queue at once (None: no cap)."""
+        ...
 
 
 @runtime_checkable

@@ -47,6 +47,7 @@ from hqpy.autoalloc.backends.common import (
 )
 from hqpy.autoalloc.backends.runner import CommandObserver, make_runner
 from hqpy.common.process import TaskProcess, devnull
+from hqpy.protocol.messages import QueueParams
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,28 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+@attrs.frozen
+class LocalShare:
+    """How local allocations share this machine's cpus (pure: `SharesHost`)."""
+
+    host_cpus: int
+
+    def worker_cpus(self, params: QueueParams) -> str | None:
+        """Without `--cpus`, each worker of an allocation gets its part of the machine."""
+        if params.cpus is not None:
+            return None
+        return str(max(1, self.host_cpus // max(1, params.workers_per_alloc)))
+
+    def worker_cap(self, params: QueueParams, cpus_per_worker: int) -> int | None:
+        """Without `--cpus` and `--max-worker-count`, the queue's workers together get as many
+        cpus as the machine has, not more."""
+        if params.max_worker_count is not None:
+            return params.max_worker_count
+        if params.cpus is not None or cpus_per_worker <= 0:
+            return None
+        return max(1, self.host_cpus // cpus_per_worker)
+
+
 class LocalBackend:
     """Runs allocations as local process groups; their watchers live in the given nursery.
 
@@ -205,6 +228,7 @@ class LocalBackend:
         grace: seconds between SIGTERM and SIGKILL when an allocation is ended.
         env: extra environment for the scripts (on top of the server's).
         observer: told of the commands it runs (`bash -n`), as for the other backends.
+        host_cpus: the cpus its workers share (default: this process's affinity mask).
     """
 
     manager: ClassVar[str] = "LOCAL"
@@ -218,8 +242,12 @@ class LocalBackend:
         timeout: float = 30.0,
         env: Mapping[str, str] | None = None,
         observer: CommandObserver | None = None,
+        host_cpus: int | None = None,
     ) -> None:
         self._nursery = nursery
+        self._share = LocalShare(
+            host_cpus if host_cpus is not None else len(os.sched_getaffinity(0))
+        )
         self._grace = grace
         self._run = runner if runner is not None else make_runner(observer)
         self._timeout = timeout
@@ -229,6 +257,12 @@ class LocalBackend:
 
     def render_script(self, request: AllocationRequest) -> str:
         return render_local_script(request)
+
+    def worker_cpus(self, params: QueueParams) -> str | None:
+        return self._share.worker_cpus(params)
+
+    def worker_cap(self, params: QueueParams, cpus_per_worker: int) -> int | None:
+        return self._share.worker_cap(params, cpus_per_worker)
 
     async def check_script(self, script: Path) -> None:
         """`bash -n`: the dry run of the local backend. Raises `SubmitError` on a syntax error."""
