@@ -428,7 +428,7 @@ def test_allocation_whose_worker_cannot_start_fails_with_its_stderr_and_pauses(
 def test_report_end_needs_the_worker_secret_and_a_live_server(hq_env: HqEnv) -> None:
     # The report is authenticated like a worker: a wrong secret is refused, in one line.
     hq_env.start_server()
-    [access] = hq_env.server_dir.glob("*/access.json")
+    [access] = hq_env.server_dir.glob("[0-9]*/access.json")
     record = json.loads(access.read_text())
     record["worker"]["secret_key"] = "0" * len(record["worker"]["secret_key"])
     forged = hq_env.work_dir / "forged"
@@ -501,6 +501,8 @@ def test_queue_worker_environment_reaches_tasks(
         "worker_env": ["FROM_WORKER_ENV=a b", "SECOND=2"],
         "python": str(python),
         "worker_dir": str(worker_dir),
+        "script_template": False,
+        "template_params": [],
     }
 
 
@@ -547,7 +549,7 @@ DIRECTIVE = {
 
 def test_dry_run_prints_the_script_of_every_backend(hq_env: HqEnv) -> None:
     hq_env.start_server()
-    instance = next(hq_env.server_dir.glob("*/access.json")).parent
+    [instance] = [p.parent for p in hq_env.server_dir.glob("[0-9]*/access.json")]
     for manager, directive in DIRECTIVE.items():
         script = hq_env.command(
             "alloc", "dry-run", manager, "--time-limit", "1h", "--cpus", "1", "--print-script"
