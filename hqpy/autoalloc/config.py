@@ -24,7 +24,12 @@ def _ms(name: str, default_ms: int) -> float:
 @attrs.frozen
 class AutoAllocConfig:
     refresh_interval: float = 30 * 60.0
-    """How often the batch system is polled for the status of allocations (a safety net)."""
+    """How often the batch system is polled for the status of running allocations (a safety
+    net: their workers' connections are the truth)."""
+    queued_refresh_interval: float = 30.0
+    """How often queued allocations are polled (one batched query per queue): an allocation
+    that ends before any worker registered, and whose exit trap could not report, is noticed
+    within this time. hqpy's own; HyperQueue polls every allocation every 30 minutes."""
     max_schedule_delay: float = 30.0
     """The longest time between two submit passes."""
     tick_interval: float = 5.0
@@ -50,6 +55,7 @@ class AutoAllocConfig:
             ) from None
         return cls(
             refresh_interval=_ms("HQ_AUTOALLOC_REFRESH_INTERVAL_MS", 30 * 60 * 1000),
+            queued_refresh_interval=_ms("HQPY_AUTOALLOC_QUEUED_REFRESH_INTERVAL_MS", 30_000),
             max_schedule_delay=_ms("HQ_AUTOALLOC_MAX_SCHEDULE_DELAY_MS", 30_000),
             tick_interval=_ms("HQ_AUTOALLOC_SCHEDULE_TICK_INTERVAL_MS", 5_000),
             max_allocation_fails=max(max_fails, 1),

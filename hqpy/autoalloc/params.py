@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
 from hqpy.autoalloc.backends import registry
-from hqpy.autoalloc.backends.base import AllocationRequest
-from hqpy.autoalloc.backends.common import allocation_name, build_worker_command
-from hqpy.autoalloc.planner import declared_resources, local_cpus
+from hqpy.autoalloc.backends.base import AllocationRequest, ScriptSetup
+from hqpy.autoalloc.backends.common import allocation_name, build_worker_command, quote_double
+from hqpy.autoalloc.planner import declared_resources
+from hqpy.autoalloc.templates import TemplateError, check_template
 from hqpy.common.errors import RequestError
 from hqpy.protocol.messages import QueueParams
 
@@ -18,8 +22,17 @@ class AllocError(RequestError):
     """A request about queues that cannot be done; the message is shown to the user."""
 
 
-def hq_argv() -> list[str]:
-    """How a worker started by an allocation runs this same `hq`."""
+LOG_VARIABLES = ("HQPY_LOG", "RUST_LOG")
+"""The server's logging variables, passed on to the workers of its allocations (#14.10)."""
+
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def hq_argv(python: str | None = None) -> list[str]:
+    """How a worker started by an allocation runs this same `hq` (with `python`: that
+    interpreter runs `-m hqpy`)."""
+    if python is not None:
+        return [python, "-m", "hqpy"]
     argv0 = sys.argv[0]
     if not argv0 or argv0.endswith("__main__.py") or argv0 == "-m":
         return [sys.executable, "-m", "hqpy"]
@@ -45,6 +58,62 @@ def validate_params(params: QueueParams) -> None:
         declared_resources(params)
     except ValueError as e:
         raise AllocError(f"Invalid worker resources: {e}") from None
+    validate_environment(params)
+
+
+def parse_worker_env(item: str) -> tuple[str, str]:
+    """`KEY=VALUE` of `--worker-env`. Raises `ValueError` naming what is wrong."""
+    key, sep, value = item.partition("=")
+    if not sep or not _ENV_KEY.fullmatch(key):
+        raise ValueError(
+            f"`{item}` is not KEY=VALUE with a variable name as KEY (e.g. `OMP_NUM_THREADS=4`)"
+        )
+    return key, value
+
+
+def validate_environment(params: QueueParams) -> None:
+    """The worker environment options: a missing env script or interpreter is an error now,
+    not a failed allocation at 3 a.m."""
+    if params.env_script is not None and not os.path.isfile(params.env_script):
+        raise AllocError(
+            f"Env script `{params.env_script}` does not exist; give the path of a bash file "
+            "to source before the worker starts"
+        )
+    for item in params.worker_env:
+        try:
+            parse_worker_env(item)
+        except ValueError as e:
+            raise AllocError(f"Invalid --worker-env: {e}") from None
+    if params.python is not None:
+        found = shutil.which(params.python)
+        if found is None:
+            raise AllocError(
+                f"Python interpreter `{params.python}` was not found or is not executable; "
+                "give its path (or a name on PATH such as `python3`)"
+            )
+    if params.worker_dir is not None and not os.path.isabs(params.worker_dir):
+        raise AllocError(f"Worker dir `{params.worker_dir}` must be an absolute path")
+    if params.script_template is not None or params.template_params:
+        try:
+            check_template(params.script_template or "", params.template_params)
+        except TemplateError as e:
+            raise AllocError(f"Invalid script template: {e}") from None
+
+
+def script_setup(params: QueueParams, instance_dir: Path, env: dict[str, str]) -> ScriptSetup:
+    """The exit trap, environment and directory of the queue's allocation scripts."""
+    report = (
+        f"{shlex.join(hq_argv(params.python))} worker report-end "
+        f"--server-dir {quote_double(str(instance_dir))}"
+    )
+    exports = [(name, env[name]) for name in LOG_VARIABLES if env.get(name)]
+    exports += [parse_worker_env(item) for item in params.worker_env]
+    return ScriptSetup(
+        report_command=report,
+        env_script=params.env_script,
+        exports=tuple(exports),
+        worker_dir=params.worker_dir,
+    )
 
 
 def allocation_request(
@@ -55,17 +124,22 @@ def allocation_request(
     workdir: Path,
     *,
     instance_dir: Path,
-    host_cpus: int,
+    cpus_override: str | None = None,
     dry_run: bool = False,
 ) -> AllocationRequest:
-    """What the backend renders into the allocation's `hq-submit.sh`."""
+    """What the backend renders into the allocation's `hq-submit.sh`.
+
+    Args:
+        cpus_override: `--cpus` for workers of a queue without one, from a backend that
+            shares this machine (`SharesHost.worker_cpus`).
+    """
     command = build_worker_command(
         params,
-        hq_argv=hq_argv(),
+        hq_argv=hq_argv(params.python),
         server_dir=instance_dir,
         manager=params.manager,
-        hqpy_log=os.environ.get("HQPY_LOG"),
-        cpus_override=local_cpus(params, host_cpus),
+        hqpy_log=None,  # exported by the script's set-up, with `RUST_LOG`
+        cpus_override=cpus_override,
     )
     return AllocationRequest(
         queue_id=queue_id,
@@ -77,4 +151,5 @@ def allocation_request(
         worker_command=command,
         workdir=workdir,
         dry_run=dry_run,
+        setup=script_setup(params, instance_dir, dict(os.environ)),
     )

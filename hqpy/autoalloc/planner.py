@@ -5,7 +5,8 @@ Demand counts only waiting tasks that a worker of the queue could run: its resou
 the task's time request must fit in the worker's time limit (equal fits). Workers that queued
 allocations will bring are subtracted, and the result is cut to the queue's limits.
 
-The machine's cpu count (for `local` queues) is an argument, so everything here stays pure.
+A backend that runs workers on this machine (`SharesHost`, the local one) says how its cpus are
+shared; its methods are pure, so everything here stays pure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from hqpy.autoalloc.backends.base import SharesHost
 from hqpy.autoalloc.state import AllocationQueue
 from hqpy.common.demand import WaitingWork
 from hqpy.common.resources import (
@@ -162,27 +164,14 @@ def declared_resources(params: QueueParams) -> list[ResourceDescriptorItem]:
     return items
 
 
-def local_cpus(params: QueueParams, host_cpus: int) -> str | None:
-    """Local allocations share this machine: each worker gets its part of the cpus."""
-    if params.manager != "local" or params.cpus is not None:
-        return None
-    return str(max(1, host_cpus // max(1, params.workers_per_alloc)))
-
-
-def max_workers(params: QueueParams, shape: WorkerShape | None, host_cpus: int) -> int | None:
-    """The queue's worker cap. When hqpy divides this machine's cpus among local workers (no
-    `--cpus`), their workers together get as many cpus as it has, not more, unless
-    `--max-worker-count` says otherwise."""
-    if (
-        params.max_worker_count is not None
-        or local_cpus(params, host_cpus) is None
-        or shape is None
-    ):
+def max_workers(
+    params: QueueParams, shape: WorkerShape | None, share: SharesHost | None
+) -> int | None:
+    """The queue's worker cap: `--max-worker-count`, or what a backend that shares this
+    machine allows for workers of this shape."""
+    if share is None or shape is None:
         return params.max_worker_count
-    per_worker = shape.capacity.get("cpus", 0) // FRACTIONS
-    if per_worker <= 0:
-        return None
-    return max(1, host_cpus // per_worker)
+    return share.worker_cap(params, shape.capacity.get("cpus", 0) // FRACTIONS)
 
 
 @attrs.frozen
@@ -197,7 +186,10 @@ class QueuePlan:
 
 
 def plan_queue(
-    queue: AllocationQueue, work: list[WaitingWork], host_cpus: int, may_submit: bool = True
+    queue: AllocationQueue,
+    work: list[WaitingWork],
+    share: SharesHost | None = None,
+    may_submit: bool = True,
 ) -> QueuePlan:
     """What one queue should do in this pass, given the work earlier queues left.
 
@@ -207,7 +199,7 @@ def plan_queue(
     p = queue.params
     time_limit = queue.worker_time_limit()
     declared = declared_resources(p)
-    override = local_cpus(p, host_cpus)
+    override = None if share is None else share.worker_cpus(p)
     if override is not None:
         declared.append(parse_descriptor("cpus", override))
     shape = shape_of(declared, queue.known_resources)
@@ -235,7 +227,7 @@ def plan_queue(
             backlog=p.backlog,
             workers_per_alloc=p.workers_per_alloc,
             active_workers=queue.active_worker_count() + in_flight,
-            max_worker_count=max_workers(p, shape, host_cpus),
+            max_worker_count=max_workers(p, shape, share),
         )
     log.debug(
         "Queue %d: %d waiting task groups, shape %s, wanted %d workers, coming %d, "

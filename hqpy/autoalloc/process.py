@@ -26,16 +26,24 @@ from pathlib import Path
 import trio
 
 from hqpy.autoalloc.backends import registry
-from hqpy.autoalloc.backends.base import BackendError, BatchBackend, CancelsAll, CancelTarget
+from hqpy.autoalloc.backends.base import (
+    BackendError,
+    BatchBackend,
+    CancelsAll,
+    CancelTarget,
+    SharesHost,
+)
 from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.cancels import cancel_bound, cancel_with_retries, unconfirmed
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.params import allocation_request
 from hqpy.autoalloc.planner import plan_queue
 from hqpy.autoalloc.state import Allocation, AllocationQueue, AutoAllocState
+from hqpy.autoalloc.templates import render_allocation_script
 from hqpy.common.demand import DemandSource
 from hqpy.common.events import AllocationSubmitted, EventHub
 from hqpy.common.states import AllocEventKind, QueueState
+from hqpy.protocol.messages import QueueParams
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,11 @@ BackendFactory = Callable[[str, trio.Nursery, float], BatchBackend]
 """`make_backend(manager, nursery, command_timeout)`: how tests put a fake batch system in."""
 
 WITHDRAW_REASON = "no waiting task needs it"
+
+
+def worker_cpus(backend: BatchBackend, params: QueueParams) -> str | None:
+    """`--cpus` the backend gives workers of a queue without one (local: its share)."""
+    return backend.worker_cpus(params) if isinstance(backend, SharesHost) else None
 
 
 class AllocatorProcess:
@@ -57,7 +70,6 @@ class AllocatorProcess:
         config: AutoAllocConfig,
         make_backend: BackendFactory | None,
         clock: Callable[[], float] = time.time,
-        host_cpus: int = 1,
     ) -> None:
         self.state = state
         self.demand = demand
@@ -65,7 +77,6 @@ class AllocatorProcess:
         self.instance_dir = instance_dir
         self.config = config
         self.clock = clock
-        self.host_cpus = host_cpus
         self.cancel_bound = cancel_bound(config.command_timeout)
         self._make_backend = make_backend
         self._backends: dict[str, BatchBackend] = {}
@@ -73,6 +84,7 @@ class AllocatorProcess:
         self._wakeup = trio.Event()
         self._last_pass = 0.0
         self._last_refresh: dict[int, float] = {}
+        self._last_queued_refresh: dict[int, float] = {}
         self._stopping = False
         self._submitting: set[int] = set()
         """Queues with a submission step under way."""
@@ -122,6 +134,11 @@ class AllocatorProcess:
             self._backends[manager] = backend
         return backend
 
+    def share(self, params: QueueParams) -> SharesHost | None:
+        """The queue's backend, when it shares this machine's cpus among its workers."""
+        backend = self.backend(params.manager)
+        return backend if isinstance(backend, SharesHost) else None
+
     def existing_backend(self, manager: str) -> BatchBackend | None:
         return self._backends.get(manager)
 
@@ -154,7 +171,7 @@ class AllocatorProcess:
         work = self.demand.waiting_work()
         for queue in self.state.live_queues():
             busy = queue.id in self._submitting
-            plan = plan_queue(queue, work, self.host_cpus, may_submit=not busy)
+            plan = plan_queue(queue, work, self.share(queue.params), may_submit=not busy)
             self._withdraw_unneeded(queue, plan.needed_workers, now)
             if queue.state is not QueueState.ACTIVE or self.state.pause_if_failing(queue):
                 continue
@@ -216,12 +233,12 @@ class AllocatorProcess:
             workers,
             workdir,
             instance_dir=self.instance_dir,
-            host_cpus=self.host_cpus,
+            cpus_override=worker_cpus(backend, queue.params),
         )
         try:
             workdir.mkdir(parents=True, exist_ok=True)
-            script = write_script(request, backend.render_script(request))
-            allocation_id = await backend.submit(script, workdir)
+            script = write_script(request, render_allocation_script(backend, request, queue.params))
+            allocation_id = await backend.submit(request, script)
         except (BackendError, OSError) as e:
             queue = self.state.queues[queue_id]
             if queue.in_flight:
@@ -364,19 +381,24 @@ class AllocatorProcess:
     async def _refresh_loop(self) -> None:
         while True:
             await trio.sleep(self.config.tick_interval)
-            for queue_id in self._due_refreshes(force=False):
-                self._start("status", self._refresh_step, queue_id)
+            for queue_id, queued_only in self._due_refreshes(force=False):
+                assert self._nursery is not None, "the allocator is not running"
+                self._nursery.start_soon(
+                    self._refresh_step, queue_id, queued_only, name=f"queue {queue_id} status"
+                )
 
     async def refresh(self, force: bool) -> None:
         """Ask the batch systems about active allocations now (each due queue in parallel) and
         return when all answered. The local backend is asked on every tick."""
         async with trio.open_nursery() as nursery:
-            for queue_id in self._due_refreshes(force):
-                nursery.start_soon(self._refresh_step, queue_id)
+            for queue_id, queued_only in self._due_refreshes(force):
+                nursery.start_soon(self._refresh_step, queue_id, queued_only)
 
-    def _due_refreshes(self, force: bool) -> list[int]:
-        """Queues to poll now; each is marked refreshing until its poll ends. A removed queue's
-        allocations whose cancel was not confirmed are still followed."""
+    def _due_refreshes(self, force: bool) -> list[tuple[int, bool]]:
+        """Queues to poll now, and whether only their queued allocations are due (every
+        `queued_refresh_interval`; all of them every `refresh_interval`). Each is marked
+        refreshing until its poll ends. A removed queue's allocations whose cancel was not
+        confirmed are still followed."""
         now = self.clock()
         due = []
         for queue in self.state.queues.values():
@@ -384,17 +406,27 @@ class AllocatorProcess:
                 continue
             cheap = queue.params.manager == "local"
             last = self._last_refresh.get(queue.id, 0.0)
-            if not (force or cheap or now - last >= self.config.refresh_interval):
+            if force or cheap or now - last >= self.config.refresh_interval:
+                self._last_refresh[queue.id] = now
+                self._last_queued_refresh[queue.id] = now
+                queued_only = False
+            elif queue.queued() and (
+                now - self._last_queued_refresh.setdefault(queue.id, now)
+                >= self.config.queued_refresh_interval
+            ):
+                self._last_queued_refresh[queue.id] = now
+                queued_only = True
+            else:
                 continue
-            self._last_refresh[queue.id] = now
             self._refreshing.add(queue.id)
-            due.append(queue.id)
+            due.append((queue.id, queued_only))
         return due
 
-    async def _refresh_step(self, queue_id: int) -> None:
+    async def _refresh_step(self, queue_id: int, queued_only: bool = False) -> None:
         try:
             queue = self.state.queues[queue_id]
-            ids = [a.id for a in queue.active()]
+            allocations = queue.queued() if queued_only else list(queue.active())
+            ids = [a.id for a in allocations]
             if not ids:
                 return
             backend = self.backend(queue.params.manager)

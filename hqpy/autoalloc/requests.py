@@ -27,8 +27,10 @@ class AllocRequests:
         queue = await self.service.add_queue(req.params, req.dry_run)
         return m.QueueCreatedResponse(queue.id)
 
-    async def dry_run(self, req: m.AllocDryRunRequest) -> m.OkResponse:
-        await self.service.dry_run(req.params)
+    async def dry_run(self, req: m.AllocDryRunRequest) -> m.OkResponse | m.AllocLogResponse:
+        workdir = await self.service.dry_run(req.params, req.print_script)
+        if workdir is not None:
+            return m.AllocLogResponse(str(workdir))
         return m.OkResponse()
 
     async def list_queues(self, req: m.AllocListRequest) -> m.QueueListResponse:

@@ -9,7 +9,6 @@ methods here; readers (metrics, status page) use the `AllocatorReadModel` views.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,11 +26,13 @@ from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.cancels import cancel_bound, cancel_with_retries, unconfirmed
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.params import AllocError, allocation_request, validate_params
-from hqpy.autoalloc.process import AllocatorProcess, BackendFactory
+from hqpy.autoalloc.process import AllocatorProcess, BackendFactory, worker_cpus
 from hqpy.autoalloc.state import AllocationQueue, AllocEvent, AutoAllocState
+from hqpy.autoalloc.templates import render_allocation_script
 from hqpy.autoalloc.views import AllocatorViews
 from hqpy.common.demand import DemandSource
 from hqpy.common.events import (
+    AllocationEndReported,
     AllocEventRecorded,
     EventHub,
     JobSubmitted,
@@ -67,7 +68,6 @@ class AutoAllocService:
         self.state = AutoAllocState(clock)
         self.state.on_event = self._on_event
         self._events_changed = trio.Event()
-        self.host_cpus = len(os.sched_getaffinity(0))
         self.process = AllocatorProcess(
             self.state,
             demand,
@@ -76,7 +76,6 @@ class AutoAllocService:
             config,
             make_backend,
             clock,
-            self.host_cpus,
         )
         self.views = AllocatorViews(self.state)
         self.cancel_bound = cancel_bound(config.command_timeout)
@@ -84,6 +83,7 @@ class AutoAllocService:
         hub.subscribe(JobSubmitted, lambda event: self.notify())
         hub.subscribe(WorkerConnected, self._on_worker_connected)
         hub.subscribe(WorkerLost, self._on_worker_lost)
+        hub.subscribe(AllocationEndReported, self._on_end_reported)
 
     # -----------------------------------------------------------------------------------------
     # Life cycle (the composition root)
@@ -154,6 +154,15 @@ class AutoAllocService:
         self.state.on_worker_lost(event.worker_id, event.lifetime, event.failure, event.state)
         self.notify()
 
+    def _on_end_reported(self, event: AllocationEndReported) -> None:
+        found = self.state.find_allocation(event.allocation_id)
+        if found is None:
+            log.debug("Allocation %s of no queue reported its end", event.allocation_id)
+            return
+        queue, alloc = found
+        self.state.on_end_reported(queue, alloc, event.exit_code, event.stderr_tail)
+        self.notify()
+
     # -----------------------------------------------------------------------------------------
     # Requests from clients
 
@@ -166,12 +175,15 @@ class AutoAllocService:
         self.notify()
         return queue
 
-    async def dry_run(self, params: QueueParams) -> None:
+    async def dry_run(self, params: QueueParams, print_script: bool = False) -> Path | None:
         """Submit a trial allocation and cancel it at once, so a bad option shows now (a
-        backend that can check its script without submitting, as local does, only checks)."""
+        backend that can check its script without submitting, as local does, only checks).
+        With `print_script`, only render the script and return its allocation dir (kept, so
+        that the client can print `hq-submit.sh`)."""
         validate_params(params)
         self._dry_runs += 1
         workdir = self.instance_dir / "autoalloc" / f"dry-run-{self._dry_runs}"
+        backend = self.process.backend(params.manager)
         request = allocation_request(
             params,
             0,
@@ -179,26 +191,27 @@ class AutoAllocService:
             params.workers_per_alloc,
             workdir,
             instance_dir=self.instance_dir,
-            host_cpus=self.host_cpus,
+            cpus_override=worker_cpus(backend, params),
             dry_run=True,
         )
-        backend = self.process.backend(params.manager)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
-            script = write_script(request, backend.render_script(request))
+            script = write_script(request, render_allocation_script(backend, request, params))
         except OSError as e:
             raise AllocError(f"Could not submit allocation: cannot write {workdir}: {e}") from None
         except BackendError as e:
             raise AllocError(f"Could not submit allocation: {e}") from None
+        if print_script:
+            return workdir
         if isinstance(backend, ChecksScripts):
             try:
                 await backend.check_script(script)
             except BackendError as e:
                 raise AllocError(f"Could not submit allocation: {e}") from None
             shutil.rmtree(workdir, ignore_errors=True)
-            return
+            return None
         try:
-            allocation_id = await backend.submit(script, workdir)
+            allocation_id = await backend.submit(request, script)
         except BackendError as e:
             raise AllocError(f"Could not submit allocation: {e}") from None
         targets = [CancelTarget(allocation_id, workdir)]
@@ -209,6 +222,7 @@ class AutoAllocService:
         if error is not None:
             raise AllocError(f"Could not cancel allocation {allocation_id}: {error}")
         shutil.rmtree(workdir, ignore_errors=True)
+        return None
 
     def get_queue(self, queue_id: int) -> AllocationQueue:
         queue = self.state.get_live(queue_id)

@@ -2,6 +2,7 @@
 
 QUEUED --(first worker registers, or the batch system says running)--> RUNNING
 QUEUED/RUNNING --(all its workers gone, or the batch system says it ended)--> FINISHED | FAILED
+QUEUED/RUNNING --(its script reported its end, no worker connected)--> FINISHED | FAILED (exit code)
 QUEUED/RUNNING --(hqpy cancelled it and the batch system confirmed)--> FINISHED (`canceled: ...`)
 QUEUED --(no demand for a grace period, cancel confirmed)--> FINISHED (`allocation-withdrawn`)
 QUEUED/RUNNING --(status unreadable > 10 / > 20 times)--> FAILED / FINISHED (no back-off)
@@ -29,6 +30,8 @@ MAX_RUNNING_STATUS_ERRORS = 20
 CRASH_LIFETIME = 60.0
 """A worker that dies this soon after it started counts as a crash of its allocation."""
 MAX_EVENTS_PER_QUEUE = 10_000
+MAX_TAIL_LINES = 20
+"""Lines of a failed allocation's stderr tail kept in its `allocation-failed` event."""
 
 
 @attrs.frozen
@@ -299,6 +302,27 @@ class AutoAllocState:
             if alloc.started_at is None and not alloc.disconnected:
                 why += " before any worker registered"
             self.end(queue, alloc, status.state is ExternalState.FAILED, why)
+
+    def on_end_reported(
+        self, queue: AllocationQueue, alloc: Allocation, exit_code: int, stderr_tail: str
+    ) -> None:
+        """The allocation's script reported its end (its exit trap). With workers still
+        connected, their losses end it (they are the truth); otherwise it ends now: FAILED
+        on a non-zero exit code (counting towards back-off and pause), else FINISHED."""
+        if not alloc.is_active:
+            return
+        if alloc.cancel_reason is not None:
+            self.end_canceled(queue, alloc)
+            return
+        if alloc.connected:
+            return
+        why = f"its script exited with code {exit_code}"
+        if not alloc.disconnected:
+            why += " before any worker registered"
+        tail = [line.strip() for line in stderr_tail.splitlines() if line.strip()]
+        if exit_code != 0 and tail:
+            why += "; stderr: " + " | ".join(tail[-MAX_TAIL_LINES:])
+        self.end(queue, alloc, exit_code != 0, why)
 
     def on_status_error(self, queue: AllocationQueue, alloc: Allocation) -> bool:
         """One more failed status read. A queued allocation that collected more than

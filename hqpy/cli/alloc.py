@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 from hqpy.autoalloc.backends import registry
@@ -17,6 +19,7 @@ from hqpy.protocol import messages as m
 log = logging.getLogger("hqpy.cli")
 
 IDLE_TIMEOUT_WARNING = 10 * 60.0
+MAX_TEMPLATE_BYTES = 256 * 1024
 
 
 def _backlog(text: str) -> int:
@@ -37,6 +40,13 @@ def _utilization(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"`{text}` is not a number between 0 and 1")
     return value
+
+
+def _absolute(text: str) -> str:
+    """A path option, made absolute against the directory `hq` runs in."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def add_queue_options(p: argparse.ArgumentParser) -> None:
@@ -72,6 +82,38 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detect-resources", help="Passed on to `hq worker start`")
     p.add_argument("--overview-interval", type=duration, help="Passed on to the workers")
     p.add_argument("--min-utilization", type=_utilization, default=0.0, help="0..1, as workers")
+    p.add_argument(
+        "--env-script",
+        type=_absolute,
+        help="A bash file sourced first in each allocation script (modules, venvs)",
+    )
+    p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A variable exported for the workers (repeatable)",
+    )
+    p.add_argument(
+        "--python",
+        help="The interpreter that runs the workers (default: the server's; `python3` allowed)",
+    )
+    p.add_argument(
+        "--worker-dir", type=_absolute, help="The workers' working directory (created if missing)"
+    )
+    p.add_argument(
+        "--script-template",
+        type=_absolute,
+        help="A string.Template file that replaces the built-in allocation script",
+    )
+    p.add_argument(
+        "-x",
+        dest="template_params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A parameter of the script template, used as $KEY (repeatable)",
+    )
     p.set_defaults(additional_args=[], batch_args=True)
     p.epilog = "Arguments after `--` go verbatim into the script as one batch directive line."
 
@@ -87,6 +129,11 @@ def register(tree: Any, nouns: Any) -> None:
 
     p = tree.command(verbs, "dry-run", "Submit a trial allocation and cancel it at once")
     add_queue_options(p)
+    p.add_argument(
+        "--print-script",
+        action="store_true",
+        help="Only print the script that would be submitted (nothing is submitted)",
+    )
     p.set_defaults(func=cmd_dry_run)
 
     p = tree.command(verbs, "list", "List allocation queues")
@@ -124,6 +171,20 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
     if args.worker_time_limit is not None and args.worker_time_limit > args.time_limit:
         output_of(args).error("Worker time limit cannot be larger than queue time limit")
         return None
+    template = None
+    if args.script_template is not None:
+        try:
+            with open(args.script_template, encoding="utf-8") as f:
+                template = f.read(MAX_TEMPLATE_BYTES + 1)
+        except (OSError, UnicodeDecodeError) as e:
+            output_of(args).error(f"Cannot read script template `{args.script_template}`: {e}")
+            return None
+        if len(template) > MAX_TEMPLATE_BYTES:
+            output_of(args).error(
+                f"Script template `{args.script_template}` is larger than "
+                f"{MAX_TEMPLATE_BYTES // 1024} KiB"
+            )
+            return None
     return m.QueueParams(
         manager=args.manager,
         time_limit=args.time_limit,
@@ -146,6 +207,12 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
         detect_resources=args.detect_resources,
         overview_interval=args.overview_interval,
         min_utilization=args.min_utilization,
+        env_script=args.env_script,
+        worker_env=tuple(args.worker_env),
+        python=args.python,
+        worker_dir=args.worker_dir,
+        script_template=template,
+        template_params=tuple(args.template_params),
     )
 
 
@@ -186,6 +253,16 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         return 1
 
     def call(conn: BlockingConnection, out: Output) -> None:
+        if args.print_script:
+            # The server renders the script into a dry-run allocation dir and says where.
+            resp = conn.request(m.AllocDryRunRequest(params, print_script=True), m.AllocLogResponse)
+            script = Path(resp.workdir) / "hq-submit.sh"
+            try:
+                sys.stdout.write(script.read_text())
+            except OSError as e:
+                raise ClientError(f"Cannot read the rendered script {script}: {e}") from None
+            shutil.rmtree(resp.workdir, ignore_errors=True)
+            return
         conn.request(m.AllocDryRunRequest(params), m.OkResponse)
         log.info(
             "A trial allocation was submitted successfully. "

@@ -88,6 +88,11 @@ def register(tree: Any, nouns: Any) -> None:
     p.add_argument("count", type=positive_int)
     p.set_defaults(func=cmd_wait)
 
+    # Hidden: allocation scripts' exit trap (w2alloc, issue #13.1).
+    from hqpy.cli import report_end
+
+    report_end.register(tree, verbs)
+
 
 def cmd_start(args: argparse.Namespace) -> int:
     import os

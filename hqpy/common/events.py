@@ -115,3 +115,12 @@ class EventHub:
                 handler(event)
             except Exception:
                 log.exception("A handler of %s failed", type(event).__name__)
+
+
+@attrs.frozen
+class AllocationEndReported:
+    """An allocation script's exit trap reported its end (`hq worker report-end`)."""
+
+    allocation_id: str
+    exit_code: int
+    stderr_tail: str

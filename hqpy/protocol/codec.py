@@ -36,6 +36,7 @@ OPS: dict[type, str] = {
     m.TaskUpdates: "task-updates",
     m.Heartbeat: "heartbeat",
     m.WorkerStopping: "worker-stopping",
+    m.AllocationEnded: "allocation-ended",
     m.ServerInfoRequest: "server-info",
     m.StopServerRequest: "stop-server",
     m.SubmitRequest: "submit",

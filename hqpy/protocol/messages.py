@@ -143,6 +143,19 @@ class QueueParams:
     detect_resources: str | None = None
     overview_interval: float | None = None
     min_utilization: float = 0.0
+    env_script: str | None = None
+    """`--env-script`: an absolute path, sourced first in every allocation script."""
+    worker_env: tuple[str, ...] = ()
+    """`--worker-env KEY=VALUE`, as typed: exported before the worker starts."""
+    python: str | None = None
+    """`--python`: the interpreter that runs the worker (None: the server's own)."""
+    worker_dir: str | None = None
+    """`--worker-dir`: an absolute path, the worker's working directory."""
+    script_template: str | None = None
+    """`--script-template`: the template's text (read by `hq alloc add`), see
+    `autoalloc.templates`."""
+    template_params: tuple[str, ...] = ()
+    """`-x key=value`, as typed: the template's own placeholders."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,8 +236,18 @@ class WorkerStopping:
     reason: str
 
 
+@attrs.frozen
+class AllocationEnded:
+    """Sent instead of `RegisterWorker` by an allocation script's exit trap
+    (`hq worker report-end`): the allocation ended, with this exit code and stderr tail."""
+
+    allocation_id: str
+    exit_code: int
+    stderr_tail: str
+
+
 ToWorker = WorkerRegistered | ComputeTasks | CancelTasks | StopWorker
-FromWorker = RegisterWorker | TaskUpdates | Heartbeat | WorkerStopping
+FromWorker = RegisterWorker | TaskUpdates | Heartbeat | WorkerStopping | AllocationEnded
 
 # ---------------------------------------------------------------------------------------------
 # Views: what the server tells clients about its state.
@@ -533,6 +556,8 @@ class AllocAddRequest:
 @attrs.frozen
 class AllocDryRunRequest:
     params: QueueParams
+    print_script: bool = False
+    """Only render the script (kept in the dry run's dir, answered with `AllocLogResponse`)."""
 
 
 @attrs.frozen

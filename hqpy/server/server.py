@@ -30,7 +30,7 @@ import trio.lowlevel
 
 from hqpy import __version__
 from hqpy.common import serverdir
-from hqpy.common.events import EventHub
+from hqpy.common.events import AllocationEndReported, EventHub
 from hqpy.common.states import WorkerState
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 REAPER_INTERVAL = 0.1
 BIND_ATTEMPTS = 10
+MAX_ALLOCATION_ID = 256
+MAX_STDERR_TAIL = 4096
+"""Bounds of what an allocation end report (`AllocationEnded`) may carry."""
 
 
 @attrs.frozen
@@ -285,6 +288,10 @@ class Server:
         hello = await framed.receive(m.FromWorker)
         if hello is None:
             return
+        if isinstance(hello, m.AllocationEnded):
+            # An allocation script's exit trap (w2alloc): told to the allocator, then closed.
+            self._on_allocation_ended(hello)
+            return
         if not isinstance(hello, m.RegisterWorker):
             raise ProtocolError(f"a worker must register first, got {type(hello).__name__}")
         send, receive = trio.open_memory_channel[m.ToWorker](math.inf)
@@ -314,6 +321,16 @@ class Server:
         finally:
             self._sessions.pop(worker.id, None)
             self.state.on_worker_lost(worker, reason)
+
+    def _on_allocation_ended(self, msg: m.AllocationEnded) -> None:
+        """Publish an allocation's reported end; bounded, since the peer is a script."""
+        self.hub.publish(
+            AllocationEndReported(
+                msg.allocation_id[:MAX_ALLOCATION_ID],
+                msg.exit_code,
+                msg.stderr_tail[-MAX_STDERR_TAIL:],
+            )
+        )
 
     async def _worker_receive_loop(self, framed: FramedStream, worker: Worker) -> None:
         state = self.state

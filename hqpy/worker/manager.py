@@ -33,10 +33,8 @@ def detect_manager(kind: str, env: dict[str, str] | None = None) -> ManagerInfo 
             kind = "pbs"
         elif _slurm_id(env):
             kind = "slurm"
-        elif env.get("HQPY_ALLOCATION_ID"):
-            return ManagerInfo("LOCAL", env["HQPY_ALLOCATION_ID"], None)
         else:
-            return None
+            return _detect_other(env)
     if kind == "pbs":
         job_id = env.get("PBS_JOBID")
         if not job_id:
@@ -48,6 +46,43 @@ def detect_manager(kind: str, env: dict[str, str] | None = None) -> ManagerInfo 
             raise ManagerError("SLURM_JOB_ID is not set: this worker does not run in a Slurm job")
         return ManagerInfo("SLURM", job_id, slurm_time_left(job_id))
     raise ManagerError(f"unknown manager `{kind}`; expected detect, none, slurm or pbs")
+
+
+JOB_AD_LIMIT = 1 << 20
+"""Bytes of an HTCondor job ad read at most."""
+
+
+def _detect_other(env: dict[str, str]) -> ManagerInfo | None:
+    """LSF (`LSB_JOBID`), Grid Engine (`JOB_ID` with `SGE_ROOT`), HTCondor (`_CONDOR_JOB_AD`),
+    else an allocation of hqpy's own (`HQPY_ALLOCATION_ID`: local or a plug-in). The id is
+    `HQPY_ALLOCATION_ID` when hqpy's script set it (what the server knows the allocation by),
+    else the batch system's own; no time limit is read for these (`--time-limit` gives it)."""
+    ours = env.get("HQPY_ALLOCATION_ID")
+    if env.get("LSB_JOBID"):
+        return ManagerInfo("LSF", ours or env["LSB_JOBID"], None)
+    if env.get("JOB_ID") and env.get("SGE_ROOT"):
+        return ManagerInfo("SGE", ours or env["JOB_ID"], None)
+    if env.get("_CONDOR_JOB_AD"):
+        cluster = ours or _condor_cluster_id(env["_CONDOR_JOB_AD"])
+        return None if cluster is None else ManagerInfo("HTCONDOR", cluster, None)
+    if ours:
+        return ManagerInfo("LOCAL", ours, None)
+    return None
+
+
+def _condor_cluster_id(job_ad: str) -> str | None:
+    """`ClusterId = 123` from the job ad file HTCondor gives a running job."""
+    try:
+        with open(job_ad, encoding="utf-8", errors="replace") as f:
+            text = f.read(JOB_AD_LIMIT)
+    except OSError as e:
+        log.warning("Could not read the HTCondor job ad %s: %s", job_ad, e)
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "ClusterId" and value.strip().isdigit():
+            return value.strip()
+    return None
 
 
 def _run(argv: list[str]) -> str | None:

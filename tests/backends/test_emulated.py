@@ -63,7 +63,7 @@ def request(tmp_path: Path, seq: int = 1, **changes: object) -> AllocationReques
 
 async def submit(backend: BatchBackend, req: AllocationRequest) -> str:
     script = write_script(req, backend.render_script(req))
-    return await backend.submit(script, req.workdir)
+    return await backend.submit(req, script)
 
 
 async def wait_for(
@@ -217,7 +217,7 @@ async def test_missing_program_text(tmp_path: Path) -> None:
     req = request(tmp_path)
     script = write_script(req, backend.render_script(req))
     with pytest.raises(SubmitError, match="^sbatch start failed: No such file or directory"):
-        await backend.submit(script, req.workdir)
+        await backend.submit(req, script)
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)

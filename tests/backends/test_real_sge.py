@@ -54,12 +54,12 @@ async def wait_state(backend: SgeBackend, job_id: str, states: set[ExternalState
 async def test_submit_run_and_cancel(tmp_path: Path) -> None:
     backend = SgeBackend(timeout=30)
     done = request(tmp_path, 1, 'echo "job $HQPY_ALLOCATION_ID"')
-    job_id = await backend.submit(write_script(done, backend.render_script(done)), done.workdir)
+    job_id = await backend.submit(done, write_script(done, backend.render_script(done)))
     await wait_state(backend, job_id, {ExternalState.FINISHED, ExternalState.FAILED})
     assert (done.workdir / "stdout").read_text() == f"job {job_id}\n"
 
     reqs = [request(tmp_path, n, "sleep 300") for n in (2, 3)]
-    ids = [await backend.submit(write_script(r, backend.render_script(r)), r.workdir) for r in reqs]
+    ids = [await backend.submit(r, write_script(r, backend.render_script(r))) for r in reqs]
     for job_id in ids:
         await wait_state(backend, job_id, {ExternalState.RUNNING, ExternalState.QUEUED})
     outcome = await backend.cancel_many(

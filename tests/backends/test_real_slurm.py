@@ -78,7 +78,7 @@ def request(tmp_path: Path, seq: int = 1, **changes: object) -> AllocationReques
 
 async def submit(backend: SlurmBackend, req: AllocationRequest) -> str:
     script = write_script(req, backend.render_script(req))
-    return await backend.submit(script, req.workdir)
+    return await backend.submit(req, script)
 
 
 async def wait_for(

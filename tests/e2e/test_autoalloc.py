@@ -17,6 +17,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import suppress
@@ -365,12 +366,280 @@ def test_allocations_run_tasks_and_finish(batches: Batches, hq_env: HqEnv, manag
                 f"#PBS -e {workdir}/stderr",
                 "#PBS -l walltime=00:10:00",
             ]
+        id_var = "$SLURM_JOB_ID" if manager == "slurm" else "$PBS_JOBID"
+        trap = (
+            f"trap 'hqpy_exit=$?; {hq_command()} worker report-end "
+            f'--server-dir "{instance}" --allocation "{id_var}" --exit-code "$hqpy_exit" '
+            f'--stderr-file "{workdir}/stderr" >/dev/null 2>&1\' EXIT'
+        )
         script = (workdir / "hq-submit.sh").read_text()
-        assert script == "\n".join(header) + "\n\n" + exec_line + "\n"
+        assert script == "\n".join(header) + "\n\n" + trap + "\n" + exec_line + "\n"
         submits = batch.calls(SUBMIT_TOOL[manager])
         assert len(submits) == len(allocations)
         assert submits[0]["argv"] == [str(workdir / "hq-submit.sh")]
         assert submits[0]["cwd"] == str(workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocations that report their own end (hq #13.1)
+
+
+@pytest.mark.parametrize("manager", MANAGERS)
+def test_allocation_whose_worker_cannot_start_fails_with_its_stderr_and_pauses(
+    batches: Batches, hq_env: HqEnv, manager: str
+) -> None:
+    # The commonest real failure (a missing module, a broken venv): the script ends before
+    # any worker registers. Its exit trap reports it: FAILED with the stderr text, and (one
+    # failure allowed here) the queue pauses itself. The batch system is polled only every
+    # 30 minutes and queued allocations every 10 minutes, so the report is what tells.
+    batches.setup(hq_env, manager)
+    hq_env.env["HQ_AUTOALLOC_REFRESH_INTERVAL_MS"] = str(30 * 60 * 1000)
+    hq_env.env["HQPY_AUTOALLOC_QUEUED_REFRESH_INTERVAL_MS"] = str(10 * 60 * 1000)
+    hq_env.env["HQ_AUTOALLOC_MAX_ALLOCATION_FAILS"] = "1"
+    hq_env.start_server()
+    add_queue(
+        hq_env,
+        manager,
+        "--time-limit",
+        "10m",
+        "--cpus",
+        "1",
+        "--worker-start-cmd",
+        "echo boom >&2; false",
+    )
+    hq_env.command("submit", "--", "sleep", "0")
+    wait_logged(hq_env, 1, "allocation-failed")
+    wait_logged(hq_env, 1, "queue-paused")
+    [info] = alloc_info(hq_env)
+    assert info["status"] == "failed"
+    events = alloc_events(hq_env)
+    [failed] = [e for e in events if e["event"] == "allocation-failed"]
+    assert failed["allocation_id"] == info["id"]
+    assert failed["message"] == (
+        "its script exited with code 1 before any worker registered; stderr: boom"
+    )
+    [paused] = [e for e in events if e["event"] == "queue-paused"]
+    assert "1 allocations in a row failed" in paused["message"]
+    [queue_json] = hq_env.command("alloc", "list", json=True)
+    assert queue_json["state"] == "PAUSED"
+    assert "boom" in hq_env.command("alloc", "log", info["id"], "stderr")
+
+
+def test_report_end_needs_the_worker_secret_and_a_live_server(hq_env: HqEnv) -> None:
+    # The report is authenticated like a worker: a wrong secret is refused, in one line.
+    hq_env.start_server()
+    [access] = hq_env.server_dir.glob("[0-9]*/access.json")
+    record = json.loads(access.read_text())
+    record["worker"]["secret_key"] = "0" * len(record["worker"]["secret_key"])
+    forged = hq_env.work_dir / "forged"
+    (forged / "001").mkdir(parents=True)
+    (forged / "001" / "access.json").write_text(json.dumps(record))
+    args = ("worker", "report-end", "--allocation", "local-1", "--exit-code", "1")
+    result = hq_env.run(*args, server_dir=forged / "001", expect_fail=True)
+    [line] = result.stderr.strip().splitlines()
+    assert "Could not report the end of allocation local-1" in line, result.stderr
+    hq_env.run(*args)  # the right secret: taken (no queue knows the allocation)
+    assert hq_env.stop_server() == 0
+    result = hq_env.run(*args, expect_fail=True)
+    assert "Could not report the end of allocation local-1" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The environment each queue's workers start in (hq #9.5)
+
+
+@pytest.mark.parametrize("manager", ["local", "slurm"])
+def test_queue_worker_environment_reaches_tasks(
+    batches: Batches, hq_env: HqEnv, manager: str
+) -> None:
+    batches.setup(hq_env, manager)
+    hq_env.start_server()
+    env_script = hq_env.work_dir / "env.sh"
+    env_script.write_text("export FROM_ENV_SCRIPT=sourced\n")
+    # A stand-in interpreter: marks the environment, then runs the real one.
+    python = hq_env.work_dir / "my python"
+    python.write_text(
+        '#!/bin/bash\nexport VIA_PYTHON="$0"\nexport WORKER_CWD="$PWD"\n'
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    python.chmod(0o755)
+    worker_dir = hq_env.work_dir / "worker dir"
+    workers = "2" if manager == "slurm" else "1"  # Slurm: through `srun`
+    add_queue(
+        hq_env,
+        manager,
+        "--time-limit",
+        "10m",
+        "--cpus",
+        "1",
+        "--workers-per-alloc",
+        workers,
+        "--env-script",
+        str(env_script),
+        "--worker-env",
+        "FROM_WORKER_ENV=a b",
+        "--worker-env",
+        "SECOND=2",
+        "--python",
+        str(python),
+        "--worker-dir",
+        str(worker_dir),
+    )
+    hq_env.command(
+        "submit",
+        "--",
+        "bash",
+        "-c",
+        'echo "$FROM_ENV_SCRIPT|$FROM_WORKER_ENV|$SECOND|$VIA_PYTHON|$WORKER_CWD"',
+    )
+    assert job_stats(hq_env, 1)["finished"] == 1
+    output = hq_env.command("job", "cat", "1", "stdout").strip()
+    assert output == f"sourced|a b|2|{python}|{worker_dir}"
+    [queue_json] = hq_env.command("alloc", "list", json=True)
+    assert queue_json["worker_environment"] == {
+        "env_script": str(env_script),
+        "worker_env": ["FROM_WORKER_ENV=a b", "SECOND=2"],
+        "python": str(python),
+        "worker_dir": str(worker_dir),
+        "script_template": False,
+        "template_params": [],
+    }
+
+
+def test_alloc_add_refuses_a_missing_env_script_or_interpreter(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    missing = hq_env.work_dir / "missing.sh"
+    result = hq_env.run(
+        "alloc",
+        "add",
+        "local",
+        "--time-limit",
+        "1h",
+        "--env-script",
+        str(missing),
+        expect_fail=True,
+    )
+    assert f"Env script `{missing}` does not exist" in result.stderr
+    result = hq_env.run(
+        "alloc",
+        "add",
+        "local",
+        "--time-limit",
+        "1h",
+        "--python",
+        "no-such-python3",
+        expect_fail=True,
+    )
+    assert "Python interpreter `no-such-python3` was not found" in result.stderr
+    assert hq_env.command("alloc", "list", json=True) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Script templates and `dry-run --print-script` (hq #9.6)
+
+DIRECTIVE = {
+    "slurm": "#SBATCH --time=01:00:00",
+    "pbs": "#PBS -l walltime=01:00:00",
+    "local": "# time limit 01:00:00",
+    "lsf": "#BSUB -W 1:00",
+    "htcondor": "#CONDOR batch_name",
+    "sge": "#$ -l h_rt=01:00:00",
+}
+
+
+def test_dry_run_prints_the_script_of_every_backend(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    [instance] = [p.parent for p in hq_env.server_dir.glob("[0-9]*/access.json")]
+    for manager, directive in DIRECTIVE.items():
+        script = hq_env.command(
+            "alloc", "dry-run", manager, "--time-limit", "1h", "--cpus", "1", "--print-script"
+        )
+        lines = script.splitlines()
+        assert lines[0] == "#!/bin/bash", script
+        assert any(line.startswith(directive) for line in lines), (manager, script)
+        assert 'worker start --idle-timeout "5m"' in script
+        assert f'worker report-end --server-dir "{instance}"' in script
+    # Nothing was submitted and nothing is left behind.
+    assert not list((instance / "autoalloc").glob("dry-run-*"))
+
+
+def test_script_template_replaces_the_script_and_runs_a_queue(
+    batches: Batches, hq_env: HqEnv
+) -> None:
+    batches.setup(hq_env, "local")
+    hq_env.start_server()
+    template = hq_env.work_dir / "site.sh"
+    template.write_text(
+        "#!/bin/bash\n$directives\n# site template for $queue_name: $node_count node(s), "
+        "$walltime, in $allocation_dir\n$env_setup\nexport FROM_TEMPLATE=$module\n"
+        "$worker_command\n"
+    )
+    options = ["--time-limit", "1h", "--cpus", "1", "--name", "site"]
+    options += ["--script-template", str(template), "-x", "module=gcc/12", "-x", "unused=1"]
+    printed = hq_env.command("alloc", "dry-run", "local", *options, "--print-script")
+    builtin = hq_env.command(
+        "alloc",
+        "dry-run",
+        "local",
+        "--time-limit",
+        "1h",
+        "--cpus",
+        "1",
+        "--name",
+        "site",
+        "--print-script",
+    )
+    # The two dry runs have their own dirs (`dry-run-1`, `dry-run-2`).
+    printed, builtin = (re.sub(r"dry-run-\d+", "dry-run-N", t) for t in (printed, builtin))
+    head, _, body = builtin.partition("\n\n")
+    trap, _, worker_lines = body.partition("\n")
+    [dry_dir] = re.findall(r'--stderr-file "(.*)/stderr"', trap)
+    assert printed == (
+        head
+        + f"\n# site template for site: 1 node(s), 01:00:00, in {dry_dir}\n"
+        + trap
+        + "\nexport FROM_TEMPLATE=gcc/12\n"
+        + worker_lines
+    ), printed
+
+    add_queue(hq_env, "local", *options)
+    [queue_json] = hq_env.command("alloc", "list", json=True)
+    assert queue_json["worker_environment"]["template_params"] == ["module=gcc/12", "unused=1"]
+    hq_env.command("submit", "--", "bash", "-c", 'echo "$FROM_TEMPLATE"')
+    assert job_stats(hq_env, 1)["finished"] == 1
+    assert hq_env.command("job", "cat", "1", "stdout").strip() == "gcc/12"
+    [info] = alloc_info(hq_env)
+    script = (Path(info["workdir"]) / "hq-submit.sh").read_text()
+    assert f"in {info['workdir']}\n" in script
+
+
+def test_script_template_names_what_is_missing(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    template = hq_env.work_dir / "t.sh"
+    template.write_text("#!/bin/bash\n$directives\nmodule load $module\n$worker_command\n")
+    base = ["alloc", "add", "slurm", "--time-limit", "1h", "--script-template", str(template)]
+    result = hq_env.run(*base, expect_fail=True)
+    assert "script template uses `$module`" in result.stderr
+    assert "give it with `-x module=VALUE`" in result.stderr
+    template.write_text("#!/bin/bash\n$directives\ncost: 5$\n")
+    result = hq_env.run(*base, expect_fail=True)
+    assert "Invalid script template" in result.stderr
+    assert "$$" in result.stderr
+    result = hq_env.run(*base, "-x", "directives=no", expect_fail=True)
+    assert "would hide the built-in placeholder `$directives`" in result.stderr
+    missing = hq_env.work_dir / "missing.sh"
+    result = hq_env.run(
+        "alloc",
+        "add",
+        "slurm",
+        "--time-limit",
+        "1h",
+        "--script-template",
+        str(missing),
+        expect_fail=True,
+    )
+    assert f"Cannot read script template `{missing}`" in result.stderr
+    assert hq_env.command("alloc", "list", json=True) == []
 
 
 # ---------------------------------------------------------------------------------------------

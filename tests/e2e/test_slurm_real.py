@@ -455,3 +455,89 @@ def test_batch_arguments_after_double_dash_reach_sbatch(
     [allocation_id] = wait_queued(hq_env, 1)
     reason = slurm("squeue", "-h", "-t", "all", "-j", allocation_id, "-o", "%T|%r").stdout
     assert reason.strip() == "PENDING|BeginTime"
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocations that report their own end (hq #13.1) and the worker environment (hq #9.5)
+
+
+def test_broken_worker_start_fails_the_allocation_within_seconds(
+    hq_env: HqEnv, slurm_jobs: SlurmJobs
+) -> None:
+    # The batch system is polled every 30 minutes (queued: every 10): the allocation's exit
+    # trap is what reports the failure, with Slurm's stderr file's text.
+    hq_env.env.update(FAST_TIMERS)
+    hq_env.env["HQ_AUTOALLOC_REFRESH_INTERVAL_MS"] = str(30 * 60 * 1000)
+    hq_env.env["HQPY_AUTOALLOC_QUEUED_REFRESH_INTERVAL_MS"] = str(10 * 60 * 1000)
+    hq_env.env["HQ_AUTOALLOC_MAX_ALLOCATION_FAILS"] = "1"
+    if "SLURM_CONF" in os.environ:
+        hq_env.env["SLURM_CONF"] = os.environ["SLURM_CONF"]
+    hq_env.start_server()
+    add_queue(
+        hq_env, "--time-limit", "5m", "--cpus", "1", "--worker-start-cmd", "echo boom >&2; false"
+    )
+    hq_env.command("submit", "--", "true")
+    [allocation_id] = wait_queued(hq_env, 1)
+
+    def failed() -> dict[str, Any]:
+        [info] = alloc_info(hq_env)
+        return info if info["status"] == "failed" else {}
+
+    info = wait_until(failed, timeout=WAIT, interval=0.5, what="the allocation fails")
+    assert info["id"] == allocation_id
+    events = hq_env.command("alloc", "events", "1", json=True)
+    [event] = [e for e in events if e["event"] == "allocation-failed"]
+    assert "exited with code 1 before any worker registered" in event["message"]
+    assert "boom" in event["message"]
+    assert any(e["event"] == "queue-paused" for e in events), events
+    wait_until(
+        lambda: not active_in_squeue([allocation_id]),
+        timeout=30,
+        interval=0.5,
+        what=f"{allocation_id} leaves squeue",
+    )
+
+
+def test_worker_environment_reaches_tasks_on_real_slurm(
+    hq_env: HqEnv, slurm_jobs: SlurmJobs
+) -> None:
+    import shlex
+    import sys
+
+    setup_server(hq_env)
+    env_script = hq_env.work_dir / "env.sh"
+    env_script.write_text("export FROM_ENV_SCRIPT=sourced\n")
+    python = hq_env.work_dir / "mypython"
+    python.write_text(
+        '#!/bin/bash\nexport VIA_PYTHON="$0"\nexport WORKER_CWD="$PWD"\n'
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    python.chmod(0o755)
+    worker_dir = hq_env.work_dir / "wdir"
+    add_queue(
+        hq_env,
+        "--time-limit",
+        "5m",
+        "--cpus",
+        "1",
+        "--idle-timeout",
+        "3s",
+        "--env-script",
+        str(env_script),
+        "--worker-env",
+        "FROM_WORKER_ENV=a b",
+        "--python",
+        str(python),
+        "--worker-dir",
+        str(worker_dir),
+    )
+    hq_env.command(
+        "submit",
+        "--",
+        "bash",
+        "-c",
+        'echo "$FROM_ENV_SCRIPT|$FROM_WORKER_ENV|$VIA_PYTHON|$WORKER_CWD"',
+    )
+    wait_job_finished(hq_env, 1, 1)
+    output = hq_env.command("job", "cat", "1", "stdout").strip()
+    assert output == f"sourced|a b|{python}|{worker_dir}"

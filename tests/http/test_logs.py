@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,5 +131,6 @@ def test_server_logs_state_changes_with_ids(metrics_env: tuple[HqEnv, int]) -> N
 
     # The allocation's worker runs with the server's HQPY_LOG.
     workdir = Path(hq_env.command("alloc", "info", "1", json=True)[0]["workdir"])
-    assert f"HQPY_LOG={shlex.quote(SERVER_LOG)} " in (workdir / "hq-submit.sh").read_text()
+    # Exported by the script (hq #14.10), so it also crosses srun/pbsdsh.
+    assert f'export HQPY_LOG="{SERVER_LOG}"\n' in (workdir / "hq-submit.sh").read_text()
     assert "INFO hqpy.worker" in (workdir / "stderr").read_text()

@@ -42,6 +42,7 @@ from hqpy.autoalloc.state import (
     SUBMISSION_DELAYS,
     AllocationQueue,
 )
+from hqpy.common.events import AllocationEndReported
 from hqpy.common.resources import (
     FRACTIONS,
     ResourceAmountRequest,
@@ -58,7 +59,11 @@ from hqpy.server.workers import Worker
 
 TICK = 5.0
 CONFIG = AutoAllocConfig(
-    refresh_interval=1e9, max_schedule_delay=30.0, tick_interval=TICK, debounce=0.005
+    refresh_interval=1e9,
+    queued_refresh_interval=1e9,
+    max_schedule_delay=30.0,
+    tick_interval=TICK,
+    debounce=0.005,
 )
 """HyperQueue's pass timers, but no polling of the batch system unless a test asks for it."""
 
@@ -128,7 +133,8 @@ class FakeBackend:
         header = f"#!/bin/bash\n# {request.name}: {request.worker_count} worker(s)\n"
         return f"{header}\n{request.worker_command}\n"
 
-    async def submit(self, script: Path, workdir: Path) -> str:
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        workdir = request.workdir
         await trio.lowlevel.checkpoint()
         self._record("submit", str(script))
         self.scripts.append(script)
@@ -815,6 +821,153 @@ async def test_refresh_polls_on_its_interval(
     await settle(config.refresh_interval + 2 * TICK)
     assert world.fake.made("query")
     assert world.allocation_states()["1.job"] is AllocationState.RUNNING
+
+
+async def test_queued_allocations_are_polled_often_running_ones_rarely(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # hq #13.1: queued allocations every `queued_refresh_interval` (one query for all of a
+    # queue's queued ones); running ones only every `refresh_interval`.
+    config = AutoAllocConfig(
+        refresh_interval=3600.0,
+        queued_refresh_interval=30.0,
+        max_schedule_delay=30.0,
+        tick_interval=TICK,
+    )
+    world = await start(nursery, tmp_path, config)
+    await add_queue(world, backlog=3)
+    submit(world, 3)
+    await settle()
+    assert world.fake.submitted == ["1.job", "2.job", "3.job"]
+    add_worker(world, "1.job")
+    await settle()
+    assert world.allocation_states()["1.job"] is AllocationState.RUNNING
+    await settle(config.queued_refresh_interval + 2 * TICK)
+    queries = world.fake.made("query")
+    assert queries, "queued allocations are polled within their interval"
+    assert all(q.args == ("2.job", "3.job") for q in queries), queries
+    world.fake.statuses["2.job"] = ExternalStatus(ExternalState.FAILED, raw="FAILED")
+    await settle(config.queued_refresh_interval + 2 * TICK)
+    assert world.allocation_states()["2.job"] is AllocationState.FAILED
+    # Over an hour, the running allocation is asked about with the others (a safety net).
+    await settle(config.refresh_interval)
+    assert any("1.job" in q.args for q in world.fake.made("query"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocations that report their own end (hq #13.1)
+
+
+def report_end(world: World, allocation_id: str, exit_code: int, stderr: str = "") -> None:
+    """What the server publishes when an allocation script's exit trap calls back."""
+    world.state.hub.publish(AllocationEndReported(allocation_id, exit_code, stderr))
+
+
+async def test_reported_failure_before_any_worker_fails_the_allocation_with_its_stderr(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    await settle()
+    report_end(world, "1.job", 1, "module: not found\nboom\n")
+    await settle()
+    assert world.allocation_states()["1.job"] is AllocationState.FAILED
+    event = world.queue().events[-1]
+    assert (event.event, event.allocation_id) == ("allocation-failed", "1.job")
+    assert event.message == (
+        "its script exited with code 1 before any worker registered; "
+        "stderr: module: not found | boom"
+    )
+    assert world.queue().limiter.allocation_fails == 1
+    assert world.fake.submitted == ["1.job"], "the back-off holds the replacement"
+    await settle(SUBMISSION_DELAYS[1] + 2 * TICK)
+    assert world.fake.submitted == ["1.job", "2.job"]
+
+
+async def test_reported_failures_pause_the_queue(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    for n in range(1, 4):
+        with trio.fail_after(2 * SUBMISSION_DELAYS[n] + 10 * TICK):
+            await world.fake.wait_for("submit", n)
+        await settle()
+        report_end(world, f"{n}.job", 127, "hq: command not found")
+        await settle()
+    assert world.queue().state is QueueState.PAUSED
+    assert "3 allocations in a row failed" in world.queue().events[-1].message
+    await settle(10 * SUBMISSION_DELAYS[-1])
+    assert world.fake.submitted == ["1.job", "2.job", "3.job"]
+
+
+async def test_reported_clean_exit_finishes_without_back_off(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    await settle()
+    report_end(world, "1.job", 0, "warnings only")
+    await settle()
+    assert world.allocation_states()["1.job"] is AllocationState.FINISHED
+    event = world.queue().events[-2]
+    assert (event.event, event.message) == (
+        "allocation-finished",
+        "its script exited with code 0 before any worker registered",
+    )
+    assert (world.queue().limiter.allocation_fails, world.queue().limiter.step) == (0, 0)
+    assert world.fake.submitted == ["1.job", "2.job"]
+
+
+async def test_reported_end_with_connected_workers_leaves_the_end_to_them(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    await settle()
+    worker = add_worker(world, "1.job")
+    await settle(120)
+    report_end(world, "1.job", 0)
+    await settle()
+    assert world.allocation_states()["1.job"] is AllocationState.RUNNING
+    world.state.on_worker_stopping(worker, "idle-timeout")
+    await settle()
+    assert world.allocation_states()["1.job"] is AllocationState.FINISHED
+
+
+async def test_reported_end_of_an_allocation_being_cancelled_is_its_cancellation(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    await settle()
+    world.fake.cancel_gate = trio.Event()
+    nursery.start_soon(world.service.remove, 1, False)
+    await settle()
+    report_end(world, "1.job", 143, "Terminated")
+    await settle()
+    assert world.allocation_states()["1.job"] is AllocationState.FINISHED
+    assert world.queue().allocations["1.job"].finished_at is not None
+    assert world.queue().limiter.allocation_fails == 0
+    world.fake.cancel_gate.set()
+    await settle()
+
+
+async def test_reported_end_of_an_unknown_allocation_is_ignored(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = await start(nursery, tmp_path)
+    await add_queue(world, backlog=1)
+    submit(world, 1)
+    await settle()
+    report_end(world, "99.job", 1, "boom")
+    await settle()
+    assert world.allocation_states() == {"1.job": AllocationState.QUEUED}
 
 
 # ---------------------------------------------------------------------------------------------

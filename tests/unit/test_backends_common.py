@@ -222,7 +222,7 @@ async def test_make_backend_passes_the_observer(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PATH", str(tmp_path))
         with pytest.raises(SubmitError, match="sbatch start failed"):
-            await backend.submit(script, tmp_path)
+            await backend.submit(request(tmp_path, workdir=tmp_path), script)
     assert [(e.program, e.ok) for e in seen] == [("sbatch", False)]
     async with trio.open_nursery() as nursery:
         local = make_backend("local", nursery=nursery, observer=seen.append)

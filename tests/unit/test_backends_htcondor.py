@@ -127,7 +127,7 @@ async def test_submit_writes_the_description(tmp_path: Path) -> None:
     req = request(tmp_path)
     script = write_script(req, render_condor_script(req))
     runner = RecordingRunner().answer("condor_submit", Answer(stdout=fixture("condor_submit.txt")))
-    assert await HtcondorBackend(runner).submit(script, tmp_path) == "1351043"
+    assert await HtcondorBackend(runner).submit(request(workdir=tmp_path), script) == "1351043"
     assert runner.argvs == [["condor_submit", str(tmp_path / "hq-submit.sub")]]
     assert (tmp_path / "hq-submit.sub").read_text() == submit_description(
         script.read_text(), script
@@ -141,7 +141,7 @@ async def test_submit_failure_text(tmp_path: Path) -> None:
     stderr = fixture("condor_submit_error.stderr.txt")
     runner = RecordingRunner().answer("condor_submit", Answer(returncode=1, stderr=stderr))
     with pytest.raises(SubmitError) as info:
-        await HtcondorBackend(runner).submit(script, tmp_path)
+        await HtcondorBackend(runner).submit(request(workdir=tmp_path), script)
     assert str(info.value).startswith(
         "condor_submit execution failed\nExit code: 1\n"
         "Stderr: ERROR: Failed to connect to local queue manager\n"

@@ -130,7 +130,7 @@ async def test_submit_reads_the_script_on_stdin(tmp_path: Path) -> None:
     runner = RecordingRunner().answer("bsub", Answer(stdout=fixture("bsub_submitted.txt")))
     script = tmp_path / "hq-submit.sh"
     script.write_text("#!/bin/bash\n")
-    assert await LsfBackend(runner).submit(script, tmp_path) == "473713"
+    assert await LsfBackend(runner).submit(request(workdir=tmp_path), script) == "473713"
     assert runner.argvs == [["bsub"]]
     assert (runner.calls[0].stdin, runner.calls[0].cwd) == (script, tmp_path)
     assert (tmp_path / "jobid").read_text() == "473713\n"
@@ -140,7 +140,7 @@ async def test_submit_failure_text(tmp_path: Path) -> None:
     answer = Answer(returncode=255, stderr=fixture("bsub_error_queue.stderr.txt"))
     runner = RecordingRunner().answer("bsub", answer)
     with pytest.raises(SubmitError) as info:
-        await LsfBackend(runner).submit(tmp_path / "hq-submit.sh", tmp_path)
+        await LsfBackend(runner).submit(request(workdir=tmp_path), tmp_path / "hq-submit.sh")
     assert str(info.value) == (
         "bsub execution failed\nExit code: 255\nStderr: No such queue. Job not submitted.\nStdout: "
     )

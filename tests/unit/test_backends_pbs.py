@@ -190,7 +190,7 @@ def test_parse_qstat_garbage() -> None:
 async def test_submit(tmp_path: Path) -> None:
     runner = RecordingRunner().answer("qsub", Answer(stdout="1.job\n"))
     script = tmp_path / "hq-submit.sh"
-    assert await PbsBackend(runner).submit(script, tmp_path) == "1.job"
+    assert await PbsBackend(runner).submit(request(workdir=tmp_path), script) == "1.job"
     assert runner.argvs == [["qsub", str(script)]]
     assert runner.calls[0].cwd == tmp_path
     assert (tmp_path / "jobid").read_text() == "1.job\n"
@@ -199,7 +199,7 @@ async def test_submit(tmp_path: Path) -> None:
 async def test_submit_failure_text(tmp_path: Path) -> None:
     runner = RecordingRunner().answer("qsub", Answer(returncode=1, stderr="FOOBAR\n"))
     with pytest.raises(SubmitError) as info:
-        await PbsBackend(runner).submit(tmp_path / "hq-submit.sh", tmp_path)
+        await PbsBackend(runner).submit(request(workdir=tmp_path), tmp_path / "hq-submit.sh")
     assert str(info.value) == "qsub execution failed\nExit code: 1\nStderr: FOOBAR\nStdout: "
 
 
@@ -207,7 +207,7 @@ async def test_submit_program_missing(tmp_path: Path) -> None:
     error = BackendError("qsub start failed: No such file or directory")
     runner = RecordingRunner().answer("qsub", Answer(error=error))
     with pytest.raises(SubmitError, match="^qsub start failed"):
-        await PbsBackend(runner).submit(tmp_path / "hq-submit.sh", tmp_path)
+        await PbsBackend(runner).submit(request(workdir=tmp_path), tmp_path / "hq-submit.sh")
 
 
 async def test_query_is_one_qstat_call() -> None:

@@ -126,7 +126,7 @@ def test_parse_qacct() -> None:
 async def test_submit(tmp_path: Path) -> None:
     runner = RecordingRunner().answer("qsub", Answer(stdout=fixture("qsub_terse.txt")))
     script = tmp_path / "hq-submit.sh"
-    assert await SgeBackend(runner).submit(script, tmp_path) == "8"
+    assert await SgeBackend(runner).submit(request(workdir=tmp_path), script) == "8"
     assert runner.argvs == [["qsub", "-terse", str(script)]]
     assert (tmp_path / "jobid").read_text() == "8\n"
 
@@ -135,7 +135,7 @@ async def test_submit_failure_text(tmp_path: Path) -> None:
     answer = Answer(returncode=1, stderr=fixture("qsub_error.stderr.txt"))
     runner = RecordingRunner().answer("qsub", answer)
     with pytest.raises(SubmitError) as info:
-        await SgeBackend(runner).submit(tmp_path / "hq-submit.sh", tmp_path)
+        await SgeBackend(runner).submit(request(workdir=tmp_path), tmp_path / "hq-submit.sh")
     assert str(info.value).startswith(
         "qsub execution failed\nExit code: 1\nStderr: Unable to run job: denied: "
     )

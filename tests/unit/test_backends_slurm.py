@@ -254,7 +254,7 @@ async def test_submit(tmp_path: Path) -> None:
     runner = RecordingRunner().answer("sbatch", Answer(stdout="Submitted batch job 77\n"))
     backend = SlurmBackend(runner, timeout=12)
     script = tmp_path / "hq-submit.sh"
-    assert await backend.submit(script, tmp_path) == "77"
+    assert await backend.submit(request(workdir=tmp_path), script) == "77"
     assert runner.argvs == [["sbatch", str(script)]]
     assert runner.calls[0].cwd == tmp_path
     assert runner.calls[0].timeout == 12
@@ -265,7 +265,7 @@ async def test_submit_failure_text(tmp_path: Path) -> None:
     stderr = fixture("sbatch_error_nodes.stderr.txt")
     runner = RecordingRunner().answer("sbatch", Answer(returncode=1, stderr=stderr))
     with pytest.raises(SubmitError) as info:
-        await SlurmBackend(runner).submit(tmp_path / "hq-submit.sh", tmp_path)
+        await SlurmBackend(runner).submit(request(workdir=tmp_path), tmp_path / "hq-submit.sh")
     assert str(info.value) == (
         "sbatch execution failed\nExit code: 1\n"
         "Stderr: sbatch: error: Batch job submission failed: Node count specification invalid\n"
@@ -278,13 +278,13 @@ async def test_submit_program_missing(tmp_path: Path) -> None:
     error = BackendError("sbatch start failed: No such file or directory")
     runner = RecordingRunner().answer("sbatch", Answer(error=error))
     with pytest.raises(SubmitError, match="^sbatch start failed: No such file or directory$"):
-        await SlurmBackend(runner).submit(tmp_path / "hq-submit.sh", tmp_path)
+        await SlurmBackend(runner).submit(request(workdir=tmp_path), tmp_path / "hq-submit.sh")
 
 
 async def test_submit_unparsable_output(tmp_path: Path) -> None:
     runner = RecordingRunner().answer("sbatch", Answer(stdout="ok\n"))
     with pytest.raises(SubmitError, match="sbatch execution failed\nno job id"):
-        await SlurmBackend(runner).submit(tmp_path / "hq-submit.sh", tmp_path)
+        await SlurmBackend(runner).submit(request(workdir=tmp_path), tmp_path / "hq-submit.sh")
 
 
 async def test_query_is_one_squeue_call() -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hqpy.autoalloc.backends.local import LocalShare
 from hqpy.autoalloc.planner import (
     WorkerShape,
     any_runnable,
     compute_submission_permit,
     consume,
-    local_cpus,
     max_workers,
     plan_queue,
     shape_of,
@@ -405,7 +405,7 @@ def queued_allocation(queue: AllocationQueue, allocation_id: str, workers: int =
 
 def test_plan_submits_for_the_demand_and_leaves_the_rest() -> None:
     queue = queue_with(backlog=2)
-    plan = plan_queue(queue, [WaitingWork(cpus(1), 5)], host_cpus=4)
+    plan = plan_queue(queue, [WaitingWork(cpus(1), 5)])
     assert plan.sizes == [1, 1]
     assert plan.rest == [WaitingWork(cpus(1), 3)]
     assert plan.needed_workers == 5
@@ -414,7 +414,7 @@ def test_plan_submits_for_the_demand_and_leaves_the_rest() -> None:
 def test_plan_counts_submissions_under_way_as_queued_allocations() -> None:
     queue = queue_with(backlog=3)
     queue.in_flight = [1, 1]
-    plan = plan_queue(queue, [WaitingWork(cpus(1), 5)], host_cpus=4)
+    plan = plan_queue(queue, [WaitingWork(cpus(1), 5)])
     assert plan.sizes == [1], "the backlog has room for one more, not three"
     assert plan.rest == [WaitingWork(cpus(1), 2)]
 
@@ -422,7 +422,7 @@ def test_plan_counts_submissions_under_way_as_queued_allocations() -> None:
 def test_plan_of_a_busy_queue_submits_nothing_but_takes_its_share() -> None:
     queue = queue_with(backlog=3)
     queue.in_flight = [1]
-    plan = plan_queue(queue, [WaitingWork(cpus(1), 5)], host_cpus=4, may_submit=False)
+    plan = plan_queue(queue, [WaitingWork(cpus(1), 5)], may_submit=False)
     assert plan.sizes == []
     assert plan.rest == [WaitingWork(cpus(1), 4)]
 
@@ -432,7 +432,7 @@ def test_plan_needs_only_what_running_allocations_do_not_bring() -> None:
     queued_allocation(queue, "1.job", workers=2)
     queue.allocations["1.job"].state = AllocationState.RUNNING  # no worker registered yet
     queued_allocation(queue, "2.job", workers=2)
-    plan = plan_queue(queue, [WaitingWork(cpus(1), 3)], host_cpus=4)
+    plan = plan_queue(queue, [WaitingWork(cpus(1), 3)])
     assert plan.needed_workers == 1
     assert plan.sizes == []
 
@@ -440,15 +440,29 @@ def test_plan_needs_only_what_running_allocations_do_not_bring() -> None:
 def test_plan_of_a_probing_queue_needs_its_queued_allocation_while_anything_waits() -> None:
     queue = queue_with(cpus=None, backlog=3)
     queued_allocation(queue, "1.job")
-    assert plan_queue(queue, [WaitingWork(cpus(1), 5)], host_cpus=4).needed_workers == 1
-    assert plan_queue(queue, [], host_cpus=4).needed_workers == 0
+    assert plan_queue(queue, [WaitingWork(cpus(1), 5)]).needed_workers == 1
+    assert plan_queue(queue, []).needed_workers == 0
 
 
 def test_local_queue_divides_the_host_cpus() -> None:
+    # The local backend's share of this machine (`SharesHost`), as the planner sees it.
+    share = LocalShare(host_cpus=8)
     params = QueueParams("local", HOUR, workers_per_alloc=2)
-    assert local_cpus(params, host_cpus=8) == "4"
-    assert local_cpus(params, host_cpus=1) == "1"
+    assert share.worker_cpus(params) == "4"
+    assert LocalShare(host_cpus=1).worker_cpus(params) == "1"
     shape = partial(cpus="4")
-    assert max_workers(params, shape, host_cpus=8) == 2
+    assert max_workers(params, shape, share) == 2
+    assert max_workers(params, shape, None) is None
     with_cpus = QueueParams("local", HOUR, cpus="1")
-    assert local_cpus(with_cpus, host_cpus=8) is None
+    assert share.worker_cpus(with_cpus) is None
+    assert max_workers(with_cpus, partial(cpus="1"), share) is None
+    capped = QueueParams("local", HOUR, max_worker_count=5)
+    assert max_workers(capped, shape, share) == 5
+
+
+def test_plan_of_a_local_queue_takes_its_cpus_from_the_share() -> None:
+    # 8 cpus, 2 workers per allocation: 4 cpus each, and 2 workers fill the machine.
+    queue = queue_with(manager="local", cpus=None, backlog=10, workers_per_alloc=2)
+    plan = plan_queue(queue, [WaitingWork(cpus(1), 10)], LocalShare(host_cpus=8))
+    assert plan.sizes == [2]
+    assert plan.rest == [WaitingWork(cpus(1), 2)], "the 2 workers take 8 of the 10 tasks"

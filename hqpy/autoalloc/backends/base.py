@@ -14,6 +14,8 @@ from typing import ClassVar, Protocol, runtime_checkable
 import attrs
 import trio
 
+from hqpy.protocol.messages import QueueParams
+
 
 class ExternalState(enum.Enum):
     QUEUED = "queued"
@@ -35,6 +37,20 @@ class ExternalStatus:
 
 
 @attrs.frozen
+class ScriptSetup:
+    """What an allocation script does before its worker line (`common.render_prelude`)."""
+
+    report_command: str | None = None
+    """`<hq> worker report-end --server-dir "..."`: the exit trap that reports the end."""
+    env_script: str | None = None
+    """Sourced first (`--env-script`)."""
+    exports: tuple[tuple[str, str], ...] = ()
+    """Exported variables: `HQPY_LOG`, `RUST_LOG`, then each `--worker-env`."""
+    worker_dir: str | None = None
+    """The workers' working directory (`--worker-dir`), created if missing."""
+
+
+@attrs.frozen
 class AllocationRequest:
     """Everything needed to render one allocation's submit script."""
 
@@ -53,6 +69,8 @@ class AllocationRequest:
     workdir: Path
     """The allocation dir; holds `hq-submit.sh`, `jobid`, `stdout`, `stderr`."""
     dry_run: bool = False
+    setup: ScriptSetup = ScriptSetup()
+    """Exit trap, environment and directory; rendered by every backend before the worker."""
 
 
 @attrs.frozen
@@ -135,8 +153,9 @@ class BatchBackend(Protocol):
         """The whole `hq-submit.sh` (pure)."""
         ...
 
-    async def submit(self, script: Path, workdir: Path) -> str:
-        """Submit the script; returns the allocation id. Raises `SubmitError`."""
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        """Submit the script (rendered from `request`, written in `request.workdir`); returns
+        the allocation id. Raises `SubmitError`."""
         ...
 
     async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
@@ -173,6 +192,21 @@ class TracksWorkers(Protocol):
     keeps an allocation QUEUED until then, as a batch job waits in its queue)."""
 
     def mark_started(self, allocation_id: str) -> None: ...
+
+
+@runtime_checkable
+class SharesHost(Protocol):
+    """Runs its workers on the server's own machine (the local backend): it divides the
+    machine's cpus among the workers of a queue that gives no `--cpus`, and caps how many such
+    workers run at once."""
+
+    def worker_cpus(self, params: QueueParams) -> str | None:
+        """`--cpus` of each worker of the queue; None when the queue gives its own."""
+        ...
+
+    def worker_cap(self, params: QueueParams, cpus_per_worker: int) -> int | None:
+        """At most this many workers of the queue at once (None: no cap)."""
+        ...
 
 
 @runtime_checkable

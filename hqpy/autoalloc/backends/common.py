@@ -82,12 +82,16 @@ def build_worker_command(
         cpus_override: `--cpus` for a queue without one (the local backend divides the
             machine's cpus among the workers of an allocation).
     """
-    try:
-        manager_arg = _MANAGER_ARG[manager.lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown manager {manager!r}; expected one of {', '.join(_MANAGER_ARG)}"
-        ) from None
+    manager_arg = _MANAGER_ARG.get(manager.lower())
+    if manager_arg is None:
+        from hqpy.autoalloc.backends import registry
+
+        if manager.lower() not in registry.names():
+            raise ValueError(
+                f"unknown manager {manager!r}; expected one of {', '.join(registry.names())}"
+            )
+        # A plug-in's workers find their allocation in HQPY_ALLOCATION_ID, as local ones.
+        manager_arg = "detect"
     parts = [
         shlex.join(hq_argv),
         "worker start",
@@ -126,6 +130,38 @@ def build_worker_command(
     if params.worker_stop_cmd:
         line = f"{line}; {params.worker_stop_cmd}"
     return line
+
+
+STDERR_NAME = "stderr"
+
+
+def render_prelude(request: AllocationRequest, allocation_id: str) -> str:
+    """The lines between the directives and the worker line (empty when there is nothing to
+    set up): the exit trap that reports the allocation's end to the server, the env script,
+    the exported variables and the working directory.
+
+    Variables are exported rather than written before the worker command, so that they reach
+    workers started through `srun`, `pbsdsh`, `blaunch` or `qrsh -V` too.
+
+    Args:
+        allocation_id: how the script names its allocation (`$SLURM_JOB_ID`, ...).
+    """
+    setup = request.setup
+    lines = []
+    if setup.report_command:
+        stderr = quote_double(str(request.workdir / STDERR_NAME))
+        body = (
+            f'hqpy_exit=$?; {setup.report_command} --allocation "{allocation_id}" '
+            f'--exit-code "$hqpy_exit" --stderr-file {stderr} >/dev/null 2>&1'
+        )
+        lines.append(f"trap {quote_single(body)} EXIT")
+    if setup.env_script:
+        lines.append(f"source {quote_double(setup.env_script)}")
+    lines.extend(f"export {key}={quote_double(value)}" for key, value in setup.exports)
+    if setup.worker_dir:
+        d = quote_double(setup.worker_dir)
+        lines.append(f"mkdir -p {d} && cd {d} || exit 1")
+    return "".join(line + "\n" for line in lines)
 
 
 def is_simple_command(line: str) -> bool:
@@ -312,7 +348,8 @@ class ScriptBackend:
     def parse_submit_output(stdout: str) -> str:
         raise NotImplementedError
 
-    async def submit(self, script: Path, workdir: Path) -> str:
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        workdir = request.workdir
         program = self.submit_program
         result = await run_checked(
             self._run,

@@ -42,7 +42,13 @@ from hqpy.autoalloc.backends.base import (
     SubmitError,
     command_failure,
 )
-from hqpy.autoalloc.backends.common import ScriptBackend, run_checked, run_unchecked, write_jobid
+from hqpy.autoalloc.backends.common import (
+    ScriptBackend,
+    render_prelude,
+    run_checked,
+    run_unchecked,
+    write_jobid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +94,8 @@ def render_condor_script(request: AllocationRequest) -> str:
     ]
     lines = ["#!/bin/bash", *(DIRECTIVE + line for line in description)]
     allocation = 'export HQPY_ALLOCATION_ID="$(sed -n "s/^ClusterId = //p" "$_CONDOR_JOB_AD")"'
-    return "\n".join(lines) + "\n\n" + allocation + "\n" + request.worker_command + "\n"
+    prelude = render_prelude(request, "$HQPY_ALLOCATION_ID")
+    return "\n".join(lines) + "\n\n" + allocation + "\n" + prelude + request.worker_command + "\n"
 
 
 def submit_description(script_text: str, script: Path) -> str:
@@ -177,7 +184,8 @@ class HtcondorBackend(ScriptBackend):
     def render_script(self, request: AllocationRequest) -> str:
         return render_condor_script(request)
 
-    async def submit(self, script: Path, workdir: Path) -> str:
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        workdir = request.workdir
         description = workdir / SUBMIT_FILE
         try:
             text = await trio.Path(script).read_text()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -40,28 +39,40 @@ from hqpy.autoalloc.backends.base import (
     SubmitError,
     cancel_each,
 )
-from hqpy.autoalloc.backends.common import format_walltime, run_checked, write_jobid
+from hqpy.autoalloc.backends.common import (
+    format_walltime,
+    render_prelude,
+    run_checked,
+    write_jobid,
+)
 from hqpy.autoalloc.backends.runner import CommandObserver, make_runner
 from hqpy.common.process import TaskProcess, devnull
+from hqpy.protocol.messages import QueueParams
 
 logger = logging.getLogger(__name__)
 
 ALLOCATION_ID_ENV = "HQPY_ALLOCATION_ID"
 
-_TIME_LIMIT_RE = re.compile(r"^# time limit (\d+):(\d\d):(\d\d)$", re.MULTILINE)
-_DRY_RUN_RE = re.compile(r"^# dry run$", re.MULTILINE)
 
-_FOREIGN_ALLOCATION_ENV = ("SLURM_JOB_ID", "PBS_JOBID", "PBS_ENVIRONMENT")
-"""Removed from a local allocation's environment: a server that itself runs inside a Slurm or
-PBS job must not make its local workers report that job as their allocation."""
+_FOREIGN_ALLOCATION_ENV = (
+    "SLURM_JOB_ID",
+    "SLURM_JOBID",
+    "PBS_JOBID",
+    "PBS_ENVIRONMENT",
+    "LSB_JOBID",
+    "SGE_ROOT",
+    "_CONDOR_JOB_AD",
+)
+"""Removed from a local allocation's environment: a server that itself runs inside a batch
+job must not make its local workers report that job as their allocation (`--manager detect`)."""
 
 
 def render_local_script(request: AllocationRequest) -> str:
     """A bash script that starts `worker_count` workers in the background and waits for them.
 
-    The comment lines are read back by `submit` (time limit, dry run), so the script on disk
-    is the whole truth, as `#SBATCH` lines are for Slurm. The exit status is the last failing
-    worker's, so a crashing allocation is FAILED.
+    The comment lines are for people reading it; `submit` takes the time limit and the dry
+    run from the request. The exit status is the last failing worker's, so a crashing
+    allocation is FAILED.
     """
     lines = [
         "#!/bin/bash",
@@ -86,16 +97,8 @@ def render_local_script(request: AllocationRequest) -> str:
         "done",
         'exit "$status"',
     ]
-    return "\n".join(lines) + "\n\n" + "\n".join(body) + "\n"
-
-
-def read_time_limit(text: str) -> float | None:
-    """Seconds from the script's `# time limit HH:MM:SS` line, if it has one."""
-    match = _TIME_LIMIT_RE.search(text)
-    if match is None:
-        return None
-    hours, minutes, seconds = (int(g) for g in match.groups())
-    return float(hours * 3600 + minutes * 60 + seconds)
+    prelude = render_prelude(request, f"${ALLOCATION_ID_ENV}")
+    return "\n".join(lines) + "\n\n" + prelude + "\n".join(body) + "\n"
 
 
 @attrs.define(eq=False)
@@ -193,6 +196,28 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+@attrs.frozen
+class LocalShare:
+    """How local allocations share this machine's cpus (pure: `SharesHost`)."""
+
+    host_cpus: int
+
+    def worker_cpus(self, params: QueueParams) -> str | None:
+        """Without `--cpus`, each worker of an allocation gets its part of the machine."""
+        if params.cpus is not None:
+            return None
+        return str(max(1, self.host_cpus // max(1, params.workers_per_alloc)))
+
+    def worker_cap(self, params: QueueParams, cpus_per_worker: int) -> int | None:
+        """Without `--cpus` and `--max-worker-count`, the queue's workers together get as many
+        cpus as the machine has, not more."""
+        if params.max_worker_count is not None:
+            return params.max_worker_count
+        if params.cpus is not None or cpus_per_worker <= 0:
+            return None
+        return max(1, self.host_cpus // cpus_per_worker)
+
+
 class LocalBackend:
     """Runs allocations as local process groups; their watchers live in the given nursery.
 
@@ -203,6 +228,7 @@ class LocalBackend:
         grace: seconds between SIGTERM and SIGKILL when an allocation is ended.
         env: extra environment for the scripts (on top of the server's).
         observer: told of the commands it runs (`bash -n`), as for the other backends.
+        host_cpus: the cpus its workers share (default: this process's affinity mask).
     """
 
     manager: ClassVar[str] = "LOCAL"
@@ -216,8 +242,12 @@ class LocalBackend:
         timeout: float = 30.0,
         env: Mapping[str, str] | None = None,
         observer: CommandObserver | None = None,
+        host_cpus: int | None = None,
     ) -> None:
         self._nursery = nursery
+        self._share = LocalShare(
+            host_cpus if host_cpus is not None else len(os.sched_getaffinity(0))
+        )
         self._grace = grace
         self._run = runner if runner is not None else make_runner(observer)
         self._timeout = timeout
@@ -227,6 +257,12 @@ class LocalBackend:
 
     def render_script(self, request: AllocationRequest) -> str:
         return render_local_script(request)
+
+    def worker_cpus(self, params: QueueParams) -> str | None:
+        return self._share.worker_cpus(params)
+
+    def worker_cap(self, params: QueueParams, cpus_per_worker: int) -> int | None:
+        return self._share.worker_cap(params, cpus_per_worker)
 
     async def check_script(self, script: Path) -> None:
         """`bash -n`: the dry run of the local backend. Raises `SubmitError` on a syntax error."""
@@ -239,14 +275,14 @@ class LocalBackend:
             what="bash -n",
         )
 
-    async def submit(self, script: Path, workdir: Path) -> str:
-        # The script is hqpy's own rendering (checked with `bash -n` by the dry run); a submit
-        # only reads its directives back, without the thread hops of trio's file and process
-        # helpers: this sits between a `hq submit` and the first worker.
-        text = _read_script(script)
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        # The time limit and the dry run come from the request (a script template need not
+        # keep the comment lines); no thread hops of trio's file and process helpers: this
+        # sits between a `hq submit` and the first worker.
+        workdir = request.workdir
         self._counter += 1
         allocation_id = f"local-{self._counter}"
-        if _DRY_RUN_RE.search(text):
+        if request.dry_run:
             self._allocations[allocation_id] = _LocalAllocation(
                 allocation_id, workdir, None, process=None
             )
@@ -262,7 +298,7 @@ class LocalBackend:
         allocation = _LocalAllocation(
             allocation_id,
             workdir,
-            read_time_limit(text),
+            request.time_limit,
             process=process,
             started_at=time.time(),
         )
@@ -386,10 +422,3 @@ class LocalBackend:
         logger.info("local allocation %s reached its time limit", allocation.id)
         allocation.timed_out = True
         await self._terminate(allocation)
-
-
-def _read_script(script: Path) -> str:
-    try:
-        return script.read_text()
-    except OSError as e:
-        raise SubmitError(f"cannot read {script}: {e.strerror or e}") from e

@@ -37,6 +37,7 @@ from hqpy.autoalloc.backends.base import (
 from hqpy.autoalloc.backends.common import (
     ScriptBackend,
     quote_single,
+    render_prelude,
     run_checked,
     run_unchecked,
     write_jobid,
@@ -101,7 +102,9 @@ def render_bsub_script(request: AllocationRequest) -> str:
     if n > 1:
         # One task per slot, and one slot per host: one worker per host.
         command = f"blaunch bash -c {quote_single(command)}"
-    return "\n".join(lines) + '\n\nexport HQPY_ALLOCATION_ID="$LSB_JOBID"\n' + command + "\n"
+    prelude = render_prelude(request, "$LSB_JOBID")
+    allocation = 'export HQPY_ALLOCATION_ID="$LSB_JOBID"\n'
+    return "\n".join(lines) + "\n\n" + allocation + prelude + command + "\n"
 
 
 def parse_bsub_output(stdout: str) -> str:
@@ -190,7 +193,8 @@ class LsfBackend(ScriptBackend):
     def render_script(self, request: AllocationRequest) -> str:
         return render_bsub_script(request)
 
-    async def submit(self, script: Path, workdir: Path) -> str:
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        workdir = request.workdir
         result = await run_checked(
             self._run,
             ["bsub"],

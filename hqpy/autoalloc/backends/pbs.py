@@ -28,6 +28,7 @@ from hqpy.autoalloc.backends.common import (
     ScriptBackend,
     format_walltime,
     quote_single,
+    render_prelude,
     run_unchecked,
 )
 
@@ -80,7 +81,8 @@ def render_qsub_script(request: AllocationRequest) -> str:
     command = request.worker_command
     if request.worker_count > 1:
         command = f"pbsdsh -- bash -l -c {quote_single(command)}"
-    return "\n".join(lines) + "\n\n" + command + "\n"
+    prelude = render_prelude(request, "$PBS_JOBID")
+    return "\n".join(lines) + "\n\n" + prelude + command + "\n"
 
 
 def parse_qsub_output(stdout: str) -> str:

@@ -41,6 +41,7 @@ from hqpy.autoalloc.backends.common import (
     ScriptBackend,
     format_walltime,
     quote_single,
+    render_prelude,
     run_checked,
     run_unchecked,
     write_jobid,
@@ -109,7 +110,9 @@ def render_qsub_sge_script(request: AllocationRequest, parallel_environment: str
         )
     if request.additional_args:
         lines.append("#$ " + " ".join(request.additional_args))
-    return "\n".join(lines) + '\n\nexport HQPY_ALLOCATION_ID="$JOB_ID"\n' + command + "\n"
+    prelude = render_prelude(request, "$JOB_ID")
+    allocation = 'export HQPY_ALLOCATION_ID="$JOB_ID"\n'
+    return "\n".join(lines) + "\n\n" + allocation + prelude + command + "\n"
 
 
 def parse_qsub_terse_output(stdout: str) -> str:
@@ -222,7 +225,8 @@ class SgeBackend(ScriptBackend):
     def render_script(self, request: AllocationRequest) -> str:
         return render_qsub_sge_script(request, self.parallel_environment)
 
-    async def submit(self, script: Path, workdir: Path) -> str:
+    async def submit(self, request: AllocationRequest, script: Path) -> str:
+        workdir = request.workdir
         result = await run_checked(
             self._run,
             ["qsub", "-terse", str(script)],

@@ -35,6 +35,7 @@ from hqpy.autoalloc.backends.common import (
     format_walltime,
     is_simple_command,
     quote_single,
+    render_prelude,
     run_checked,
     run_unchecked,
 )
@@ -117,7 +118,8 @@ def render_sbatch_script(request: AllocationRequest) -> str:
         if not is_simple_command(command):
             command = f"bash -c {quote_single(command)}"
         command = f"srun --overlap --ntasks={n} --nodes={n} {command}"
-    return "\n".join(lines) + "\n\n" + command + "\n"
+    prelude = render_prelude(request, "$SLURM_JOB_ID")
+    return "\n".join(lines) + "\n\n" + prelude + command + "\n"
 
 
 def parse_sbatch_output(stdout: str) -> str:

@@ -256,7 +256,21 @@ def queue_json(queue: m.QueueView) -> dict[str, Any]:
         "known_worker_resources": None
         if queue.known_resources is None
         else [descriptor_to_json(r) for r in queue.known_resources],
+        **_worker_environment(p),
     }
+
+
+def _worker_environment(p: m.QueueParams) -> dict[str, Any]:
+    """The per-queue worker environment (`--env-script`, ...), only when one is set (w2alloc)."""
+    env = {
+        "env_script": p.env_script,
+        "worker_env": list(p.worker_env),
+        "python": p.python,
+        "worker_dir": p.worker_dir,
+        "script_template": p.script_template is not None,
+        "template_params": list(p.template_params),
+    }
+    return {"worker_environment": env} if any(env.values()) else {}
 
 
 def allocation_json(a: m.AllocationView) -> dict[str, Any]:
