@@ -138,3 +138,29 @@ def test_usage_error_exits_2(hq_env: HqEnv) -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr != ""
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("submit", "--time-limit", "90", "--", "true"), "--time-limit"),
+        (("submit", "--time-request", "90", "--", "true"), "--time-request"),
+        (("worker", "start", "--idle-timeout", "90"), "--idle-timeout"),
+        (("worker", "start", "--time-limit", "90"), "--time-limit"),
+        (("server", "start", "--idle-timeout", "90"), "--idle-timeout"),
+        (("alloc", "add", "local", "--time-limit", "90"), "-t/--time-limit"),
+        (("alloc", "add", "slurm", "-t", "1h", "--idle-timeout", "90"), "--idle-timeout"),
+        (("alloc", "add", "slurm", "-t", "1h", "--worker-time-limit", "90"), "--worker-time-limit"),
+    ],
+)
+def test_bare_number_duration_is_a_usage_error_with_an_example(
+    hq_env: HqEnv, args: tuple[str, ...], option: str
+) -> None:
+    result = hq_env.run(*args, expect_fail=True)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"error: argument {option}: invalid duration '90': time unit needed,"
+        " for example 90m, 1h 30m or 01:30:00 (90s for seconds)"
+    )
