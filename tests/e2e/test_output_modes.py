@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from tests.e2e.harness import HqEnv
+from tests.e2e.harness import HqEnv, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -164,3 +165,33 @@ def test_bare_number_duration_is_a_usage_error_with_an_example(
         f"error: argument {option}: invalid duration '90': time unit needed,"
         " for example 90m, 1h 30m or 01:30:00 (90s for seconds)"
     )
+
+
+def test_progress_explains_waiting_for_a_queued_local_allocation(hq_env: HqEnv) -> None:
+    hq_env.env.update(
+        {
+            "HQ_AUTOALLOC_REFRESH_INTERVAL_MS": "100",
+            "HQ_AUTOALLOC_MAX_SCHEDULE_DELAY_MS": "100",
+            "HQ_AUTOALLOC_SCHEDULE_TICK_INTERVAL_MS": "100",
+        }
+    )
+    hq_env.start_server()
+    # The worker start command holds the allocation QUEUED (no worker registers).
+    hq_env.command(
+        "alloc", "add", "local", "--time-limit", "10m", "--cpus", "1",
+        "--worker-start-cmd", "sleep 60",
+    )  # fmt: skip
+    # Output to a file, not a terminal: a line now and then, all on stdout.
+    progress = hq_env._spawn("progress", hq_env.hq_argv("submit", "--progress", "--", "true"), None)
+    wanted = "waiting for workers: 1 allocation queued in local"
+    wait_until(lambda: wanted in progress.stdout(), what="the waiting line")
+    hq_env.command("job", "cancel", "1")
+    assert progress.wait_exit() == 0
+    lines = progress.stdout().splitlines()
+    elapsed = r", elapsed (\d+m )?\d+s"
+    assert lines[0] == "Job submitted successfully, job ID: 1"
+    assert re.fullmatch(r"\[\.{40}\] 0/1 tasks done, 0 running, 0 failed" + elapsed, lines[1])
+    assert wanted in lines
+    # The canceled task counts as done.
+    assert re.fullmatch(r"\[#{40}\] 1/1 tasks done, 0 running, 0 failed" + elapsed, lines[-1])
+    assert "waiting for workers" not in progress.stderr()
