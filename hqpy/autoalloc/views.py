@@ -4,13 +4,15 @@ events`, the metrics and the status page see. Pure."""
 from __future__ import annotations
 
 import itertools
+import os
 
+from hqpy.autoalloc.planner import local_cpus
 from hqpy.autoalloc.state import Allocation, AllocationQueue, AutoAllocState
 from hqpy.common.states import QueueState
 from hqpy.protocol import messages as m
 
 
-def queue_view(queue: AllocationQueue) -> m.QueueView:
+def queue_view(queue: AllocationQueue, host_cpus: int | None = None) -> m.QueueView:
     return m.QueueView(
         id=queue.id,
         params=queue.params,
@@ -20,6 +22,7 @@ def queue_view(queue: AllocationQueue) -> m.QueueView:
         self_paused=queue.state is QueueState.PAUSED and queue.limiter.pause_reason() is not None,
         removed=queue.removed,
         event_count=queue.event_count,
+        local_cpus=None if host_cpus is None else local_cpus(queue.params, host_cpus),
     )
 
 
@@ -39,12 +42,13 @@ def allocation_view(a: Allocation) -> m.AllocationView:
 class AllocatorViews:
     """`AllocatorReadModel` over the allocator's state."""
 
-    def __init__(self, state: AutoAllocState) -> None:
+    def __init__(self, state: AutoAllocState, host_cpus: int | None = None) -> None:
         self.state = state
+        self.host_cpus = len(os.sched_getaffinity(0)) if host_cpus is None else host_cpus
 
     def queue_views(self, include_removed: bool = False) -> list[m.QueueView]:
         queues = self.state.queues.values() if include_removed else self.state.live_queues()
-        return [queue_view(q) for q in queues]
+        return [queue_view(q, self.host_cpus) for q in queues]
 
     def allocation_views(self, queue_id: int) -> list[m.AllocationView]:
         queue = self.state.queues.get(queue_id)

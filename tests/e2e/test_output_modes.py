@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -195,3 +196,19 @@ def test_progress_explains_waiting_for_a_queued_local_allocation(hq_env: HqEnv) 
     # The canceled task counts as done.
     assert re.fullmatch(r"\[#{40}\] 1/1 tasks done, 0 running, 0 failed" + elapsed, lines[-1])
     assert "waiting for workers" not in progress.stderr()
+
+
+def test_local_queue_messages_and_worker_shape(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    result = hq_env.run("alloc", "add", "local", "--time-limit", "10m", "--workers-per-alloc", "1")
+    # Local only checks the script: it must not claim a trial was submitted and cancelled.
+    assert "The allocation script was checked with `bash -n`." in result.stderr
+    assert "trial allocation was submitted" not in result.stderr
+    assert "Allocation queue 1 successfully created" in result.stderr
+    queue = hq_env.table("alloc", "list").records()[0]
+    cpus = len(os.sched_getaffinity(0))
+    assert queue["Worker resources"] == f"--cpus {cpus}"
+    for action, done in (("pause", "paused"), ("resume", "resumed"), ("remove", "removed")):
+        result = hq_env.run("alloc", action, "1")
+        assert result.stderr.strip().endswith(f"Allocation queue 1 successfully {done}")
+        assert result.stdout == ""

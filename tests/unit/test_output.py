@@ -829,3 +829,15 @@ def test_progress_has_no_waiting_line_while_a_task_runs() -> None:
     assert render_progress([done], 3.0, 5.0, context) == [
         f"[{'#' * 40}] 10/10 tasks done, 0 running, 0 failed, elapsed 3s"
     ]
+
+
+def test_queue_resources_of_a_local_queue_before_a_worker_connected() -> None:
+    from hqpy.cli.output.common import queue_resources
+
+    local = m.QueueParams("local", 600.0, resources=("gpus=range(0-1)",))
+    view = m.QueueView(1, local, "ACTIVE", None, local_cpus="4")
+    assert queue_resources(view) == "--cpus 4 --resource gpus=range(0-1)"
+    slurm = m.QueueView(2, m.QueueParams("slurm", 600.0), "ACTIVE", None)
+    assert queue_resources(slurm) == "<unknown>"
+    declared = m.QueueView(3, m.QueueParams("local", 600.0, cpus="2"), "ACTIVE", None)
+    assert queue_resources(declared) == "--cpus 2"
