@@ -207,8 +207,8 @@ def test_status_page_for_operators(metrics_env: tuple[HqEnv, int], browser: Any)
     assert (
         js(
             browser,
-            "return document.querySelectorAll('#removed-queues .queue.removed[data-queue-id=\"1\"]')"
-            ".length",
+            "return document.querySelectorAll("
+            "'#removed-queues .queue.removed[data-queue-id=\"1\"]').length",
         )
         == 1
     )
