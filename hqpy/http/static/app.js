@@ -10,6 +10,7 @@ const TIMELINE_MAX_SPAN = 6 * 3600; // older parts of bars are clipped
 const ROW_H = 18;
 const LABEL_W = 230;
 const STREAM_LABEL_W = 170;
+const STREAM_MIN_SPAN = 20; // short runs stay visible right after they ended
 const STREAM_MAX_SPAN = 30 * 60; // the task stream shows at most the last half hour
 const AXIS_H = 20;
 
@@ -205,7 +206,7 @@ function drawTaskStream(tasks, workers, now, width) {
   const runs = tasks.runs;
   const rows = workers.filter((w) => w.state === "running" || runs.some((r) => r.worker === w.id));
   const height = AXIS_H + Math.max(rows.length, 1) * ROW_H + 4;
-  let t0 = now - TIMELINE_MIN_SPAN;
+  let t0 = now - STREAM_MIN_SPAN;
   for (const r of runs) t0 = Math.min(t0, r.started_at ?? r.ended_at);
   t0 = Math.max(t0, now - STREAM_MAX_SPAN);
   const span = Math.max(now - t0, 1);
