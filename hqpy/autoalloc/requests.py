@@ -39,7 +39,7 @@ class AllocRequests:
     async def info(self, req: m.AllocInfoRequest) -> m.AllocationListResponse:
         queue = self.service.get_queue(req.queue_id)
         views = self.service.allocation_views(queue.id)
-        return m.AllocationListResponse(queue_view(queue), views)
+        return m.AllocationListResponse(queue_view(queue, self.service.default_worker_cpus), views)
 
     async def events(self, req: m.AllocEventsRequest) -> m.AllocEventsResponse | m.ErrorResponse:
         service = self.service

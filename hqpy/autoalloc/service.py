@@ -77,7 +77,7 @@ class AutoAllocService:
             make_backend,
             clock,
         )
-        self.views = AllocatorViews(self.state)
+        self.views = AllocatorViews(self.state, self.default_worker_cpus)
         self.cancel_bound = cancel_bound(config.command_timeout)
         self._dry_runs = 0
         hub.subscribe(JobSubmitted, lambda event: self.notify())
@@ -274,6 +274,11 @@ class AutoAllocService:
             if queue is None or queue.event_count > after:
                 return
             await self._events_changed.wait()
+
+    def default_worker_cpus(self, params: QueueParams) -> str | None:
+        """`--cpus` the queue's workers get when it sets none (a local queue's share)."""
+        backend = self.process.existing_backend(params.manager)
+        return None if backend is None else worker_cpus(backend, params)
 
     # -----------------------------------------------------------------------------------------
     # Read model (`AllocatorReadModel`): what clients, metrics and the status page see

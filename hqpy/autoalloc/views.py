@@ -4,13 +4,22 @@ events`, the metrics and the status page see. Pure."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from hqpy.autoalloc.state import Allocation, AllocationQueue, AutoAllocState
 from hqpy.common.states import QueueState
 from hqpy.protocol import messages as m
 
 
-def queue_view(queue: AllocationQueue) -> m.QueueView:
+WorkerCpus = Callable[[m.QueueParams], str | None]
+"""`--cpus` that a queue's workers get when the queue gives none (local: their share)."""
+
+
+def no_share(params: m.QueueParams) -> str | None:
+    return None
+
+
+def queue_view(queue: AllocationQueue, worker_cpus: WorkerCpus = no_share) -> m.QueueView:
     return m.QueueView(
         id=queue.id,
         params=queue.params,
@@ -20,6 +29,7 @@ def queue_view(queue: AllocationQueue) -> m.QueueView:
         self_paused=queue.state is QueueState.PAUSED and queue.limiter.pause_reason() is not None,
         removed=queue.removed,
         event_count=queue.event_count,
+        local_cpus=worker_cpus(queue.params),
     )
 
 
@@ -39,12 +49,13 @@ def allocation_view(a: Allocation) -> m.AllocationView:
 class AllocatorViews:
     """`AllocatorReadModel` over the allocator's state."""
 
-    def __init__(self, state: AutoAllocState) -> None:
+    def __init__(self, state: AutoAllocState, worker_cpus: WorkerCpus = no_share) -> None:
         self.state = state
+        self.worker_cpus = worker_cpus
 
     def queue_views(self, include_removed: bool = False) -> list[m.QueueView]:
         queues = self.state.queues.values() if include_removed else self.state.live_queues()
-        return [queue_view(q) for q in queues]
+        return [queue_view(q, self.worker_cpus) for q in queues]
 
     def allocation_views(self, queue_id: int) -> list[m.AllocationView]:
         queue = self.state.queues.get(queue_id)

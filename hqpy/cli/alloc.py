@@ -216,6 +216,19 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
     )
 
 
+def dry_run_message(manager: str) -> str:
+    """HyperQueue's line for a batch system; the local backend only checks its script."""
+    if manager == "local":
+        return (
+            "The allocation script was checked with `bash -n`. "
+            "No trial allocation was started for the local queue."
+        )
+    return (
+        "A trial allocation was submitted successfully. "
+        "It was immediately canceled to avoid wasting resources."
+    )
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     params = queue_params(args)
     if params is None:
@@ -237,10 +250,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             m.AllocAddRequest(params, dry_run=not args.no_dry_run), m.QueueCreatedResponse
         )
         if not args.no_dry_run:
-            log.info(
-                "A trial allocation was submitted successfully. "
-                "It was immediately canceled to avoid wasting resources."
-            )
+            log.info(dry_run_message(params.manager))
         log.info("Allocation queue %d successfully created", resp.queue_id)
         out.empty()
 
@@ -264,10 +274,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
             shutil.rmtree(resp.workdir, ignore_errors=True)
             return
         conn.request(m.AllocDryRunRequest(params), m.OkResponse)
-        log.info(
-            "A trial allocation was submitted successfully. "
-            "It was immediately canceled to avoid wasting resources."
-        )
+        log.info(dry_run_message(params.manager))
         out.empty()
 
     return run_client(args, call)
@@ -337,5 +344,5 @@ def cmd_queue_action(args: argparse.Namespace, conn: BlockingConnection, out: Ou
         ),
         m.OkResponse,
     )
-    if args.action == "remove":
-        log.info("Allocation queue %d successfully removed", args.queue_id)
+    done = {"remove": "removed", "pause": "paused", "resume": "resumed"}[args.action]
+    log.info("Allocation queue %d successfully %s", args.queue_id, done)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from hqpy.cli.output import Output
+    from hqpy.cli.output.progress import WaitContext
     from hqpy.client.blocking import BlockingConnection
 
 log = logging.getLogger("hqpy.cli")
@@ -431,7 +433,7 @@ def wait_for_jobs(
         resp = conn.request(m.WaitJobsRequest(selector, without_close), m.JobListResponse)
         _log_missing(resp.missing)
         return resp.jobs
-    bar = ProgressBar(sys.stdout.isatty())
+    bar = ProgressBar(sys.stdout.isatty(), conn)
     missing_logged = False
     while True:
         details = conn.request(m.JobDetailsRequest(selector), m.JobDetailsResponse)
@@ -494,44 +496,88 @@ def _ended(job: m.JobView, without_close: bool) -> bool:
 
 
 class ProgressBar:
-    """A bar redrawn in place on a terminal; elsewhere a line now and then, on stdout."""
+    """A bar redrawn in place on a terminal, elsewhere a line now and then; stdout, never stderr.
 
-    WIDTH = 40
+    It shows the elapsed time, an estimate once tasks end, and while tasks wait with none
+    running, why: allocations queued in a batch system, a paused queue, or no worker at all."""
+
     LINE_INTERVAL = 5.0
+    CONTEXT_INTERVAL = 3.0
+    MAX_QUEUES = 20
+    """Queues asked about for the waiting line (each is one request)."""
 
-    def __init__(self, tty: bool) -> None:
+    def __init__(self, tty: bool, conn: BlockingConnection | None = None) -> None:
+        from hqpy.cli.output.progress import RateEstimate
+
         self.tty = tty
+        self.conn = conn
+        self.started = time.monotonic()
+        self.estimate = RateEstimate()
+        self.context: WaitContext | None = None
+        self.context_at = -math.inf
+        self.drawn_lines = 0
         self.last_line = 0.0
-        self.last_text = ""
+        self.last_key: list[str] = []
 
-    def render(self, jobs: list[m.JobView]) -> str:
+    def _lines(self, jobs: list[m.JobView]) -> list[str]:
+        from hqpy.cli.output.progress import render_progress
+
+        now = time.monotonic()
         total = sum(j.task_count for j in jobs)
         s = [j.task_stats for j in jobs]
         done = sum(x.finished + x.failed + x.canceled + x.aborted for x in s)
-        filled = int(self.WIDTH * done / total) if total else self.WIDTH
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        running = sum(x.running for x in s)
-        failed = sum(x.failed for x in s)
-        return f"[{bar}] {done}/{total} tasks done, {running} running, {failed} failed"
+        left = self.estimate.observe(now, done, total)
+        idle = sum(x.running for x in s) == 0 and sum(x.waiting for x in s) > 0
+        if idle and now - self.context_at >= self.CONTEXT_INTERVAL:
+            self.context = self._wait_context()
+            self.context_at = now
+        return render_progress(jobs, now - self.started, left, self.context if idle else None)
+
+    def _wait_context(self) -> WaitContext | None:
+        """Workers and queued allocations, from the server; None if it cannot tell."""
+        from hqpy.cli.output.progress import QueueWait, WaitContext
+
+        if self.conn is None:
+            return None
+        try:
+            workers = self.conn.request(m.ListWorkersRequest("running"), m.WorkerListResponse)
+            queues = self.conn.request(m.AllocListRequest(), m.QueueListResponse).queues
+            waits = []
+            for q in [q for q in queues if not q.removed][: self.MAX_QUEUES]:
+                resp = self.conn.request(m.AllocInfoRequest(q.id), m.AllocationListResponse)
+                queued = sum(1 for a in resp.allocations if a.state == "QUEUED")
+                waits.append(QueueWait(q.id, q.params.manager, queued, q.state == "PAUSED"))
+        except ClientError as e:
+            log.debug("cannot tell why tasks wait: %s", e)
+            return None
+        return WaitContext(len(workers.workers), tuple(waits))
 
     def draw(self, jobs: list[m.JobView]) -> None:
-        text = self.render(jobs)
+        lines = self._lines(jobs)
         if self.tty:
-            sys.stdout.write("\r" + text)
-            sys.stdout.flush()
-        elif time.monotonic() - self.last_line >= self.LINE_INTERVAL and text != self.last_text:
-            print(text, flush=True)
+            self._redraw(lines, end="")
+            return
+        # Elsewhere print when something other than the clock changed, at most every few seconds.
+        key = [lines[0].split(", elapsed")[0], *lines[1:]]
+        if time.monotonic() - self.last_line >= self.LINE_INTERVAL and key != self.last_key:
+            print("\n".join(lines), flush=True)
             self.last_line = time.monotonic()
-            self.last_text = text
+            self.last_key = key
+
+    def _redraw(self, lines: list[str], end: str) -> None:
+        up = f"\x1b[{self.drawn_lines - 1}F" if self.drawn_lines > 1 else ""
+        sys.stdout.write("\r" + up + "\x1b[J" + "\n".join(lines) + end)
+        sys.stdout.flush()
+        self.drawn_lines = len(lines)
 
     def finish(self, jobs: list[m.JobView]) -> None:
         if not jobs:
             return
-        text = self.render(jobs)
+        lines = self._lines(jobs)
         if self.tty:
-            sys.stdout.write("\r" + text + "\n")
-        elif text != self.last_text:
-            print(text)
+            self._redraw(lines, end="\n")
+        else:
+            print("\n".join(lines))
         sys.stdout.flush()
 
 

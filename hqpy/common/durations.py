@@ -36,6 +36,16 @@ _HUMANTIME_RE = re.compile(rf"(?:{_NUMBER}\s*[a-zA-Zµ]+\s*)+")
 _CLOCK_RE = re.compile(r"(?:(?:([0-9]+)-)?([0-9]+):)?([0-9]+):([0-9]+(?:\.[0-9]+)?)")
 
 
+def _unit_needed(text: str) -> ValueError:
+    """A bare number: Slurm reads `90` as minutes, hqpy would read seconds, so neither guesses."""
+    number = text.strip()
+    shown = number if len(number) <= 20 else number[:20] + "..."
+    return ValueError(
+        f"invalid duration {shown!r}: time unit needed, for example {shown}m, 1h 30m or 01:30:00"
+        f" ({shown}s for seconds)"
+    )
+
+
 def _error(text: str) -> ValueError:
     return ValueError(f"invalid duration {text!r}: expected e.g. 30s, 1h 30m, 500ms or HH:MM:SS")
 
@@ -63,8 +73,9 @@ def _to_ns(number: str, unit_ns: int) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from `500ms`, `1h 30m`, `1h30m`, `90` (seconds) or `[[D-]HH:]MM:SS`.
+    """Seconds from `500ms`, `1h 30m`, `1h30m` or `[[D-]HH:]MM:SS`.
 
+    A bare number other than `0` is refused, as HyperQueue (humantime) does: it needs a unit.
     Durations past `MAX_SECONDS` are refused (before any float could overflow)."""
     try:
         total = _parse_ns(text)
@@ -78,7 +89,9 @@ def parse_duration(text: str) -> float:
 def _parse_ns(text: str) -> int:
     stripped = text.strip()
     if _PLAIN_RE.fullmatch(stripped):
-        return _to_ns(stripped, _NS_PER_S)
+        if set(stripped) <= {"0", "."}:
+            return 0
+        raise _unit_needed(text)
     clock = _CLOCK_RE.fullmatch(stripped)
     if clock:
         days, hours, minutes, seconds = clock.groups()

@@ -43,6 +43,9 @@ class TaskEnded:
     state: TaskState
     started_at: float | None
     ended_at: float | None
+    worker_id: int | None = None
+    """The worker it ran on (the status page's task stream draws it there)."""
+    error: str | None = None
 
 
 @attrs.frozen

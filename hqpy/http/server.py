@@ -39,6 +39,7 @@ from hqpy import __version__
 from hqpy.common.events import EventHub
 from hqpy.http.metrics import ServerMetrics
 from hqpy.http.status import build_status
+from hqpy.http.taskstream import TaskStream
 from hqpy.protocol.readmodels import AllocatorReadModel, ServerReadModel
 
 log = logging.getLogger(__name__)
@@ -368,12 +369,13 @@ def make_routes(
     allocator: AllocatorReadModel | None,
     metrics: ServerMetrics,
     clock: Callable[[], float] = time.time,
+    stream: TaskStream | None = None,
 ) -> dict[str, Route]:
     def scrape() -> Reply:
         return Reply(200, metrics.render(), METRICS_CONTENT_TYPE)
 
     def status() -> Reply:
-        doc = build_status(server, allocator, metrics.started_at, clock())
+        doc = build_status(server, allocator, metrics.started_at, clock(), stream)
         return Reply(200, json.dumps(doc).encode(), CONTENT_TYPES[".json"])
 
     routes: dict[str, Route] = {"/metrics": scrape, "/api/status": status}
@@ -406,7 +408,8 @@ async def serve_http(
     the hub); `task_status.started` gets the listeners.
     """
     metrics = ServerMetrics(server, allocator, hub, started_at)
-    app = HttpServer(make_routes(server, allocator, metrics, clock))
+    stream = TaskStream(hub)
+    app = HttpServer(make_routes(server, allocator, metrics, clock, stream))
     async with trio.open_nursery() as nursery:
         listeners: list[trio.SocketListener] = await nursery.start(
             partial(trio.serve_tcp, app.handle, port, host=host)

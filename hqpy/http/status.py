@@ -13,8 +13,9 @@ from typing import Any
 
 from hqpy import __version__
 from hqpy.common.resources import FRACTIONS
-from hqpy.common.states import AllocationState, TaskState, WorkerState
+from hqpy.common.states import AllocationState, AllocEventKind, TaskState, WorkerState
 from hqpy.http.metrics import worker_state_label
+from hqpy.http.taskstream import TaskStream
 from hqpy.protocol import messages as m
 from hqpy.protocol.readmodels import AllocatorReadModel, ServerReadModel, WorkerSummary
 
@@ -28,6 +29,16 @@ MAX_WORKERS = 100
 MAX_ALLOCATIONS = 40
 """Per queue: its active allocations first, then the newest ended ones."""
 MAX_EVENTS = 50
+MAX_QUEUE_ERRORS = 5
+"""Distinct error messages shown on a queue (each with how often and when it was last seen)."""
+ERROR_EVENTS = frozenset(
+    {
+        AllocEventKind.SUBMIT_FAILED,
+        AllocEventKind.STATUS_ERROR,
+        AllocEventKind.CANCEL_FAILED,
+        AllocEventKind.ALLOCATION_FAILED,
+    }
+)
 
 
 def build_status(
@@ -35,10 +46,17 @@ def build_status(
     allocator: AllocatorReadModel | None,
     started_at: float,
     now: float,
+    stream: TaskStream | None = None,
 ) -> JsonObject:
-    """Everything the status page draws, as plain JSON values (times in epoch seconds)."""
-    queues = [] if allocator is None else allocator.queue_views()
-    return {
+    """Everything the status page draws, as plain JSON values (times in epoch seconds).
+
+    Removed queues stay (marked `removed`) so that their allocations and events remain, as
+    `hq alloc events` keeps them."""
+    queues = [] if allocator is None else allocator.queue_views(include_removed=True)
+    workers = [_worker(w) for w in server.newest_workers(MAX_WORKERS)]
+    jobs = _jobs(server)
+    events = _recent_events(queues, allocator)
+    doc: JsonObject = {
         "server": {
             "uid": server.server_uid,
             "version": __version__,
@@ -47,11 +65,16 @@ def build_status(
             "now": now,
         },
         "totals": _totals(server),
-        "queues": [_queue(q, allocator) for q in queues],
-        "workers": [_worker(w) for w in server.newest_workers(MAX_WORKERS)],
-        "jobs": _jobs(server),
-        "events": _events(queues, allocator),
+        "queues": [_queue(q, allocator, events.get(q.id, [])) for q in queues],
+        "workers": workers,
+        "jobs": jobs,
+        "events": _newest(events),
     }
+    if stream is not None:
+        doc["tasks"] = stream.snapshot(
+            now, {w["id"] for w in workers}, {j["id"] for j in jobs if j["counts"]["failed"]}
+        )
+    return doc
 
 
 def _totals(server: ServerReadModel) -> JsonObject:
@@ -63,7 +86,9 @@ def _totals(server: ServerReadModel) -> JsonObject:
     }
 
 
-def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> JsonObject:
+def _queue(
+    queue: m.QueueView, allocator: AllocatorReadModel | None, events: list[m.AllocEventView]
+) -> JsonObject:
     p = queue.params
     allocations = [] if allocator is None else allocator.allocation_views(queue.id)
     order = {a.id: i for i, a in enumerate(allocations)}
@@ -80,21 +105,52 @@ def _queue(queue: m.QueueView, allocator: AllocatorReadModel | None) -> JsonObje
         "name": p.name,
         "manager": p.manager,
         "state": queue.state.lower(),
+        "removed": queue.removed,
         "pause_reason": queue.pause_reason,
         "backlog": p.backlog,
         "workers_per_alloc": p.workers_per_alloc,
         "max_worker_count": p.max_worker_count,
         "time_limit": p.time_limit,
         "allocation_counts": counts,
-        "allocations": [_allocation(a) for a in shown],
+        "allocations": [_allocation(a, p.time_limit) for a in shown],
+        "errors": _errors(events),
     }
 
 
-def _allocation(a: m.AllocationView) -> JsonObject:
+def _errors(events: list[m.AllocEventView]) -> list[JsonObject]:
+    """The queue's recent failures, one entry per distinct message, newest first: a queue whose
+    every submission fails shows `sbatch: error: ...` once with its count, on the queue."""
+    grouped: dict[tuple[str, str], JsonObject] = {}
+    for e in events:
+        if e.event not in ERROR_EVENTS:
+            continue
+        key = (e.event, e.message)
+        entry = grouped.get(key)
+        if entry is None:
+            grouped[key] = {
+                "event": e.event,
+                "message": e.message,
+                "count": 1,
+                "first": e.time,
+                "last": e.time,
+                "allocation_id": e.allocation_id,
+            }
+        else:
+            entry["count"] += 1
+            entry["first"] = min(entry["first"], e.time)
+            if e.time >= entry["last"]:
+                entry["last"] = e.time
+                entry["allocation_id"] = e.allocation_id
+    newest = sorted(grouped.values(), key=lambda x: x["last"], reverse=True)
+    return newest[:MAX_QUEUE_ERRORS]
+
+
+def _allocation(a: m.AllocationView, time_limit: float) -> JsonObject:
     return {
         "id": a.id,
         "state": a.state.lower(),
         "worker_count": a.worker_count,
+        "walltime_end": None if a.started_at is None else a.started_at + time_limit,
         "workers": a.connected_workers,
         "queued_at": a.queued_at,
         "started_at": a.started_at,
@@ -136,13 +192,22 @@ def _jobs(server: ServerReadModel) -> list[JsonObject]:
     return out
 
 
-def _events(queues: list[m.QueueView], allocator: AllocatorReadModel | None) -> list[JsonObject]:
-    """The newest events of all live queues together, newest first."""
-    recent: list[m.AllocEventView] = []
+def _recent_events(
+    queues: list[m.QueueView], allocator: AllocatorReadModel | None
+) -> dict[int, list[m.AllocEventView]]:
+    """The newest `MAX_EVENTS` events of each queue (removed ones too)."""
+    recent: dict[int, list[m.AllocEventView]] = {}
     for q in queues:
         assert allocator is not None
-        recent.extend(allocator.event_views(q.id, max(0, q.event_count - MAX_EVENTS)))
-    picked = heapq.nlargest(MAX_EVENTS, recent, key=lambda e: e.time)
+        recent[q.id] = allocator.event_views(q.id, max(0, q.event_count - MAX_EVENTS))
+    return recent
+
+
+def _newest(events: dict[int, list[m.AllocEventView]]) -> list[JsonObject]:
+    """The newest events of all queues together, newest first."""
+    picked = heapq.nlargest(
+        MAX_EVENTS, (e for es in events.values() for e in es), key=lambda e: e.time
+    )
     return [
         {
             "time": e.time,

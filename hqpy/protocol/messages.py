@@ -364,6 +364,9 @@ class QueueView:
     removed: bool = False
     event_count: int = 0
     """Events ever recorded for the queue (the oldest may have been dropped)."""
+    local_cpus: str | None = None
+    """`--cpus` the workers of a local queue without `--cpus` are started with (their share of
+    the server's machine): their shape is known before one connects."""
 
 
 @attrs.frozen

@@ -390,7 +390,12 @@ class ServerState:
             else:
                 job.move(task, TaskState.CANCELED)
             if publish and status != TaskState.CANCELED:
-                hub.publish(TaskEnded(job_id, task_id, task.state, task.started_at, ended_at))
+                why = task.error if task.state is TaskState.FAILED else None
+                hub.publish(
+                    TaskEnded(
+                        job_id, task_id, task.state, task.started_at, ended_at, worker.id, why
+                    )
+                )
             if task.state is TaskState.FINISHED:
                 job.retire(task)
             touched.add(job_id)

@@ -289,7 +289,8 @@ def test_allocations_run_tasks_and_finish(batches: Batches, hq_env: HqEnv, manag
         dry_run=manager == "local",
     )
     if manager == "local":
-        assert "A trial allocation was submitted successfully" in stderr
+        assert "The allocation script was checked with `bash -n`." in stderr
+        assert "trial allocation was submitted" not in stderr
 
     hq_env.command("submit", "--array", "1-50", "--", "sleep", "0.05")
     assert job_stats(hq_env, 1)["finished"] == 50
@@ -776,7 +777,8 @@ def test_remove_refuses_running_allocations_unless_forced_and_stop_cancels_queue
         "2",
         *HELD[manager],
     )
-    assert "A trial allocation was submitted successfully" in result.stderr
+    checked = {"local": "The allocation script was checked with `bash -n`."}
+    assert checked.get(manager, "A trial allocation was submitted successfully") in result.stderr
     hq_env.command("submit", "--cpus", "2", "--array", "1-3", "--", "sleep", "0")
     wait_logged(hq_env, 1, "allocation-queued", 2)
     queued = logged_ids(hq_env, 1, "allocation-queued")

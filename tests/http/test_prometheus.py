@@ -195,6 +195,7 @@ def test_prometheus_reports_what_hq_prints(
     rules = wait_until(rules_evaluated, timeout=30, what="alert rules evaluated")
     assert {r["name"] for r in rules} == {
         "HqpyQueuePausedItself",
+        "HqpyAllocationFailed",
         "HqpyAllocationsKeepFailing",
         "HqpyTasksWaitWithoutAllocation",
     }
@@ -211,4 +212,59 @@ def test_documented_alert_rules_pass_promtool(tmp_path: Path) -> None:
         [str(PROMTOOL), "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 3 rules found" in result.stdout
+    assert "SUCCESS: 4 rules found" in result.stdout
+
+
+ALLOCATION_FAILED_TEST = """\
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # Queue 1's allocation fails at minute 2; queue 2's allocations all finish.
+      - series: 'hqpy_allocations_ended_total{queue="1",manager="slurm",outcome="failed"}'
+        values: '0 0 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1'
+      - series: 'hqpy_allocations_ended_total{queue="2",manager="local",outcome="failed"}'
+        values: '0x20'
+      - series: 'hqpy_allocations_ended_total{queue="2",manager="local",outcome="finished"}'
+        values: '0+1x20'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: HqpyAllocationFailed
+        exp_alerts: []
+      - eval_time: 3m
+        alertname: HqpyAllocationFailed
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              queue: "1"
+              manager: slurm
+              outcome: failed
+            exp_annotations:
+              summary: "An allocation of hqpy queue 1 (slurm) failed"
+              description: "DESCRIPTION"
+      - eval_time: 15m
+        alertname: HqpyAllocationFailed
+        exp_alerts: []
+"""
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="needs promtool: `apt-get install prometheus`")
+def test_a_failed_allocation_fires_the_documented_alert(tmp_path: Path) -> None:
+    (tmp_path / "rules.yml").write_text(alert_rules())
+    # The description as the rule renders it for queue 1 (folded YAML: one line).
+    text = alert_rules().split("alert: HqpyAllocationFailed", 1)[1]
+    folded = text.split("description: >-\n", 1)[1].split("\n\n", 1)[0]
+    description = " ".join(line.strip() for line in folded.splitlines())
+    description = description.replace("{{ $labels.queue }}", "1")
+    unit = ALLOCATION_FAILED_TEST.replace("DESCRIPTION", description.replace('"', '\\"'))
+    (tmp_path / "test.yml").write_text(unit)
+    result = subprocess.run(
+        [str(PROMTOOL), "test", "rules", str(tmp_path / "test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,5 +123,128 @@ def test_status_page_shows_queue_allocations_and_job_progress(
     assert browser.save_screenshot(str(ARTIFACTS / "status-page.png"))
 
     # No script error and no blocked resource (the page's CSP would report one).
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
+
+
+def test_status_page_for_operators(metrics_env: tuple[HqEnv, int], browser: Any) -> None:
+    """Queue errors on the queue, a removed queue kept, one time axis, ended workers folded,
+    the task stream, tasks per minute, and links from a job to its failed tasks."""
+    hq_env, port = metrics_env
+    # Queue 1: its workers cannot start (the commonest real failure: a broken environment).
+    hq_env.command(
+        "alloc", "add", "local", "--time-limit", "10m", "--cpus", "1", "--no-dry-run",
+        "--worker-start-cmd", "echo boom >&2; exit 3",
+    )  # fmt: skip
+    # Tasks 4, 8 and 12 fail.
+    script = "sleep 0.2; test $((HQ_TASK_ID % 4)) != 0"
+    hq_env.command("submit", "--array", "1-12", "--name", "mixed", "--", "bash", "-c", script)
+    browser.get(f"http://127.0.0.1:{port}/")
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    # The failures of queue 1 are shown on the queue itself, grouped.
+    errors = wait_until(
+        lambda: js(
+            browser,
+            "return [...document.querySelectorAll("
+            "'.queue[data-queue-id=\"1\"] li.queue-error')].map(li => li.dataset.event);",
+        ),
+        timeout=60,
+        what="queue 1's errors on the queue",
+    )
+    assert "allocation-failed" in errors
+    assert browser.save_screenshot(str(ARTIFACTS / "status-page-queue-errors.png"))
+    hq_env.command("alloc", "remove", "--force", "1")
+    hq_env.command(
+        "alloc", "add", "local", "--time-limit", "10m", "--cpus", "1", "--no-dry-run",
+        "--idle-timeout", "2s", "--backlog", "2", "--workers-per-alloc", "1",
+    )  # fmt: skip
+
+    # The job ends; its failed count links to its failed tasks and their errors.
+    wait_until(
+        lambda: js(
+            browser,
+            "const r = document.querySelector('tr.job[data-job-id=\"1\"]');"
+            "return r && r.dataset.state === 'failed' && r.querySelector('a.failed-link');",
+        ),
+        timeout=90,
+        what="job 1 ended with a link to its failures",
+    )
+    js(browser, "document.querySelector('tr.job[data-job-id=\"1\"] a.failed-link').click();")
+    assert browser.current_url.endswith("#failures-1")
+    failed = wait_until(
+        lambda: js(
+            browser,
+            "return [...document.querySelectorAll('#failures-1 tr.failure')]"
+            ".map(r => [Number(r.dataset.taskId), r.querySelector('pre').textContent]);",
+        ),
+        what="job 1's failed tasks listed",
+    )
+    assert sorted(t for t, _ in failed) == [4, 8, 12]
+    assert all("exit code 1" in error for _, error in failed), failed
+
+    # The task stream draws every task on the worker it ran on; the chart counts them.
+    runs = wait_until(
+        lambda: js(
+            browser,
+            "return [...document.querySelectorAll('svg.task-stream rect.task-run')]"
+            ".map(r => [Number(r.dataset.taskId), r.dataset.state, r.dataset.workerId]);",
+        ),
+        what="the task stream",
+    )
+    assert sorted(t for t, _, _ in runs) == list(range(1, 13))
+    assert {t for t, state, _ in runs if state == "failed"} == {4, 8, 12}
+    assert all(worker for _, _, worker in runs)
+    per_minute = js(
+        browser,
+        "return [...document.querySelectorAll('svg.per-minute g.minute')]"
+        ".reduce((s, g) => [s[0] + Number(g.dataset.finished), s[1] + Number(g.dataset.failed)],"
+        " [0, 0]);",
+    )
+    assert per_minute == [9, 3]
+
+    # The removed queue is kept (folded), on the same time axis as the live one.
+    assert (
+        js(
+            browser,
+            "return document.querySelectorAll("
+            "'#removed-queues .queue.removed[data-queue-id=\"1\"]').length",
+        )
+        == 1
+    )
+    axes = js(
+        browser,
+        "return [...document.querySelectorAll('.queue svg.timeline')]"
+        ".map(s => s.querySelector('text').textContent);",
+    )
+    assert len(axes) == 2 and axes[0] == axes[1], axes
+    labels = js(
+        browser,
+        "return [...document.querySelectorAll('.queue[data-queue-id=\"2\"] text.alloc-label')]"
+        ".map(t => t.textContent);",
+    )
+    assert labels and all("1 node" in label for label in labels), labels
+
+    # Idle workers end (2 s) and are folded into one row that unfolds them.
+    folded = wait_until(
+        lambda: js(
+            browser,
+            "const r = document.querySelector('tr.ended-workers');"
+            "return r && Number(r.dataset.count) >= 1 && "
+            "!document.querySelector('tr.worker:not([data-state=\"running\"])');",
+        ),
+        timeout=60,
+        what="ended workers folded",
+    )
+    assert folded
+    browser.set_window_size(1280, 1900)
+    js(browser, "window.scrollTo(0, 0);")
+    assert browser.save_screenshot(str(ARTIFACTS / "status-page-operators.png"))
+    js(browser, "document.querySelector('tr.ended-workers button').click();")
+    shown = js(browser, "return document.querySelectorAll('tr.worker').length")
+    assert shown >= 1
+    # The page refreshes every 2 s: the unfolded rows stay unfolded.
+    time.sleep(2.5)
+    assert js(browser, "return document.querySelectorAll('tr.worker').length") >= shown
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe

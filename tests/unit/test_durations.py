@@ -27,7 +27,6 @@ from hqpy.common.durations import format_duration, format_hms, format_makespan, 
         ("1500us", 0.0015),
         ("1000000ns", 0.001),
         ("1.5h", 5400.0),
-        ("90", 90.0),
         ("0", 0.0),
     ],
 )
@@ -56,6 +55,20 @@ def test_parse_duration_accepts_clock_format(text: str, seconds: float) -> None:
 def test_parse_duration_rejects_garbage_with_the_expected_form(text: str) -> None:
     with pytest.raises(ValueError, match="expected e.g. 30s, 1h 30m, 500ms or HH:MM:SS"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["90", " 90 ", "1.5", "3600", "10" * 30])
+def test_parse_duration_refuses_a_bare_number_with_corrected_examples(text: str) -> None:
+    number = text.strip()[:20]
+    with pytest.raises(ValueError, match="time unit needed") as info:
+        parse_duration(text)
+    assert f"for example {number}" in str(info.value)
+    assert "1h 30m or 01:30:00" in str(info.value)
+
+
+def test_parse_duration_bare_zero_needs_no_unit() -> None:
+    assert parse_duration("0") == 0.0
+    assert parse_duration("0.0") == 0.0
 
 
 def test_parse_duration_error_names_input() -> None:

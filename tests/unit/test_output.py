@@ -746,3 +746,98 @@ def test_quiet_outputs(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == ""
     out.error("bad")
     assert capsys.readouterr().err == "bad\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The progress bar (pure rendering; the polling loop is in `hqpy.cli.jobs`)
+
+
+def _progress_job(task_count: int = 10, **stats: int) -> m.JobView:
+    return m.JobView(1, "job", task_count, m.TaskStats(**stats), False)
+
+
+def test_progress_bar_shows_elapsed_time_and_no_estimate_before_a_task_ends() -> None:
+    from hqpy.cli.output.progress import render_progress
+
+    lines = render_progress([_progress_job(waiting=6, running=4)], 65.7)
+    assert lines == [f"[{'.' * 40}] 0/10 tasks done, 4 running, 0 failed, elapsed 1m 5s"]
+
+
+def test_progress_bar_estimate_counts_only_tasks_ended_while_watching() -> None:
+    from hqpy.cli.output.progress import RateEstimate, render_progress
+
+    estimate = RateEstimate()
+    assert estimate.observe(100.0, 2, 10) is None  # baseline: 2 ended before watching
+    assert estimate.observe(110.0, 2, 10) is None  # none ended since
+    left = estimate.observe(120.0, 6, 10)  # 4 ended in 20 s, 4 left
+    assert left == 20.0
+    job = _progress_job(running=4, finished=5, failed=1)
+    assert render_progress([job], 20.0, left) == [
+        f"[{'#' * 24}{'.' * 16}] 6/10 tasks done, 4 running, 1 failed, elapsed 20s, about 20s left"
+    ]
+    assert estimate.observe(130.0, 10, 10) is None  # nothing left to estimate
+
+
+def test_progress_bar_explains_waiting_on_queued_allocations() -> None:
+    from hqpy.cli.output.progress import QueueWait, WaitContext, render_progress
+
+    context = WaitContext(0, (QueueWait(1, "slurm", 2), QueueWait(2, "local", 0)))
+    lines = render_progress([_progress_job(waiting=10)], 30.0, None, context)
+    assert lines[1] == "waiting for workers: 2 allocations queued in slurm"
+    reason = WaitContext(0, (QueueWait(1, "slurm", 1, pending_reason="Resources"),))
+    lines = render_progress([_progress_job(waiting=10)], 30.0, None, reason)
+    assert lines[1] == "waiting for workers: 1 allocation queued in slurm (Resources)"
+
+
+@pytest.mark.parametrize(
+    ("context", "line"),
+    [
+        (None, None),
+        (("w", 0, ()), "waiting for workers: no worker connected and no allocation queue"),
+        (
+            ("w", 0, ((1, "pbs", 0, False),)),
+            "waiting for workers: no worker connected, no allocation queued yet",
+        ),
+        (("w", 0, ((3, "slurm", 0, True),)), "waiting for workers: queue 3 paused"),
+        (
+            ("w", 0, ((1, "slurm", 1, False), (4, "pbs", 0, True), (5, "pbs", 0, True))),
+            "waiting for workers: 1 allocation queued in slurm, queues 4, 5 paused",
+        ),
+        (("w", 2, ((1, "slurm", 0, False),)), None),
+    ],
+)
+def test_progress_waiting_line_says_only_what_it_knows(
+    context: tuple[str, int, tuple[tuple[int, str, int, bool], ...]] | None, line: str | None
+) -> None:
+    from hqpy.cli.output.progress import QueueWait, WaitContext, render_progress
+
+    ctx = (
+        None
+        if context is None
+        else WaitContext(context[1], tuple(QueueWait(*q) for q in context[2]))
+    )
+    lines = render_progress([_progress_job(waiting=10)], 1.0, None, ctx)
+    assert lines[1:] == ([] if line is None else [line])
+
+
+def test_progress_has_no_waiting_line_while_a_task_runs() -> None:
+    from hqpy.cli.output.progress import QueueWait, WaitContext, render_progress
+
+    context = WaitContext(0, (QueueWait(1, "slurm", 2),))
+    assert len(render_progress([_progress_job(waiting=9, running=1)], 1.0, None, context)) == 1
+    done = _progress_job(finished=10)
+    assert render_progress([done], 3.0, 5.0, context) == [
+        f"[{'#' * 40}] 10/10 tasks done, 0 running, 0 failed, elapsed 3s"
+    ]
+
+
+def test_queue_resources_of_a_local_queue_before_a_worker_connected() -> None:
+    from hqpy.cli.output.common import queue_resources
+
+    local = m.QueueParams("local", 600.0, resources=("gpus=range(0-1)",))
+    view = m.QueueView(1, local, "ACTIVE", None, local_cpus="4")
+    assert queue_resources(view) == "--cpus 4 --resource gpus=range(0-1)"
+    slurm = m.QueueView(2, m.QueueParams("slurm", 600.0), "ACTIVE", None)
+    assert queue_resources(slurm) == "<unknown>"
+    declared = m.QueueView(3, m.QueueParams("local", 600.0, cpus="2"), "ACTIVE", None)
+    assert queue_resources(declared) == "--cpus 2"

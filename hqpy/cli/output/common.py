@@ -105,12 +105,16 @@ def queue_worker_args(params: m.QueueParams) -> list[str]:
 
 
 def queue_resources(queue: m.QueueView) -> str:
-    """What a queue's workers have: learned from a worker, else declared, else unknown."""
+    """What a queue's workers have: learned from a worker, else declared (or given by a local
+    queue), else unknown."""
     from hqpy.common.resources import format_descriptor_short
 
     if queue.known_resources is not None:
         return "; ".join(format_descriptor_short(r) for r in queue.known_resources)
     declared = queue_worker_args(queue.params)
+    if queue.local_cpus is not None and queue.params.cpus is None:
+        # A local queue starts its workers with their share of the machine's cpus.
+        declared = ["--cpus", queue.local_cpus, *declared]
     if declared:
         return " ".join(declared)
     return "<unknown>"
