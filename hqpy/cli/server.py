@@ -40,6 +40,17 @@ def register(tree: Any, nouns: Any) -> None:
         default="127.0.0.1",
         help="Address the metrics port listens on (default: 127.0.0.1)",
     )
+    p.add_argument(
+        "--journal",
+        type=Path,
+        help="Journal file: restore the jobs it holds (when it exists) and record new ones in it",
+    )
+    p.add_argument(
+        "--journal-flush-period",
+        type=duration,
+        default=1.0,
+        help="How often task completions are written to the journal (default: 1s)",
+    )
     p.set_defaults(func=cmd_start, long_running=True)
 
     p = tree.command(verbs, "stop", "Stop the server")
@@ -69,6 +80,7 @@ def register(tree: Any, nouns: Any) -> None:
 def cmd_start(args: argparse.Namespace) -> int:
     from hqpy.app.server_process import ServerProcess
     from hqpy.common.serverdir import AccessError
+    from hqpy.journal.file import JournalError
     from hqpy.server.server import ServerConfig
 
     out = output_of(args)
@@ -86,7 +98,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     import trio
 
     async def run() -> None:
-        server = ServerProcess(config)
+        server = ServerProcess(
+            config, journal=args.journal, journal_flush_period=args.journal_flush_period
+        )
         async with trio.open_nursery() as nursery:
             info = await nursery.start(server.run)
             out.server_started(info)
@@ -95,6 +109,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         trio.run(run)
     except* AccessError as group:
+        errors.append(str(_first_leaf(group)))
+    except* JournalError as group:
         errors.append(str(_first_leaf(group)))
     except* OSError as group:
         errors.append(f"Cannot start the server: {_first_leaf(group)}")
