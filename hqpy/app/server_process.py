@@ -79,7 +79,7 @@ class ServerProcess:
             return None
         core = self.core
         started = time.monotonic()
-        loaded = journal_file.read(path)
+        loaded = journal_file.read(path) if path.exists() else journal_file.Loaded([], 0, None)
         if loaded.warning is not None:
             log.warning("%s", loaded.warning)
         if loaded.records:
