@@ -19,10 +19,14 @@ from typing import Any
 import attrs
 
 from hqpy import __version__
+from hqpy.autoalloc.backends.common import JOBID_NAME, allocation_name
+from hqpy.autoalloc.requests import AllocRequests
+from hqpy.autoalloc.service import AutoAllocService
+from hqpy.autoalloc.state import Allocation, AllocEvent, AutoAllocState
 from hqpy.common.errors import RequestError
-from hqpy.common.events import EventHub, TaskEnded
+from hqpy.common.events import AllocEventRecorded, EventHub, TaskEnded
 from hqpy.common.idset import IdSet, parse_id_set
-from hqpy.common.states import TaskState
+from hqpy.common.states import AllocationState, AllocEventKind, QueueState, TaskState
 from hqpy.journal import file as journal_file
 from hqpy.journal import records as r
 from hqpy.journal.writer import JournalWriteError, JournalWriter
@@ -246,6 +250,9 @@ def compact(path: Path) -> tuple[int, int]:
             continue
         if isinstance(record, r.ServerStarted | r.IdsUsed | r.JobsForgotten):
             continue
+        if isinstance(record, r.QueueAdded | r.AllocationPlanned | r.AllocEventLogged):
+            kept.append(record)
+            continue
         if isinstance(record, r.JobSubmitted | r.JobOpened):
             if record.job_id in alive:
                 close_updates()
@@ -259,3 +266,176 @@ def compact(path: Path) -> tuple[int, int]:
     kept.append(r.IdsUsed(state.next_job_id, state.next_group_id))
     journal_file.write_atomically(path, kept)
     return len(loaded.records), len(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# The allocator: queues, allocations and their events
+
+
+ENDED_KINDS = {
+    AllocEventKind.ALLOCATION_FINISHED: AllocationState.FINISHED,
+    AllocEventKind.ALLOCATION_WITHDRAWN: AllocationState.FINISHED,
+    AllocEventKind.ALLOCATION_FAILED: AllocationState.FAILED,
+}
+
+
+class AllocJournal:
+    """Queues are durable before `alloc add` (and pause, resume, remove) answer; an allocation
+    before it is submitted (`AllocationPlanned`); every queue event is appended as it happens."""
+
+    def __init__(self, service: AutoAllocService, writer: JournalWriter) -> None:
+        self.service = service
+        self.writer = writer
+        self.requests = AllocRequests(service)
+
+    def install(self, hub: EventHub) -> HandlerTable:
+        hub.subscribe(AllocEventRecorded, self._on_event)
+        self.service.process.before_submit = self._before_submit
+        return {m.AllocAddRequest: self.add, m.AllocQueueRequest: self.queue_action}
+
+    def _on_event(self, event: AllocEventRecorded) -> None:
+        self.writer.append(
+            r.AllocEventLogged(
+                event.time, str(event.kind), event.queue_id, event.allocation_id, event.message
+            )
+        )
+
+    async def _before_submit(self, queue_id: int, seq: int, workers: int, workdir: Path) -> None:
+        await self.writer.durable(
+            self.writer.append(r.AllocationPlanned(queue_id, seq, workers, str(workdir)))
+        )
+
+    async def add(self, req: m.AllocAddRequest) -> m.QueueCreatedResponse:
+        if self.writer.error is not None:
+            raise RequestError(f"Queue not added: {self.writer.error}")
+        # The queue is journaled before its first submission can start (same trio step).
+        resp = await self.requests.add(req)
+        queue = self.service.state.queues[resp.queue_id]
+        seq = self.writer.append(r.QueueAdded(queue.id, queue.params, time.time()))
+        try:
+            await self.writer.durable(seq)
+        except JournalWriteError as e:
+            raise RequestError(f"{e}; the queue was added but is not durable") from None
+        return resp
+
+    async def queue_action(self, req: m.AllocQueueRequest) -> m.OkResponse:
+        try:
+            return await self.requests.queue_action(req)
+        finally:
+            await self.writer.durable()
+
+
+def restore_allocator(
+    service: AutoAllocService, records: list[r.Record], max_allocation_fails: int
+) -> list[r.AllocationPlanned]:
+    """Queues with their settings and events, and the allocations that were queued or running
+    (the allocator then asks the batch system about them: the ones that ended meanwhile are
+    recorded as ended). Returns the allocations whose submission was never confirmed (for
+    `resolve_unconfirmed`)."""
+    st = service.state
+    planned: dict[int, r.AllocationPlanned] = {}
+    early: dict[int, list[r.AllocEventLogged]] = {}
+    """Events of a queue logged before its `QueueAdded` (its `queue-created`)."""
+    for record in records:
+        if isinstance(record, r.QueueAdded):
+            st.next_queue_id = record.queue_id
+            queue = st.add_queue(record.params, max_allocation_fails)
+            queue.events.clear()
+            queue.event_count = 0
+            for event in early.pop(record.queue_id, []):
+                _apply_alloc_event(st, event, planned)
+        elif isinstance(record, r.AllocEventLogged) and record.queue_id not in st.queues:
+            early.setdefault(record.queue_id, []).append(record)
+        elif isinstance(record, r.AllocationPlanned):
+            q = st.queues.get(record.queue_id)
+            if q is not None:
+                planned[record.queue_id] = record
+                q.next_seq = max(q.next_seq, record.seq + 1)
+        elif isinstance(record, r.AllocEventLogged):
+            _apply_alloc_event(st, record, planned)
+    return list(planned.values())
+
+
+def resolve_unconfirmed(service: AutoAllocService, planned: list[r.AllocationPlanned]) -> None:
+    """Allocations journaled but whose submission was never confirmed: adopted when the batch
+    system's id was written to their work dir, else a `submit-failed` event names them (called
+    once the journal listens, so these events are journaled too)."""
+    st = service.state
+    for plan in planned:
+        queue = st.queues[plan.queue_id]
+        name = allocation_name(plan.queue_id, plan.seq, queue.params.name)
+        try:
+            allocation_id = (Path(plan.workdir) / JOBID_NAME).read_text().strip()[:200]
+        except OSError:
+            allocation_id = ""
+        if allocation_id and allocation_id not in st.allocation_queue:
+            log.warning(
+                "Queue %d: allocation %s was submitted as %s just before the server stopped; "
+                "adopted",
+                queue.id,
+                name,
+                allocation_id,
+            )
+            alloc = Allocation(
+                allocation_id, queue.id, plan.seq, plan.workers, Path(plan.workdir), time.time()
+            )
+            st.add_allocation(queue, alloc)
+        else:
+            st.record(
+                queue,
+                AllocEventKind.SUBMIT_FAILED,
+                None,
+                f"the server stopped while allocation {name} was being submitted and its "
+                f"submission was never confirmed; if the batch system has an allocation named "
+                f"{name}, cancel it",
+            )
+
+
+def _apply_alloc_event(
+    st: AutoAllocState, rec: r.AllocEventLogged, planned: dict[int, r.AllocationPlanned]
+) -> None:
+    queue = st.queues.get(rec.queue_id)
+    if queue is None:
+        return
+    try:
+        kind = AllocEventKind(rec.kind)
+    except ValueError:
+        return
+    queue.events.append(AllocEvent(rec.time, kind, rec.queue_id, rec.allocation_id, rec.message))
+    queue.event_count += 1
+    alloc = None if rec.allocation_id is None else queue.allocations.get(rec.allocation_id)
+    if kind is AllocEventKind.QUEUE_PAUSED:
+        queue.state = QueueState.PAUSED
+        queue.pause_reason = rec.message
+    elif kind is AllocEventKind.QUEUE_RESUMED:
+        queue.state = QueueState.ACTIVE
+        queue.pause_reason = None
+    elif kind is AllocEventKind.QUEUE_REMOVED:
+        queue.removed = True
+    elif kind is AllocEventKind.SUBMIT_FAILED:
+        planned.pop(rec.queue_id, None)
+    elif kind is AllocEventKind.ALLOCATION_QUEUED and rec.allocation_id is not None:
+        plan = planned.pop(rec.queue_id, None)
+        seq, workers, workdir = (
+            (plan.seq, plan.workers, Path(plan.workdir)) if plan is not None else (0, 1, Path())
+        )
+        new = Allocation(rec.allocation_id, rec.queue_id, seq, workers, workdir, rec.time)
+        queue.allocations[new.id] = new
+        st.allocation_queue[new.id] = queue.id
+    elif alloc is not None and kind is AllocEventKind.ALLOCATION_STARTED:
+        alloc.state = AllocationState.RUNNING
+        alloc.started_at = rec.time
+    elif alloc is not None and kind in ENDED_KINDS:
+        alloc.state = ENDED_KINDS[kind]
+        alloc.finished_at = rec.time
+
+
+def continue_allocation_ids(service: AutoAllocService) -> None:
+    """Once the allocator runs: backends that number their allocations themselves (local) go
+    on after the restored ones."""
+    for queue in service.state.queues.values():
+        if queue.allocations:
+            backend = service.process.backend(queue.params.manager)
+            go_on = getattr(backend, "continue_after", None)
+            if callable(go_on):
+                go_on(list(queue.allocations))

@@ -28,6 +28,7 @@ from hqpy.autoalloc.requests import AllocRequests
 from hqpy.autoalloc.service import AutoAllocService
 from hqpy.common.events import EventHub
 from hqpy.journal import file as journal_file
+from hqpy.journal import records as journal_records
 from hqpy.journal.writer import JournalWriter
 from hqpy.protocol import messages as m
 from hqpy.server.demand import ServerDemand
@@ -56,6 +57,7 @@ class ServerProcess:
         self.journal_path = journal
         self.journal_flush_period = journal_flush_period
         self.journal: JournalWriter | None = None
+        self._journal_records: list[journal_records.Record] = []
         self.hub = EventHub()
         self.core = Server(config, self.hub, clock)
         self.autoalloc_config = autoalloc_config or AutoAllocConfig.from_env()
@@ -82,6 +84,7 @@ class ServerProcess:
         loaded = journal_file.read(path) if path.exists() else journal_file.Loaded([], 0, None)
         if loaded.warning is not None:
             log.warning("%s", loaded.warning)
+        self._journal_records = loaded.records
         if loaded.records:
             rep = journaling.replay(core.state, loaded.records)
             log.info(
@@ -116,11 +119,20 @@ class ServerProcess:
         )
         self.allocator = allocator
         core.handlers.extend(AllocRequests(allocator).table())
+        if journal is not None:
+            unconfirmed = journaling.restore_allocator(
+                allocator, self._journal_records, self.autoalloc_config.max_allocation_fails
+            )
+            self._journal_records = []
+            core.handlers.extend(journaling.AllocJournal(allocator, journal).install(self.hub))
+            journaling.resolve_unconfirmed(allocator, unconfirmed)
         async with trio.open_nursery() as nursery:
             if journal is not None:
                 await nursery.start(journal.run)
                 await journal.durable()
             await nursery.start(allocator.run)
+            if journal is not None:
+                journaling.continue_allocation_ids(allocator)
             info = await nursery.start(core.run)
             if self.config.metrics_port is not None:
                 from hqpy.http.server import serve_http

@@ -75,6 +75,9 @@ class AllocatorProcess:
         self._last_refresh: dict[int, float] = {}
         self._stopping = False
         self._submitting: set[int] = set()
+        self.before_submit: Callable[[int, int, int, Path], Awaitable[None]] | None = None
+        """Awaited before each submission (queue id, seq, workers, workdir); an OSError
+        from it fails the submission."""
         """Queues with a submission step under way."""
         self._skipped: set[int] = set()
         """Queues a pass skipped because of that step: a pass follows its end."""
@@ -221,6 +224,9 @@ class AllocatorProcess:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             script = write_script(request, backend.render_script(request))
+            if self.before_submit is not None:
+                # The journal: durable before the batch system hears of it.
+                await self.before_submit(queue_id, seq, workers, workdir)
             allocation_id = await backend.submit(script, workdir)
         except (BackendError, OSError) as e:
             queue = self.state.queues[queue_id]

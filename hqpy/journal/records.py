@@ -77,6 +77,38 @@ class TasksUpdated:
 
 
 @attrs.frozen
+class QueueAdded:
+    """`hq alloc add`, with the id it got."""
+
+    queue_id: int
+    params: m.QueueParams
+    at: float
+
+
+@attrs.frozen
+class AllocationPlanned:
+    """Written (durable) before an allocation is submitted: after a crash between the two,
+    its work dir (and its name in the batch system) say what became of it."""
+
+    queue_id: int
+    seq: int
+    workers: int
+    workdir: str
+
+
+@attrs.frozen
+class AllocEventLogged:
+    """One entry of a queue's event log; replayed, it also moves the queue's and its
+    allocations' states (queued, started, ended, paused, removed)."""
+
+    time: float
+    kind: str
+    queue_id: int
+    allocation_id: str | None
+    message: str
+
+
+@attrs.frozen
 class IdsUsed:
     """Ids handed out so far (a compacted journal keeps counting after jobs it dropped)."""
 
@@ -93,6 +125,9 @@ Record = (
     | JobsForgotten
     | TasksUpdated
     | IdsUsed
+    | QueueAdded
+    | AllocationPlanned
+    | AllocEventLogged
 )
 
 OPS: dict[type, str] = {
@@ -104,6 +139,9 @@ OPS: dict[type, str] = {
     JobsForgotten: "jobs-forgotten",
     TasksUpdated: "tasks-updated",
     IdsUsed: "ids-used",
+    QueueAdded: "queue-added",
+    AllocationPlanned: "allocation-planned",
+    AllocEventLogged: "alloc-event",
 }
 BY_OP = {op: cls for cls, op in OPS.items()}
 

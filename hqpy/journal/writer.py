@@ -23,7 +23,7 @@ from hqpy.journal.records import Record, TasksUpdated
 log = logging.getLogger(__name__)
 
 
-class JournalWriteError(Exception):
+class JournalWriteError(OSError):
     """The journal could not be written; what was appended since the last good write is not
     durable."""
 

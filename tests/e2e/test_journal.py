@@ -158,3 +158,92 @@ def test_export_and_compact(hq_env: HqEnv) -> None:
     assert [(j["id"], j["task_count"]) for j in jobs] == [(2, 1)]
     out = hq_env.command("submit", "--", "true")
     assert out.strip() == "Job submitted successfully, job ID: 3"
+
+
+FAST_TIMERS = {
+    "HQ_AUTOALLOC_REFRESH_INTERVAL_MS": "100",
+    "HQ_AUTOALLOC_MAX_SCHEDULE_DELAY_MS": "100",
+    "HQ_AUTOALLOC_SCHEDULE_TICK_INTERVAL_MS": "100",
+}
+
+
+def allocation_processes(hq_env: HqEnv) -> list[int]:
+    """Live processes of this test started by a local allocation."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            continue
+        if hq_env.marker.encode() in environ and any(
+            v.startswith(b"HQPY_ALLOCATION_ID=") for v in environ
+        ):
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_kill9_with_local_allocations_restores_queue_and_leaks_nothing(hq_env: HqEnv) -> None:
+    hq_env.env.update(FAST_TIMERS)
+    journal = hq_env.root / "journal.hqj"
+    gate = hq_env.path("gate")
+    done = hq_env.path("done.txt")
+    gate.touch()
+    server = hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
+    hq_env.run(
+        "alloc",
+        "add",
+        "local",
+        "--no-dry-run",
+        "--time-limit",
+        "10m",
+        "--max-worker-count",
+        "1",
+        # Until workers reconnect to a restarted server, a worker that finished its running
+        # tasks after losing the server would have them run twice (see docs/reliability.md).
+        "--on-server-lost",
+        "stop",
+        "--",
+        "--cpus",
+        "2",
+    )
+    script = (
+        f'while [ ! -e {gate} ]; do sleep 0.05; done; echo "$HQ_TASK_ID:$HQ_INSTANCE_ID" >> {done}'
+    )
+    hq_env.command("submit", "--array", "1-30", "--", "bash", "-c", script)
+    wait_until(lambda: len(read_lines(done)) >= 8, timeout=60, what="some tasks finished")
+    gate.unlink()
+    time.sleep(0.5)
+    wait_until(
+        lambda: journal_finished(hq_env, journal) == len(read_lines(done)),
+        what="the completions are in the journal",
+    )
+    server.signal(signal.SIGKILL)
+    server.wait_exit()
+    # The allocation's worker loses its server and stops; its allocation ends with it.
+    wait_until(lambda: not allocation_processes(hq_env), timeout=30, what="allocations end")
+
+    hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
+    queues = hq_env.command("alloc", "list", json=True)
+    assert [q["id"] for q in queues] == [1]
+    gate.touch()
+    hq_env.wait_job()
+    counts = Counter(line.split(":")[0] for line in read_lines(done))
+    assert sorted(int(i) for i in counts) == list(range(1, 31)), "tasks lost"
+    assert [i for i, n in counts.items() if n != 1] == [], "tasks run twice to completion"
+    events = [e["event"] for e in hq_env.command("alloc", "events", "1", json=True)]
+    # The history from before the kill is there, and the allocation of the first server is
+    # recorded as ended, not left active.
+    assert events[0] == "queue-created"
+    assert events.count("allocation-queued") >= 2
+    allocations = hq_env.command("alloc", "info", "1", json=True)
+    first = [a for a in allocations if a["id"] == "local-1"]
+    assert len(first) == 1 and first[0]["status"] in ("finished", "failed")
+    ids = [a["id"] for a in allocations]
+    assert len(ids) == len(set(ids)), "allocation ids reused after restore"
+    assert hq_env.stop_server() == 0
+    wait_until(lambda: not allocation_processes(hq_env), timeout=30, what="allocations end")
