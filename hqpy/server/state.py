@@ -27,7 +27,7 @@ from hqpy.common.idset import IdSet
 from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
-from hqpy.server.jobs import Job, TaskGroup
+from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.scheduler import schedule
 from hqpy.server.selection import check_id_limit, intersect, shift
 from hqpy.server.validation import validate_submit
@@ -450,10 +450,27 @@ class ServerState:
                 job.counts[TaskState.FINISHED] += n
                 self.waiting_groups.pop(group.group_id, None)
                 continue
+            if group.untouched_state is not TaskState.WAITING:
+                for task_id in common:
+                    task = group.materialise(job, task_id)
+                    if task.state not in DONE_STATES:
+                        job.move(task, TaskState.FINISHED)
+                continue
+            # Many tasks at once: made here directly, counted once.
+            tasks = job.tasks
+            created = 0
             for task_id in common:
-                task = group.materialise(job, task_id)
-                if task.state not in DONE_STATES:
+                task = tasks.get(task_id)
+                if task is None:
+                    task = Task(task_id, group)
+                    task.state = TaskState.FINISHED
+                    tasks[task_id] = task
+                    created += 1
+                elif task.state not in DONE_STATES:
                     job.move(task, TaskState.FINISHED)
+            group.untouched -= created
+            job.counts[TaskState.WAITING] -= created
+            job.counts[TaskState.FINISHED] += created
         self._check_job_complete(job)
 
     def restore_failed(self, job_id: int, task_id: int, error: str | None) -> None:
