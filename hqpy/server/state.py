@@ -460,14 +460,14 @@ class ServerState:
             tasks = job.tasks
             created = 0
             for task_id in common:
-                task = tasks.get(task_id)
-                if task is None:
-                    task = Task(task_id, group)
-                    task.state = TaskState.FINISHED
-                    tasks[task_id] = task
+                found = tasks.get(task_id)
+                if found is None:
+                    new = Task(task_id, group)
+                    new.state = TaskState.FINISHED
+                    tasks[task_id] = new
                     created += 1
-                elif task.state not in DONE_STATES:
-                    job.move(task, TaskState.FINISHED)
+                elif found.state not in DONE_STATES:
+                    job.move(found, TaskState.FINISHED)
             group.untouched -= created
             job.counts[TaskState.WAITING] -= created
             job.counts[TaskState.FINISHED] += created
