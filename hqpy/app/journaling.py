@@ -69,7 +69,18 @@ class JournalHandlers:
             raise RequestError(f"Submit refused: {self.writer.error}")
         group_id = self.state.next_group_id
         job_id = self.state.submit(req)
-        await self._durable(r.JobSubmitted(job_id, group_id, self.clock(), req))
+        seq = self.writer.append(r.JobSubmitted(job_id, group_id, self.clock(), req))
+        try:
+            await self.writer.durable(seq)
+        except JournalWriteError as e:
+            # Refused: a job that is not durable must not run (a new job is dropped at once;
+            # tasks added to an open job are canceled with the job).
+            job = self.state.jobs.get(job_id)
+            if job is not None:
+                self.state.cancel_job(job, "the journal could not be written")
+                if req.job_id is None and job.is_complete():
+                    self.state.forget_job(job)
+            raise RequestError(f"Submit refused: {e}") from None
         return m.SubmitResponse(job_id)
 
     async def open_job(self, req: m.OpenJobRequest) -> m.SubmitResponse:

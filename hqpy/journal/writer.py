@@ -139,6 +139,9 @@ class JournalWriter:
         else:
             self._durable = seq
             self.bytes_written += len(data)
+            if self.error is not None:
+                log.warning("The journal `%s` is written again", self.path)
+                self.error = None
         self._written.set()
         self._written = trio.Event()
 

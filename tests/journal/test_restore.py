@@ -4,11 +4,14 @@ instance id; job ids continue."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 import trio
 
 from hqpy.app import journaling
+from hqpy.common.errors import RequestError
 from hqpy.common.states import TaskState
 from hqpy.journal import file
 from hqpy.journal import records as r
@@ -192,3 +195,21 @@ async def test_compact_drops_forgotten_jobs_and_keeps_counting(
     state = restored(path)
     assert sorted(state.jobs) == [2]
     assert state.next_job_id == 3
+
+
+async def test_a_submit_the_journal_cannot_take_is_refused_and_not_run(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    path = tmp_path / "j"
+    live = Live(path, nursery)
+    await live.submit("0-4")
+    # The disk goes away under the writer (as a full disk would fail the write).
+    os.close(live.writer._fd)
+    live.writer._fd = os.open(path, os.O_RDONLY)
+    with pytest.raises(RequestError, match="Submit refused: Cannot write the journal"):
+        await live.submit("0-9")
+    assert list(live.state.jobs) == [1]
+    assert 2 not in live.state.jobs
+    # What was acknowledged before is still there, and the file is still well-formed.
+    state = restored(path)
+    assert list(state.jobs) == [1]
