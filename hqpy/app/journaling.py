@@ -65,8 +65,6 @@ class JournalHandlers:
             raise RequestError(f"{e}; the request was done but is not durable") from None
 
     async def submit(self, req: m.SubmitRequest) -> m.SubmitResponse:
-        if self.writer.error is not None:
-            raise RequestError(f"Submit refused: {self.writer.error}")
         group_id = self.state.next_group_id
         job_id = self.state.submit(req)
         seq = self.writer.append(r.JobSubmitted(job_id, group_id, self.clock(), req))
@@ -84,8 +82,6 @@ class JournalHandlers:
         return m.SubmitResponse(job_id)
 
     async def open_job(self, req: m.OpenJobRequest) -> m.SubmitResponse:
-        if self.writer.error is not None:
-            raise RequestError(f"Job open refused: {self.writer.error}")
         job_id = self.state.open_job(req.name, req.max_fails)
         await self._durable(r.JobOpened(job_id, req.name, req.max_fails, self.clock()))
         return m.SubmitResponse(job_id)
@@ -317,8 +313,6 @@ class AllocJournal:
         )
 
     async def add(self, req: m.AllocAddRequest) -> m.QueueCreatedResponse:
-        if self.writer.error is not None:
-            raise RequestError(f"Queue not added: {self.writer.error}")
         # The queue is journaled before its first submission can start (same trio step).
         resp = await self.requests.add(req)
         queue = self.service.state.queues[resp.queue_id]

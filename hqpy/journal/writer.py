@@ -38,6 +38,8 @@ class JournalWriter:
         """Appends so far (each `append` and each closed task batch counts one)."""
         self._durable = 0
         """Appends written and fsynced."""
+        self._failed_seq = 0
+        """The last append whose write failed (what it and those before it held is lost)."""
         self._written = trio.Event()
         self._wake = trio.Event()
         self._urgent = False
@@ -102,11 +104,9 @@ class JournalWriter:
         `JournalWriteError` when the write failed."""
         target = self._appended if seq is None else seq
         while self._durable < target:
-            if self.error is not None:
+            if self._failed_seq >= target and self.error is not None:
                 raise JournalWriteError(self.error)
             await self._written.wait()
-        if self.error is not None and self._durable < target:
-            raise JournalWriteError(self.error)
 
     # --- the writer task ---------------------------------------------------------------------
 
@@ -134,6 +134,7 @@ class JournalWriter:
         try:
             await trio.to_thread.run_sync(self._write, data)
         except OSError as e:
+            self._failed_seq = seq
             self.error = f"Cannot write the journal `{self.path}`: {e.strerror or e}"
             log.error("%s", self.error)
         else:

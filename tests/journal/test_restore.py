@@ -213,3 +213,19 @@ async def test_a_submit_the_journal_cannot_take_is_refused_and_not_run(
     # What was acknowledged before is still there, and the file is still well-formed.
     state = restored(path)
     assert list(state.jobs) == [1]
+
+
+async def test_submits_are_taken_again_once_the_journal_can_be_written(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    path = tmp_path / "j"
+    live = Live(path, nursery)
+    good_fd = live.writer._fd
+    live.writer._fd = os.open(path, os.O_RDONLY)
+    with pytest.raises(RequestError, match="Submit refused"):
+        await live.submit("0")
+    os.close(live.writer._fd)
+    live.writer._fd = good_fd
+    job_id = await live.submit("0-1")
+    assert live.writer.error is None
+    assert list(restored(path).jobs) == [job_id]
