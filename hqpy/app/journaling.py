@@ -226,6 +226,14 @@ def compact(path: Path) -> tuple[int, int]:
     without task starts of complete jobs, and with task updates merged into one record.
     Replays it first to know what is gone; the new file replaces the old one atomically.
     Returns the record counts before and after."""
+    try:
+        with journal_file.locked(path):
+            return _compact(path)
+    except FileNotFoundError:
+        raise journal_file.JournalError(f"Cannot read journal `{path}`: no such file") from None
+
+
+def _compact(path: Path) -> tuple[int, int]:
     loaded = journal_file.read(path)
     if loaded.warning is not None:
         log.warning("%s", loaded.warning)

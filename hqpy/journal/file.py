@@ -7,9 +7,12 @@ file with) is cut, with a warning; any other damage is an error naming its offse
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
@@ -108,9 +111,17 @@ def _damaged(path: Path, offset: int, what: str, rest: int) -> str:
 
 def open_for_append(path: Path, good_size: int) -> int:
     """Open the journal for appending at `good_size` (cutting a torn tail); a new file gets
-    the header. Returns the file descriptor."""
+    the header. The file stays locked (flock) while open: one server per journal. Returns the
+    file descriptor."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JournalError(
+                f"journal `{path}` is in use by another server; stop it first, or give this "
+                "server another journal"
+            ) from None
         if good_size == 0:
             os.ftruncate(fd, 0)
             os.write(fd, MAGIC)
@@ -118,11 +129,28 @@ def open_for_append(path: Path, good_size: int) -> int:
             os.ftruncate(fd, good_size)
         os.lseek(fd, 0, os.SEEK_END)
         os.fsync(fd)
-    except OSError:
+    except (OSError, JournalError):
         os.close(fd)
         raise
     _fsync_dir(path)
     return fd
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the journal's lock (as a server does) for an offline rewrite (`hq journal
+    compact`); JournalError while a server has it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JournalError(
+                f"journal `{path}` is in use by a running server; stop the server first"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_atomically(path: Path, records: list[Record]) -> None:

@@ -108,6 +108,10 @@ class JournalWriter:
                 raise JournalWriteError(self.error)
             await self._written.wait()
 
+    async def next_write(self) -> None:
+        """Return once the next write (or failed write) has ended."""
+        await self._written.wait()
+
     # --- the writer task ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -132,3 +132,18 @@ def test_write_atomically_replaces_the_file(tmp_path: Path) -> None:
     file.write_atomically(path, [r.IdsUsed(5, 9)])
     assert file.read(path).records == [r.IdsUsed(5, 9)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["j"]
+
+
+def test_one_writer_per_journal(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    write(path, some_records())
+    size = path.stat().st_size
+    fd = file.open_for_append(path, size)
+    try:
+        with pytest.raises(file.JournalError, match="in use by another server"):
+            file.open_for_append(path, 0)
+        # The refused opener did not cut the file.
+        assert path.stat().st_size == size
+    finally:
+        os.close(fd)
+    os.close(file.open_for_append(path, size))

@@ -107,10 +107,13 @@ async def test_completions_wait_for_the_flush_period(
     live = Live(path, nursery)
     await live.submit("0-1")
     live.run_all()
+    ended_at = trio.current_time()
     live.update([[1, 0, 0, TaskState.FINISHED, 1.0, 2.0, None]])
     await trio.sleep(0.1)
     assert restored(path).jobs[1].counts[FIN] == 0
-    await trio.sleep(0.5)
+    await live.writer.next_write()
+    # Written once the flush period (0.5 s, on trio's clock) had passed, and not before.
+    assert trio.current_time() - ended_at >= 0.5
     assert restored(path).jobs[1].counts[FIN] == 1
 
 
@@ -188,6 +191,7 @@ async def test_compact_drops_forgotten_jobs_and_keeps_counting(
     live.update([[1, 1, 0, TaskState.FINISHED, 1.0, 2.0, None]])
     await live.handlers.forget_jobs(m.ForgetJobsRequest("1", ()))
     await live.writer.flush()
+    live.writer.close()  # the server stopped
     before, after = journaling.compact(path)
     assert after < before
     records = file.read(path).records
@@ -229,3 +233,15 @@ async def test_submits_are_taken_again_once_the_journal_can_be_written(
     job_id = await live.submit("0-1")
     assert live.writer.error is None
     assert list(restored(path).jobs) == [job_id]
+
+
+async def test_compact_refuses_a_journal_a_server_writes(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    path = tmp_path / "j"
+    live = Live(path, nursery)
+    await live.submit("0")
+    with pytest.raises(file.JournalError, match="in use by a running server"):
+        journaling.compact(path)
+    live.writer.close()
+    assert journaling.compact(path) == (1, 2)
