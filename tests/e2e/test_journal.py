@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +27,15 @@ def journal_finished(hq_env: HqEnv, journal: Path) -> int:
     return n
 
 
+def gated_script(gate: Path, done: Path, free: int) -> str:
+    """Tasks up to `free` run through; later ones wait until `gate` exists. A task that ends
+    appends "id:instance" to `done`: the file counts completions."""
+    return (
+        f'if [ "$HQ_TASK_ID" -gt {free} ]; then while [ ! -e {gate} ]; do sleep 0.05; done; fi; '
+        f'echo "$HQ_TASK_ID:$HQ_INSTANCE_ID" >> {done}'
+    )
+
+
 def start_worker_unchecked(hq_env: HqEnv, cpus: str) -> HqProcess:
     """A worker on a restarted server (worker ids start again from 1 there)."""
     proc = hq_env.start_worker(cpus=cpus, wait=False)
@@ -44,25 +52,16 @@ def test_kill9_mid_array_then_restore_loses_nothing_and_runs_nothing_twice(
     journal = hq_env.root / "journal.hqj"
     gate = hq_env.path("gate")
     done = hq_env.path("done.txt")
-    gate.touch()
     server = hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
     worker = hq_env.start_worker(cpus="3")
-    # A task passes the gate, then appends "id:instance": the file counts completions.
-    script = (
-        f'while [ ! -e {gate} ]; do sleep 0.05; done; echo "$HQ_TASK_ID:$HQ_INSTANCE_ID" >> {done}'
-    )
-    hq_env.command("submit", "--array", "1-60", "--", "bash", "-c", script)
-    wait_until(lambda: len(read_lines(done)) >= 15, what="some tasks finished")
-    gate.unlink()
-    # Tasks now block at the gate; let the ones past it append, then wait until everything
-    # that completed is in the journal.
-    time.sleep(0.5)
+    hq_env.command("submit", "--array", "1-60", "--", "bash", "-c", gated_script(gate, done, 15))
+    # Tasks 1-15 finish; the next three block at the gate (running) until it opens.
     wait_until(
-        lambda: journal_finished(hq_env, journal) == len(read_lines(done)),
-        what="the completions are in the journal",
+        lambda: journal_finished(hq_env, journal) == len(read_lines(done)) == 15,
+        what="15 completions, all in the journal",
     )
     running = {i for i, s in hq_env.task_states().items() if s.upper() == "RUNNING"}
-    assert running, "some tasks should be running when the server is killed"
+    assert len(running) == 3, "three tasks should be running when the server is killed"
     finished_before = len(read_lines(done))
 
     server.signal(signal.SIGKILL)
@@ -192,7 +191,6 @@ def test_kill9_with_local_allocations_restores_queue_and_leaks_nothing(hq_env: H
     journal = hq_env.root / "journal.hqj"
     gate = hq_env.path("gate")
     done = hq_env.path("done.txt")
-    gate.touch()
     server = hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
     hq_env.run(
         "alloc",
@@ -211,16 +209,11 @@ def test_kill9_with_local_allocations_restores_queue_and_leaks_nothing(hq_env: H
         "--cpus",
         "2",
     )
-    script = (
-        f'while [ ! -e {gate} ]; do sleep 0.05; done; echo "$HQ_TASK_ID:$HQ_INSTANCE_ID" >> {done}'
-    )
-    hq_env.command("submit", "--array", "1-30", "--", "bash", "-c", script)
-    wait_until(lambda: len(read_lines(done)) >= 8, timeout=60, what="some tasks finished")
-    gate.unlink()
-    time.sleep(0.5)
+    hq_env.command("submit", "--array", "1-30", "--", "bash", "-c", gated_script(gate, done, 8))
     wait_until(
-        lambda: journal_finished(hq_env, journal) == len(read_lines(done)),
-        what="the completions are in the journal",
+        lambda: journal_finished(hq_env, journal) == len(read_lines(done)) == 8,
+        timeout=60,
+        what="8 completions, all in the journal",
     )
     server.signal(signal.SIGKILL)
     server.wait_exit()
