@@ -1000,6 +1000,104 @@ def print_table(results: Sequence[Result]) -> None:
             print("  ".join("-" * w for w in widths) + "  -----")
 
 
+# ---------------------------------------------------------------------------------------------
+# Journal (`--journal`): throughput with the journal off and on in the same run, and the time a
+# server takes to restore a 1,000,000-task array from its journal.
+
+
+def _bench_journal_throughput(
+    bench: str, tasks: int, workdir: Path, wait_timeout: float, journal: Path | None
+) -> Result:
+    with hqpy_cluster(workdir, f"{bench}-{tasks}") as cluster:
+        args = ["server", "start"] + ([] if journal is None else ["--journal", str(journal)])
+        server = cluster._spawn("server", args, {})
+        cluster.server = server
+        info = cluster._wait_for(
+            "the server to start",
+            server,
+            lambda: json.loads(cluster.run("--output-mode", "json", "server", "info").stdout),
+        )
+        cluster.server_pid = info.get("pid") if isinstance(info, dict) else server.pid
+        cluster.start_worker(2, {})
+        start = time.perf_counter()
+        cluster.run("submit", "--array", f"1-{tasks}", *NO_OUTPUT, "--", "true")
+        cluster.run("job", "wait", "last", timeout=wait_timeout)
+        end = time.perf_counter()
+        info = json.loads(cluster.run("--output-mode", "json", "job", "info", "last").stdout)[0]
+        makespan = _iso_seconds(info["finished_at"]) - _iso_seconds(info["started_at"])
+        extra: dict[str, Any] = {"server_seconds": makespan, "server_rate": tasks / makespan}
+        if journal is not None:
+            extra["journal_bytes"] = journal.stat().st_size
+        return timed_rate(bench, tasks, end - start, **extra)
+
+
+def bench_journal_restore(tasks: int, workdir: Path) -> Result:
+    """Read and replay a journal holding one `tasks`-task array that ran in 10,000-task
+    flushes (starts and completions as ranges) until half of it finished, with 64 tasks
+    running when the server went: what a restarted server does before it serves."""
+    from hqpy.app import journaling
+    from hqpy.common.resources import FRACTIONS, ResourceAmountRequest, ResourceRequest
+    from hqpy.journal import file as journal_file
+    from hqpy.journal import records as r
+    from hqpy.protocol import messages as m
+    from hqpy.server.state import ServerState
+
+    path = workdir / "restore.hqj"
+    desc = m.SubmitDesc(
+        ids=f"0-{tasks - 1}",
+        args=("true",),
+        env={},
+        cwd="%{SUBMIT_DIR}",
+        stdout=None,
+        stderr=None,
+        submit_dir=str(workdir),
+        request=ResourceRequest((ResourceAmountRequest("cpus", FRACTIONS),)),
+    )
+    records: list[r.Record] = [r.JobSubmitted(1, 1, 0.0, m.SubmitRequest(desc))]
+    step = 10_000
+    half = tasks // 2
+    for first in range(0, half, step):
+        last = min(first + step, half) - 1
+        records.append(r.TasksUpdated([[1, 0, first, last]], [[1, first, last]], []))
+    records.append(r.TasksUpdated([[1, 0, half, half + 63]], [], []))
+    journal_file.write_atomically(path, records)
+    start = time.perf_counter()
+    loaded = journal_file.read(path)
+    state = ServerState("bench")
+    journaling.replay(state, loaded.records)
+    seconds = time.perf_counter() - start
+    job = state.jobs[1]
+    if job.task_count != tasks:
+        raise BenchError(f"restored {job.task_count} tasks, expected {tasks}")
+    return Result(
+        "journal-restore",
+        tasks,
+        seconds,
+        None,
+        {"journal_bytes": path.stat().st_size, "records": len(loaded.records)},
+    )
+
+
+def journal_plan(args: argparse.Namespace, workdir: Path) -> list[Plan]:
+    tasks = 2_000 if args.quick else 10_000
+    timeout = wait_timeout(tasks)
+    return [
+        Plan(
+            "journal-off",
+            tasks,
+            lambda: _bench_journal_throughput("journal-off", tasks, workdir, timeout, None),
+        ),
+        Plan(
+            "journal-on",
+            tasks,
+            lambda: _bench_journal_throughput(
+                "journal-on", tasks, workdir, timeout, workdir / "journal-on.hqj"
+            ),
+        ),
+        Plan("journal-restore", 1_000_000, lambda: bench_journal_restore(1_000_000, workdir)),
+    ]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -1009,6 +1107,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", nargs="+", choices=BENCHES, metavar="NAME", help=f"run only {', '.join(BENCHES)}"
     )
     parser.add_argument("--json-only", action="store_true", help="print only the JSON lines")
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="only the journal benchmarks: throughput with the journal off and on, and the "
+        "restore of a 1,000,000-task array",
+    )
     parser.add_argument(
         "--hq-cap",
         type=float,
@@ -1039,7 +1143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         log(f"work directory {workdir}, {os.cpu_count()} cpus, python {sys.version.split()[0]}")
         total = time.perf_counter()
-        results = run_plan(build_plan(args, workdir))
+        plan = journal_plan(args, workdir) if args.journal else build_plan(args, workdir)
+        results = run_plan(plan)
         log(f"total {time.perf_counter() - total:.0f} s")
     if not args.json_only:
         print()

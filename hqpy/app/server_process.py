@@ -17,14 +17,19 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import trio
 
+from hqpy.app import journaling
 from hqpy.autoalloc.backends.base import BatchBackend
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.requests import AllocRequests
 from hqpy.autoalloc.service import AutoAllocService
 from hqpy.common.events import EventHub
+from hqpy.journal import file as journal_file
+from hqpy.journal import records as journal_records
+from hqpy.journal.writer import JournalWriter
 from hqpy.protocol import messages as m
 from hqpy.server.demand import ServerDemand
 from hqpy.server.server import Server, ServerConfig
@@ -43,9 +48,16 @@ class ServerProcess:
         autoalloc_config: AutoAllocConfig | None = None,
         make_backend: BackendFactory | None = None,
         clock: Callable[[], float] = time.time,
+        journal: Path | None = None,
+        journal_flush_period: float = 1.0,
     ) -> None:
-        """`clock`: every time read of the server core (tests pass `trio.current_time`)."""
+        """`clock`: every time read of the server core (tests pass `trio.current_time`).
+        `journal`: restore from this file (when it exists) and append to it."""
         self.config = config
+        self.journal_path = journal
+        self.journal_flush_period = journal_flush_period
+        self.journal: JournalWriter | None = None
+        self._journal_records: list[journal_records.Record] = []
         self.hub = EventHub()
         self.core = Server(config, self.hub, clock)
         self.autoalloc_config = autoalloc_config or AutoAllocConfig.from_env()
@@ -61,9 +73,43 @@ class ServerProcess:
     def request_stop(self) -> None:
         self.core.request_stop()
 
+    def _open_journal(self) -> JournalWriter | None:
+        """Replay the journal into the fresh core state and open it for appending; raises
+        `JournalError` for a journal damaged before its tail."""
+        path = self.journal_path
+        if path is None:
+            return None
+        core = self.core
+        started = time.monotonic()
+        loaded = journal_file.read(path) if path.exists() else journal_file.Loaded([], 0, None)
+        if loaded.warning is not None:
+            log.warning("%s", loaded.warning)
+        self._journal_records = loaded.records
+        if loaded.records:
+            rep = journaling.replay(core.state, loaded.records)
+            log.info(
+                "Restored %d job(s) from %d journal record(s) of `%s` in %.2f s",
+                len(core.state.jobs),
+                rep.records,
+                path,
+                time.monotonic() - started,
+            )
+        try:
+            writer = JournalWriter(path, loaded.good_size, self.journal_flush_period)
+        except OSError as e:
+            raise journal_file.JournalError(
+                f"Cannot open journal `{path}`: {e.strerror or e}"
+            ) from None
+        writer.append(journaling.server_started())
+        core.handlers.extend(journaling.JournalHandlers(core.state, writer, core.clock).table())
+        journaling.watch_tasks(core.state, self.hub, writer)
+        core.on_task_updates = journaling.task_starts(writer)
+        return writer
+
     async def run(self, *, task_status: trio.TaskStatus[m.ServerInfoView]) -> None:
         core = self.core
         instance_dir = core.instance_dir or await core.prepare()
+        self.journal = journal = self._open_journal()
         allocator = AutoAllocService(
             ServerDemand(core.state),
             self.hub,
@@ -73,8 +119,20 @@ class ServerProcess:
         )
         self.allocator = allocator
         core.handlers.extend(AllocRequests(allocator).table())
+        if journal is not None:
+            unconfirmed = journaling.restore_allocator(
+                allocator, self._journal_records, self.autoalloc_config.max_allocation_fails
+            )
+            self._journal_records = []
+            core.handlers.extend(journaling.AllocJournal(allocator, journal).install(self.hub))
+            journaling.resolve_unconfirmed(allocator, unconfirmed)
         async with trio.open_nursery() as nursery:
+            if journal is not None:
+                await nursery.start(journal.run)
+                await journal.durable()
             await nursery.start(allocator.run)
+            if journal is not None:
+                journaling.continue_allocation_ids(allocator)
             info = await nursery.start(core.run)
             if self.config.metrics_port is not None:
                 from hqpy.http.server import serve_http
@@ -97,4 +155,7 @@ class ServerProcess:
             core.close_listeners()
             with trio.CancelScope(shield=True):
                 await allocator.cancel_all()
+                if journal is not None:
+                    await journal.flush()
+                    journal.close()
             nursery.cancel_scope.cancel()

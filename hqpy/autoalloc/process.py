@@ -88,6 +88,9 @@ class AllocatorProcess:
         self._stopping = False
         self._submitting: set[int] = set()
         """Queues with a submission step under way."""
+        self.before_submit: Callable[[int, int, int, Path], Awaitable[None]] | None = None
+        """Awaited before each submission (queue id, seq, workers, workdir); an OSError
+        from it fails the submission."""
         self._skipped: set[int] = set()
         """Queues a pass skipped because of that step: a pass follows its end."""
         self._refreshing: set[int] = set()
@@ -238,6 +241,9 @@ class AllocatorProcess:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             script = write_script(request, render_allocation_script(backend, request, queue.params))
+            if self.before_submit is not None:
+                # The journal: durable before the batch system hears of it.
+                await self.before_submit(queue_id, seq, workers, workdir)
             allocation_id = await backend.submit(request, script)
         except (BackendError, OSError) as e:
             queue = self.state.queues[queue_id]

@@ -10,7 +10,6 @@ from hqpy.autoalloc.state import Allocation, AllocationQueue, AutoAllocState
 from hqpy.common.states import QueueState
 from hqpy.protocol import messages as m
 
-
 WorkerCpus = Callable[[m.QueueParams], str | None]
 """`--cpus` that a queue's workers get when the queue gives none (local: their share)."""
 

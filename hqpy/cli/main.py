@@ -30,6 +30,7 @@ NOUN_MODULES = {
     "job": "jobs",
     "task": "jobs",
     "alloc": "alloc",
+    "journal": "journal",
 }
 """Which module of `hqpy.cli` registers each noun (all of them for `hq --help`)."""
 

@@ -41,6 +41,17 @@ def register(tree: Any, nouns: Any) -> None:
         default="127.0.0.1",
         help="Address the metrics port listens on (default: 127.0.0.1)",
     )
+    p.add_argument(
+        "--journal",
+        type=Path,
+        help="Journal file: restore the jobs it holds (when it exists) and record new ones in it",
+    )
+    p.add_argument(
+        "--journal-flush-period",
+        type=duration,
+        default=1.0,
+        help="How often task completions are written to the journal (default: 1s)",
+    )
     p.set_defaults(func=cmd_start, long_running=True)
 
     p = tree.command(verbs, "stop", "Stop the server")
@@ -108,6 +119,7 @@ def _serve(args: argparse.Namespace, early: Any, stop_signals: list[int]) -> int
 
     from hqpy.app.server_process import ServerProcess
     from hqpy.common.serverdir import AccessError
+    from hqpy.journal.file import JournalError
     from hqpy.protocol import messages as m
     from hqpy.server.server import ServerConfig
 
@@ -125,7 +137,9 @@ def _serve(args: argparse.Namespace, early: Any, stop_signals: list[int]) -> int
     )
 
     async def run() -> None:
-        server = ServerProcess(config)
+        server = ServerProcess(
+            config, journal=args.journal, journal_flush_period=args.journal_flush_period
+        )
         import signal
 
         # Open before the server starts, so that no signal falls between two receivers.
@@ -151,6 +165,8 @@ def _serve(args: argparse.Namespace, early: Any, stop_signals: list[int]) -> int
     try:
         trio.run(run)
     except* AccessError as group:
+        errors.append(str(_first_leaf(group)))
+    except* JournalError as group:
         errors.append(str(_first_leaf(group)))
     except* OSError as group:
         errors.append(f"Cannot start the server: {_first_leaf(group)}")

@@ -98,6 +98,8 @@ class Server:
         self._listeners = trio.CancelScope()
         self.listeners: list[trio.SocketListener] = []
         """The client and worker listeners (IPv4 and IPv6 of each on one port)."""
+        self.on_task_updates: Callable[[list[m.TaskUpdateRow]], None] | None = None
+        """Sees every batch of task updates once applied (the journal records task starts)."""
 
     # -----------------------------------------------------------------------------------------
 
@@ -343,6 +345,8 @@ class Server:
                     state.on_task_updates(worker, msg.updates)
                 except (ValueError, TypeError, KeyError) as e:
                     raise ProtocolError(f"malformed task update: {e}") from None
+                if self.on_task_updates is not None:
+                    self.on_task_updates(msg.updates)
             elif isinstance(msg, m.Heartbeat):
                 state.on_heartbeat(worker)
             elif isinstance(msg, m.WorkerStopping):

@@ -23,10 +23,11 @@ from hqpy.common.events import (
     WorkerConnected,
     WorkerLost,
 )
+from hqpy.common.idset import IdSet
 from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
-from hqpy.server.jobs import Job, TaskGroup
+from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.scheduler import schedule
 from hqpy.server.selection import check_id_limit, intersect, shift
 from hqpy.server.validation import validate_submit
@@ -415,3 +416,101 @@ class ServerState:
         worker = self.workers.get(worker_id)
         if worker is not None and worker.outbox is not None:
             worker.outbox.send_nowait(message)
+
+    # -----------------------------------------------------------------------------------------
+    # Restore from a journal (hqpy.app.journaling replays the records through these)
+
+    def restore_submit(self, req: m.SubmitRequest, job_id: int, group_id: int, at: float) -> None:
+        """Replay an accepted submit with the ids it got then."""
+        if req.job_id is None:
+            self.next_job_id = job_id
+        self.next_group_id = group_id
+        self.submit(req)
+        job = self.jobs[job_id]
+        if req.job_id is None:
+            job.submitted_at = at
+
+    def restore_open_job(
+        self, job_id: int, name: str | None, max_fails: int | None, at: float
+    ) -> None:
+        self.next_job_id = job_id
+        self.open_job(name, max_fails)
+        self.jobs[job_id].submitted_at = at
+
+    def restore_finished(self, job_id: int, done: IdSet) -> None:
+        """Mark these tasks finished; a group that finished whole stays unmaterialised."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        for group in job.groups:
+            common = group.ids.intersection(done)
+            if not common:
+                continue
+            n = len(common)
+            if (
+                n == len(group.ids)
+                and group.untouched == n
+                and group.untouched_state is TaskState.WAITING
+            ):
+                group.untouched_state = TaskState.FINISHED
+                job.counts[TaskState.WAITING] -= n
+                job.counts[TaskState.FINISHED] += n
+                self.waiting_groups.pop(group.group_id, None)
+                continue
+            if group.untouched_state is not TaskState.WAITING:
+                for task_id in common:
+                    task = group.materialise(job, task_id)
+                    if task.state not in DONE_STATES:
+                        job.move(task, TaskState.FINISHED)
+                continue
+            # Many tasks at once: made here directly, counted once.
+            tasks = job.tasks
+            created = 0
+            for task_id in common:
+                found = tasks.get(task_id)
+                if found is None:
+                    new = Task(task_id, group)
+                    new.state = TaskState.FINISHED
+                    tasks[task_id] = new
+                    created += 1
+                elif found.state not in DONE_STATES:
+                    job.move(found, TaskState.FINISHED)
+            group.untouched -= created
+            job.counts[TaskState.WAITING] -= created
+            job.counts[TaskState.FINISHED] += created
+        self._check_job_complete(job)
+
+    def restore_failed(self, job_id: int, task_id: int, error: str | None) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        for group in job.groups:
+            if task_id in group.ids:
+                task = group.materialise(job, task_id)
+                if task.state not in DONE_STATES:
+                    task.error = error
+                    job.move(task, TaskState.FAILED)
+                    self._after_failure(job)
+                return
+
+    def restore_started(self, job_id: int, task_ids: IdSet, instance_id: int) -> None:
+        """Tasks that were running when the server went: waiting again, with a new instance."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        for group in job.groups:
+            for task_id in group.ids.intersection(task_ids):
+                is_new = task_id not in job.tasks
+                task = group.materialise(job, task_id)
+                if task.state is not TaskState.WAITING:
+                    continue
+                task.instance_id = max(task.instance_id, instance_id + 1)
+                if is_new:
+                    group.requeued.append(task)
+                self.waiting_groups[group.group_id] = (job, group)
+
+    def restore_done(self) -> None:
+        """After replay: job completion times and waiters as if it had all just happened."""
+        for job in self.jobs.values():
+            self._check_job_complete(job)
+        self.on_schedule_needed()

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "server": 2,
     "autoalloc": 2,
     "http": 2,
+    "journal": 2,
     "app": 3,
     "cli": 4,
     "__main__": 5,

@@ -254,6 +254,8 @@ class LocalBackend:
         self._env = dict(env or {})
         self._counter = 0
         self._allocations: dict[str, _LocalAllocation] = {}
+        self._earlier: set[str] = set()
+        """Allocations of an earlier server (restored from its journal); they ended with it."""
 
     def render_script(self, request: AllocationRequest) -> str:
         return render_local_script(request)
@@ -335,11 +337,22 @@ class LocalBackend:
         if allocation is not None:
             allocation.registered = True
 
+    def continue_after(self, allocation_ids: Sequence[str]) -> None:
+        """Restore from a journal: these ids belong to the server before; new ids go on after
+        them, and they are reported finished (their workers stop with their server)."""
+        for allocation_id in allocation_ids:
+            prefix, _, number = allocation_id.rpartition("-")
+            if prefix == "local" and number.isdigit():
+                self._counter = max(self._counter, int(number))
+                self._earlier.add(allocation_id)
+
     async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
         statuses: dict[str, ExternalStatus] = {}
         for allocation_id in ids:
             allocation = self._allocations.get(allocation_id)
-            if allocation is None:
+            if allocation is None and allocation_id in self._earlier:
+                statuses[allocation_id] = ExternalStatus(ExternalState.FINISHED, raw="")
+            elif allocation is None:
                 statuses[allocation_id] = ExternalStatus(ExternalState.FAILED, raw="")
             else:
                 statuses[allocation_id] = allocation.status()
