@@ -142,8 +142,11 @@ class TaskGroup:
                 return task
         if self.untouched_state is not TaskState.WAITING:
             return None
+        done = self._done
         for task_id in self._cursor:
-            if task_id in job.tasks:
+            # Skip tasks already made (ahead of the cursor: restored from a journal), also
+            # those that have finished since and gave up their object.
+            if task_id in job.tasks or (done is not None and done[self._rank(task_id)]):
                 continue
             self.untouched -= 1
             task = Task(task_id, self)

@@ -378,6 +378,23 @@ def test_finished_tasks_give_up_their_objects_and_keep_their_views(
     assert next(views.task_views(job, IdSet([finished]), None)).state == "finished"
 
 
+def test_a_task_restored_ahead_of_the_cursor_runs_once(state: ServerState) -> None:
+    """A task made ahead of its group's cursor (restored as running from a journal) that then
+    finishes and gives up its object is not handed out again when the cursor reaches it."""
+    job_id = submit(state, "0-5")
+    state.restore_started(job_id, IdSet([3]), 0)
+    worker, _ = add_worker(state, cpus=1)
+    job = state.jobs[job_id]
+    given: list[int] = []
+    while job.counts[TaskState.FINISHED] < 6:
+        assert state.schedule() == 1
+        [task] = worker.tasks.values()
+        given.append(task.id)
+        state.on_task_updates(worker, [update(job_id, task.id, m.TASK_FINISHED, task.instance_id)])
+    assert given == [3, 0, 1, 2, 4, 5]
+    assert state.schedule() == 0
+
+
 # --- lost workers --------------------------------------------------------------------------------
 
 
