@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, NoReturn
 
@@ -22,6 +22,8 @@ from hqpy.autoalloc.backends.base import (
     CancelTarget,
     CommandResult,
     CommandRunner,
+    ExternalStatus,
+    StatusQueryError,
     SubmitError,
     cancel_each,
     command_failure,
@@ -287,6 +289,32 @@ def judge_cancel(result: CommandResult, ids: Sequence[str], gone: Sequence[str])
 def raise_as(error: type[BackendError], cause: BackendError) -> NoReturn:
     """Re-raise a runner failure as the error type the caller expects (same text)."""
     raise error(str(cause)) from cause
+
+
+async def query_each(
+    ids: Sequence[str],
+    query_one: Callable[[str], Awaitable[ExternalStatus]],
+    parallel: int,
+) -> dict[str, ExternalStatus]:
+    """Ask about each id with its own command, at most `parallel` at once (the fallback when a
+    batched listing does not know an id). Raises the first `StatusQueryError` once all ended."""
+    found: dict[str, ExternalStatus] = {}
+    errors: list[StatusQueryError] = []
+    limiter = trio.CapacityLimiter(parallel)
+
+    async def one(job_id: str) -> None:
+        async with limiter:
+            try:
+                found[job_id] = await query_one(job_id)
+            except StatusQueryError as e:
+                errors.append(e)
+
+    async with trio.open_nursery() as nursery:
+        for job_id in ids:
+            nursery.start_soon(one, job_id)
+    if errors:
+        raise errors[0]
+    return found
 
 
 class ScriptBackend:

@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import trio
-
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     CancelError,
@@ -40,6 +38,7 @@ from hqpy.autoalloc.backends.base import (
 from hqpy.autoalloc.backends.common import (
     ScriptBackend,
     format_walltime,
+    query_each,
     quote_single,
     render_prelude,
     run_checked,
@@ -260,23 +259,8 @@ class SgeBackend(ScriptBackend):
             listed = parse_qstat_xml(result.stdout)
         except ValueError as e:
             raise StatusQueryError(f"qstat output not understood: {e}") from e
-        found: dict[str, ExternalStatus] = {}
-        errors: list[StatusQueryError] = []
-        limiter = trio.CapacityLimiter(QACCT_PARALLEL)
-
-        async def accounted(job_id: str) -> None:
-            async with limiter:
-                try:
-                    found[job_id] = await self._qacct(job_id)
-                except StatusQueryError as e:
-                    errors.append(e)
-
-        async with trio.open_nursery() as nursery:
-            for job_id in ids:
-                if job_id not in listed:
-                    nursery.start_soon(accounted, job_id)
-        if errors:
-            raise errors[0]
+        missing = [job_id for job_id in ids if job_id not in listed]
+        found = await query_each(missing, self._qacct, QACCT_PARALLEL)
         return {job_id: listed.get(job_id) or found[job_id] for job_id in ids}
 
     async def _qacct(self, job_id: str) -> ExternalStatus:

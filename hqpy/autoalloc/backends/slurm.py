@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import trio
-
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     CancelError,
@@ -34,6 +32,7 @@ from hqpy.autoalloc.backends.common import (
     ScriptBackend,
     format_walltime,
     is_simple_command,
+    query_each,
     quote_single,
     render_prelude,
     run_checked,
@@ -250,22 +249,7 @@ class SlurmBackend(ScriptBackend):
                 logger.info("squeue answers again")
             self._squeue_broken = False
         missing = [job_id for job_id in ids if job_id not in listed]
-        found: dict[str, ExternalStatus] = {}
-        errors: list[StatusQueryError] = []
-        limiter = trio.CapacityLimiter(SCONTROL_PARALLEL)
-
-        async def one(job_id: str) -> None:
-            async with limiter:
-                try:
-                    found[job_id] = await self._query_one(job_id)
-                except StatusQueryError as e:
-                    errors.append(e)
-
-        async with trio.open_nursery() as nursery:
-            for job_id in missing:
-                nursery.start_soon(one, job_id)
-        if errors:
-            raise errors[0]
+        found = await query_each(missing, self._query_one, SCONTROL_PARALLEL)
         return {job_id: listed.get(job_id) or found[job_id] for job_id in ids}
 
     async def _squeue(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
