@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import string
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,11 @@ import attrs
 import cattrs
 
 from hqpy import __version__
-
-CURRENT = "hq-current"
-ACCESS_FILE = "access.json"
+from hqpy.common import instancedir
+from hqpy.common.instancedir import ACCESS_FILE as ACCESS_FILE
+from hqpy.common.instancedir import CURRENT as CURRENT
+from hqpy.common.instancedir import create_instance_dir as create_instance_dir
+from hqpy.common.instancedir import new_server_uid as new_server_uid
 
 
 @attrs.frozen
@@ -71,25 +71,6 @@ def default_server_dir() -> Path:
     return Path(env) if env else Path.home() / ".hq-server"
 
 
-def new_server_uid() -> str:
-    alphabet = string.ascii_letters + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(6))
-
-
-def create_instance_dir(server_dir: Path) -> Path:
-    """Make the next numbered instance dir (`001`, `002`, ...)."""
-    server_dir.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.name) for p in server_dir.iterdir() if p.name.isdigit() and p.is_dir()]
-    n = max(numbers, default=0) + 1
-    while True:
-        path = server_dir / f"{n:03}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
-
-
 def write_access(path: Path, record: AccessRecord) -> None:
     """Write an access file readable only by its owner."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -135,14 +116,7 @@ def load_access(server_dir: Path) -> AccessRecord:
 
 
 def link_current(server_dir: Path, instance: Path) -> None:
-    current = server_dir / CURRENT
-    tmp = server_dir / f".{CURRENT}.{os.getpid()}"
-    if tmp.is_symlink():
-        tmp.unlink()
-    tmp.symlink_to(instance.name)
-    if current.is_dir() and not current.is_symlink():
-        raise AccessError(f"`{current}` is a directory; remove it before starting a server")
-    os.replace(tmp, current)
+    instancedir.link_current(server_dir, instance, AccessError)
 
 
 def unlink_current(server_dir: Path, instance: Path) -> None:

@@ -13,11 +13,17 @@ import json
 import os
 import secrets
 import socket
-import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hqpy import __version__
+from hqpy.common.instancedir import (
+    ACCESS_FILE,
+    CURRENT,
+    create_instance_dir,
+    link_current,
+    new_server_uid,
+)
 
 if TYPE_CHECKING:
     from hqpy.common.serverdir import AccessRecord
@@ -25,8 +31,6 @@ if TYPE_CHECKING:
 BIND_ATTEMPTS = 10
 BACKLOG = 1024
 ALIVE_TIMEOUT = 2.0
-CURRENT = "hq-current"
-ACCESS_FILE = "access.json"
 """As in `hqpy.common.serverdir`, which is not imported here: its attrs and cattrs would cost
 more than everything else before the access file is written."""
 
@@ -153,36 +157,6 @@ def _server_alive(access_path: Path) -> bool:
         return False
 
 
-def _create_instance_dir(server_dir: Path) -> Path:
-    """The next numbered instance dir (`001`, `002`, ...), as `serverdir.create_instance_dir`."""
-    server_dir.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.name) for p in server_dir.iterdir() if p.name.isdigit() and p.is_dir()]
-    n = max(numbers, default=0) + 1
-    while True:
-        path = server_dir / f"{n:03}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
-
-
-def _link_current(server_dir: Path, instance: Path) -> None:
-    current = server_dir / CURRENT
-    if current.is_dir() and not current.is_symlink():
-        raise StartError(f"`{current}` is a directory; remove it before starting a server")
-    tmp = server_dir / f".{CURRENT}.{os.getpid()}"
-    if tmp.is_symlink():
-        tmp.unlink()
-    tmp.symlink_to(instance.name)
-    os.replace(tmp, current)
-
-
-def _new_uid() -> str:
-    alphabet = string.ascii_letters + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(6))
-
-
 def early_start(
     server_dir: Path,
     host: str | None,
@@ -216,7 +190,7 @@ def early_start(
         worker = Endpoint(w.host, w.port, w.secret_key)
     else:
         name = host or socket.gethostname()
-        version, uid = __version__, _new_uid()
+        version, uid = __version__, new_server_uid()
         client = Endpoint(name, client_port, secrets.token_hex(32))
         worker = Endpoint(name, worker_port, secrets.token_hex(32))
     client_sockets = open_sockets(client.port)
@@ -229,13 +203,13 @@ def early_start(
     client.port, worker.port = _port(client_sockets), _port(worker_sockets)
     early = EarlyStart(server_dir, version, uid, client, worker, client_sockets, worker_sockets)
     try:
-        early.instance_dir = _create_instance_dir(server_dir)
+        early.instance_dir = create_instance_dir(server_dir)
         path = early.instance_dir / ACCESS_FILE
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(early.to_json(), f, indent=2)
         os.chmod(path, 0o600)
-        _link_current(server_dir, early.instance_dir)
+        link_current(server_dir, early.instance_dir, StartError)
     except BaseException:
         early.close()
         raise
