@@ -18,6 +18,7 @@ import trio
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     BackendError,
+    CancelError,
     CancelOutcome,
     CancelTarget,
     CommandResult,
@@ -25,7 +26,6 @@ from hqpy.autoalloc.backends.base import (
     ExternalStatus,
     StatusQueryError,
     SubmitError,
-    cancel_each,
     command_failure,
 )
 from hqpy.autoalloc.backends.runner import CommandObserver, make_runner
@@ -342,10 +342,15 @@ class ScriptBackend:
         self._timeout = timeout
 
     async def cancel(self, allocation_id: str, workdir: Path) -> None:
-        raise NotImplementedError
+        """One allocation through `cancel_many`, its error raised."""
+        outcome = await self.cancel_many([CancelTarget(allocation_id, workdir)])
+        error = outcome.get(allocation_id)
+        if error is not None:
+            raise CancelError(error)
 
     async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
-        return await cancel_each(self.cancel, targets, self._timeout)
+        """Each batch system cancels many ids with one command of its own."""
+        raise NotImplementedError
 
     async def cancel_together(
         self, argv: Sequence[str], targets: Sequence[CancelTarget], gone: Sequence[str]

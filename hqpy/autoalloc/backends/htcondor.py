@@ -33,7 +33,6 @@ import trio
 
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
-    CancelError,
     CancelOutcome,
     CancelTarget,
     ExternalState,
@@ -239,12 +238,6 @@ class HtcondorBackend(ScriptBackend):
             return parse_condor_json(result.stdout)
         except ValueError as e:
             raise StatusQueryError(f"{program} output not understood: {e}") from e
-
-    async def cancel(self, allocation_id: str, workdir: Path) -> None:
-        outcome = await self.cancel_many([CancelTarget(allocation_id, workdir)])
-        error = outcome.get(allocation_id)
-        if error is not None:
-            raise CancelError(error)
 
     async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
         """`condor_rm ID ID ...`: `All jobs in cluster 5 have been marked for removal` per

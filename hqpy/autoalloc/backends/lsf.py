@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
-    CancelError,
     CancelOutcome,
     CancelTarget,
     ExternalState,
@@ -230,12 +229,6 @@ class LsfBackend(ScriptBackend):
             return parse_bjobs_json(result.stdout, ids, time.time())
         except ValueError as e:
             raise StatusQueryError(f"bjobs output not understood: {e}") from e
-
-    async def cancel(self, allocation_id: str, workdir: Path) -> None:
-        outcome = await self.cancel_many([CancelTarget(allocation_id, workdir)])
-        error = outcome.get(allocation_id)
-        if error is not None:
-            raise CancelError(error)
 
     async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
         """`bkill ID ID ...`: `Job <11> is being terminated` per id; `Job <33>: Job has

@@ -25,7 +25,6 @@ from typing import ClassVar
 
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
-    CancelError,
     CancelOutcome,
     CancelTarget,
     CommandRunner,
@@ -279,12 +278,6 @@ class SgeBackend(ScriptBackend):
             return parse_qacct_output(result.stdout)
         except ValueError as e:
             raise StatusQueryError(f"qacct output not understood: {e}") from e
-
-    async def cancel(self, allocation_id: str, workdir: Path) -> None:
-        outcome = await self.cancel_many([CancelTarget(allocation_id, workdir)])
-        error = outcome.get(allocation_id)
-        if error is not None:
-            raise CancelError(error)
 
     async def cancel_many(self, targets: Sequence[CancelTarget]) -> CancelOutcome:
         """`qdel ID ID ...`: `<user> has registered the job 8 for deletion` / `has deleted
