@@ -1,0 +1,46 @@
+"""Tags on tasks, filter tags on workers and queues (Balsam's filter tags, Bpipe's pool configs).
+
+A tag is a bare name (`gpu`) or `key=value` (`system=H2O`). A worker (or a queue's workers) with
+filter tags runs only tasks that carry all of them; one without filter tags runs any task.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MAX_TAG_LENGTH = 256
+MAX_TAGS = 64
+
+_TAG_RE = re.compile(r"[A-Za-z0-9_.:/+-]+(=[^\s\x00,]*)?", re.ASCII)
+
+
+def parse_tag(text: str) -> str:
+    """Check one `--tag`/`--filter-tag` value; ValueError names what is wrong."""
+    if not text:
+        raise ValueError("a tag cannot be empty; use NAME or KEY=VALUE, e.g. --tag system=H2O")
+    if len(text) > MAX_TAG_LENGTH:
+        raise ValueError(f"tag is {len(text)} characters long; at most {MAX_TAG_LENGTH} allowed")
+    if not _TAG_RE.fullmatch(text):
+        raise ValueError(
+            f"invalid tag {text!r}: use NAME or KEY=VALUE, where NAME and KEY are letters, digits "
+            "or _.:/+- and VALUE has no spaces or commas, e.g. --tag system=H2O"
+        )
+    return text
+
+
+def parse_tags(texts: Iterable[str]) -> frozenset[str]:
+    tags = frozenset(parse_tag(t) for t in texts)
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"{len(tags)} tags given; at most {MAX_TAGS} are allowed")
+    return tags
+
+
+def runs(filter_tags: frozenset[str], task_tags: frozenset[str]) -> bool:
+    """May a worker with these filter tags run a task with these tags?"""
+    return filter_tags <= task_tags
+
+
+def missing(filter_tags: frozenset[str], task_tags: frozenset[str]) -> list[str]:
+    """The filter tags the task lacks, sorted (for the fit check's and explain's messages)."""
+    return sorted(filter_tags - task_tags)
