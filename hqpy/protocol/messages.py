@@ -601,6 +601,24 @@ class AllocLogRequest:
     allocation_id: str
 
 
+@attrs.frozen
+class PoolSetRequest:
+    """Create a concurrency pool or resize it (`hq pool set NAME SIZE`)."""
+
+    name: str
+    size: int
+
+
+@attrs.frozen
+class PoolRemoveRequest:
+    name: str
+
+
+@attrs.frozen
+class PoolListRequest:
+    pass
+
+
 ClientRequest = (
     ServerInfoRequest
     | StopServerRequest
@@ -626,6 +644,9 @@ ClientRequest = (
     | AllocEventsRequest
     | AllocQueueRequest
     | AllocLogRequest
+    | PoolSetRequest
+    | PoolRemoveRequest
+    | PoolListRequest
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -732,6 +753,21 @@ class AllocLogResponse:
     workdir: str
 
 
+@attrs.frozen
+class PoolView:
+    """A concurrency pool: at most `size` of its tasks run at once across all workers."""
+
+    name: str
+    size: int
+    running: int
+    waiting: int
+
+
+@attrs.frozen
+class PoolListResponse:
+    pools: list[PoolView]
+
+
 ClientResponse = (
     ErrorResponse
     | OkResponse
@@ -749,4 +785,5 @@ ClientResponse = (
     | AllocationListResponse
     | AllocEventsResponse
     | AllocLogResponse
+    | PoolListResponse
 )
