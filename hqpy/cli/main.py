@@ -126,6 +126,11 @@ def build_parser(noun: str | None = None) -> argparse.ArgumentParser:
 def find_noun(argv: Sequence[str]) -> str | None:
     """The first word that is not a global flag or its value; None when a root-level option
     (`--help`, `--version`, an abbreviation) comes first and the whole tree must decide."""
+    at = _noun_index(argv)
+    return None if at is None else argv[at]
+
+
+def _noun_index(argv: Sequence[str]) -> int | None:
     i = 0
     while i < len(argv):
         word = argv[i]
@@ -136,8 +141,17 @@ def find_noun(argv: Sequence[str]) -> str | None:
         elif word.startswith("-"):
             return None
         else:
-            return word
+            return i
     return None
+
+
+def _starts_server(argv: Sequence[str]) -> bool:
+    """`hq server start ...`: its stop signals must be caught from the first instruction on."""
+    at = _noun_index(argv)
+    if at is None or argv[at] != "server":
+        return False
+    verbs = [w for w in argv[at + 1 :] if not w.startswith("-")]
+    return verbs[:1] == ["start"]
 
 
 def _env_output_mode(args: argparse.Namespace) -> str:
@@ -199,7 +213,14 @@ def _refuse_undecodable(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse(argv)
+    if _starts_server(argv):
+        from hqpy.cli import early_signals
+
+        early_signals.install()
+    try:
+        args = parse(argv)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
     import os
     import signal
     from pathlib import Path

@@ -81,16 +81,10 @@ def register(tree: Any, nouns: Any) -> None:
 def cmd_start(args: argparse.Namespace) -> int:
     """Bind, write the access file and `hq-current` first (standard library only), then import
     and start the rest. SIGINT or SIGTERM at any point is a clean stop: exit 0, no link left."""
-    import signal
+    from hqpy.cli import early_signals
 
-    stop_signals: list[int] = []
-
-    def early_stop(signum: int, _frame: object) -> None:
-        stop_signals.append(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, early_stop)
-
+    early_signals.install()  # already done by `main`, unless called directly
+    stop_signals = early_signals.received
     from hqpy.server.startup import StartError, early_start
 
     try:

@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -331,3 +332,51 @@ def test_signal_during_start_up_is_a_clean_stop(
     assert code == 0, stderr
     assert "Traceback" not in stderr
     assert not current.exists() and not current.is_symlink()
+
+
+_SIGNAL_WHILE_PARSING = """
+import os, signal, sys
+import hqpy.cli.main as cli
+
+build = cli.build_parser
+
+def build_and_signal(noun):
+    os.kill(os.getpid(), signal.{sig})
+    return build(noun)
+
+cli.build_parser = build_and_signal
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_signal_while_parsing_arguments_is_a_clean_stop(hq_env: HqEnv, sig: signal.Signals) -> None:
+    """The signal comes before `server start` has parsed its arguments (argparse, imports):
+    still exit 0, no traceback, nothing left in the server directory."""
+    code = _SIGNAL_WHILE_PARSING.format(sig=sig.name)
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--server-dir", str(hq_env.server_dir), "server", "start"],
+        cwd=hq_env.work_dir,
+        env=hq_env.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    current = hq_env.server_dir / "hq-current"
+    assert not current.exists() and not current.is_symlink()
+
+
+def test_client_interrupted_while_parsing_exits_130_quietly(hq_env: HqEnv) -> None:
+    code = _SIGNAL_WHILE_PARSING.format(sig="SIGINT")
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--server-dir", str(hq_env.server_dir), "job", "list"],
+        cwd=hq_env.work_dir,
+        env=hq_env.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 130
+    assert "Traceback" not in result.stderr
