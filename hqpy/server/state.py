@@ -14,12 +14,14 @@ from collections.abc import Callable
 
 import trio
 
+from hqpy.common.demand import QueueOffer, QueueOffers
 from hqpy.common.errors import RequestError
 from hqpy.common.events import (
     EventHub,
     JobForgotten,
     JobSubmitted,
     TaskEnded,
+    TasksUnfittable,
     WorkerConnected,
     WorkerLost,
 )
@@ -27,7 +29,9 @@ from hqpy.common.idset import IdSet
 from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
+from hqpy.server import fit
 from hqpy.server.jobs import Job, Task, TaskGroup
+from hqpy.server.pools import PoolTable
 from hqpy.server.scheduler import schedule
 from hqpy.server.selection import check_id_limit, intersect, shift
 from hqpy.server.validation import validate_submit
@@ -60,6 +64,11 @@ class ServerState:
         self.on_schedule_needed: Callable[[], None] = lambda: None
         self.worker_waiters: list[tuple[int, trio.Event]] = []
         """`hq worker wait N` sessions: (N, set when N workers run)."""
+        self.pools = PoolTable()
+        """Concurrency pools (`hq pool set`), by name."""
+        self.queue_offers: QueueOffers | None = None
+        """What the allocator's queues could give a task (fit check, `task explain`); None:
+        no allocator."""
 
     # -----------------------------------------------------------------------------------------
     # Jobs
@@ -78,6 +87,7 @@ class ServerState:
         """A new job, or new tasks in an open job; RequestError names what is wrong."""
         desc = req.submit
         ids = validate_submit(desc)
+        pool = None if desc.pool is None else self.pools.get(desc.pool)
         offset = 0
         if req.job_id is not None:
             if req.name is not None:
@@ -122,9 +132,14 @@ class ServerState:
             task_dir=desc.task_dir,
             stdin=desc.stdin,
             server_uid=self.server_uid,
+            tags=tuple(sorted(set(desc.tags))),
+            pool=desc.pool,
         )
         self.next_group_id += 1
         group = TaskGroup(body, ids, desc.entries, desc.crash_limit, len(job.groups), offset)
+        if pool is not None:
+            group.pool = pool
+            pool.groups.append(group)
         job.groups.append(group)
         job.counts[TaskState.WAITING] += len(ids)
         job.finished_at = None
@@ -190,6 +205,58 @@ class ServerState:
             job.finished_at = self.clock()
         if not job.is_unfinished():
             job.notify_waiters()
+
+    # -----------------------------------------------------------------------------------------
+    # Fit check
+
+    def worker_shapes(self) -> list[fit.WorkerShape]:
+        now = self.clock()
+        return [
+            fit.WorkerShape(
+                w.id,
+                w.capacity,
+                w.filter_tags,
+                None if w.deadline is None else w.deadline - now,
+            )
+            for w in self.running_workers()
+        ]
+
+    def offers(self) -> list[QueueOffer]:
+        return [] if self.queue_offers is None else self.queue_offers.queue_offers()
+
+    def check_fit(self, job_id: int) -> list[str]:
+        """Warnings for the job's latest submit if no worker and no queue could run it (a log
+        line and a `TasksUnfittable` event too): it is never left waiting in silence."""
+        job = self.jobs.get(job_id)
+        if job is None or not job.groups:
+            return []
+        group = job.groups[-1]
+        why = fit.shortfall(group.body.request, group.tags, self.worker_shapes(), self.offers())
+        if why is None:
+            return []
+        ids = group.ids
+        what = f"Task {ids.min()}" if len(ids) == 1 else f"Tasks {ids}"
+        text = f"{what} of job {job_id} can run on no worker and in no queue: {why}"
+        log.warning("%s", text)
+        self.hub.publish(TasksUnfittable(job_id, len(ids), why))
+        return [text]
+
+    # -----------------------------------------------------------------------------------------
+    # Concurrency pools
+
+    def set_pool(self, name: str, size: int) -> None:
+        """Create or resize a pool; a larger size lets waiting tasks start now."""
+        self.pools.set(name, size)
+        self.on_schedule_needed()
+
+    def remove_pool(self, name: str) -> None:
+        self.pools.remove(name)
+
+    def pool_views(self) -> list[m.PoolView]:
+        return [
+            m.PoolView(p.name, p.size, p.active, p.waiting())
+            for p in sorted(self.pools.pools.values(), key=lambda p: p.name)
+        ]
 
     # -----------------------------------------------------------------------------------------
     # Workers

@@ -693,7 +693,9 @@ def test_json_worker_info_keys(capsys: pytest.CaptureFixture[str]) -> None:
         "group",
         "on_server_lost",
         "min_utilization",
+        "filter_tags",
     }
+    assert data["configuration"]["filter_tags"] == []
     assert data["configuration"]["heartbeat_interval"] == 8.0
     assert data["configuration"]["resources"] == {
         "resources": [{"name": "cpus", "kind": "range", "start": 0, "end": 1}],
