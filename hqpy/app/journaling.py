@@ -81,7 +81,7 @@ class JournalHandlers:
                 if req.job_id is None and job.is_complete():
                     self.state.forget_job(job)
             raise RequestError(f"Submit refused: {e}") from None
-        return m.SubmitResponse(job_id, self.state.check_fit(job_id))
+        return m.SubmitResponse(job_id, self.state.check_fit(job_id, group_id))
 
     async def open_job(self, req: m.OpenJobRequest) -> m.SubmitResponse:
         job_id = self.state.open_job(req.name, req.max_fails)

@@ -320,6 +320,7 @@ def build_submit(args: argparse.Namespace) -> m.SubmitRequest:
             auto_ids=args.array is None,
             tags=tuple(dict.fromkeys(args.tag)),
             pool=args.pool,
+            task_tags=getattr(args, "task_tags", None),
         ),
         name=args.name,
         max_fails=args.max_fails,
@@ -348,6 +349,7 @@ def _entries(args: argparse.Namespace) -> list[str] | None:
         if not isinstance(data, list):
             raise ValueError(f"--from-json: the root of `{args.from_json}` must be an array")
         entries = [json.dumps(item) for item in data]
+        args.task_tags = _task_tags(data, args.from_json)
     except RecursionError:
         raise ValueError(
             f"--from-json: `{args.from_json}` is nested too deeply to be read"
@@ -359,6 +361,34 @@ def _entries(args: argparse.Namespace) -> list[str] | None:
     if not entries:
         raise ValueError(f"--from-json: `{args.from_json}` is an empty array: no tasks to submit")
     return entries
+
+
+TASK_TAGS_KEY = "hq_tags"
+"""A `--from-json` item that is an object may tag its task: `{"hq_tags": ["gpu"], ...}`."""
+
+
+def _task_tags(items: list[Any], path: Path) -> list[list[str]] | None:
+    """Each item's `hq_tags` (None when no item has any); the item stays whole in HQ_ENTRY."""
+    from hqpy.common.tags import parse_tags
+
+    out: list[list[str]] = []
+    found = False
+    for i, item in enumerate(items):
+        tags = item.get(TASK_TAGS_KEY) if isinstance(item, dict) else None
+        if tags is None:
+            out.append([])
+            continue
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError(
+                f'--from-json: item {i} of `{path}`: "{TASK_TAGS_KEY}" must be a list of '
+                'strings, e.g. ["system=H2O"]'
+            )
+        try:
+            out.append(sorted(parse_tags(tags)))
+        except ValueError as e:
+            raise ValueError(f"--from-json: item {i} of `{path}`: {e}") from None
+        found = True
+    return out if found else None
 
 
 def _read(path: Path, option: str) -> str:

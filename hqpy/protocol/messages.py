@@ -440,6 +440,8 @@ class SubmitDesc:
     """`--tag`: workers with filter tags run the tasks only if they carry all of them."""
     pool: str | None = None
     """`--pool`: a concurrency pool (`hq pool set`) that caps how many of them run at once."""
+    task_tags: list[list[str]] | None = None
+    """Tags of each entry (`"hq_tags"` of a `--from-json` item), added to `tags`."""
 
 
 @attrs.frozen

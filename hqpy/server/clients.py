@@ -95,8 +95,9 @@ class ClientHandlers:
         return m.OkResponse()
 
     async def submit(self, req: m.SubmitRequest) -> m.SubmitResponse:
+        first = self.state.next_group_id
         job_id = self.state.submit(req)
-        return m.SubmitResponse(job_id, self.state.check_fit(job_id))
+        return m.SubmitResponse(job_id, self.state.check_fit(job_id, first))
 
     async def open_job(self, req: m.OpenJobRequest) -> m.SubmitResponse:
         return m.SubmitResponse(self.state.open_job(req.name, req.max_fails))

@@ -31,7 +31,7 @@ from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server import fit
 from hqpy.server.jobs import Job, Task, TaskGroup
-from hqpy.server.pools import PoolTable
+from hqpy.server.pools import Pool, PoolTable
 from hqpy.server.scheduler import schedule
 from hqpy.server.selection import check_id_limit, intersect, shift
 from hqpy.server.validation import validate_submit
@@ -117,6 +117,23 @@ class ServerState:
             job = self._new_job(name, req.max_fails, is_open=False)
         if not job.groups:
             job.submit_dir = desc.submit_dir
+        for tags, part in _tag_parts(desc, ids, offset):
+            self._add_group(job, desc, part, offset, tags, pool)
+        job.finished_at = None
+        self._check_job_complete(job)
+        self.hub.publish(JobSubmitted(job.id))
+        self.on_schedule_needed()
+        return job.id
+
+    def _add_group(
+        self,
+        job: Job,
+        desc: m.SubmitDesc,
+        ids: IdSet,
+        offset: int,
+        tags: tuple[str, ...],
+        pool: Pool | None,
+    ) -> None:
         body = m.TaskBody(
             group_id=self.next_group_id,
             job_id=job.id,
@@ -132,7 +149,7 @@ class ServerState:
             task_dir=desc.task_dir,
             stdin=desc.stdin,
             server_uid=self.server_uid,
-            tags=tuple(sorted(set(desc.tags))),
+            tags=tags,
             pool=desc.pool,
         )
         self.next_group_id += 1
@@ -142,13 +159,8 @@ class ServerState:
             pool.groups.append(group)
         job.groups.append(group)
         job.counts[TaskState.WAITING] += len(ids)
-        job.finished_at = None
         if ids:
             self.waiting_groups[body.group_id] = (job, group)
-        self._check_job_complete(job)
-        self.hub.publish(JobSubmitted(job.id))
-        self.on_schedule_needed()
-        return job.id
 
     def close_job(self, job: Job) -> bool:
         """Close an open job (no more submits into it); False if it was not open."""
@@ -224,22 +236,30 @@ class ServerState:
     def offers(self) -> list[QueueOffer]:
         return [] if self.queue_offers is None else self.queue_offers.queue_offers()
 
-    def check_fit(self, job_id: int) -> list[str]:
-        """Warnings for the job's latest submit if no worker and no queue could run it (a log
-        line and a `TasksUnfittable` event too): it is never left waiting in silence."""
+    def check_fit(self, job_id: int, first_group_id: int) -> list[str]:
+        """Warnings for the groups a submit made (ids from `first_group_id`) that no worker and
+        no queue could run (a log line and a `TasksUnfittable` event too): no task is left
+        waiting in silence."""
         job = self.jobs.get(job_id)
-        if job is None or not job.groups:
+        if job is None:
             return []
-        group = job.groups[-1]
-        why = fit.shortfall(group.body.request, group.tags, self.worker_shapes(), self.offers())
-        if why is None:
-            return []
-        ids = group.ids
-        what = f"Task {ids.min()}" if len(ids) == 1 else f"Tasks {ids}"
-        text = f"{what} of job {job_id} can run on no worker and in no queue: {why}"
-        log.warning("%s", text)
-        self.hub.publish(TasksUnfittable(job_id, len(ids), why))
-        return [text]
+        workers = offers = None
+        out = []
+        for group in job.groups:
+            if group.group_id < first_group_id or not group.ids:
+                continue
+            if workers is None or offers is None:
+                workers, offers = self.worker_shapes(), self.offers()
+            why = fit.shortfall(group.body.request, group.tags, workers, offers)
+            if why is None:
+                continue
+            ids = group.ids
+            what = f"Task {ids.min()}" if len(ids) == 1 else f"Tasks {ids}"
+            text = f"{what} of job {job_id} can run on no worker and in no queue: {why}"
+            log.warning("%s", text)
+            self.hub.publish(TasksUnfittable(job_id, len(ids), why))
+            out.append(text)
+        return out
 
     # -----------------------------------------------------------------------------------------
     # Concurrency pools
@@ -581,3 +601,18 @@ class ServerState:
         for job in self.jobs.values():
             self._check_job_complete(job)
         self.on_schedule_needed()
+
+
+def _tag_parts(desc: m.SubmitDesc, ids: IdSet, offset: int) -> list[tuple[tuple[str, ...], IdSet]]:
+    """The tasks of a submit by tag set: one part unless `--from-json` items carry their own
+    tags (`task_tags`), in the order of each set's first task."""
+    base = frozenset(desc.tags)
+    if desc.task_tags is None:
+        return [(tuple(sorted(base)), ids)]
+    parts: dict[frozenset[str], list[int]] = {}
+    task_tags = desc.task_tags
+    for task_id in ids:
+        extra = task_tags[task_id - offset]
+        key = base.union(extra) if extra else base
+        parts.setdefault(key, []).append(task_id)
+    return [(tuple(sorted(k)), IdSet.from_ids(v)) for k, v in parts.items()]

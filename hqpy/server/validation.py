@@ -34,6 +34,14 @@ def validate_submit(desc: m.SubmitDesc) -> IdSet:
         parse_tags(desc.tags)
     except ValueError as e:
         raise RequestError(f"--tag: {e}") from None
+    if desc.task_tags is not None:
+        if desc.entries is None or len(desc.task_tags) != len(desc.entries):
+            raise RequestError("Task tags must be given for each entry, and only with entries")
+        for i, tags in enumerate(desc.task_tags):
+            try:
+                parse_tags(tags)
+            except ValueError as e:
+                raise RequestError(f"Tags of entry {i}: {e}") from None
     ids = parse_ids(desc.ids)
     if desc.entries is not None and ids and ids.max() >= len(desc.entries):
         raise RequestError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.e2e.harness import HqEnv, parse_table, parse_tables
@@ -155,3 +157,27 @@ def test_bad_tag_is_a_usage_error(hq_env: HqEnv) -> None:
     assert result.returncode == 2
     assert "invalid tag 'a b'" in result.stderr
     assert parse_table(hq_env.command("job", "list", "--all")).rows == []
+
+
+def test_from_json_items_carry_their_own_tags(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.start_worker("--filter-tag", "gpu", "--hostname", "gpu-node", cpus="2")
+    hq_env.start_worker("--filter-tag", "cpu", "--hostname", "cpu-node", cpus="2")
+    items = [
+        {"n": 0, "hq_tags": ["gpu"]},
+        {"n": 1, "hq_tags": ["cpu"]},
+        {"n": 2, "hq_tags": ["gpu"]},
+    ]
+    hq_env.path("items.json").write_text(json.dumps(items))
+    hq_env.command(
+        "submit", "--wait", "--from-json", "items.json", "--", "bash", "-c", 'echo "$HQ_ENTRY"'
+    )
+    job = hq_env.command("job", "info", "1", json=True)[0]
+    where = {t["id"]: t["worker"] for t in job["tasks"]}
+    assert where == {0: "gpu-node", 1: "cpu-node", 2: "gpu-node"}
+    # The item is the entry, whole.
+    assert json.loads(hq_env.path("job-1", "1.stdout").read_text()) == items[1]
+    bad = [{"hq_tags": "gpu"}]
+    hq_env.path("bad.json").write_text(json.dumps(bad))
+    out = hq_env.command("submit", "--from-json", "bad.json", "--", "true", expect_fail=True)
+    assert '"hq_tags" must be a list of strings' in out

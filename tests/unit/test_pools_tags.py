@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 
 from hqpy.common.demand import QueueOffer
 from hqpy.common.errors import RequestError
 from hqpy.common.events import TasksUnfittable
 from hqpy.common.resources import FRACTIONS
+from hqpy.common.states import TaskState
 from hqpy.protocol import messages as m
 from hqpy.server.demand import ServerDemand
 from hqpy.server.pools import PoolTable
@@ -270,7 +272,7 @@ def test_unfittable_submit_is_warned_logged_and_counted(
         QueueOffer(2, "small", "slurm", {"cpus": 4 * FRACTIONS}, False, 3600.0, 1)
     )
     job_id = state.submit(m.SubmitRequest(submit_desc("0-9", request=cpu_request(8))))
-    warnings = state.check_fit(job_id)
+    warnings = state.check_fit(job_id, 1)
     assert warnings == [
         f"Tasks 0-9 of job {job_id} can run on no worker and in no queue: needs cpus 8; "
         'queue 2 "small" gives 4'
@@ -282,4 +284,34 @@ def test_unfittable_submit_is_warned_logged_and_counted(
 def test_fitting_submit_has_no_warning(state: ServerState) -> None:
     add_worker(state, cpus=8)
     job_id = state.submit(m.SubmitRequest(submit_desc("0", request=cpu_request(8))))
-    assert state.check_fit(job_id) == []
+    assert state.check_fit(job_id, 1) == []
+
+
+def test_per_entry_tags_split_a_submit_by_tag_set(state: ServerState) -> None:
+    entries = ["a", "b", "c", "d"]
+    desc = attrs.evolve(
+        submit_desc("0-3", entries=entries, tags=("base",)),
+        task_tags=[["x"], [], ["x"], ["y", "x"]],
+    )
+    job_id = state.submit(m.SubmitRequest(desc))
+    groups = state.jobs[job_id].groups
+    assert [(g.body.tags, str(g.ids)) for g in groups] == [
+        (("base", "x"), "0,2"),
+        (("base",), "1"),
+        (("base", "x", "y"), "3"),
+    ]
+    # Each task keeps its own entry.
+    assert [g.entry(g.ids.min()) for g in groups] == ["a", "b", "d"]
+    assert state.jobs[job_id].counts[TaskState.WAITING] == 4
+    _, outbox = add_worker(state, cpus=8, filter_tags=("y",))
+    state.schedule()
+    assert [(r[1], r[4]) for r in outbox.rows()] == [(3, "d")]
+
+
+def test_per_entry_tags_must_match_the_entries(state: ServerState) -> None:
+    desc = attrs.evolve(submit_desc("0-1", entries=["a", "b"]), task_tags=[["x"]])
+    with pytest.raises(RequestError, match="for each entry"):
+        state.submit(m.SubmitRequest(desc))
+    desc = attrs.evolve(submit_desc("0-1", entries=["a", "b"]), task_tags=[["x"], ["no good"]])
+    with pytest.raises(RequestError, match="Tags of entry 1: invalid tag 'no good'"):
+        state.submit(m.SubmitRequest(desc))
