@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from hqpy.common.demand import WaitingWork
 from hqpy.common.states import TaskState
-from hqpy.server.jobs import Job, TaskGroup
+from hqpy.server.jobs import Job, TaskGroup, sort_key
 from hqpy.server.state import ServerState
 
 
@@ -21,7 +21,7 @@ class ServerDemand:
         free: dict[str, int] = {}
         groups: Iterable[tuple[Job, TaskGroup]] = self.state.waiting_groups.values()
         if any(g.pool is not None for _, g in groups):
-            groups = sorted(groups, key=lambda jg: (-jg[1].priority, jg[1].group_id))
+            groups = sorted(groups, key=lambda jg: sort_key(jg[1]))
         for _job, group in groups:
             count = len(group.requeued)
             if group.untouched_state is TaskState.WAITING:

@@ -315,3 +315,28 @@ def test_per_entry_tags_must_match_the_entries(state: ServerState) -> None:
     desc = attrs.evolve(submit_desc("0-1", entries=["a", "b"]), task_tags=[["x"], ["no good"]])
     with pytest.raises(RequestError, match="Tags of entry 1: invalid tag 'no good'"):
         state.submit(m.SubmitRequest(desc))
+
+
+def test_explain_has_rows_for_workers_and_queues(state: ServerState) -> None:
+    import trio
+
+    from hqpy.server.clients import ClientHandlers
+
+    add_worker(state, cpus=2)
+    state.queue_offers = Offers(
+        QueueOffer(4, "gpu", "slurm", None, False, 3600.0, 1, frozenset({"gpu"}))
+    )
+    job_id = state.submit(m.SubmitRequest(submit_desc("0-1", request=cpu_request(4))))
+    handlers = ClientHandlers(state, lambda: None)  # type: ignore[arg-type, return-value]
+    resp = trio.run(handlers.task_explain, m.TaskExplainRequest(job_id, 1))
+    assert resp.found and resp.state == "waiting"
+    (worker,) = resp.workers
+    assert (worker.worker, worker.runnable) == ("1", False)
+    (queue,) = resp.queues
+    assert queue.worker == "queue 4" and not queue.runnable
+    assert [(v.kind, v.provides, v.ok) for v in queue.variants] == [
+        ("resource", "unknown", True),
+        ("tags", "gpu", False),
+    ]
+    missing = trio.run(handlers.task_explain, m.TaskExplainRequest(job_id, 9))
+    assert not missing.found
