@@ -137,7 +137,8 @@ def explain(
     offers: Sequence[QueueOffer],
 ) -> tuple[list[Verdict], list[Verdict]]:
     """The verdicts for every connected worker and every queue."""
-    n = len(workers)
+    # A multi-node task needs that many workers it may run on (by their filter tags).
+    n = sum(1 for w in workers if runs(w.filter_tags, tags)) if request.n_nodes else 0
     return (
         [check_worker(w, request, tags, n) for w in workers],
         [check_queue(o, request, tags) for o in offers],
@@ -174,7 +175,7 @@ def shortfall(
                 widest = max(o.workers_per_alloc for o in offers)
                 parts.append(f"needs {c.request} nodes; the widest queue gives {widest}")
             else:
-                parts.append(f"needs {c.request} nodes; {len(workers)} worker(s) are connected")
+                parts.append(f"needs {c.request} nodes; {c.provides} worker(s) could take it")
         else:
             lacks = missing(frozenset(c.provides.split(",")), tags)
             tagged = "no tags" if not tags else "tags " + ",".join(sorted(tags))

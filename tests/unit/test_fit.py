@@ -164,3 +164,10 @@ def test_explain_gives_one_verdict_per_worker_and_queue() -> None:
     assert [(v.who, v.runnable) for v in queues] == [("queue 5", True)]
     (check,) = workers[0].checks
     assert (check.kind, check.name, check.provides, check.request) == ("resource", "cpus", "1", "2")
+
+
+def test_nodes_count_only_workers_the_task_may_run_on() -> None:
+    workers = [worker(1), worker(2, filter_tags=frozenset({"other"}))]
+    why = shortfall(req(cpus=0, n_nodes=2), NO_TAGS, workers, [])
+    assert why == "needs 2 nodes; 1 worker(s) could take it"
+    assert shortfall(req(cpus=0, n_nodes=2), frozenset({"other"}), workers, []) is None
