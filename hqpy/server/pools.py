@@ -9,32 +9,22 @@ Resizing changes only how many may start next; a running task is never stopped.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from hqpy.common.errors import RequestError
-
-if TYPE_CHECKING:
-    from hqpy.server.jobs import TaskGroup
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 MAX_POOL_SIZE = 2**31 - 1
 
 
 class Pool:
-    __slots__ = ("name", "size", "active", "groups")
+    __slots__ = ("name", "size", "active")
 
     def __init__(self, name: str, size: int) -> None:
         self.name = name
         self.size = size
         self.active = 0
         """Tasks of the pool assigned to a worker now (running or queued ahead on it)."""
-        self.groups: list[TaskGroup] = []
-        """Task groups of the pool that may have waiting tasks (pruned when counted)."""
-
-    def waiting(self) -> int:
-        """Tasks of the pool that wait (for a slot or for a worker)."""
-        self.groups = [g for g in self.groups if g.has_waiting()]
-        return sum(g.waiting_count() for g in self.groups)
 
     def free(self) -> int:
         """Slots a new task may take now (0 while the pool is full or was shrunk below use)."""
@@ -83,16 +73,16 @@ class PoolTable:
             )
         return pool
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, waiting: Callable[[Pool], int]) -> None:
         """Drop an idle pool; RequestError while tasks of it wait or run (they would be left
         with no limit, or with a pool that no longer exists)."""
         pool = self.pools.get(name)
         if pool is None:
             raise RequestError(f"Pool {name!r} does not exist")
-        waiting = pool.waiting()
-        if pool.active or waiting:
+        waiting_now = waiting(pool)
+        if pool.active or waiting_now:
             raise RequestError(
-                f"Pool {name!r} still has {pool.active} running and {waiting} waiting task(s); "
+                f"Pool {name!r} still has {pool.active} running and {waiting_now} waiting task(s); "
                 "remove it once they end (or cancel their jobs)"
             )
         del self.pools[name]

@@ -154,9 +154,7 @@ class ServerState:
         )
         self.next_group_id += 1
         group = TaskGroup(body, ids, desc.entries, desc.crash_limit, len(job.groups), offset)
-        if pool is not None:
-            group.pool = pool
-            pool.groups.append(group)
+        group.pool = pool
         job.groups.append(group)
         job.counts[TaskState.WAITING] += len(ids)
         if ids:
@@ -270,13 +268,29 @@ class ServerState:
         self.on_schedule_needed()
 
     def remove_pool(self, name: str) -> None:
-        self.pools.remove(name)
+        self.pools.remove(name, lambda pool: self._pool_waiting().get(pool.name, 0))
 
     def pool_views(self) -> list[m.PoolView]:
+        waiting = self._pool_waiting()
         return [
-            m.PoolView(p.name, p.size, p.active, p.waiting())
+            m.PoolView(p.name, p.size, p.active, waiting.get(p.name, 0))
             for p in sorted(self.pools.pools.values(), key=lambda p: p.name)
         ]
+
+    def _pool_waiting(self) -> dict[str, int]:
+        """Waiting tasks per pool, from the groups that may have some (O(those groups))."""
+        out: dict[str, int] = {}
+        for _, group in self.waiting_groups.values():
+            pool = group.pool
+            if pool is not None:
+                untouched = group.untouched if group.untouched_state is TaskState.WAITING else 0
+                requeued = sum(
+                    1
+                    for t in group.requeued
+                    if t.state is TaskState.WAITING and t.worker_id is None
+                )
+                out[pool.name] = out.get(pool.name, 0) + untouched + requeued
+        return out
 
     # -----------------------------------------------------------------------------------------
     # Workers
