@@ -181,3 +181,22 @@ def test_from_json_items_carry_their_own_tags(hq_env: HqEnv) -> None:
     hq_env.path("bad.json").write_text(json.dumps(bad))
     out = hq_env.command("submit", "--from-json", "bad.json", "--", "true", expect_fail=True)
     assert '"hq_tags" must be a list of strings' in out
+
+
+def test_pools_and_tagged_pool_jobs_survive_a_restart_from_the_journal(hq_env: HqEnv) -> None:
+    journal = hq_env.root / "journal.hqj"
+    hq_env.start_server("--journal", str(journal))
+    hq_env.command("pool", "set", "lic", "2")
+    hq_env.command("pool", "set", "tmp", "1")
+    hq_env.command("pool", "remove", "tmp")
+    hq_env.command("submit", "--array", "0-4", "--pool", "lic", "--tag", "gpu", "--", "true")
+    assert hq_env.stop_server() == 0
+    hq_env.start_server("--journal", str(journal))
+    assert hq_env.command("pool", "list", json=True) == [
+        {"name": "lic", "size": 2, "running": 0, "waiting": 5}
+    ]
+    (job,) = hq_env.command("job", "info", "1", json=True)
+    assert (job["submits"][0]["tags"], job["submits"][0]["pool"]) == (["gpu"], "lic")
+    hq_env.start_worker("--filter-tag", "gpu", cpus="4")
+    hq_env.command("job", "wait", "1")
+    assert hq_env.command("pool", "list", json=True)[0]["waiting"] == 0
