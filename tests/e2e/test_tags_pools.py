@@ -115,6 +115,9 @@ def test_task_that_fits_nowhere_is_reported_at_submit(hq_env: HqEnv) -> None:
     result = hq_env.run("--output-mode", "json", "submit", "--cpus", "8", "--", "true")
     assert "Task 0 of job 2 can run on no worker" in result.stderr
     assert '"id": 2' in result.stdout
+    result = hq_env.run("--output-mode", "quiet", "submit", "--cpus", "8", "--", "true")
+    assert "Task 0 of job 3 can run on no worker" in result.stderr
+    assert result.stdout == "3\n"
     # A task that fits gives no warning.
     result = hq_env.run("submit", "--cpus", "2", "--", "true")
     assert "can run on no worker" not in result.stderr
