@@ -178,6 +178,7 @@ def test_from_json_items_carry_their_own_tags(hq_env: HqEnv) -> None:
     job = hq_env.command("job", "info", "1", json=True)[0]
     where = {t["id"]: t["worker"] for t in job["tasks"]}
     assert where == {0: "gpu-node", 1: "cpu-node", 2: "gpu-node"}
+    assert hq_env.table("job", "info", "1").as_dict()["Tags"] == "0,2: gpu\n1: cpu"
     # The item is the entry, whole.
     assert json.loads(hq_env.path("job-1", "1.stdout").read_text()) == items[1]
     bad = [{"hq_tags": "gpu"}]

@@ -115,6 +115,17 @@ def _submit_rows(submit: m.SubmitView) -> Rows:
     ]
 
 
+def _parts_routing_rows(submits: Sequence[m.SubmitView]) -> Rows:
+    """`Tags` and `Pool` of a job made of several submits (or split by `hq_tags`): per part."""
+    rows: Rows = []
+    if any(s.tags for s in submits):
+        lines = [f"{s.ids}: {', '.join(s.tags) or '(none)'}" for s in submits]
+        rows.append(("Tags", "\n".join(lines)))
+    if any(s.pool is not None for s in submits):
+        rows.append(("Pool", "\n".join(f"{s.ids}: {s.pool or '(none)'}" for s in submits)))
+    return rows
+
+
 def _routing_rows(submit: m.SubmitView | None) -> Rows:
     """`Tags` and `Pool` rows, only for tasks that have them (HyperQueue's tables otherwise)."""
     if submit is None:
@@ -235,6 +246,8 @@ class CliOutput:
         single = len(job.submits) == 1
         if single:
             rows.extend(_submit_rows(job.submits[0]))
+        else:
+            rows.extend(_parts_routing_rows(job.submits))
         rows.append(("Submission date", local_time(job.submitted_at)))
         if single:
             rows.append(("Submission directory", job.submit_dir))
