@@ -32,6 +32,7 @@ def worker_config(
     work_dir: str = "/tmp",
     listen_address: str = "",
     pid: int = 1,
+    filter_tags: tuple[str, ...] = (),
 ) -> m.WorkerConfiguration:
     return m.WorkerConfiguration(
         hostname=hostname,
@@ -45,6 +46,7 @@ def worker_config(
         on_server_lost="stop",
         pid=pid,
         manager=manager,
+        filter_tags=filter_tags,
     )
 
 
@@ -61,6 +63,8 @@ def submit_desc(
     request: ResourceRequest | None = None,
     crash_limit: int = 5,
     entries: list[str] | None = None,
+    tags: tuple[str, ...] = (),
+    pool: str | None = None,
 ) -> m.SubmitDesc:
     return m.SubmitDesc(
         ids=ids,
@@ -73,4 +77,6 @@ def submit_desc(
         request=cpu_request() if request is None else request,
         entries=entries,
         crash_limit=crash_limit,
+        tags=tags,
+        pool=pool,
     )

@@ -55,6 +55,8 @@ class JournalHandlers:
             m.CloseJobsRequest: self.close_jobs,
             m.CancelJobsRequest: self.cancel_jobs,
             m.ForgetJobsRequest: self.forget_jobs,
+            m.PoolSetRequest: self.pool_set,
+            m.PoolRemoveRequest: self.pool_remove,
         }
 
     async def _durable(self, record: r.Record) -> None:
@@ -79,12 +81,22 @@ class JournalHandlers:
                 if req.job_id is None and job.is_complete():
                     self.state.forget_job(job)
             raise RequestError(f"Submit refused: {e}") from None
-        return m.SubmitResponse(job_id)
+        return m.SubmitResponse(job_id, self.state.check_fit(job_id, group_id))
 
     async def open_job(self, req: m.OpenJobRequest) -> m.SubmitResponse:
         job_id = self.state.open_job(req.name, req.max_fails)
         await self._durable(r.JobOpened(job_id, req.name, req.max_fails, self.clock()))
         return m.SubmitResponse(job_id)
+
+    async def pool_set(self, req: m.PoolSetRequest) -> m.OkResponse:
+        self.state.set_pool(req.name, req.size)
+        await self._durable(r.PoolChanged(req.name, req.size))
+        return m.OkResponse()
+
+    async def pool_remove(self, req: m.PoolRemoveRequest) -> m.OkResponse:
+        self.state.remove_pool(req.name)
+        await self._durable(r.PoolChanged(req.name, 0))
+        return m.OkResponse()
 
     def _selected(self, selector: str) -> str | None:
         """The ids a selector names now (`last`, `all` change meaning over time; the journal
@@ -183,6 +195,11 @@ class Replay:
         elif isinstance(record, r.JobsForgotten):
             self._flush_all()
             forget_jobs(state, record.selector, record.states)
+        elif isinstance(record, r.PoolChanged):
+            if record.size > 0:
+                state.set_pool(record.name, record.size)
+            else:
+                state.pools.pools.pop(record.name, None)
         elif isinstance(record, r.IdsUsed):
             state.next_job_id = max(state.next_job_id, record.next_job_id)
             state.next_group_id = max(state.next_group_id, record.next_group_id)
@@ -265,7 +282,9 @@ def _compact(path: Path) -> tuple[int, int]:
             continue
         if isinstance(record, r.ServerStarted | r.IdsUsed | r.JobsForgotten):
             continue
-        if isinstance(record, r.QueueAdded | r.AllocationPlanned | r.AllocEventLogged):
+        if isinstance(
+            record, r.QueueAdded | r.AllocationPlanned | r.AllocEventLogged | r.PoolChanged
+        ):
             kept.append(record)
             continue
         if isinstance(record, r.JobSubmitted | r.JobOpened):

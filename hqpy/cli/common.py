@@ -77,6 +77,16 @@ def id_set(text: str) -> str:
     return text
 
 
+def tag_arg(text: str) -> str:
+    """argparse type for `--tag` / `--filter-tag`: NAME or KEY=VALUE."""
+    from hqpy.common.tags import parse_tag
+
+    try:
+        return parse_tag(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def selector(text: str) -> str:
     """argparse type for `all`, `last` or an id list: checked here, sent as typed."""
     from hqpy.common.idset import parse_selector

@@ -25,6 +25,7 @@ from hqpy.cli.common import (
     output_of,
     run_client,
     signed_int,
+    tag_arg,
 )
 from hqpy.client.blocking import ClientError
 from hqpy.protocol import messages as m
@@ -155,6 +156,14 @@ def add_submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stdin", action="store_true", help="Pass this command's stdin to each task")
     p.add_argument("--job", type=_job_id, help="Submit into this open job")
     p.add_argument(
+        "--tag",
+        type=tag_arg,
+        action="append",
+        default=[],
+        help="Tag the tasks: NAME or KEY=VALUE (repeatable); workers with filter tags need them",
+    )
+    p.add_argument("--pool", help="Run in this concurrency pool (`hq pool set NAME SIZE`)")
+    p.add_argument(
         "--directives",
         choices=("auto", "file", "stdin", "off"),
         default="auto",
@@ -248,6 +257,11 @@ def register(tree: Any, nouns: Any) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="Full error messages")
     p.set_defaults(func=cmd_task_info)
 
+    p = tree.command(tverbs, "explain", "Explain why a task can or cannot run, and where")
+    p.add_argument("job_id", help="Job id or `last`")
+    p.add_argument("task_id", type=count, help="Task id")
+    p.set_defaults(func=cmd_task_explain)
+
 
 # ---------------------------------------------------------------------------------------------
 # Submit
@@ -304,6 +318,9 @@ def build_submit(args: argparse.Namespace) -> m.SubmitRequest:
             task_dir=args.task_dir,
             stdin=stdin,
             auto_ids=args.array is None,
+            tags=tuple(dict.fromkeys(args.tag)),
+            pool=args.pool,
+            task_tags=getattr(args, "task_tags", None),
         ),
         name=args.name,
         max_fails=args.max_fails,
@@ -332,6 +349,7 @@ def _entries(args: argparse.Namespace) -> list[str] | None:
         if not isinstance(data, list):
             raise ValueError(f"--from-json: the root of `{args.from_json}` must be an array")
         entries = [json.dumps(item) for item in data]
+        args.task_tags = _task_tags(data, args.from_json)
     except RecursionError:
         raise ValueError(
             f"--from-json: `{args.from_json}` is nested too deeply to be read"
@@ -343,6 +361,34 @@ def _entries(args: argparse.Namespace) -> list[str] | None:
     if not entries:
         raise ValueError(f"--from-json: `{args.from_json}` is an empty array: no tasks to submit")
     return entries
+
+
+TASK_TAGS_KEY = "hq_tags"
+"""A `--from-json` item that is an object may tag its task: `{"hq_tags": ["gpu"], ...}`."""
+
+
+def _task_tags(items: list[Any], path: Path) -> list[list[str]] | None:
+    """Each item's `hq_tags` (None when no item has any); the item stays whole in HQ_ENTRY."""
+    from hqpy.common.tags import parse_tags
+
+    out: list[list[str]] = []
+    found = False
+    for i, item in enumerate(items):
+        tags = item.get(TASK_TAGS_KEY) if isinstance(item, dict) else None
+        if tags is None:
+            out.append([])
+            continue
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError(
+                f'--from-json: item {i} of `{path}`: "{TASK_TAGS_KEY}" must be a list of '
+                'strings, e.g. ["system=H2O"]'
+            )
+        try:
+            out.append(sorted(parse_tags(tags)))
+        except ValueError as e:
+            raise ValueError(f"--from-json: item {i} of `{path}`: {e}") from None
+        found = True
+    return out if found else None
 
 
 def _read(path: Path, option: str) -> str:
@@ -407,6 +453,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     def call(conn: BlockingConnection, out: Output) -> None:
         resp = conn.request(request, m.SubmitResponse)
+        for warning in resp.warnings:
+            log.warning("%s", warning)
         out.job_submitted(resp.job_id)
         if args.wait or args.progress:
             # The submit confirmation is this command's one output; the wait adds nothing.
@@ -751,6 +799,20 @@ def cmd_task_info(args: argparse.Namespace, conn: BlockingConnection, out: Outpu
     if resp.missing:
         log.warning("%s not found", m.describe_ids("Task", resp.missing))
     out.task_info(resp.job, resp.tasks, args.verbose)
+
+
+@client_command
+def cmd_task_explain(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> int:
+    job_id = _resolve_job_id(conn, args.job_id)
+    if job_id is None:
+        log.error("Job %s not found", args.job_id)
+        return 1
+    resp = conn.request(m.TaskExplainRequest(job_id, args.task_id), m.TaskExplainResponse)
+    if not resp.found:
+        log.error("Task %d of job %d not found", args.task_id, job_id)
+        return 1
+    out.task_explain(resp)
+    return 0
 
 
 def _resolve_job_id(conn: BlockingConnection, text: str) -> int | None:

@@ -31,6 +31,7 @@ NOUN_MODULES = {
     "task": "jobs",
     "alloc": "alloc",
     "journal": "journal",
+    "pool": "pool",
 }
 """Which module of `hqpy.cli` registers each noun (all of them for `hq --help`)."""
 

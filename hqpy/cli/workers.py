@@ -16,6 +16,7 @@ from hqpy.cli.common import (
     emit_log_lines,
     output_of,
     positive_int,
+    tag_arg,
 )
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection
@@ -64,6 +65,13 @@ def register(tree: Any, nouns: Any) -> None:
     p.add_argument("--overview-interval", type=duration, help=argparse.SUPPRESS)
     p.add_argument("--coupling", help=argparse.SUPPRESS)
     p.add_argument("--min-utilization", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--filter-tag",
+        type=tag_arg,
+        action="append",
+        default=[],
+        help="Run only tasks with this tag (NAME or KEY=VALUE; repeatable: all of them)",
+    )
     p.set_defaults(func=cmd_start, long_running=True)
 
     p = tree.command(verbs, "list", "List workers")
@@ -143,6 +151,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         zero_worker=os.environ.get("HQPY_ZERO_WORKER") == "1",
         min_utilization=args.min_utilization,
         overview_interval=args.overview_interval,
+        filter_tags=tuple(sorted(set(args.filter_tag))),
     )
     agent = WorkerAgent(options, hq_executable())
 

@@ -30,6 +30,15 @@ class JobSubmitted:
 
 
 @attrs.frozen
+class TasksUnfittable:
+    """The fit check found tasks of a submit that no worker and no queue could ever run."""
+
+    job_id: int
+    count: int
+    reason: str
+
+
+@attrs.frozen
 class JobForgotten:
     job_id: int
     task_counts: tuple[int, ...]

@@ -41,6 +41,7 @@ from hqpy.common.events import (
     EventHub,
     JobForgotten,
     TaskEnded,
+    TasksUnfittable,
     WorkerLost,
 )
 from hqpy.common.resources import FRACTIONS
@@ -185,6 +186,11 @@ class ServerMetrics:
         )
         for reason in DISCONNECT_REASONS:
             self.worker_disconnections.labels(reason)
+        self.unfittable = Counter(
+            "hqpy_tasks_unfittable_total",
+            "Submitted tasks that no connected worker and no queue could run (the fit check)",
+            registry=r,
+        )
         self.task_duration = FastHistogram(TASK_DURATION_BUCKETS)
         self.forgotten = [0] * len(TaskState)
         """Per-state task counts of jobs removed by `hq job forget`, so counters never drop."""
@@ -195,6 +201,7 @@ class ServerMetrics:
         hub.subscribe(AllocationSubmitted, self.on_submission)
         hub.subscribe(AllocEventRecorded, self.on_alloc_event)
         hub.subscribe(BatchCommandRun, self.on_batch_command)
+        hub.subscribe(TasksUnfittable, lambda e: self.unfittable.inc(e.count))
         if allocator is not None:
             for queue in allocator.queue_views():
                 self._init_queue(queue.id, queue.params.manager)

@@ -116,6 +116,14 @@ class IdsUsed:
     next_group_id: int
 
 
+@attrs.frozen
+class PoolChanged:
+    """`hq pool set NAME SIZE`, or `hq pool remove NAME` (size 0)."""
+
+    name: str
+    size: int
+
+
 Record = (
     ServerStarted
     | JobOpened
@@ -128,6 +136,7 @@ Record = (
     | QueueAdded
     | AllocationPlanned
     | AllocEventLogged
+    | PoolChanged
 )
 
 OPS: dict[type, str] = {
@@ -142,6 +151,7 @@ OPS: dict[type, str] = {
     QueueAdded: "queue-added",
     AllocationPlanned: "allocation-planned",
     AllocEventLogged: "alloc-event",
+    PoolChanged: "pool-changed",
 }
 BY_OP = {op: cls for cls, op in OPS.items()}
 

@@ -77,6 +77,8 @@ class WorkerConfiguration:
     manager: ManagerInfo | None = None
     overview_interval: float | None = None
     min_utilization: float = 0.0
+    filter_tags: tuple[str, ...] = ()
+    """`--filter-tag`: the worker runs only tasks that carry all of these (none: any task)."""
 
 
 @attrs.frozen
@@ -98,6 +100,8 @@ class TaskBody:
     task_dir: bool = False
     stdin: bytes | None = None
     server_uid: str = ""
+    tags: tuple[str, ...] = ()
+    pool: str | None = None
 
     def resolve_paths(self, task_id: int, instance_id: int) -> tuple[str, str | None, str | None]:
         """One task's cwd, stdout and stderr with their `%{...}` placeholders filled."""
@@ -288,6 +292,8 @@ class SubmitView:
     crash_limit: int
     task_dir: bool
     has_entries: bool
+    tags: tuple[str, ...] = ()
+    pool: str | None = None
 
 
 @attrs.frozen
@@ -430,6 +436,12 @@ class SubmitDesc:
     auto_ids: bool = False
     """The ids were not given (`--array`): in an open job the tasks take the ids after the
     job's highest one (HyperQueue); `ids` then counts from 0."""
+    tags: tuple[str, ...] = ()
+    """`--tag`: workers with filter tags run the tasks only if they carry all of them."""
+    pool: str | None = None
+    """`--pool`: a concurrency pool (`hq pool set`) that caps how many of them run at once."""
+    task_tags: list[list[str]] | None = None
+    """Tags of each entry (`"hq_tags"` of a `--from-json` item), added to `tags`."""
 
 
 @attrs.frozen
@@ -516,6 +528,14 @@ class TaskInfoRequest:
     task_ids: str
     after: int | None = None
     """Resume after this task id: the `next` of the previous page."""
+
+
+@attrs.frozen
+class TaskExplainRequest:
+    """`hq task explain`: why a task can or cannot run, worker by worker and queue by queue."""
+
+    job_id: int
+    task_id: int
 
 
 TASK_PAGE = 20_000
@@ -647,6 +667,7 @@ ClientRequest = (
     | PoolSetRequest
     | PoolRemoveRequest
     | PoolListRequest
+    | TaskExplainRequest
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -666,6 +687,8 @@ class OkResponse:
 @attrs.frozen
 class SubmitResponse:
     job_id: int
+    warnings: list[str] = attrs.Factory(list)
+    """Fit check: tasks that no connected worker and no queue could ever run, and why."""
 
 
 @attrs.frozen
@@ -768,6 +791,37 @@ class PoolListResponse:
     pools: list[PoolView]
 
 
+@attrs.frozen
+class ExplainVariant:
+    """One requirement of a task checked against one worker (or a queue's worker)."""
+
+    kind: str
+    """`resource`, `time`, `nodes` or `tags`."""
+    name: str
+    provides: str
+    request: str
+    ok: bool
+
+
+@attrs.frozen
+class ExplainWorker:
+    worker: str
+    """A worker id (`1`) or a queue's worker (`queue 2`)."""
+    runnable: bool
+    variants: list[ExplainVariant]
+
+
+@attrs.frozen
+class TaskExplainResponse:
+    job_id: int
+    task_id: int
+    found: bool
+    state: str = ""
+    """Lower case, as in `TaskView`."""
+    workers: list[ExplainWorker] = attrs.Factory(list)
+    queues: list[ExplainWorker] = attrs.Factory(list)
+
+
 ClientResponse = (
     ErrorResponse
     | OkResponse
@@ -786,4 +840,5 @@ ClientResponse = (
     | AllocEventsResponse
     | AllocLogResponse
     | PoolListResponse
+    | TaskExplainResponse
 )

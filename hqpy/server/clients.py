@@ -19,7 +19,7 @@ from hqpy.common.idset import IdSet, format_id_set
 from hqpy.common.states import JobState, TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.protocol.readmodels import HandlerTable, RequestHandler
-from hqpy.server import views
+from hqpy.server import fit, views
 from hqpy.server.commands import cancel_jobs, close_jobs, forget_jobs, stop_workers
 from hqpy.server.jobs import Job
 from hqpy.server.selection import (
@@ -65,6 +65,10 @@ class ClientHandlers:
             m.WorkerInfoRequest: self.worker_info,
             m.StopWorkersRequest: self.stop_workers,
             m.WaitWorkersRequest: self.wait_workers,
+            m.TaskExplainRequest: self.task_explain,
+            m.PoolSetRequest: self.pool_set,
+            m.PoolRemoveRequest: self.pool_remove,
+            m.PoolListRequest: self.pool_list,
         }
 
     def extend(self, table: HandlerTable) -> None:
@@ -91,7 +95,9 @@ class ClientHandlers:
         return m.OkResponse()
 
     async def submit(self, req: m.SubmitRequest) -> m.SubmitResponse:
-        return m.SubmitResponse(self.state.submit(req))
+        first = self.state.next_group_id
+        job_id = self.state.submit(req)
+        return m.SubmitResponse(job_id, self.state.check_fit(job_id, first))
 
     async def open_job(self, req: m.OpenJobRequest) -> m.SubmitResponse:
         return m.SubmitResponse(self.state.open_job(req.name, req.max_fails))
@@ -222,6 +228,43 @@ class ClientHandlers:
             out.append((job.id, format_id_set(ids)))
         return m.TaskIdsResponse(out)
 
+    async def task_explain(self, req: m.TaskExplainRequest) -> m.TaskExplainResponse:
+        job = self.state.jobs.get(req.job_id)
+        group = None
+        if job is not None:
+            group = next((g for g in job.groups if req.task_id in g.ids), None)
+        if job is None or group is None:
+            return m.TaskExplainResponse(req.job_id, req.task_id, found=False)
+        task = job.tasks.get(req.task_id)
+        if task is None:
+            task = group.retired(req.task_id)
+        state = task.state if task is not None else group.untouched_state
+        workers, queues = fit.explain(
+            group.body.request, group.tags, self.state.worker_shapes(), self.state.offers()
+        )
+        return m.TaskExplainResponse(
+            req.job_id,
+            req.task_id,
+            found=True,
+            state=state.name.lower(),
+            workers=[_explained(v) for v in workers],
+            queues=[_explained(v) for v in queues],
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # Concurrency pools
+
+    async def pool_set(self, req: m.PoolSetRequest) -> m.OkResponse:
+        self.state.set_pool(req.name, req.size)
+        return m.OkResponse()
+
+    async def pool_remove(self, req: m.PoolRemoveRequest) -> m.OkResponse:
+        self.state.remove_pool(req.name)
+        return m.OkResponse()
+
+    async def pool_list(self, req: m.PoolListRequest) -> m.PoolListResponse:
+        return m.PoolListResponse(self.state.pool_views())
+
     # -----------------------------------------------------------------------------------------
     # Workers
 
@@ -250,6 +293,14 @@ class ClientHandlers:
                 if waiter in self.state.worker_waiters:
                     self.state.worker_waiters.remove(waiter)
         return m.OkResponse()
+
+
+def _explained(verdict: fit.Verdict) -> m.ExplainWorker:
+    return m.ExplainWorker(
+        verdict.who,
+        verdict.runnable,
+        [m.ExplainVariant(c.kind, c.name, c.provides, c.request, c.ok) for c in verdict.checks],
+    )
 
 
 def _from(ids: IdSet | None, start: int) -> IdSet | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from hqpy.common.demand import WaitingWork
 from hqpy.common.states import TaskState
+from hqpy.server.jobs import Job, TaskGroup, sort_key
 from hqpy.server.state import ServerState
 
 
@@ -12,13 +15,24 @@ class ServerDemand:
         self.state = state
 
     def waiting_work(self) -> list[WaitingWork]:
+        """Tasks a pool holds back are no demand: a pool's groups count together at most as
+        many tasks as it has free slots (in scheduling order)."""
         work = []
-        for _job, group in self.state.waiting_groups.values():
+        free: dict[str, int] = {}
+        groups: Iterable[tuple[Job, TaskGroup]] = self.state.waiting_groups.values()
+        if any(g.pool is not None for _, g in groups):
+            groups = sorted(groups, key=lambda jg: sort_key(jg[1]))
+        for _job, group in groups:
             count = len(group.requeued)
             if group.untouched_state is TaskState.WAITING:
                 count += group.untouched
+            pool = group.pool
+            if pool is not None:
+                left = free.setdefault(pool.name, pool.free())
+                count = min(count, left)
+                free[pool.name] = left - count
             if count:
-                work.append(WaitingWork(group.body.request, count))
+                work.append(WaitingWork(group.body.request, count, group.tags))
         return work
 
     def schedule_now(self) -> None:

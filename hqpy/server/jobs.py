@@ -20,6 +20,7 @@ import trio
 from hqpy.common.idset import IdSet
 from hqpy.common.states import JobState, TaskState, job_state
 from hqpy.protocol.messages import TaskBody
+from hqpy.server.pools import Pool
 
 
 class Task:
@@ -77,6 +78,8 @@ class TaskGroup:
         "_hosts",
         "_host_names",
         "paths",
+        "tags",
+        "pool",
     )
 
     def __init__(
@@ -115,6 +118,9 @@ class TaskGroup:
         self._host_names: list[str] = []
         self.paths: object = None
         """The views' compiled path templates of this group (built on first use)."""
+        self.tags: frozenset[str] = frozenset(body.tags)
+        self.pool: Pool | None = None
+        """The concurrency pool its tasks take a slot of while assigned (`--pool`)."""
 
     @property
     def group_id(self) -> int:

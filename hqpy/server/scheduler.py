@@ -1,9 +1,11 @@
 """Which waiting task runs on which worker: priority first, then submission order.
 
 A task goes to a worker only if its request fits the worker's resources and its time request
-fits the worker's remaining lifetime. Short tasks are assigned ahead ("prefill"): a worker gets
-several rounds of them queued, so it never waits for a round trip to the server between two
-tasks. Long tasks are not prefilled, so an idle worker is never starved by a busy one.
+fits the worker's remaining lifetime, and only if the task carries every filter tag of the
+worker. A task of a concurrency pool goes out only while the pool has a free slot. Short
+tasks are assigned ahead ("prefill"): a worker gets several rounds of them queued, so it
+never waits for a round trip to the server between two tasks. Long tasks are not
+prefilled, so an idle worker is never starved by a busy one.
 """
 
 from __future__ import annotations
@@ -75,8 +77,16 @@ def schedule(
             rounds = prefill_rounds(group) if prefill else 0
             if prefill and rounds == 0:
                 continue
+            pool = group.pool
+            if pool is not None and pool.active >= pool.size:
+                continue
             request = group.body.request
-            eligible = [w for w in workers if fits_worker(w, request, now)]
+            tags = group.tags
+            eligible = [
+                w
+                for w in workers
+                if fits_worker(w, request, now) and (not w.filter_tags or w.filter_tags <= tags)
+            ]
             # Tasks queued ahead go out in small parts of equal shares of what waits, so that
             # every worker gets about as many (a worker's last part decides the spread).
             share = None
@@ -85,12 +95,14 @@ def schedule(
             for worker in eligible:
                 given = 0
                 while can_take(worker, request, rounds) and (share is None or given < share):
+                    if pool is not None and pool.active >= pool.size:
+                        break
                     task = group.take(job)
                     if task is None:
                         break
                     worker.assign(task)
                     out.setdefault(worker.id, []).append(task)
                     given += 1
-                if not group.has_waiting():
+                if not group.has_waiting() or (pool is not None and pool.active >= pool.size):
                     break
     return out

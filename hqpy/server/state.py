@@ -14,12 +14,14 @@ from collections.abc import Callable
 
 import trio
 
+from hqpy.common.demand import QueueOffer, QueueOffers
 from hqpy.common.errors import RequestError
 from hqpy.common.events import (
     EventHub,
     JobForgotten,
     JobSubmitted,
     TaskEnded,
+    TasksUnfittable,
     WorkerConnected,
     WorkerLost,
 )
@@ -27,7 +29,9 @@ from hqpy.common.idset import IdSet
 from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
+from hqpy.server import fit
 from hqpy.server.jobs import Job, Task, TaskGroup
+from hqpy.server.pools import Pool, PoolTable
 from hqpy.server.scheduler import schedule
 from hqpy.server.selection import check_id_limit, intersect, shift
 from hqpy.server.validation import validate_submit
@@ -60,6 +64,11 @@ class ServerState:
         self.on_schedule_needed: Callable[[], None] = lambda: None
         self.worker_waiters: list[tuple[int, trio.Event]] = []
         """`hq worker wait N` sessions: (N, set when N workers run)."""
+        self.pools = PoolTable()
+        """Concurrency pools (`hq pool set`), by name."""
+        self.queue_offers: QueueOffers | None = None
+        """What the allocator's queues could give a task (fit check, `task explain`); None:
+        no allocator."""
 
     # -----------------------------------------------------------------------------------------
     # Jobs
@@ -78,6 +87,7 @@ class ServerState:
         """A new job, or new tasks in an open job; RequestError names what is wrong."""
         desc = req.submit
         ids = validate_submit(desc)
+        pool = None if desc.pool is None else self.pools.get(desc.pool)
         offset = 0
         if req.job_id is not None:
             if req.name is not None:
@@ -107,6 +117,23 @@ class ServerState:
             job = self._new_job(name, req.max_fails, is_open=False)
         if not job.groups:
             job.submit_dir = desc.submit_dir
+        for tags, part in _tag_parts(desc, ids, offset):
+            self._add_group(job, desc, part, offset, tags, pool)
+        job.finished_at = None
+        self._check_job_complete(job)
+        self.hub.publish(JobSubmitted(job.id))
+        self.on_schedule_needed()
+        return job.id
+
+    def _add_group(
+        self,
+        job: Job,
+        desc: m.SubmitDesc,
+        ids: IdSet,
+        offset: int,
+        tags: tuple[str, ...],
+        pool: Pool | None,
+    ) -> None:
         body = m.TaskBody(
             group_id=self.next_group_id,
             job_id=job.id,
@@ -122,18 +149,16 @@ class ServerState:
             task_dir=desc.task_dir,
             stdin=desc.stdin,
             server_uid=self.server_uid,
+            tags=tags,
+            pool=desc.pool,
         )
         self.next_group_id += 1
         group = TaskGroup(body, ids, desc.entries, desc.crash_limit, len(job.groups), offset)
+        group.pool = pool
         job.groups.append(group)
         job.counts[TaskState.WAITING] += len(ids)
-        job.finished_at = None
         if ids:
             self.waiting_groups[body.group_id] = (job, group)
-        self._check_job_complete(job)
-        self.hub.publish(JobSubmitted(job.id))
-        self.on_schedule_needed()
-        return job.id
 
     def close_job(self, job: Job) -> bool:
         """Close an open job (no more submits into it); False if it was not open."""
@@ -190,6 +215,82 @@ class ServerState:
             job.finished_at = self.clock()
         if not job.is_unfinished():
             job.notify_waiters()
+
+    # -----------------------------------------------------------------------------------------
+    # Fit check
+
+    def worker_shapes(self) -> list[fit.WorkerShape]:
+        now = self.clock()
+        return [
+            fit.WorkerShape(
+                w.id,
+                w.capacity,
+                w.filter_tags,
+                None if w.deadline is None else w.deadline - now,
+            )
+            for w in self.running_workers()
+        ]
+
+    def offers(self) -> list[QueueOffer]:
+        return [] if self.queue_offers is None else self.queue_offers.queue_offers()
+
+    def check_fit(self, job_id: int, first_group_id: int) -> list[str]:
+        """Warnings for the groups a submit made (ids from `first_group_id`) that no worker and
+        no queue could run (a log line and a `TasksUnfittable` event too): no task is left
+        waiting in silence."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return []
+        workers = offers = None
+        out = []
+        for group in job.groups:
+            if group.group_id < first_group_id or not group.ids:
+                continue
+            if workers is None or offers is None:
+                workers, offers = self.worker_shapes(), self.offers()
+            why = fit.shortfall(group.body.request, group.tags, workers, offers)
+            if why is None:
+                continue
+            ids = group.ids
+            what = f"Task {ids.min()}" if len(ids) == 1 else f"Tasks {ids}"
+            text = f"{what} of job {job_id} can run on no worker and in no queue: {why}"
+            log.warning("%s", text)
+            self.hub.publish(TasksUnfittable(job_id, len(ids), why))
+            out.append(text)
+        return out
+
+    # -----------------------------------------------------------------------------------------
+    # Concurrency pools
+
+    def set_pool(self, name: str, size: int) -> None:
+        """Create or resize a pool; a larger size lets waiting tasks start now."""
+        self.pools.set(name, size)
+        self.on_schedule_needed()
+
+    def remove_pool(self, name: str) -> None:
+        self.pools.remove(name, lambda pool: self._pool_waiting().get(pool.name, 0))
+
+    def pool_views(self) -> list[m.PoolView]:
+        waiting = self._pool_waiting()
+        return [
+            m.PoolView(p.name, p.size, p.active, waiting.get(p.name, 0))
+            for p in sorted(self.pools.pools.values(), key=lambda p: p.name)
+        ]
+
+    def _pool_waiting(self) -> dict[str, int]:
+        """Waiting tasks per pool, from the groups that may have some (O(those groups))."""
+        out: dict[str, int] = {}
+        for _, group in self.waiting_groups.values():
+            pool = group.pool
+            if pool is not None:
+                untouched = group.untouched if group.untouched_state is TaskState.WAITING else 0
+                requeued = sum(
+                    1
+                    for t in group.requeued
+                    if t.state is TaskState.WAITING and t.worker_id is None
+                )
+                out[pool.name] = out.get(pool.name, 0) + untouched + requeued
+        return out
 
     # -----------------------------------------------------------------------------------------
     # Workers
@@ -514,3 +615,18 @@ class ServerState:
         for job in self.jobs.values():
             self._check_job_complete(job)
         self.on_schedule_needed()
+
+
+def _tag_parts(desc: m.SubmitDesc, ids: IdSet, offset: int) -> list[tuple[tuple[str, ...], IdSet]]:
+    """The tasks of a submit by tag set: one part unless `--from-json` items carry their own
+    tags (`task_tags`), in the order of each set's first task."""
+    base = frozenset(desc.tags)
+    if desc.task_tags is None:
+        return [(tuple(sorted(base)), ids)]
+    parts: dict[frozenset[str], list[int]] = {}
+    task_tags = desc.task_tags
+    for task_id in ids:
+        extra = task_tags[task_id - offset]
+        key = base.union(extra) if extra else base
+        parts.setdefault(key, []).append(task_id)
+    return [(tuple(sorted(k)), IdSet.from_ids(v)) for k, v in parts.items()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hqpy.common.errors import RequestError
 from hqpy.common.idset import IdSet
+from hqpy.common.tags import parse_tags
 from hqpy.protocol import messages as m
 from hqpy.server.selection import parse_ids
 
@@ -29,6 +30,18 @@ def validate_submit(desc: m.SubmitDesc) -> IdSet:
     for name, path in (("cwd", desc.cwd), ("stdout", desc.stdout), ("stderr", desc.stderr)):
         if path is not None and "\0" in path:
             raise RequestError(f"The task's {name} path contains a NUL character")
+    try:
+        parse_tags(desc.tags)
+    except ValueError as e:
+        raise RequestError(f"--tag: {e}") from None
+    if desc.task_tags is not None:
+        if desc.entries is None or len(desc.task_tags) != len(desc.entries):
+            raise RequestError("Task tags must be given for each entry, and only with entries")
+        for i, tags in enumerate(desc.task_tags):
+            try:
+                parse_tags(tags)
+            except ValueError as e:
+                raise RequestError(f"Tags of entry {i}: {e}") from None
     ids = parse_ids(desc.ids)
     if desc.entries is not None and ids and ids.max() >= len(desc.entries):
         raise RequestError(

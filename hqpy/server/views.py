@@ -150,6 +150,8 @@ def job_detail(job: Job, include_tasks: bool) -> m.JobDetailView:
                 crash_limit=g.crash_limit,
                 task_dir=g.body.task_dir,
                 has_entries=g.entries is not None,
+                tags=g.body.tags,
+                pool=g.body.pool,
             )
             for g in job.groups
         ),

@@ -41,6 +41,8 @@ class Worker:
         self.last_heartbeat = now
         self.idle_since: float | None = now
         self.deadline = None if config.time_limit is None else now + config.time_limit
+        self.filter_tags: frozenset[str] = frozenset(config.filter_tags)
+        """A task runs here only if it carries all of these (`runs`); empty: any task."""
         self.known_groups: set[int] = set()
         self.stop_reason: str | None = None
         """Set when the server asked the worker to stop, or the worker said it is stopping."""
@@ -60,6 +62,9 @@ class Worker:
         task.worker_id = self.id
         self.tasks[(task.group.body.job_id, task.id)] = task
         self._add(task, 1)
+        pool = task.group.pool
+        if pool is not None:
+            pool.active += 1
         self.idle_since = None
 
     def release(self, task: Task, now: float) -> None:
@@ -68,6 +73,9 @@ class Worker:
         if task.state is TaskState.RUNNING:
             self.running -= 1
         self._add(task, -1)
+        pool = task.group.pool
+        if pool is not None:
+            pool.active -= 1
         task.worker_id = None
         if not self.tasks:
             self.idle_since = now

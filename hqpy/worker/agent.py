@@ -58,6 +58,8 @@ class WorkerOptions:
     overview_interval: float | None = None
     zero_worker: bool = False
     """Bench-only: complete tasks at once without starting processes."""
+    filter_tags: tuple[str, ...] = ()
+    """`--filter-tag`: sent at registration; the server gives this worker only tasks with all."""
 
 
 class WorkerExit(Exception):
@@ -135,6 +137,7 @@ class WorkerAgent:
             manager=o.manager,
             overview_interval=o.overview_interval,
             min_utilization=o.min_utilization,
+            filter_tags=o.filter_tags,
         )
 
     async def run(self) -> int:

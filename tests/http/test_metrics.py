@@ -296,3 +296,13 @@ async def test_status_document_is_bounded_and_newest_first(
     [w] = doc["workers"]
     assert w["id"] == worker.id and w["allocation"] == "local-57"
     assert w["cpus"] == 4 and w["cpus_assigned"] == 4 and w["tasks"] == 4
+
+
+async def test_unfittable_tasks_are_counted(state: ServerState, metrics: ServerMetrics) -> None:
+    assert value(scrape(metrics), "hqpy_tasks_unfittable_total") == 0
+    state.add_worker(worker_config(2))
+    submit(state, "0-9", cpus=4)
+    assert state.check_fit(1, 1) != []
+    submit(state, "0-4", cpus=2)
+    assert state.check_fit(2, 2) == []
+    assert value(scrape(metrics), "hqpy_tasks_unfittable_total") == 10

@@ -245,3 +245,28 @@ async def test_compact_refuses_a_journal_a_server_writes(
         journaling.compact(path)
     live.writer.close()
     assert journaling.compact(path) == (1, 2)
+
+
+async def test_pools_tags_and_pool_membership_restore(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    path = tmp_path / "j"
+    live = Live(path, nursery)
+    await live.handlers.pool_set(m.PoolSetRequest("lic", 2))
+    await live.handlers.pool_set(m.PoolSetRequest("gone", 1))
+    await live.handlers.pool_remove(m.PoolRemoveRequest("gone"))
+    desc = submit_desc("0-4", tags=("system=H2O", "gpu"), pool="lic")
+    job_id = (await live.handlers.submit(m.SubmitRequest(desc))).job_id
+    await live.handlers.pool_set(m.PoolSetRequest("lic", 3))
+    await live.writer.flush()
+    live.writer.close()
+    for _ in range(2):
+        state = restored(path)
+        assert state.pool_views() == [m.PoolView("lic", 3, 0, 5)]
+        (group,) = state.jobs[job_id].groups
+        assert group.body.tags == ("gpu", "system=H2O")
+        assert group.pool is state.pools.pools["lic"]
+        # The restored pool still caps the restored tasks.
+        state.add_worker(worker_config(cpus=8))
+        assert state.schedule() == 3
+        journaling.compact(path)

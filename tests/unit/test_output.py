@@ -693,7 +693,9 @@ def test_json_worker_info_keys(capsys: pytest.CaptureFixture[str]) -> None:
         "group",
         "on_server_lost",
         "min_utilization",
+        "filter_tags",
     }
+    assert data["configuration"]["filter_tags"] == []
     assert data["configuration"]["heartbeat_interval"] == 8.0
     assert data["configuration"]["resources"] == {
         "resources": [{"name": "cpus", "kind": "range", "start": 0, "end": 1}],
@@ -841,3 +843,80 @@ def test_queue_resources_of_a_local_queue_before_a_worker_connected() -> None:
     assert queue_resources(slurm) == "<unknown>"
     declared = m.QueueView(3, m.QueueParams("local", 600.0, cpus="2"), "ACTIVE", None)
     assert queue_resources(declared) == "--cpus 2"
+
+
+# --- pools and task explain ----------------------------------------------------------------
+
+
+POOLS = [m.PoolView("big", 2, 1, 0), m.PoolView("lic", 4, 4, 96)]
+
+
+def test_pool_list_in_three_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    CliOutput("never").pool_list(POOLS)
+    assert parse_tables(capsys.readouterr().out) == [
+        [["Name", "Size", "Running", "Waiting"], ["big", "2", "1", "0"], ["lic", "4", "4", "96"]]
+    ]
+    JsonOutput().pool_list(POOLS)
+    assert json.loads(capsys.readouterr().out)[1] == {
+        "name": "lic",
+        "size": 4,
+        "running": 4,
+        "waiting": 96,
+    }
+    QuietOutput().pool_list(POOLS)
+    assert capsys.readouterr().out == "big 2\nlic 4\n"
+
+
+def explained(state: str = "waiting", ok: bool = True) -> m.TaskExplainResponse:
+    check = m.ExplainVariant("resource", "cpus", "4", "2", ok)
+    return m.TaskExplainResponse(
+        3,
+        0,
+        True,
+        state,
+        workers=[m.ExplainWorker("1", ok, [check])],
+        queues=[
+            m.ExplainWorker(
+                "queue 2", False, [check, m.ExplainVariant("tags", "tags", "gpu", "(none)", False)]
+            )
+        ],
+    )
+
+
+def test_task_explain_sentences_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+    CliOutput("never").task_explain(explained())
+    out = capsys.readouterr().out
+    assert out.splitlines()[:3] == [
+        "Task 3@0 is ready to run because it has no dependencies.",
+        "The task can run on 1 worker: 1",
+        "No queue's workers could run it.",
+    ]
+    (table,) = parse_tables(out)
+    assert table == [
+        ["Worker Id", "Runnable", "Variant", "Type", "Provides", "Request"],
+        ["1", "yes", "0", "cpus", "4", "2"],
+        ["queue 2", "no", "0", "cpus", "4", "2"],
+        ["queue 2", "no", "0", "tags", "gpu (missing)", "(none)"],
+    ]
+    CliOutput("never").task_explain(explained("finished", ok=False))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["Task 3@0 is finished.", "There is no worker where the task can run."]
+
+
+def test_task_explain_json(capsys: pytest.CaptureFixture[str]) -> None:
+    JsonOutput().task_explain(explained())
+    data = json.loads(capsys.readouterr().out)
+    (worker,) = data["explanation"]["workers"]
+    assert worker["worker_id"] == 1
+    assert worker["variants"] == [
+        {
+            "variant": 0,
+            "runnable": True,
+            "checks": [
+                {"kind": "resource", "name": "cpus", "provides": "4", "request": "2", "ok": True}
+            ],
+        }
+    ]
+    assert data["explanation"]["queues"][0]["worker_id"] == "queue 2"
+    QuietOutput().task_explain(explained())
+    assert capsys.readouterr().out == ""

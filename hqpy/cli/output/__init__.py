@@ -48,6 +48,11 @@ class Output(Protocol):
     def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
         """With `follow`, called again for each new batch of events."""
 
+    def task_explain(self, resp: m.TaskExplainResponse) -> None:
+        """`hq task explain`: the task's checks against each worker and each queue."""
+
+    def pool_list(self, pools: list[m.PoolView]) -> None: ...
+
     def empty(self) -> None:
         """A command with nothing to show (`{}` in JSON)."""
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from hqpy.cli.output.common import (
     JOB_STATES,
+    explain_lines,
     format_crash_limit,
     format_env,
     format_stdio,
@@ -110,7 +111,31 @@ def _submit_rows(submit: m.SubmitView) -> Rows:
         ("Working directory", submit.cwd),
         ("Task time limit", _duration_or_none(submit.time_limit)),
         ("Crash limit", format_crash_limit(submit.crash_limit)),
+        *_routing_rows(submit),
     ]
+
+
+def _parts_routing_rows(submits: Sequence[m.SubmitView]) -> Rows:
+    """`Tags` and `Pool` of a job made of several submits (or split by `hq_tags`): per part."""
+    rows: Rows = []
+    if any(s.tags for s in submits):
+        lines = [f"{s.ids}: {', '.join(s.tags) or '(none)'}" for s in submits]
+        rows.append(("Tags", "\n".join(lines)))
+    if any(s.pool is not None for s in submits):
+        rows.append(("Pool", "\n".join(f"{s.ids}: {s.pool or '(none)'}" for s in submits)))
+    return rows
+
+
+def _routing_rows(submit: m.SubmitView | None) -> Rows:
+    """`Tags` and `Pool` rows, only for tasks that have them (HyperQueue's tables otherwise)."""
+    if submit is None:
+        return []
+    rows: Rows = []
+    if submit.tags:
+        rows.append(("Tags", ", ".join(submit.tags)))
+    if submit.pool is not None:
+        rows.append(("Pool", submit.pool))
+    return rows
 
 
 def _worker_runtime_info(worker: m.WorkerView) -> str:
@@ -221,6 +246,8 @@ class CliOutput:
         single = len(job.submits) == 1
         if single:
             rows.extend(_submit_rows(job.submits[0]))
+        else:
+            rows.extend(_parts_routing_rows(job.submits))
         rows.append(("Submission date", local_time(job.submitted_at)))
         if single:
             rows.append(("Submission directory", job.submit_dir))
@@ -315,6 +342,7 @@ class CliOutput:
                 ("Task dir", "yes" if submit and submit.task_dir else "no"),
                 ("Crash limit", format_crash_limit(submit.crash_limit) if submit else ""),
                 ("Dependencies", ""),
+                *_routing_rows(submit),
                 ("Error", error),
             ]
             self._vertical(rows)
@@ -386,6 +414,8 @@ class CliOutput:
                 ("Last task started", local_time(worker.last_task_started)),
                 ("Runtime Info", _worker_runtime_info(worker)),
             ]
+            if config.filter_tags:
+                rows.append(("Filter tags", ", ".join(config.filter_tags)))
             self._vertical(rows)
 
     def worker_address(self, hostname: str) -> None:
@@ -461,6 +491,28 @@ class CliOutput:
         self._events_shown = True
         self._horizontal(["Time", "Event", "Allocation", "Message"], rows)
         sys.stdout.flush()
+
+    # --- tags, fit and pools ------------------------------------------------------------------
+
+    def task_explain(self, resp: m.TaskExplainResponse) -> None:
+        for line in explain_lines(resp):
+            self._print(line)
+        rows = []
+        for w in [*resp.workers, *resp.queues]:
+            runnable = "yes" if w.runnable else "no"
+            if not w.variants:
+                rows.append([w.worker, runnable, "0", "", "", ""])
+            for v in w.variants:
+                kind = v.name if v.kind == "resource" else v.kind
+                mark = "" if v.ok else " (missing)"
+                rows.append([w.worker, runnable, "0", kind, v.provides + mark, v.request])
+        if rows:
+            header = ["Worker Id", "Runnable", "Variant", "Type", "Provides", "Request"]
+            self._horizontal(header, rows)
+
+    def pool_list(self, pools: list[m.PoolView]) -> None:
+        rows = [[p.name, str(p.size), str(p.running), str(p.waiting)] for p in pools]
+        self._horizontal(["Name", "Size", "Running", "Waiting"], rows)
 
     def empty(self) -> None:
         """Nothing to show."""

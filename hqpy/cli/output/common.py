@@ -118,3 +118,27 @@ def queue_resources(queue: m.QueueView) -> str:
     if declared:
         return " ".join(declared)
     return "<unknown>"
+
+
+def explain_lines(resp: m.TaskExplainResponse) -> list[str]:
+    """The sentences above `hq task explain`'s table, in HyperQueue's words."""
+    name = f"Task {resp.job_id}@{resp.task_id}"
+    if resp.state == "waiting":
+        first = f"{name} is ready to run because it has no dependencies."
+    else:
+        first = f"{name} is {resp.state}."
+    runnable = [w.worker for w in resp.workers if w.runnable]
+    if runnable:
+        n = len(runnable)
+        second = f"The task can run on {n} worker{'s' if n > 1 else ''}: {', '.join(runnable)}"
+    else:
+        second = "There is no worker where the task can run."
+    lines = [first, second]
+    queues = [q.worker for q in resp.queues if q.runnable]
+    if resp.queues:
+        lines.append(
+            f"Workers of {', '.join(queues)} could run it."
+            if queues
+            else "No queue's workers could run it."
+        )
+    return lines

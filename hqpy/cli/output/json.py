@@ -99,7 +99,10 @@ def submit_json(submit: m.SubmitView) -> dict[str, Any]:
             "crash_limit": submit.crash_limit,
             "task_dir": submit.task_dir,
             "time_limit": submit.time_limit,
-        }
+        },
+        # hqpy's own, beside HyperQueue's `array` (whose keys stay as they are).
+        "tags": list(submit.tags),
+        "pool": submit.pool,
     }
 
 
@@ -142,6 +145,7 @@ def worker_json(worker: m.WorkerView) -> dict[str, Any]:
             "group": config.group,
             "on_server_lost": config.on_server_lost,
             "min_utilization": float(config.min_utilization),
+            "filter_tags": list(config.filter_tags),
         },
         "allocation": (
             None if manager is None else {"manager": manager.manager, "id": manager.allocation_id}
@@ -201,7 +205,15 @@ class JsonOutput:
         )
 
     def task_info(self, job: m.JobDetailView, tasks: list[m.TaskView], verbose: bool) -> None:
-        _dump([task_json(t) for t in tasks])
+        submits = job.submits
+        out = []
+        for t in tasks:
+            row = task_json(t)
+            if 0 <= t.group < len(submits):
+                row["tags"] = list(submits[t.group].tags)
+                row["pool"] = submits[t.group].pool
+            out.append(row)
+        _dump(out)
 
     def task_ids(self, jobs: list[tuple[int, str]]) -> None:
         _dump({str(job_id): ids for job_id, ids in jobs})
@@ -228,6 +240,45 @@ class JsonOutput:
                 print(json.dumps(event_json(e)), flush=True)
         else:
             _dump([event_json(e) for e in events])
+
+    def task_explain(self, resp: m.TaskExplainResponse) -> None:
+        def worker(w: m.ExplainWorker) -> dict[str, Any]:
+            checks = [
+                {
+                    "kind": v.kind,
+                    "name": v.name,
+                    "provides": v.provides,
+                    "request": v.request,
+                    "ok": v.ok,
+                }
+                for v in w.variants
+            ]
+            return {
+                "worker_id": int(w.worker) if w.worker.isdigit() else w.worker,
+                "runnable": w.runnable,
+                "variants": [{"variant": 0, "runnable": w.runnable, "checks": checks}],
+            }
+
+        _dump(
+            {
+                "job_id": resp.job_id,
+                "task_id": resp.task_id,
+                "state": resp.state,
+                "explanation": {
+                    "n_task_deps": 0,
+                    "workers": [worker(w) for w in resp.workers],
+                    "queues": [worker(q) for q in resp.queues],
+                },
+            }
+        )
+
+    def pool_list(self, pools: list[m.PoolView]) -> None:
+        _dump(
+            [
+                {"name": p.name, "size": p.size, "running": p.running, "waiting": p.waiting}
+                for p in pools
+            ]
+        )
 
     def empty(self) -> None:
         _dump({})

@@ -71,6 +71,13 @@ class QuietOutput:
     def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
         pass
 
+    def task_explain(self, resp: m.TaskExplainResponse) -> None:
+        pass
+
+    def pool_list(self, pools: list[m.PoolView]) -> None:
+        for p in pools:
+            print(f"{p.name} {p.size}")
+
     def empty(self) -> None:
         pass
 
