@@ -126,9 +126,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     except ManagerError as e:
         out.error(str(e))
         return 1
-    group = args.group or (
-        manager.allocation_id if manager is not None and manager.manager == "PBS" else "default"
-    )
+    # HyperQueue: the allocation id under a batch system (the workers of one allocation form
+    # the group a multi-node task runs in), else `default`.
+    group = args.group or (manager.allocation_id if manager is not None else "default")
     options = WorkerOptions(
         server_dir=args.server_dir,
         resources=tuple(items),

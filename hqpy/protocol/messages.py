@@ -306,6 +306,10 @@ class TaskView:
     crash_count: int = 0
     group: int = 0
     """Index of the submit the task came from, into `JobDetailView.submits`."""
+    nodes: tuple[int, ...] = ()
+    """A multi-node task: the ids of its workers, root first (`workers` has their hosts)."""
+    instances: tuple[tuple[int, str], ...] = ()
+    """Earlier instances that ended without a result: (instance id, why it ended)."""
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from hqpy.common.resources import ALL, ResourceRequest
+from hqpy.server import multinode
 from hqpy.server.jobs import Job, Task, TaskGroup, sort_key
 from hqpy.server.workers import Worker
 
@@ -62,21 +63,31 @@ def schedule(
     """Assign waiting tasks to workers; returns the new tasks per worker id.
 
     First every worker is filled up to its capacity, in priority order; then short tasks are
-    queued ahead on top of that.
+    queued ahead on top of that. Multi-node tasks take whole idle workers of one group and
+    reserve workers for themselves (`multinode`); later task groups leave reserved workers alone.
     """
     out: dict[int, list[Task]] = {}
+    workers = [w for w in workers if w.mn_task is None]
     if not workers:
         return out
     ordered = sorted(groups, key=lambda jg: sort_key(jg[1]))
+    reserved: set[int] = set()
     for prefill in (False, True):
         for job, group in ordered:
             if not group.has_waiting():
                 continue
+            request = group.body.request
+            if request.n_nodes > 0:
+                if not prefill:
+                    for started, nodes in multinode.place(job, group, workers, now, reserved):
+                        out.setdefault(nodes[0].id, []).append(started)
+                continue
             rounds = prefill_rounds(group) if prefill else 0
             if prefill and rounds == 0:
                 continue
-            request = group.body.request
             eligible = [w for w in workers if fits_worker(w, request, now)]
+            if reserved:
+                eligible = [w for w in eligible if w.id not in reserved]
             # Tasks queued ahead go out in small parts of equal shares of what waits, so that
             # every worker gets about as many (a worker's last part decides the spread).
             share = None

@@ -27,6 +27,7 @@ from hqpy.common.idset import IdSet
 from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
+from hqpy.server import multinode
 from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.scheduler import schedule
 from hqpy.server.selection import check_id_limit, intersect, shift
@@ -176,6 +177,8 @@ class ServerState:
                     worker = self.workers.get(task.worker_id)
                     if worker is not None:
                         worker.release(task, now)
+                if task.nodes:
+                    multinode.release(task, self.workers, now)
                 task.ended_at = now
                 job.move(task, state)
                 n += 1
@@ -262,6 +265,8 @@ class ServerState:
         for task in list(worker.tasks.values()):
             was_running = task.state is TaskState.RUNNING
             worker.release(task, now)
+            if task.nodes:
+                multinode.release(task, self.workers, now)
             job = self.jobs.get(task.group.body.job_id)
             if job is None or task.state in DONE_STATES:
                 continue
@@ -286,6 +291,7 @@ class ServerState:
             task.instance_id += 1
             task.started_at = None
             task.hostname = None
+            task.nodes = None
             if was_running:
                 job.move(task, TaskState.WAITING)
             task.group.requeued.append(task)
@@ -336,15 +342,16 @@ class ServerState:
                 if group.group_id not in worker.known_groups:
                     worker.known_groups.add(group.group_id)
                     bodies.append(group.body)
-                rows.append(
-                    [
-                        group.body.job_id,
-                        task.id,
-                        task.instance_id,
-                        group.group_id,
-                        group.entry(task.id),
-                    ]
-                )
+                row: m.ComputeRow = [
+                    group.body.job_id,
+                    task.id,
+                    task.instance_id,
+                    group.group_id,
+                    group.entry(task.id),
+                ]
+                if task.nodes:
+                    row.append(multinode.host_rows(task))
+                rows.append(row)
             n += len(rows)
             self._send(worker_id, m.ComputeTasks(bodies, rows))
         return n
@@ -369,6 +376,9 @@ class ServerState:
                 task.started_at = started_at
                 task.hostname = worker.config.hostname
                 job.hostnames[worker.config.hostname] = None
+                if task.nodes:
+                    for host in multinode.host_rows(task):
+                        job.hostnames[host] = None
                 worker.last_task_started = started_at
                 if job.started_at is None:
                     job.started_at = started_at
@@ -378,6 +388,8 @@ class ServerState:
                     worker.running += 1
                 continue
             worker.release(task, now)
+            if task.nodes:
+                multinode.release(task, self.workers, now)
             task.ended_at = ended_at
             if status == TaskState.FINISHED:
                 job.move(task, TaskState.FINISHED)

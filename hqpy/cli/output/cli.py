@@ -317,6 +317,12 @@ class CliOutput:
                 ("Dependencies", ""),
                 ("Error", error),
             ]
+            if task.nodes:
+                nodes = zip(task.nodes, task.workers, strict=False)
+                rows.append(("Nodes", "\n".join(f"{h} (worker {i})" for i, h in nodes)))
+            if task.instances:
+                ended = (f"instance {i}: {why}" for i, why in task.instances)
+                rows.append(("Earlier instances", "\n".join(ended)))
             self._vertical(rows)
         if truncated:
             log.info("An error message(s) was truncated. Use -v to display the full error(s).")

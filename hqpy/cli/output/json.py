@@ -80,6 +80,13 @@ def task_json(task: m.TaskView) -> dict[str, Any]:
     }
     if task.state == "failed":
         result["error"] = task.error or ""
+    if task.nodes:
+        result["nodes"] = [
+            {"worker": worker_id, "host": host}
+            for worker_id, host in zip(task.nodes, task.workers, strict=False)
+        ]
+    if task.instances:
+        result["instances"] = [{"instance_id": i, "ended": why} for i, why in task.instances]
     return result
 
 
