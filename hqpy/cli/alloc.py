@@ -1,4 +1,4 @@
-"""`hq alloc add|dry-run|list|info|events|log|pause|resume|remove`."""
+"""`hq alloc add|dry-run|list|info|events|log|pause|resume|remove|drain`."""
 
 from __future__ import annotations
 
@@ -164,6 +164,19 @@ def register(tree: Any, nouns: Any) -> None:
         if action == "remove":
             p.add_argument("--force", action="store_true", help="Also if allocations run")
         p.set_defaults(func=cmd_queue_action, action=action)
+
+    # --- drain (issue 11) ---------------------------------------------------------------------
+    p = tree.command(
+        verbs, "drain", "End an allocation: no new tasks, hand back what still runs, cancel it"
+    )
+    p.add_argument("allocation_id")
+    p.add_argument(
+        "--grace",
+        type=duration,
+        default=0.0,
+        help="Time running tasks get to finish before they are handed back (default 0)",
+    )
+    p.set_defaults(func=cmd_drain)
 
 
 def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
@@ -334,6 +347,13 @@ def cmd_log(args: argparse.Namespace) -> int:
         return 0
 
     return run_client(args, call)
+
+
+@client_command
+def cmd_drain(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    conn.request(m.AllocDrainRequest(args.allocation_id, args.grace), m.OkResponse)
+    log.info("Allocation %s is draining", args.allocation_id)
+    out.empty()
 
 
 @client_command

@@ -606,6 +606,14 @@ class AllocLogRequest:
 
 
 @attrs.frozen
+class AllocDrainRequest:
+    """`hq alloc drain <allocation> [--grace DURATION]`."""
+
+    allocation_id: str
+    grace: float = 0.0
+
+
+@attrs.frozen
 class PoolSetRequest:
     """Create a concurrency pool or resize it (`hq pool set NAME SIZE`)."""
 
@@ -648,6 +656,7 @@ ClientRequest = (
     | AllocEventsRequest
     | AllocQueueRequest
     | AllocLogRequest
+    | AllocDrainRequest
     | PoolSetRequest
     | PoolRemoveRequest
     | PoolListRequest

@@ -28,6 +28,7 @@ from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server import multinode
+from hqpy.server.drain import end_reason, record_instance
 from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.scheduler import schedule
 from hqpy.server.selection import check_id_limit, intersect, shift
@@ -254,7 +255,7 @@ class ServerState:
         now = self.clock()
         worker.state = state
         worker.ended_at = now
-        failure = state.is_failure
+        why, failure = end_reason(worker, state, now)
         log.info(
             "Worker %d %s: %s (%d task(s) handed back)",
             worker.id,
@@ -288,6 +289,8 @@ class ServerState:
                 job.move(task, TaskState.FAILED)
                 self._after_failure(job)
                 continue
+            if was_running:
+                record_instance(task, why)
             task.instance_id += 1
             task.started_at = None
             task.hostname = None
@@ -325,7 +328,7 @@ class ServerState:
 
     def schedule(self) -> int:
         """Assign waiting tasks to workers and queue the messages; returns how many."""
-        workers = self.running_workers()
+        workers = [w for w in self.workers.values() if w.is_running and not w.draining]
         if not workers or not self.waiting_groups:
             return 0
         now = self.clock()
@@ -416,6 +419,10 @@ class ServerState:
             job = jobs.get(job_id)
             if job is not None and not job.is_unfinished():
                 self._check_job_complete(job)
+        if worker.draining and not worker.tasks and worker.mn_task is None:
+            # Its allocation is being drained and its last task ended: it is done.
+            self.request_worker_stop(worker, "drained")
+            self.on_worker_lost(worker, WorkerState.STOPPED)
         self.on_schedule_needed()
 
     def _after_failure(self, job: Job) -> None:
@@ -423,6 +430,10 @@ class ServerState:
             if job.is_unfinished():
                 self._close_unfinished(job, TaskState.ABORTED)
         self._check_job_complete(job)
+
+    def send(self, worker_id: int, message: m.ToWorker) -> None:
+        """Queue a message for a worker (dropped if it is gone)."""
+        self._send(worker_id, message)
 
     def _send(self, worker_id: int, message: m.ToWorker) -> None:
         worker = self.workers.get(worker_id)
