@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import HqEnv
+from tests.e2e.harness import HqEnv, wait_until
 from tests.e2e.test_autoalloc import Batches, add_queue, batches, job_stats, wait_all_ended
 
 __all__ = ["batches"]
@@ -60,3 +60,41 @@ def test_two_node_task_runs_through_an_allocation_of_two_workers(
     table = hq_env.command("task", "info", "1", "0")
     assert f"(worker {ids[1]})" in table
     wait_all_ended(hq_env)
+
+
+@pytest.mark.parametrize("manager", ["local", "slurm"])
+def test_drained_allocation_hands_its_running_task_to_another_without_a_crash(
+    batches: Batches, hq_env: HqEnv, manager: str, tmp_path: Path
+) -> None:
+    batches.setup(hq_env, manager)
+    hq_env.start_server()
+    add_queue(hq_env, manager, "--time-limit", "10m", "--idle-timeout", "2s", "--cpus", "1")
+    started = tmp_path / "started"
+    script = (
+        f'echo "$HQ_INSTANCE_ID" >> {started}; if [ "$HQ_INSTANCE_ID" = 0 ]; then sleep 300; fi'
+    )
+    # With a crash limit of 1, one counted crash would fail the task.
+    hq_env.command("submit", "--crash-limit", "1", "--", "bash", "-c", script)
+    wait_until(lambda: started.exists(), timeout=30, what="the task starts")
+    [worker] = hq_env.command("worker", "list", json=True)
+    allocation_id = worker["allocation"]["id"]
+    result = hq_env.run("alloc", "drain", allocation_id)
+    assert f"Allocation {allocation_id} is draining" in result.stderr
+    assert job_stats(hq_env, 1)["finished"] == 1
+    assert started.read_text().split() == ["0", "1"]
+    [task] = hq_env.command("task", "info", "1", "0", json=True)
+    assert task["instances"] == [{"instance_id": 0, "ended": "allocation drained"}]
+    assert "allocation drained" in hq_env.command("task", "info", "1", "0")
+    wait_all_ended(hq_env)
+    events = [
+        e["event"]
+        for e in hq_env.command("alloc", "events", "1", json=True)
+        if e["allocation_id"] == allocation_id
+    ]
+    assert events == [
+        "allocation-queued",
+        "allocation-started",
+        "allocation-draining",
+        "allocation-finished",
+        "allocation-drained",
+    ]
