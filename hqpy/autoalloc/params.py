@@ -22,6 +22,9 @@ class AllocError(RequestError):
     """A request about queues that cannot be done; the message is shown to the user."""
 
 
+SPLIT_MANAGERS = ("local", "slurm", "pbs")
+"""Backends whose scripts lay workers out in `--split` parts."""
+
 LOG_VARIABLES = ("HQPY_LOG", "RUST_LOG")
 """The server's logging variables, passed on to the workers of its allocations (#14.10)."""
 
@@ -59,6 +62,19 @@ def validate_params(params: QueueParams) -> None:
     except ValueError as e:
         raise AllocError(f"Invalid worker resources: {e}") from None
     validate_environment(params)
+    # --- splits (issue 11) ---
+    if params.splits:
+        from hqpy.autoalloc.partitions import parse_splits
+
+        try:
+            parse_splits(params.splits, params.workers_per_alloc)
+        except ValueError as e:
+            raise AllocError(f"Invalid --split: {e}") from None
+        if params.manager not in SPLIT_MANAGERS:
+            raise AllocError(
+                f"--split is supported by the {', '.join(SPLIT_MANAGERS)} backends, "
+                f"not by {params.manager}"
+            )
 
 
 def parse_worker_env(item: str) -> tuple[str, str]:
@@ -152,4 +168,5 @@ def allocation_request(
         workdir=workdir,
         dry_run=dry_run,
         setup=script_setup(params, instance_dir, dict(os.environ)),
+        splits=params.splits,
     )

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from hqpy.autoalloc import multinode
+from hqpy.autoalloc import multinode, partitions
 from hqpy.autoalloc.backends.base import SharesHost
 from hqpy.autoalloc.state import AllocationQueue
 from hqpy.common.demand import WaitingWork
@@ -216,12 +216,13 @@ def plan_queue(
         # Multi-node tasks first: each needs an allocation of its own width (multinode.py).
         work, multi = multinode.split_work(work)
         cap = max_workers(p, shape, share)
+        widest = partitions.widest_group(p.splits, p.workers_per_alloc)
         mn = multinode.plan(
-            multinode.satisfiable(multi, p.workers_per_alloc, time_limit),
+            multinode.satisfiable(multi, widest, time_limit),
             [a.worker_count for a in queued],
             p.backlog - len(queued) - len(queue.in_flight) if may_submit else 0,
             None if cap is None else cap - queue.active_worker_count() - in_flight,
-            None,
+            p.workers_per_alloc if p.splits else None,
         )
         coming -= mn.needed_workers
     if shape is None:
@@ -257,12 +258,15 @@ def plan_queue(
         p.backlog,
         sizes,
     )
+    if p.splits:
+        # A split allocation always has all its parts.
+        sizes = [p.workers_per_alloc] * len(sizes)
     if shape is None:
         coming = sum(a.worker_count for a in queue.active()) + in_flight
     rest = consume(work, shape, coming + sum(sizes), time_limit)
     if mn is not None:
         needed += mn.needed_workers
-        served = multinode.satisfiable(multi, p.workers_per_alloc, time_limit)
+        served = multinode.satisfiable(multi, widest, time_limit)
         if len(served) <= mn.covered:
             # This queue serves every one it can; the next queues see only the others.
             multi = [w for w in multi if w.request.n_nodes not in served]

@@ -114,6 +114,17 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="A parameter of the script template, used as $KEY (repeatable)",
     )
+    # --- splits (issue 11) ---------------------------------------------------------------------
+    p.add_argument(
+        "--split",
+        dest="splits",
+        action="append",
+        default=[],
+        metavar="KIND:COUNT[:TAG,...]",
+        help="A part of each allocation: `mpi` (one worker group) or `serial` (one worker per "
+        "node), its node count and its workers' filter tags; the counts add up to "
+        "--workers-per-alloc (repeatable)",
+    )
     p.set_defaults(additional_args=[], batch_args=True)
     p.epilog = "Arguments after `--` go verbatim into the script as one batch directive line."
 
@@ -226,6 +237,7 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
         worker_dir=args.worker_dir,
         script_template=template,
         template_params=tuple(args.template_params),
+        splits=tuple(args.splits),
     )
 
 

@@ -77,6 +77,8 @@ class WorkerConfiguration:
     manager: ManagerInfo | None = None
     overview_interval: float | None = None
     min_utilization: float = 0.0
+    filter_tags: tuple[str, ...] = ()
+    """`--filter-tag` (and a split part's tags): the worker runs only tasks that carry them."""
 
 
 @attrs.frozen
@@ -156,6 +158,8 @@ class QueueParams:
     `autoalloc.templates`."""
     template_params: tuple[str, ...] = ()
     """`-x key=value`, as typed: the template's own placeholders."""
+    splits: tuple[str, ...] = ()
+    """`--split KIND:COUNT[:TAG,...]`, as typed (see `autoalloc.partitions`)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ class WorkerOptions:
     overview_interval: float | None = None
     zero_worker: bool = False
     """Bench-only: complete tasks at once without starting processes."""
+    filter_tags: tuple[str, ...] = ()
 
 
 class WorkerExit(Exception):
@@ -137,6 +138,7 @@ class WorkerAgent:
             manager=o.manager,
             overview_interval=o.overview_interval,
             min_utilization=o.min_utilization,
+            filter_tags=o.filter_tags,
         )
 
     async def run(self) -> int:

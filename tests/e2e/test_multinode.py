@@ -5,6 +5,7 @@ and PBS through their emulators (which run the script's `srun` / `pbsdsh` like t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,90 @@ def test_drained_allocation_hands_its_running_task_to_another_without_a_crash(
         "allocation-finished",
         "allocation-drained",
     ]
+
+
+@pytest.mark.parametrize("manager", ["local", "slurm", "pbs"])
+def test_split_allocation_starts_its_parts_and_runs_the_wide_task_in_the_mpi_part(
+    batches: Batches, hq_env: HqEnv, manager: str, tmp_path: Path
+) -> None:
+    batches.setup(hq_env, manager)
+    hq_env.start_server()
+    add_queue(
+        hq_env,
+        manager,
+        "--time-limit",
+        "10m",
+        "--workers-per-alloc",
+        "3",
+        "--split",
+        "mpi:2:role=leader",
+        "--split",
+        "serial:1:role=worker",
+        "--idle-timeout",
+        "3s",
+        "--cpus",
+        "1",
+    )
+    # Task tags come with issue 10; where `hq submit --tag` exists, the tasks carry the tags
+    # the parts' workers filter on.
+    tagged = "--tag" in hq_env.run("submit", "--help").stdout
+    leader = ["--tag", "role=leader"] if tagged else []
+    worker = ["--tag", "role=worker"] if tagged else []
+    work = tmp_path / "task"
+    work.mkdir()
+    hq_env.command("submit", "--nodes", "2", *leader, "--cwd", str(work), "--", "bash", "-c", TASK)
+    hq_env.command("submit", "--array", "1-4", *worker, "--", "true")
+    assert job_stats(hq_env, 1)["finished"] == 1
+    assert job_stats(hq_env, 2)["finished"] == 4
+    assert len((work / "hosts.txt").read_text().splitlines()) == 2
+    [task] = hq_env.command("task", "info", "1", "0", json=True)
+    workers = {w["id"]: w for w in hq_env.command("worker", "list", "--all", json=True)}
+    [allocation_id] = {workers[n["worker"]]["allocation"]["id"] for n in task["nodes"]}
+    mine = [w for w in workers.values() if w["allocation"]["id"] == allocation_id]
+    assert len(mine) == 3
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for w in mine:
+        by_group.setdefault(w["configuration"]["group"], []).append(w)
+    mpi = by_group.pop(f"{allocation_id}/0")
+    assert sorted(n["worker"] for n in task["nodes"]) == sorted(w["id"] for w in mpi)
+    assert all(w["configuration"]["filter_tags"] == ["role=leader"] for w in mpi)
+    [[serial]] = by_group.values()
+    assert serial["configuration"]["group"].startswith(f"{allocation_id}/1/")
+    assert serial["configuration"]["filter_tags"] == ["role=worker"]
+
+    allocations = hq_env.command("alloc", "info", "1", json=True)
+    assert allocations
+    for allocation in allocations:
+        assert allocation["parts"] == [
+            {"kind": "mpi", "nodes": 2, "first_node": 0, "filter_tags": ["role=leader"]},
+            {"kind": "serial", "nodes": 1, "first_node": 2, "filter_tags": ["role=worker"]},
+        ]
+    table = hq_env.command("alloc", "info", "1")
+    assert "Each allocation is split into: mpi 2 nodes [role=leader]; serial 1 node" in table
+    wait_all_ended(hq_env)
+
+
+def test_split_counts_that_do_not_add_up_are_refused(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    result = hq_env.run(
+        "alloc",
+        "add",
+        "local",
+        "--time-limit",
+        "10m",
+        "--workers-per-alloc",
+        "4",
+        "--split",
+        "mpi:2",
+        "--split",
+        "serial:1",
+        expect_fail=True,
+    )
+    assert (
+        "Invalid --split: the split node counts add up to 3, but --workers-per-alloc is 4"
+        in result.stderr
+    )
+    result = hq_env.run(
+        "alloc", "add", "local", "--time-limit", "10m", "--split", "gpu:1", expect_fail=True
+    )
+    assert "unknown kind `gpu`; use mpi or serial" in result.stderr

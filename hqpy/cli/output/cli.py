@@ -454,6 +454,16 @@ class CliOutput:
             for a in allocations
         ]
         self._horizontal(header, rows)
+        if queue.params.splits:
+            from hqpy.autoalloc.partitions import parse_split
+
+            parts = []
+            for text in queue.params.splits:
+                split = parse_split(text)
+                tags = f" [{', '.join(split.tags)}]" if split.tags else ""
+                nodes = "node" if split.count == 1 else "nodes"
+                parts.append(f"{split.kind} {split.count} {nodes}{tags}")
+            self._print("Each allocation is split into: " + "; ".join(parts))
         if queue.pause_reason:
             self._print(f"The queue is paused: {queue.pause_reason}")
 

@@ -149,6 +149,7 @@ def worker_json(worker: m.WorkerView) -> dict[str, Any]:
             "group": config.group,
             "on_server_lost": config.on_server_lost,
             "min_utilization": float(config.min_utilization),
+            **({"filter_tags": list(config.filter_tags)} if config.filter_tags else {}),
         },
         "allocation": (
             None if manager is None else {"manager": manager.manager, "id": manager.allocation_id}
@@ -226,7 +227,9 @@ class JsonOutput:
         _dump([queue_json(q) for q in queues])
 
     def allocation_list(self, queue: m.QueueView, allocations: list[m.AllocationView]) -> None:
-        _dump([allocation_json(a) for a in allocations])
+        parts = parts_json(queue.params)
+        extra = {"parts": parts} if parts else {}
+        _dump([{**allocation_json(a), **extra} for a in allocations])
 
     def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
         if follow:
@@ -264,6 +267,7 @@ def queue_json(queue: m.QueueView) -> dict[str, Any]:
         if queue.known_resources is None
         else [descriptor_to_json(r) for r in queue.known_resources],
         **_worker_environment(p),
+        **({"splits": list(p.splits)} if p.splits else {}),
     }
 
 
@@ -278,6 +282,25 @@ def _worker_environment(p: m.QueueParams) -> dict[str, Any]:
         "template_params": list(p.template_params),
     }
     return {"worker_environment": env} if any(env.values()) else {}
+
+
+def parts_json(p: m.QueueParams) -> list[dict[str, Any]]:
+    """The `--split` parts of each allocation of a queue (empty without a split)."""
+    from hqpy.autoalloc.partitions import parse_split
+
+    out, first = [], 0
+    for text in p.splits:
+        split = parse_split(text)
+        out.append(
+            {
+                "kind": split.kind,
+                "nodes": split.count,
+                "first_node": first,
+                "filter_tags": list(split.tags),
+            }
+        )
+        first += split.count
+    return out
 
 
 def allocation_json(a: m.AllocationView) -> dict[str, Any]:
