@@ -261,9 +261,9 @@ class AutoAllocService:
             )
         queue.removed = True  # submits nothing more, also while the cancels run
         if self.control is not None:
-            # Their tasks go back to waiting, not counted as crashes.
+            # The cancel ends their workers; their tasks go back to waiting, not as crashes.
             for alloc in queue.running():
-                self.control.hand_back(alloc.id, reasons.REMOVED)
+                self.control.hand_back(alloc.id, reasons.REMOVED, stop=False)
         ids = [a.id for a in queue.active()]
         failures = await self.process.cancel_allocations(
             queue_id, ids, "its queue was removed", trio.current_time() + self.cancel_bound

@@ -25,7 +25,8 @@ class AllocationControl(Protocol):
         """How many tasks the allocation's live workers still hold."""
         ...
 
-    def hand_back(self, allocation_id: str, reason: str) -> None:
-        """Stop the allocation's workers now: their tasks go back to waiting with a new
-        instance, recorded with `reason` and not counted as crashes."""
+    def hand_back(self, allocation_id: str, reason: str, stop: bool = True) -> None:
+        """The allocation's workers end on purpose: their tasks go back to waiting with a new
+        instance, recorded with `reason` and not counted as crashes. With `stop`, the server
+        stops them now; else when the batch system kills them (a cancel under way)."""
         ...

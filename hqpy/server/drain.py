@@ -105,9 +105,10 @@ class ServerDrain:
     def busy(self, allocation_id: str) -> int:
         return sum(len(w.tasks) + (w.mn_task is not None) for w in self._workers(allocation_id))
 
-    def hand_back(self, allocation_id: str, reason: str) -> None:
+    def hand_back(self, allocation_id: str, reason: str, stop: bool = True) -> None:
         state = self.state
         for w in self._workers(allocation_id):
             w.handback = reason
-            state.request_worker_stop(w, "drained")
-            state.on_worker_lost(w, WorkerState.STOPPED)
+            if stop:
+                state.request_worker_stop(w, "drained")
+                state.on_worker_lost(w, WorkerState.STOPPED)

@@ -190,6 +190,9 @@ async def test_forced_queue_removal_hands_running_tasks_back(
     a, _b = await running_allocation(world, 1)
     [task] = start_tasks(world, a)
     await world.service.remove(1, force=True)
+    # The cancel kills the workers: their connections drop.
+    for worker in (a, _b):
+        world.state.on_worker_lost(worker, WorkerState.CONNECTION_LOST)
     assert task.state is TaskState.WAITING
     assert task.crash_count == 0
     assert task.history == [(0, reasons.REMOVED)]
