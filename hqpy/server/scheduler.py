@@ -58,20 +58,25 @@ def can_take(worker: Worker, request: ResourceRequest, rounds: int) -> bool:
 
 
 def schedule(
-    groups: Iterable[tuple[Job, TaskGroup]], workers: list[Worker], now: float
+    groups: Iterable[tuple[Job, TaskGroup]],
+    workers: list[Worker],
+    now: float,
+    reserved: set[int] | None = None,
 ) -> dict[int, list[Task]]:
     """Assign waiting tasks to workers; returns the new tasks per worker id.
 
     First every worker is filled up to its capacity, in priority order; then short tasks are
     queued ahead on top of that. Multi-node tasks take whole idle workers of one group and
     reserve workers for themselves (`multinode`); later task groups leave reserved workers alone.
+    `reserved` (if given) receives the ids of the workers reserved for a waiting one.
     """
     out: dict[int, list[Task]] = {}
     workers = [w for w in workers if w.mn_task is None]
     if not workers:
         return out
     ordered = sorted(groups, key=lambda jg: sort_key(jg[1]))
-    reserved: set[int] = set()
+    if reserved is None:
+        reserved = set()
     for prefill in (False, True):
         for job, group in ordered:
             if not group.has_waiting():

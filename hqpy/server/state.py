@@ -60,6 +60,8 @@ class ServerState:
         self.next_worker_id = 1
         self.next_group_id = 1
         self.on_schedule_needed: Callable[[], None] = lambda: None
+        self.reserved: set[int] = set()
+        """Workers reserved for a waiting multi-node task at the last pass (see `multinode`)."""
         self.worker_waiters: list[tuple[int, trio.Event]] = []
         """`hq worker wait N` sessions: (N, set when N workers run)."""
 
@@ -330,9 +332,14 @@ class ServerState:
         """Assign waiting tasks to workers and queue the messages; returns how many."""
         workers = [w for w in self.workers.values() if w.is_running and not w.draining]
         if not workers or not self.waiting_groups:
+            if self.reserved:
+                self._keep_reserved(set())
             return 0
         now = self.clock()
-        assigned = schedule(self.waiting_groups.values(), workers, now)
+        reserved: set[int] = set()
+        assigned = schedule(self.waiting_groups.values(), workers, now, reserved)
+        if reserved or self.reserved:
+            self._keep_reserved(reserved)
         for gid in [g for g, (_, grp) in self.waiting_groups.items() if not grp.has_waiting()]:
             del self.waiting_groups[gid]
         n = 0
@@ -358,6 +365,20 @@ class ServerState:
             n += len(rows)
             self._send(worker_id, m.ComputeTasks(bodies, rows))
         return n
+
+    def _keep_reserved(self, reserved: set[int]) -> None:
+        """Workers reserved for a waiting multi-node task are not idle (no idle timeout while
+        they wait for their group); those no longer reserved are idle again."""
+        now = self.clock()
+        for worker_id in self.reserved - reserved:
+            w = self.workers.get(worker_id)
+            if w is not None and not w.tasks and w.mn_task is None and w.idle_since is None:
+                w.idle_since = now
+        for worker_id in reserved:
+            w = self.workers[worker_id]
+            if w.mn_task is None:
+                w.idle_since = None
+        self.reserved = reserved
 
     def on_task_updates(self, worker: Worker, updates: list[m.TaskUpdateRow]) -> None:
         jobs = self.jobs

@@ -70,3 +70,18 @@ def test_node_files_list_full_and_short_names_root_first(tmp_path: Path) -> None
     assert env["HQ_NUM_NODES"] == "2"
     assert Path(env["HQ_HOST_FILE"]).read_text() == "a.x.org\nb.x.org\n"
     assert Path(env["HQ_NODE_FILE"]).read_text() == "a\nb\n"
+
+
+def test_a_worker_reserved_for_a_waiting_task_does_not_idle_out() -> None:
+    state = ServerState("uid", clock=FakeClock())
+    busy = state.add_worker(worker_config(cpus=1, hostname="a", group="g"), Outbox())
+    idle = state.add_worker(worker_config(cpus=1, hostname="b", group="g"), Outbox())
+    state.submit(m.SubmitRequest(submit_desc("0")))
+    state.schedule()
+    assert busy.tasks and idle.idle_since is not None
+    wide = state.submit(m.SubmitRequest(submit_desc("0", request=ResourceRequest((), n_nodes=2))))
+    state.schedule()
+    assert idle.idle_since is None, "reserved: the idle timeout must not stop it"
+    state.cancel_job(state.jobs[wide], None)
+    state.schedule()
+    assert idle.idle_since is not None, "no longer reserved: idle again"
