@@ -141,3 +141,24 @@ def test_no_multinode_waiting_changes_nothing_for_single_node_work() -> None:
     single = add_group(job, ids=range(2), req=request(cpus=1))
     out = schedule([(job, single)], workers, now=0.0)
     assert sorted(out) == [1, 2]
+
+
+def test_ties_go_to_the_group_of_the_lowest_worker_id() -> None:
+    job, group = mn_job(2)
+    workers = [worker(3, "b"), worker(4, "b"), worker(1, "a"), worker(2, "a")]
+    out = schedule([(job, group)], workers, now=0.0)
+    assert list(out) == [1]
+
+
+def test_reserved_workers_get_no_prefill_either() -> None:
+    workers = [worker(1, "a", cpus=1), worker(2, "a", cpus=1)]
+    first = make_job(1)
+    running = add_group(first, ids=range(1), req=request(cpus=1))
+    schedule([(first, running)], [workers[0]], now=0.0)
+    job, group = mn_job(2, job_id=2)
+    later = make_job(3)
+    # Short tasks: the prefill pass would queue many on every eligible worker.
+    short = add_group(later, ids=range(100), req=request(cpus=1), mean_duration=0.001)
+    out = schedule([(job, group), (later, short)], workers, now=0.0)
+    assert out == {}
+    assert len(workers[1].tasks) == 0
