@@ -58,6 +58,8 @@ def test_two_node_task_runs_through_an_allocation_of_two_workers(
     groups = {workers[i]["configuration"]["group"] for i in ids}
     allocations = {workers[i]["allocation"]["id"] for i in ids}
     assert len(groups) == 1 and len(allocations) == 1
+    # The deadline reaches the scheduler: allocation workers have the queue's time limit.
+    assert {workers[i]["configuration"]["time_limit"] for i in ids} == {600.0}
     table = hq_env.command("task", "info", "1", "0")
     assert f"(worker {ids[1]})" in table
     wait_all_ended(hq_env)
