@@ -12,6 +12,7 @@ from pathlib import Path
 from hqpy.autoalloc.backends import registry
 from hqpy.autoalloc.backends.base import AllocationRequest, ScriptSetup
 from hqpy.autoalloc.backends.common import allocation_name, build_worker_command, quote_double
+from hqpy.autoalloc.partitions import parse_splits
 from hqpy.autoalloc.planner import declared_resources
 from hqpy.autoalloc.templates import TemplateError, check_template
 from hqpy.common.errors import RequestError
@@ -64,8 +65,6 @@ def validate_params(params: QueueParams) -> None:
     validate_environment(params)
     # --- splits (issue 11) ---
     if params.splits:
-        from hqpy.autoalloc.partitions import parse_splits
-
         try:
             parse_splits(params.splits, params.workers_per_alloc)
         except ValueError as e:

@@ -25,6 +25,7 @@ from hqpy.autoalloc.backends.base import (
 from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.cancels import cancel_bound, cancel_with_retries, unconfirmed
 from hqpy.autoalloc.config import AutoAllocConfig
+from hqpy.autoalloc.drain import Drains
 from hqpy.autoalloc.params import AllocError, allocation_request, validate_params
 from hqpy.autoalloc.process import AllocatorProcess, BackendFactory, worker_cpus
 from hqpy.autoalloc.state import AllocationQueue, AllocEvent, AutoAllocState
@@ -84,8 +85,6 @@ class AutoAllocService:
         )
         self.views = AllocatorViews(self.state, self.default_worker_cpus)
         self.cancel_bound = cancel_bound(config.command_timeout)
-        from hqpy.autoalloc.drain import Drains
-
         self.drains = Drains(self.state, self.process, control, self.cancel_bound, hub)
         self._dry_runs = 0
         hub.subscribe(JobSubmitted, lambda event: self.notify())
