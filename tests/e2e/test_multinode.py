@@ -188,3 +188,16 @@ def test_split_counts_that_do_not_add_up_are_refused(hq_env: HqEnv) -> None:
         "alloc", "add", "local", "--time-limit", "10m", "--split", "gpu:1", expect_fail=True
     )
     assert "unknown kind `gpu`; use mpi or serial" in result.stderr
+
+
+def test_drain_of_an_unknown_allocation_is_one_clear_error_in_every_mode(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    said = hq_env.command("alloc", "drain", "nope", expect_fail=True)
+    assert "Allocation nope not found" in said
+    assert hq_env.command("alloc", "drain", "nope", json=True, expect_fail=True) == {
+        "error": "Allocation nope not found"
+    }
+    said = hq_env.command("alloc", "drain", "nope", "--grace", "5m", mode="quiet", expect_fail=True)
+    assert "Allocation nope not found" in said
+    result = hq_env.run("alloc", "drain", "x", "--grace", "soon", expect_fail=True)
+    assert result.returncode == 2 and "--grace" in result.stderr
