@@ -69,6 +69,11 @@ def validate_params(params: QueueParams) -> None:
             parse_splits(params.splits, params.workers_per_alloc)
         except ValueError as e:
             raise AllocError(f"Invalid --split: {e}") from None
+        if params.script_template is not None:
+            raise AllocError(
+                "--split cannot be combined with --script-template "
+                "(the template replaces the script that lays out the parts)"
+            )
         if params.manager not in SPLIT_MANAGERS:
             raise AllocError(
                 f"--split is supported by the {', '.join(SPLIT_MANAGERS)} backends, "

@@ -57,6 +57,20 @@ def test_queue_validation_names_the_split_error() -> None:
     validate_params(
         QueueParams(manager="slurm", time_limit=60.0, workers_per_alloc=3, splits=SPLITS)
     )
+    with pytest.raises(AllocError, match="not by lsf"):
+        validate_params(
+            QueueParams(manager="lsf", time_limit=60.0, workers_per_alloc=3, splits=SPLITS)
+        )
+    with pytest.raises(AllocError, match="cannot be combined with --script-template"):
+        validate_params(
+            QueueParams(
+                manager="slurm",
+                time_limit=60.0,
+                workers_per_alloc=3,
+                splits=SPLITS,
+                script_template="#!/bin/bash\n$worker_command\n",
+            )
+        )
 
 
 def test_widest_group_is_the_widest_mpi_part() -> None:
