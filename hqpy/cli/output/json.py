@@ -65,8 +65,11 @@ def job_json(job: m.JobView) -> dict[str, Any]:
 
 
 def task_json(task: m.TaskView) -> dict[str, Any]:
-    """A waiting task is exactly `{id, state}`; others also say where and when they ran."""
+    """A waiting task is exactly `{id, state}` (plus `instances` once it ran and was handed
+    back); others also say where and when they ran."""
     if task.state == "waiting":
+        if task.instances:
+            return {"id": task.id, "state": "waiting", "instances": _instances(task)}
         return {"id": task.id, "state": "waiting"}
     result: dict[str, Any] = {
         "id": task.id,
@@ -86,8 +89,12 @@ def task_json(task: m.TaskView) -> dict[str, Any]:
             for worker_id, host in zip(task.nodes, task.workers, strict=False)
         ]
     if task.instances:
-        result["instances"] = [{"instance_id": i, "ended": why} for i, why in task.instances]
+        result["instances"] = _instances(task)
     return result
+
+
+def _instances(task: m.TaskView) -> list[dict[str, Any]]:
+    return [{"instance_id": i, "ended": why} for i, why in task.instances]
 
 
 def submit_json(submit: m.SubmitView) -> dict[str, Any]:
