@@ -33,6 +33,7 @@ def worker_config(
     listen_address: str = "",
     pid: int = 1,
     filter_tags: tuple[str, ...] = (),
+    group: str = "default",
 ) -> m.WorkerConfiguration:
     return m.WorkerConfiguration(
         hostname=hostname,
@@ -42,7 +43,7 @@ def worker_config(
         idle_timeout=idle_timeout,
         time_limit=time_limit,
         resources=cpu_resources(cpus) if resources is None else resources,
-        group="default",
+        group=group,
         on_server_lost="stop",
         pid=pid,
         manager=manager,

@@ -32,6 +32,7 @@ from hqpy.journal import records as journal_records
 from hqpy.journal.writer import JournalWriter
 from hqpy.protocol import messages as m
 from hqpy.server.demand import ServerDemand
+from hqpy.server.drain import ServerDrain
 from hqpy.server.server import Server, ServerConfig
 from hqpy.server.state import ServerState
 from hqpy.server.views import ServerViews
@@ -116,6 +117,7 @@ class ServerProcess:
             instance_dir,
             self.autoalloc_config,
             make_backend=self.make_backend,
+            control=ServerDrain(core.state),
         )
         self.allocator = allocator
         core.handlers.extend(AllocRequests(allocator).table())

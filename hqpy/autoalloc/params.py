@@ -12,6 +12,7 @@ from pathlib import Path
 from hqpy.autoalloc.backends import registry
 from hqpy.autoalloc.backends.base import AllocationRequest, ScriptSetup
 from hqpy.autoalloc.backends.common import allocation_name, build_worker_command, quote_double
+from hqpy.autoalloc.partitions import parse_splits
 from hqpy.autoalloc.planner import declared_resources
 from hqpy.autoalloc.templates import TemplateError, check_template
 from hqpy.common.errors import RequestError
@@ -21,6 +22,9 @@ from hqpy.protocol.messages import QueueParams
 class AllocError(RequestError):
     """A request about queues that cannot be done; the message is shown to the user."""
 
+
+SPLIT_MANAGERS = ("local", "slurm", "pbs")
+"""Backends whose scripts lay workers out in `--split` parts."""
 
 LOG_VARIABLES = ("HQPY_LOG", "RUST_LOG")
 """The server's logging variables, passed on to the workers of its allocations (#14.10)."""
@@ -59,6 +63,22 @@ def validate_params(params: QueueParams) -> None:
     except ValueError as e:
         raise AllocError(f"Invalid worker resources: {e}") from None
     validate_environment(params)
+    # --- splits (issue 11) ---
+    if params.splits:
+        try:
+            parse_splits(params.splits, params.workers_per_alloc)
+        except ValueError as e:
+            raise AllocError(f"Invalid --split: {e}") from None
+        if params.script_template is not None:
+            raise AllocError(
+                "--split cannot be combined with --script-template "
+                "(the template replaces the script that lays out the parts)"
+            )
+        if params.manager not in SPLIT_MANAGERS:
+            raise AllocError(
+                f"--split is supported by the {', '.join(SPLIT_MANAGERS)} backends, "
+                f"not by {params.manager}"
+            )
 
 
 def parse_worker_env(item: str) -> tuple[str, str]:
@@ -152,4 +172,5 @@ def allocation_request(
         workdir=workdir,
         dry_run=dry_run,
         setup=script_setup(params, instance_dir, dict(os.environ)),
+        splits=params.splits,
     )

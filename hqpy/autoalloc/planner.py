@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from hqpy.autoalloc import multinode, partitions
 from hqpy.autoalloc.backends.base import SharesHost
 from hqpy.autoalloc.state import AllocationQueue
 from hqpy.common.demand import WaitingWork
@@ -209,6 +210,21 @@ def plan_queue(
         max(0, a.worker_count - len(a.connected) - len(a.disconnected)) for a in queue.running()
     )
     coming = sum(a.worker_count for a in queued) + in_flight + running_coming
+    mn: multinode.MultiNodePlan | None = None
+    multi: list[WaitingWork] = []
+    if any(w.request.n_nodes > 0 for w in work):
+        # Multi-node tasks first: each needs an allocation of its own width (multinode.py).
+        work, multi = multinode.split_work(work)
+        cap = max_workers(p, shape, share)
+        widest = partitions.widest_group(p.splits, p.workers_per_alloc)
+        mn = multinode.plan(
+            multinode.satisfiable(multi, widest, time_limit),
+            [a.worker_count for a in queued],
+            p.backlog - len(queued) - len(queue.in_flight) if may_submit else 0,
+            None if cap is None else cap - queue.active_worker_count() - in_flight,
+            p.workers_per_alloc if p.splits else None,
+        )
+        coming -= mn.needed_workers
     if shape is None:
         # Probing: one allocation at a time until a worker tells what workers look like.
         runnable = any_runnable(work, time_limit)
@@ -219,14 +235,15 @@ def plan_queue(
         wanted = workers_wanted(work, shape, time_limit)
         needed = max(0, wanted - running_coming)
     sizes: list[int] = []
+    mn_sizes = [] if mn is None else mn.sizes
     if may_submit:
         sizes = compute_submission_permit(
             wanted_workers=wanted,
             coming_workers=coming,
-            queued_allocations=len(queued) + len(queue.in_flight),
+            queued_allocations=len(queued) + len(queue.in_flight) + len(mn_sizes),
             backlog=p.backlog,
             workers_per_alloc=p.workers_per_alloc,
-            active_workers=queue.active_worker_count() + in_flight,
+            active_workers=queue.active_worker_count() + in_flight + sum(mn_sizes),
             max_worker_count=max_workers(p, shape, share),
         )
     log.debug(
@@ -241,6 +258,18 @@ def plan_queue(
         p.backlog,
         sizes,
     )
+    if p.splits:
+        # A split allocation always has all its parts.
+        sizes = [p.workers_per_alloc] * len(sizes)
     if shape is None:
         coming = sum(a.worker_count for a in queue.active()) + in_flight
-    return QueuePlan(sizes, consume(work, shape, coming + sum(sizes), time_limit), needed)
+    rest = consume(work, shape, coming + sum(sizes), time_limit)
+    if mn is not None:
+        needed += mn.needed_workers
+        served = multinode.satisfiable(multi, widest, time_limit)
+        if len(served) <= mn.covered:
+            # This queue serves every one it can; the next queues see only the others.
+            multi = [w for w in multi if w.request.n_nodes not in served]
+        rest += multi
+        sizes = mn.sizes + sizes
+    return QueuePlan(sizes, rest, needed)

@@ -21,6 +21,7 @@ class AllocRequests:
             m.AllocEventsRequest: self.events,
             m.AllocQueueRequest: self.queue_action,
             m.AllocLogRequest: self.log,
+            m.AllocDrainRequest: self.drain,
         }
 
     async def add(self, req: m.AllocAddRequest) -> m.QueueCreatedResponse:
@@ -61,6 +62,10 @@ class AllocRequests:
             service.resume(req.queue_id)
         else:
             await service.remove(req.queue_id, req.force)
+        return m.OkResponse()
+
+    async def drain(self, req: m.AllocDrainRequest) -> m.OkResponse:
+        self.service.drain(req.allocation_id, req.grace)
         return m.OkResponse()
 
     async def log(self, req: m.AllocLogRequest) -> m.AllocLogResponse | m.ErrorResponse:

@@ -25,12 +25,15 @@ from hqpy.autoalloc.backends.base import (
 from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.cancels import cancel_bound, cancel_with_retries, unconfirmed
 from hqpy.autoalloc.config import AutoAllocConfig
+from hqpy.autoalloc.drain import Drains
 from hqpy.autoalloc.params import AllocError, allocation_request, validate_params
 from hqpy.autoalloc.process import AllocatorProcess, BackendFactory, worker_cpus
 from hqpy.autoalloc.state import AllocationQueue, AllocEvent, AutoAllocState
 from hqpy.autoalloc.templates import render_allocation_script
 from hqpy.autoalloc.views import AllocatorViews
+from hqpy.common import drain as reasons
 from hqpy.common.demand import DemandSource
+from hqpy.common.drain import AllocationControl
 from hqpy.common.events import (
     AllocationEndReported,
     AllocEventRecorded,
@@ -60,8 +63,11 @@ class AutoAllocService:
         config: AutoAllocConfig,
         make_backend: BackendFactory | None = None,
         clock: Callable[[], float] = time.time,
+        control: AllocationControl | None = None,
     ) -> None:
         self.hub = hub
+        self.control = control
+        """How the allocator stops an allocation's workers without losing their tasks."""
         self.instance_dir = instance_dir
         self.config = config
         self.clock = clock
@@ -79,6 +85,7 @@ class AutoAllocService:
         )
         self.views = AllocatorViews(self.state, self.default_worker_cpus)
         self.cancel_bound = cancel_bound(config.command_timeout)
+        self.drains = Drains(self.state, self.process, control, self.cancel_bound, hub)
         self._dry_runs = 0
         hub.subscribe(JobSubmitted, lambda event: self.notify())
         hub.subscribe(WorkerConnected, self._on_worker_connected)
@@ -252,6 +259,10 @@ class AutoAllocService:
                 "Use `--force` if you want to remove the queue anyway"
             )
         queue.removed = True  # submits nothing more, also while the cancels run
+        if self.control is not None:
+            # The cancel ends their workers; their tasks go back to waiting, not as crashes.
+            for alloc in queue.running():
+                self.control.hand_back(alloc.id, reasons.REMOVED, stop=False)
         ids = [a.id for a in queue.active()]
         failures = await self.process.cancel_allocations(
             queue_id, ids, "its queue was removed", trio.current_time() + self.cancel_bound
@@ -266,6 +277,14 @@ class AutoAllocService:
                 f"{': ' + first[0] if first else ''}; cancel them with the batch system "
                 f"(`hq alloc events {queue_id}` has the details)"
             )
+
+    def drain(self, allocation_id: str, grace: float) -> None:
+        """`hq alloc drain`: see `drain.Drains`.
+
+        Raises:
+            AllocError: no such allocation, or it has ended or is draining already.
+        """
+        self.drains.start(allocation_id, grace)
 
     async def wait_for_events(self, queue_id: int, after: int) -> None:
         """Return once the queue has more than `after` events (for `alloc events --follow`)."""

@@ -1,4 +1,4 @@
-"""`hq alloc add|dry-run|list|info|events|log|pause|resume|remove`."""
+"""`hq alloc add|dry-run|list|info|events|log|pause|resume|remove|drain`."""
 
 from __future__ import annotations
 
@@ -114,6 +114,17 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="A parameter of the script template, used as $KEY (repeatable)",
     )
+    # --- splits (issue 11) ---------------------------------------------------------------------
+    p.add_argument(
+        "--split",
+        dest="splits",
+        action="append",
+        default=[],
+        metavar="KIND:COUNT[:TAG,...]",
+        help="A part of each allocation: `mpi` (one worker group) or `serial` (one worker per "
+        "node), its node count and its workers' filter tags; the counts add up to "
+        "--workers-per-alloc (repeatable)",
+    )
     p.set_defaults(additional_args=[], batch_args=True)
     p.epilog = "Arguments after `--` go verbatim into the script as one batch directive line."
 
@@ -165,6 +176,19 @@ def register(tree: Any, nouns: Any) -> None:
             p.add_argument("--force", action="store_true", help="Also if allocations run")
         p.set_defaults(func=cmd_queue_action, action=action)
 
+    # --- drain (issue 11) ---------------------------------------------------------------------
+    p = tree.command(
+        verbs, "drain", "End an allocation: no new tasks, hand back what still runs, cancel it"
+    )
+    p.add_argument("allocation_id")
+    p.add_argument(
+        "--grace",
+        type=duration,
+        default=0.0,
+        help="Time running tasks get to finish before they are handed back (default 0)",
+    )
+    p.set_defaults(func=cmd_drain)
+
 
 def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
     """The queue described by the options, or None (after printing why) if it cannot be."""
@@ -213,6 +237,7 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
         worker_dir=args.worker_dir,
         script_template=template,
         template_params=tuple(args.template_params),
+        splits=tuple(args.splits),
     )
 
 
@@ -334,6 +359,13 @@ def cmd_log(args: argparse.Namespace) -> int:
         return 0
 
     return run_client(args, call)
+
+
+@client_command
+def cmd_drain(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    conn.request(m.AllocDrainRequest(args.allocation_id, args.grace), m.OkResponse)
+    log.info("Allocation %s is draining", args.allocation_id)
+    out.empty()
 
 
 @client_command

@@ -67,6 +67,7 @@ def register(tree: Any, nouns: Any) -> None:
     p.add_argument("--min-utilization", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument(
         "--filter-tag",
+        dest="filter_tags",
         type=tag_arg,
         action="append",
         default=[],
@@ -105,7 +106,9 @@ def register(tree: Any, nouns: Any) -> None:
 def cmd_start(args: argparse.Namespace) -> int:
     import os
 
+    from hqpy.autoalloc.partitions import SPLIT_ENV, worker_group
     from hqpy.common.resources import parse_descriptor, parse_resource_arg
+    from hqpy.common.tags import parse_tags
     from hqpy.worker.agent import WorkerAgent, WorkerOptions, hq_executable
     from hqpy.worker.hwdetect import detect_resources
     from hqpy.worker.manager import ManagerError, detect_manager
@@ -128,19 +131,27 @@ def cmd_start(args: argparse.Namespace) -> int:
             wanted = None if detect == "all" else {d.strip() for d in detect.split(",")}
             items += [d for d in detect_resources(wanted) if d.name not in names]
         manager = detect_manager(args.manager)
+        hostname = args.hostname or socket.gethostname()
+        group = args.group or (manager.allocation_id if manager is not None else "default")
+        filter_tags = list(args.filter_tags)
+        split = os.environ.get(SPLIT_ENV)
+        if split:
+            # A part of a partitioned allocation (`hq alloc add --split`).
+            allocation_id = None if manager is None else manager.allocation_id
+            part_group, part_tags = worker_group(split, allocation_id, f"{hostname}-{os.getpid()}")
+            group = args.group or part_group
+            filter_tags += part_tags
+        filter_tags = sorted(parse_tags(filter_tags))
     except ValueError as e:
         out.error(f"Invalid worker configuration: {e}")
         return 2
     except ManagerError as e:
         out.error(str(e))
         return 1
-    group = args.group or (
-        manager.allocation_id if manager is not None and manager.manager == "PBS" else "default"
-    )
     options = WorkerOptions(
         server_dir=args.server_dir,
         resources=tuple(items),
-        hostname=args.hostname or socket.gethostname(),
+        hostname=hostname,
         heartbeat=args.heartbeat,
         idle_timeout=args.idle_timeout,
         time_limit=args.time_limit,
@@ -151,7 +162,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         zero_worker=os.environ.get("HQPY_ZERO_WORKER") == "1",
         min_utilization=args.min_utilization,
         overview_interval=args.overview_interval,
-        filter_tags=tuple(sorted(set(args.filter_tag))),
+        filter_tags=tuple(filter_tags),
     )
     agent = WorkerAgent(options, hq_executable())
 

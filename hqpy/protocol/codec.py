@@ -61,6 +61,7 @@ OPS: dict[type, str] = {
     m.AllocEventsRequest: "alloc-events",
     m.AllocQueueRequest: "alloc-queue",
     m.AllocLogRequest: "alloc-log",
+    m.AllocDrainRequest: "alloc-drain",
     m.PoolSetRequest: "pool-set",
     m.PoolRemoveRequest: "pool-remove",
     m.PoolListRequest: "pool-list",

@@ -78,7 +78,7 @@ class WorkerConfiguration:
     overview_interval: float | None = None
     min_utilization: float = 0.0
     filter_tags: tuple[str, ...] = ()
-    """`--filter-tag`: the worker runs only tasks that carry all of these (none: any task)."""
+    """`--filter-tag` (and a split part's tags): the worker runs only tasks that carry them."""
 
 
 @attrs.frozen
@@ -160,6 +160,8 @@ class QueueParams:
     `autoalloc.templates`."""
     template_params: tuple[str, ...] = ()
     """`-x key=value`, as typed: the template's own placeholders."""
+    splits: tuple[str, ...] = ()
+    """`--split KIND:COUNT[:TAG,...]`, as typed (see `autoalloc.partitions`)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +314,10 @@ class TaskView:
     crash_count: int = 0
     group: int = 0
     """Index of the submit the task came from, into `JobDetailView.submits`."""
+    nodes: tuple[int, ...] = ()
+    """A multi-node task: the ids of its workers, root first (`workers` has their hosts)."""
+    instances: tuple[tuple[int, str], ...] = ()
+    """Earlier instances that ended without a result: (instance id, why it ended)."""
 
 
 @attrs.frozen
@@ -622,6 +628,14 @@ class AllocLogRequest:
 
 
 @attrs.frozen
+class AllocDrainRequest:
+    """`hq alloc drain <allocation> [--grace DURATION]`."""
+
+    allocation_id: str
+    grace: float = 0.0
+
+
+@attrs.frozen
 class PoolSetRequest:
     """Create a concurrency pool or resize it (`hq pool set NAME SIZE`)."""
 
@@ -664,6 +678,7 @@ ClientRequest = (
     | AllocEventsRequest
     | AllocQueueRequest
     | AllocLogRequest
+    | AllocDrainRequest
     | PoolSetRequest
     | PoolRemoveRequest
     | PoolListRequest

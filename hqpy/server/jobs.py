@@ -37,6 +37,8 @@ class Task:
         "ended_at",
         "error",
         "hostname",
+        "nodes",
+        "history",
     )
 
     def __init__(self, task_id: int, group: TaskGroup) -> None:
@@ -50,6 +52,10 @@ class Task:
         self.ended_at: float | None = None
         self.error: str | None = None
         self.hostname: str | None = None
+        self.nodes: tuple[tuple[int, str], ...] | None = None
+        """Multi-node tasks: (worker id, host) of each of its workers, root first."""
+        self.history: list[tuple[int, str]] | None = None
+        """Earlier instances that ended without a result: (instance id, why), bounded."""
 
 
 class TaskGroup:
@@ -318,7 +324,13 @@ class Job:
 
     def retire(self, task: Task) -> None:
         """A task that finished cleanly (no error, no crash) gives up its object."""
-        if task.error is None and task.crash_count == 0 and task.worker_id is None:
+        if (
+            task.error is None
+            and task.crash_count == 0
+            and task.worker_id is None
+            and task.nodes is None
+            and task.history is None
+        ):
             task.group.retire(task)
             del self.tasks[task.id]
 

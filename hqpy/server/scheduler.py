@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from hqpy.common.resources import ALL, ResourceRequest
+from hqpy.server import multinode
 from hqpy.server.jobs import Job, Task, TaskGroup, sort_key
 from hqpy.server.workers import Worker
 
@@ -59,20 +60,34 @@ def can_take(worker: Worker, request: ResourceRequest, rounds: int) -> bool:
 
 
 def schedule(
-    groups: Iterable[tuple[Job, TaskGroup]], workers: list[Worker], now: float
+    groups: Iterable[tuple[Job, TaskGroup]],
+    workers: list[Worker],
+    now: float,
+    reserved: set[int] | None = None,
 ) -> dict[int, list[Task]]:
     """Assign waiting tasks to workers; returns the new tasks per worker id.
 
     First every worker is filled up to its capacity, in priority order; then short tasks are
-    queued ahead on top of that.
+    queued ahead on top of that. Multi-node tasks take whole idle workers of one group and
+    reserve workers for themselves (`multinode`); later task groups leave reserved workers alone.
+    `reserved` (if given) receives the ids of the workers reserved for a waiting one.
     """
     out: dict[int, list[Task]] = {}
+    workers = [w for w in workers if w.mn_task is None]
     if not workers:
         return out
     ordered = sorted(groups, key=lambda jg: sort_key(jg[1]))
+    if reserved is None:
+        reserved = set()
     for prefill in (False, True):
         for job, group in ordered:
             if not group.has_waiting():
+                continue
+            request = group.body.request
+            if request.n_nodes > 0:
+                if not prefill:
+                    for started, nodes in multinode.place(job, group, workers, now, reserved):
+                        out.setdefault(nodes[0].id, []).append(started)
                 continue
             rounds = prefill_rounds(group) if prefill else 0
             if prefill and rounds == 0:
@@ -80,13 +95,14 @@ def schedule(
             pool = group.pool
             if pool is not None and pool.active >= pool.size:
                 continue
-            request = group.body.request
             tags = group.tags
             eligible = [
                 w
                 for w in workers
                 if fits_worker(w, request, now) and (not w.filter_tags or w.filter_tags <= tags)
             ]
+            if reserved:
+                eligible = [w for w in eligible if w.id not in reserved]
             # Tasks queued ahead go out in small parts of equal shares of what waits, so that
             # every worker gets about as many (a worker's last part decides the spread).
             share = None

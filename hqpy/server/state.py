@@ -29,7 +29,8 @@ from hqpy.common.idset import IdSet
 from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
-from hqpy.server import fit
+from hqpy.server import fit, multinode
+from hqpy.server.drain import end_reason, record_instance
 from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.pools import Pool, PoolTable
 from hqpy.server.scheduler import schedule
@@ -62,6 +63,8 @@ class ServerState:
         self.next_worker_id = 1
         self.next_group_id = 1
         self.on_schedule_needed: Callable[[], None] = lambda: None
+        self.reserved: set[int] = set()
+        """Workers reserved for a waiting multi-node task at the last pass (see `multinode`)."""
         self.worker_waiters: list[tuple[int, trio.Event]] = []
         """`hq worker wait N` sessions: (N, set when N workers run)."""
         self.pools = PoolTable()
@@ -201,6 +204,8 @@ class ServerState:
                     worker = self.workers.get(task.worker_id)
                     if worker is not None:
                         worker.release(task, now)
+                if task.nodes:
+                    multinode.release(task, self.workers, now)
                 task.ended_at = now
                 job.move(task, state)
                 n += 1
@@ -352,7 +357,7 @@ class ServerState:
         now = self.clock()
         worker.state = state
         worker.ended_at = now
-        failure = state.is_failure
+        why, failure = end_reason(worker, state, now)
         log.info(
             "Worker %d %s: %s (%d task(s) handed back)",
             worker.id,
@@ -363,6 +368,8 @@ class ServerState:
         for task in list(worker.tasks.values()):
             was_running = task.state is TaskState.RUNNING
             worker.release(task, now)
+            if task.nodes:
+                multinode.release(task, self.workers, now)
             job = self.jobs.get(task.group.body.job_id)
             if job is None or task.state in DONE_STATES:
                 continue
@@ -384,9 +391,12 @@ class ServerState:
                 job.move(task, TaskState.FAILED)
                 self._after_failure(job)
                 continue
+            if was_running:
+                record_instance(task, why)
             task.instance_id += 1
             task.started_at = None
             task.hostname = None
+            task.nodes = None
             if was_running:
                 job.move(task, TaskState.WAITING)
             task.group.requeued.append(task)
@@ -420,11 +430,16 @@ class ServerState:
 
     def schedule(self) -> int:
         """Assign waiting tasks to workers and queue the messages; returns how many."""
-        workers = self.running_workers()
+        workers = [w for w in self.workers.values() if w.is_running and not w.draining]
         if not workers or not self.waiting_groups:
+            if self.reserved:
+                self._keep_reserved(set())
             return 0
         now = self.clock()
-        assigned = schedule(self.waiting_groups.values(), workers, now)
+        reserved: set[int] = set()
+        assigned = schedule(self.waiting_groups.values(), workers, now, reserved)
+        if reserved or self.reserved:
+            self._keep_reserved(reserved)
         for gid in [g for g, (_, grp) in self.waiting_groups.items() if not grp.has_waiting()]:
             del self.waiting_groups[gid]
         n = 0
@@ -437,18 +452,33 @@ class ServerState:
                 if group.group_id not in worker.known_groups:
                     worker.known_groups.add(group.group_id)
                     bodies.append(group.body)
-                rows.append(
-                    [
-                        group.body.job_id,
-                        task.id,
-                        task.instance_id,
-                        group.group_id,
-                        group.entry(task.id),
-                    ]
-                )
+                row: m.ComputeRow = [
+                    group.body.job_id,
+                    task.id,
+                    task.instance_id,
+                    group.group_id,
+                    group.entry(task.id),
+                ]
+                if task.nodes:
+                    row.append(multinode.host_rows(task))
+                rows.append(row)
             n += len(rows)
             self._send(worker_id, m.ComputeTasks(bodies, rows))
         return n
+
+    def _keep_reserved(self, reserved: set[int]) -> None:
+        """Workers reserved for a waiting multi-node task are not idle (no idle timeout while
+        they wait for their group); those no longer reserved are idle again."""
+        now = self.clock()
+        for worker_id in self.reserved - reserved:
+            w = self.workers.get(worker_id)
+            if w is not None and not w.tasks and w.mn_task is None and w.idle_since is None:
+                w.idle_since = now
+        for worker_id in reserved:
+            w = self.workers[worker_id]
+            if w.mn_task is None:
+                w.idle_since = None
+        self.reserved = reserved
 
     def on_task_updates(self, worker: Worker, updates: list[m.TaskUpdateRow]) -> None:
         jobs = self.jobs
@@ -470,6 +500,9 @@ class ServerState:
                 task.started_at = started_at
                 task.hostname = worker.config.hostname
                 job.hostnames[worker.config.hostname] = None
+                if task.nodes:
+                    for host in multinode.host_rows(task):
+                        job.hostnames[host] = None
                 worker.last_task_started = started_at
                 if job.started_at is None:
                     job.started_at = started_at
@@ -479,6 +512,8 @@ class ServerState:
                     worker.running += 1
                 continue
             worker.release(task, now)
+            if task.nodes:
+                multinode.release(task, self.workers, now)
             task.ended_at = ended_at
             if status == TaskState.FINISHED:
                 job.move(task, TaskState.FINISHED)
@@ -505,6 +540,10 @@ class ServerState:
             job = jobs.get(job_id)
             if job is not None and not job.is_unfinished():
                 self._check_job_complete(job)
+        if worker.draining and not worker.tasks and worker.mn_task is None:
+            # Its allocation is being drained and its last task ended: it is done.
+            self.request_worker_stop(worker, "drained")
+            self.on_worker_lost(worker, WorkerState.STOPPED)
         self.on_schedule_needed()
 
     def _after_failure(self, job: Job) -> None:
@@ -512,6 +551,10 @@ class ServerState:
             if job.is_unfinished():
                 self._close_unfinished(job, TaskState.ABORTED)
         self._check_job_complete(job)
+
+    def send(self, worker_id: int, message: m.ToWorker) -> None:
+        """Queue a message for a worker (dropped if it is gone)."""
+        self._send(worker_id, message)
 
     def _send(self, worker_id: int, message: m.ToWorker) -> None:
         worker = self.workers.get(worker_id)

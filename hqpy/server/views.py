@@ -113,7 +113,11 @@ def task_view(group: TaskGroup, task_id: int, task: Task | None) -> m.TaskView:
         id=task_id,
         state=task.state.label,
         instance_id=task.instance_id,
-        workers=(task.hostname,) if task.hostname else (),
+        workers=(
+            tuple(h for _, h in task.nodes)
+            if task.nodes
+            else ((task.hostname,) if task.hostname else ())
+        ),
         started_at=task.started_at,
         ended_at=task.ended_at,
         error=task.error,
@@ -122,6 +126,8 @@ def task_view(group: TaskGroup, task_id: int, task: Task | None) -> m.TaskView:
         stderr=paths[2],
         crash_count=task.crash_count,
         group=group.index,
+        nodes=tuple(i for i, _ in task.nodes) if task.nodes else (),
+        instances=tuple(task.history) if task.history else (),
     )
 
 

@@ -46,6 +46,12 @@ class Worker:
         self.known_groups: set[int] = set()
         self.stop_reason: str | None = None
         """Set when the server asked the worker to stop, or the worker said it is stopping."""
+        self.draining = False
+        """Its allocation is being drained: it takes no new task (see `drain`)."""
+        self.handback: str | None = None
+        """Set when its allocation ends on purpose: why its tasks go back (not a crash)."""
+        self.mn_task: tuple[int, int] | None = None
+        """(job id, task id) of the multi-node task this worker is held for (see `multinode`)."""
         self.outbox = outbox
         """Where messages for the worker go (a trio memory channel); None in pure tests."""
 

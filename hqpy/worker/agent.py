@@ -59,7 +59,6 @@ class WorkerOptions:
     zero_worker: bool = False
     """Bench-only: complete tasks at once without starting processes."""
     filter_tags: tuple[str, ...] = ()
-    """`--filter-tag`: sent at registration; the server gives this worker only tasks with all."""
 
 
 class WorkerExit(Exception):
@@ -70,7 +69,7 @@ class WorkerExit(Exception):
 
 
 class _QueuedTask:
-    __slots__ = ("key", "job_id", "task_id", "instance_id", "body", "entry")
+    __slots__ = ("key", "job_id", "task_id", "instance_id", "body", "entry", "nodes")
 
     def __init__(
         self,
@@ -87,6 +86,8 @@ class _QueuedTask:
         self.instance_id = instance_id
         self.body = body
         self.entry = entry
+        self.nodes: list[str] | None = None
+        """A multi-node task: the hosts of its workers, this one first."""
 
     def __lt__(self, other: _QueuedTask) -> bool:
         return self.key < other.key
@@ -258,15 +259,16 @@ class WorkerAgent:
     def _on_compute(self, msg: m.ComputeTasks) -> None:
         for body in msg.bodies:
             self.bodies[body.group_id] = body
-        for job_id, task_id, instance_id, group_id, entry in msg.tasks:
+        for row in msg.tasks:
+            job_id, task_id, instance_id, group_id, entry = row[:5]
             body = self.bodies[group_id]
             self.seq += 1
-            heapq.heappush(
-                self.queue,
-                _QueuedTask(
-                    (-body.priority, job_id, self.seq), job_id, task_id, instance_id, body, entry
-                ),
+            item = _QueuedTask(
+                (-body.priority, job_id, self.seq), job_id, task_id, instance_id, body, entry
             )
+            if len(row) > 5:
+                item.nodes = row[5]
+            heapq.heappush(self.queue, item)
         self._start_queued()
 
     def _on_cancel(self, msg: m.CancelTasks) -> None:
@@ -316,6 +318,7 @@ class WorkerAgent:
                     item.entry,
                     allocation,
                     on_started,
+                    item.nodes,
                 )
         except Exception as e:  # a task's failure, whatever it is, never ends the worker
             log.exception("Task %d@%d failed in the worker", item.task_id, item.job_id)

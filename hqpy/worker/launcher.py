@@ -187,13 +187,15 @@ class Launcher:
         entry: str | None,
         allocation: ResourceGrant | None,
         on_started: Callable[[float], None],
+        nodes: list[str] | None = None,
     ) -> TaskOutcome:
         """Run the task to its end; `on_started(time)` is called once the process exists. Any
         error in starting it is the task's failure, never the worker's. Cancelled (by the
-        caller's scope), it kills the task's process group and re-raises."""
+        caller's scope), it kills the task's process group and re-raises. A multi-node task
+        (`nodes`: its hosts, this one first) always gets a task dir with its host files."""
         files: dict[str, str] = {}
         task_dir: str | None = None
-        if body.task_dir:
+        if body.task_dir or nodes:
             task_dir = f"{self._work_prefix}/t{body.job_id}-{task_id}-{instance_id}"
             try:
                 os.mkdir(task_dir, 0o700)  # one syscall; the removal is the slow part
@@ -204,6 +206,11 @@ class Launcher:
                 return TaskOutcome(False, f"Cannot create the task directory: {e}")
             files["HQ_TASK_DIR"] = task_dir
             error_file = task_dir + "/hq-error"
+            if nodes:
+                try:
+                    files.update(write_node_files(task_dir, nodes))
+                except OSError as e:
+                    return TaskOutcome(False, f"Cannot write the task's host files: {e}")
         else:
             error_file = f"{self._work_prefix}/hq-error-{body.job_id}-{task_id}-{instance_id}"
         files["HQ_ERROR_FILENAME"] = error_file
@@ -259,6 +266,18 @@ class Launcher:
                 False, f"Program terminated with exit code -1. Received signal {sig} ({name})."
             )
         return TaskOutcome(False, f"Program terminated with exit code {code}.")
+
+
+def write_node_files(task_dir: str, hosts: list[str]) -> dict[str, str]:
+    """`hq-hostfile` (full host names) and `hq-nodefile` (short names), one a line, root
+    first; returns the variables that name them, as HyperQueue sets them."""
+    host_file = task_dir + "/hq-hostfile"
+    node_file = task_dir + "/hq-nodefile"
+    with open(host_file, "w") as f:
+        f.writelines(h + "\n" for h in hosts)
+    with open(node_file, "w") as f:
+        f.writelines(h.split(".", 1)[0] + "\n" for h in hosts)
+    return {"HQ_NUM_NODES": str(len(hosts)), "HQ_HOST_FILE": host_file, "HQ_NODE_FILE": node_file}
 
 
 async def _remove_tree(path: str) -> None:

@@ -253,6 +253,12 @@ def _launch(job_id: str) -> None:
         env = dict(os.environ)
         env.update(job["env"])
         env["HQPY_EMULATOR_NODES"] = str(job["nodes"])
+        if "PBS_JOBID" in env:
+            # PBS lists each node once per chunk slot: twice here, so readers must dedupe.
+            node_file = _state_path().with_name(f"{_state_path().name}.nodes.{job_id}")
+            nodes = [f"node{i}" for i in range(int(job["nodes"]))]
+            node_file.write_text("".join(f"{n}\n{n}\n" for n in nodes))
+            env["PBS_NODEFILE"] = str(node_file)
         try:
             out = _open_output(job["stdout"])
             err = _open_output(job["stderr"]) if job["stderr"] != job["stdout"] else os.dup(out)
@@ -737,6 +743,7 @@ def srun(argv: list[str]) -> int:
             "--nodes": "nodes",
             "-N": "nodes",
             "--overlap": "o!",
+            "--relative": "relative",
         },
     )
     count = int(opts.get("ntasks") or opts.get("nodes") or 1)
@@ -1023,10 +1030,21 @@ def pbsdsh(argv: list[str]) -> int:
     `bash -l` runs as plain `bash`: a login shell resets `PATH` from /etc/profile, and the
     emulators are only on the test's `PATH` (a real cluster's profile puts PBS on it).
     """
+    host = None
+    if argv[:1] == ["-h"]:
+        # `pbsdsh -h HOST -- cmd`: once, on that node of `$PBS_NODEFILE`.
+        host, argv = argv[1], argv[2:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if argv[:2] == ["bash", "-l"]:
         argv = ["bash", *argv[2:]]
+    if host is not None:
+        nodes = Path(os.environ["PBS_NODEFILE"]).read_text().split()
+        if host not in nodes:
+            sys.stderr.write(f"pbsdsh: host {host} is not in the job\n")
+            return 1
+        rank = list(dict.fromkeys(nodes)).index(host)
+        return subprocess.call(argv, env={**os.environ, "PBS_TASKNUM": str(rank)})
     count = int(os.environ.get("HQPY_EMULATOR_NODES", "1"))
     return _run_copies(argv, count, "PBS_TASKNUM")
 

@@ -225,7 +225,7 @@ def test_busy_worker_only_gets_its_free_capacity() -> None:
 
 def test_multi_node_request_never_goes_to_a_single_worker() -> None:
     job = make_job()
-    group = add_group(job, req=request(cpus=None, n_nodes=1))
+    group = add_group(job, req=request(cpus=None, n_nodes=2))
     assert schedule([(job, group)], [make_worker(cpus=64)], now=0.0) == {}
 
 

@@ -71,6 +71,9 @@ class AllocationRequest:
     dry_run: bool = False
     setup: ScriptSetup = ScriptSetup()
     """Exit trap, environment and directory; rendered by every backend before the worker."""
+    splits: tuple[str, ...] = ()
+    """`--split` parts (see `autoalloc.partitions`); backends that support them lay the
+    workers out in these parts."""
 
 
 @attrs.frozen

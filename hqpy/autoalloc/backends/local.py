@@ -29,6 +29,7 @@ from typing import ClassVar
 import attrs
 import trio
 
+from hqpy.autoalloc import partitions
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     CancelOutcome,
@@ -91,6 +92,10 @@ def render_local_script(request: AllocationRequest) -> str:
         f"    ( {request.worker_command} ) &",
         '    pids+=("$!")',
         "done",
+    ]
+    if request.splits:  # one group of workers per part (issue 11)
+        body = partitions.render_local(request.splits, request.worker_command)
+    body += [
         "status=0",
         'for pid in "${pids[@]}"; do',
         '    wait "$pid" || status=$?',

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hqpy.autoalloc import partitions
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     CancelError,
@@ -81,6 +82,8 @@ def render_qsub_script(request: AllocationRequest) -> str:
     command = request.worker_command
     if request.worker_count > 1:
         command = f"pbsdsh -- bash -l -c {quote_single(command)}"
+    if request.splits:  # the parts' node ranges from $PBS_NODEFILE (issue 11)
+        command = partitions.render_pbs(request.splits, request.worker_command)
     prelude = render_prelude(request, "$PBS_JOBID")
     return "\n".join(lines) + "\n\n" + prelude + command + "\n"
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from hqpy.autoalloc import partitions
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     CancelError,
@@ -117,6 +118,8 @@ def render_sbatch_script(request: AllocationRequest) -> str:
         if not is_simple_command(command):
             command = f"bash -c {quote_single(command)}"
         command = f"srun --overlap --ntasks={n} --nodes={n} {command}"
+    if request.splits:  # one srun per part, on its own node range (issue 11)
+        command = partitions.render_slurm(request.splits, request.worker_command)
     prelude = render_prelude(request, "$SLURM_JOB_ID")
     return "\n".join(lines) + "\n\n" + prelude + command + "\n"
 

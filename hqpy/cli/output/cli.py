@@ -345,6 +345,12 @@ class CliOutput:
                 *_routing_rows(submit),
                 ("Error", error),
             ]
+            if task.nodes:
+                nodes = zip(task.nodes, task.workers, strict=False)
+                rows.append(("Nodes", "\n".join(f"{h} (worker {i})" for i, h in nodes)))
+            if task.instances:
+                ended = (f"instance {i}: {why}" for i, why in task.instances)
+                rows.append(("Earlier instances", "\n".join(ended)))
             self._vertical(rows)
         if truncated:
             log.info("An error message(s) was truncated. Use -v to display the full error(s).")
@@ -478,6 +484,16 @@ class CliOutput:
             for a in allocations
         ]
         self._horizontal(header, rows)
+        if queue.params.splits:
+            from hqpy.autoalloc.partitions import parse_split
+
+            parts = []
+            for text in queue.params.splits:
+                split = parse_split(text)
+                tags = f" [{', '.join(split.tags)}]" if split.tags else ""
+                nodes = "node" if split.count == 1 else "nodes"
+                parts.append(f"{split.kind} {split.count} {nodes}{tags}")
+            self._print("Each allocation is split into: " + "; ".join(parts))
         if queue.pause_reason:
             self._print(f"The queue is paused: {queue.pause_reason}")
 

@@ -65,8 +65,11 @@ def job_json(job: m.JobView) -> dict[str, Any]:
 
 
 def task_json(task: m.TaskView) -> dict[str, Any]:
-    """A waiting task is exactly `{id, state}`; others also say where and when they ran."""
+    """A waiting task is exactly `{id, state}` (plus `instances` once it ran and was handed
+    back); others also say where and when they ran."""
     if task.state == "waiting":
+        if task.instances:
+            return {"id": task.id, "state": "waiting", "instances": _instances(task)}
         return {"id": task.id, "state": "waiting"}
     result: dict[str, Any] = {
         "id": task.id,
@@ -80,7 +83,18 @@ def task_json(task: m.TaskView) -> dict[str, Any]:
     }
     if task.state == "failed":
         result["error"] = task.error or ""
+    if task.nodes:
+        result["nodes"] = [
+            {"worker": worker_id, "host": host}
+            for worker_id, host in zip(task.nodes, task.workers, strict=False)
+        ]
+    if task.instances:
+        result["instances"] = _instances(task)
     return result
+
+
+def _instances(task: m.TaskView) -> list[dict[str, Any]]:
+    return [{"instance_id": i, "ended": why} for i, why in task.instances]
 
 
 def submit_json(submit: m.SubmitView) -> dict[str, Any]:
@@ -231,7 +245,9 @@ class JsonOutput:
         _dump([queue_json(q) for q in queues])
 
     def allocation_list(self, queue: m.QueueView, allocations: list[m.AllocationView]) -> None:
-        _dump([allocation_json(a) for a in allocations])
+        parts = parts_json(queue.params)
+        extra = {"parts": parts} if parts else {}
+        _dump([{**allocation_json(a), **extra} for a in allocations])
 
     def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
         if follow:
@@ -308,6 +324,7 @@ def queue_json(queue: m.QueueView) -> dict[str, Any]:
         if queue.known_resources is None
         else [descriptor_to_json(r) for r in queue.known_resources],
         **_worker_environment(p),
+        **({"splits": list(p.splits)} if p.splits else {}),
     }
 
 
@@ -322,6 +339,25 @@ def _worker_environment(p: m.QueueParams) -> dict[str, Any]:
         "template_params": list(p.template_params),
     }
     return {"worker_environment": env} if any(env.values()) else {}
+
+
+def parts_json(p: m.QueueParams) -> list[dict[str, Any]]:
+    """The `--split` parts of each allocation of a queue (empty without a split)."""
+    from hqpy.autoalloc.partitions import parse_split
+
+    out, first = [], 0
+    for text in p.splits:
+        split = parse_split(text)
+        out.append(
+            {
+                "kind": split.kind,
+                "nodes": split.count,
+                "first_node": first,
+                "filter_tags": list(split.tags),
+            }
+        )
+        first += split.count
+    return out
 
 
 def allocation_json(a: m.AllocationView) -> dict[str, Any]:
