@@ -28,6 +28,7 @@ from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.requests import AllocRequests
 from hqpy.autoalloc.service import AutoAllocService
 from hqpy.common.events import EventHub
+from hqpy.config.loader import Config
 from hqpy.journal import file as journal_file
 from hqpy.journal import records as journal_records
 from hqpy.journal.writer import JournalWriter
@@ -51,10 +52,13 @@ class ServerProcess:
         clock: Callable[[], float] = time.time,
         journal: Path | None = None,
         journal_flush_period: float = 1.0,
+        startup: Config | None = None,
     ) -> None:
         """`clock`: every time read of the server core (tests pass `trio.current_time`).
         `journal`: restore from this file (when it exists) and append to it."""
         self.config = config
+        self.startup = startup
+        """`hq server start --config`: queues and pools added before clients are served."""
         self.journal_path = journal
         self.journal_flush_period = journal_flush_period
         self.journal: JournalWriter | None = None
@@ -136,6 +140,8 @@ class ServerProcess:
             await nursery.start(allocator.run)
             if journal is not None:
                 journaling.continue_allocation_ids(allocator)
+            if self.startup is not None:
+                await apply_config(self.startup, allocator, core.state)
             info = await nursery.start(core.run)
             if self.config.metrics_port is not None:
                 from hqpy.http.server import serve_http
@@ -175,3 +181,12 @@ def retire_workers(state: ServerState, worker_ids: list[int]) -> None:
             state.request_worker_stop(worker, "stopped")
         else:
             worker.config = attrs.evolve(worker.config, idle_timeout=0.0)
+
+
+async def apply_config(config: Config, allocator: AutoAllocService, state: ServerState) -> None:
+    """Add the queues (all checked first) and set the pools of a configuration. A queue whose
+    name a queue restored from the journal already has is not added twice."""
+    have = {q.params.name for q in allocator.state.live_queues() if q.params.name}
+    await allocator.load_queues(tuple(q for q in config.queues if q.name not in have))
+    for name, size in config.pools:
+        state.set_pool(name, size)
