@@ -1,0 +1,146 @@
+"""Preallocated pools and the TOML configuration, end to end on the local backend."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.e2e.harness import HqEnv, wait_until
+
+
+def running_workers(env: HqEnv) -> list[int]:
+    workers: list[dict[str, Any]] = env.command("worker", "list", json=True)
+    return sorted(w["id"] for w in workers if w["state"] == "RUNNING")
+
+
+def allocation_states(env: HqEnv, queue_id: int = 1) -> list[str]:
+    allocations: list[dict[str, Any]] = env.command("alloc", "info", str(queue_id), json=True)
+    return [a["status"] for a in allocations]
+
+
+def test_persistent_pool_is_up_without_a_job_survives_idle_timeout_and_stops(
+    hq_env: HqEnv,
+) -> None:
+    hq_env.start_server()
+    hq_env.command(
+        "alloc",
+        "add",
+        "local",
+        "--no-dry-run",
+        "--time-limit",
+        "10m",
+        "--cpus",
+        "1",
+        "--idle-timeout",
+        "1s",
+        "--preallocate",
+        "2",
+        "--persist",
+        "--name",
+        "warm",
+    )
+    wait_until(lambda: len(running_workers(hq_env)) == 2, timeout=30, what="2 pool workers")
+    first = running_workers(hq_env)
+    time.sleep(3)  # three idle timeouts of an ordinary worker
+    assert running_workers(hq_env) == first
+    assert allocation_states(hq_env) == ["running", "running"]
+    [queue] = hq_env.command("alloc", "list", json=True)
+    assert queue["preallocate"] == {
+        "jobs": 2,
+        "persist": True,
+        "memory": None,
+        "started": True,
+        "stopped": False,
+    }
+    assert "2 allocations, persistent, started" in hq_env.command("alloc", "list")
+    assert hq_env.command("alloc", "list", mode="quiet").strip() == "1 ACTIVE preallocate=2"
+
+    result = hq_env.command("alloc", "stop", "--preallocated", "warm", json=True)
+    assert result == {"queue_ids": [1]}
+    wait_until(
+        lambda: allocation_states(hq_env) == ["finished", "finished"],
+        timeout=30,
+        what="the pool's allocations end",
+    )
+    assert running_workers(hq_env) == []
+    events = [e["event"] for e in hq_env.command("alloc", "events", "1", json=True)]
+    assert events.count("allocation-queued") == 2  # none replaced
+    assert "prealloc-started" in events and "prealloc-stopped" in events
+    assert "stopped" in hq_env.command("alloc", "info", "1")
+
+
+def test_stop_needs_preallocated(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    out = hq_env.command("alloc", "stop", expect_fail=True)
+    assert "hq alloc stop --preallocated" in out
+
+
+CONFIG = """
+[queue.cpu]
+manager = "local"
+time_limit = "10m"
+idle_timeout = "5s"
+cpus = 1
+
+[pools]
+licence = 1
+"""
+
+
+def test_server_start_with_a_config_runs_a_job(hq_env: HqEnv) -> None:
+    path = hq_env.work_dir / "hqpy.toml"
+    path.write_text(CONFIG)
+    hq_env.start_server("--config", str(path))
+    [queue] = hq_env.command("alloc", "list", json=True)
+    assert (queue["name"], queue["manager"]) == ("cpu", "LOCAL")
+    pools = hq_env.command("pool", "list", json=True)
+    assert [(p["name"], p["size"]) for p in pools] == [("licence", 1)]
+    hq_env.command("submit", "--pool", "licence", "--", "echo", "hello")
+    [job] = hq_env.command("job", "wait", "1", json=True)
+    assert job["task_stats"]["finished"] == 1
+    assert hq_env.command("job", "cat", "1", "stdout").strip() == "hello"
+
+
+def test_hqpy_config_variable_and_a_bad_file_starts_nothing(hq_env: HqEnv) -> None:
+    path = hq_env.work_dir / "hqpy.toml"
+    path.write_text('[queue.cpu]\nmanager = "local"\ntime_limt = "1h"\n')
+    env = dict(hq_env.env, HQPY_CONFIG=str(path))
+    out = hq_env.run("server", "start", expect_fail=True, env=env)
+    assert out.stderr.strip().endswith(
+        f"{path}: queue.cpu.time_limt: unknown key; did you mean `time_limit`?"
+    )
+    assert not (hq_env.server_dir / "hq-current").exists()
+
+
+def test_alloc_load_adds_queues_and_pools_and_a_bad_file_changes_nothing(
+    hq_env: HqEnv,
+) -> None:
+    hq_env.start_server()
+    bad = hq_env.work_dir / "bad.toml"
+    bad.write_text(
+        CONFIG + '\n[preallocate.small]\nmanager = "local"\nwalltime = "8 hours and a bit"\n'
+    )
+    out = hq_env.command("alloc", "load", str(bad), expect_fail=True)
+    assert f'{bad}: preallocate.small.walltime: "8 hours and a bit" is not a duration' in out
+    missing = hq_env.work_dir / "missing.toml"
+    missing.write_text(
+        CONFIG + '\n[queue.x]\nmanager = "local"\ntime_limit = "1h"\nenv_script = "none.sh"\n'
+    )
+    out = hq_env.command("alloc", "load", str(missing), expect_fail=True)
+    assert "queue x: Env script" in out and "no queue was added" in out
+    assert hq_env.command("alloc", "list", json=True) == []
+    assert hq_env.command("pool", "list", json=True) == []
+
+    good = hq_env.work_dir / "good.toml"
+    good.write_text(
+        CONFIG + '\n[preallocate.small]\nmanager = "local"\nwalltime = "1h"\njobs = 2\n'
+    )
+    result = hq_env.command("alloc", "load", str(good), json=True)
+    assert result == {"queue_ids": [1, 2], "pools": {"licence": 1}}
+    queues = hq_env.command("alloc", "list", json=True)
+    assert [(q["name"], q.get("filter_tags")) for q in queues] == [
+        ("cpu", None),
+        ("small", ["small"]),
+    ]
+    # Not persistent and no work: the pool submits nothing.
+    assert allocation_states(hq_env, 2) == []
