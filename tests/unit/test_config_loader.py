@@ -295,3 +295,14 @@ def test_durations(value: str, seconds: float) -> None:
 def test_sizes_are_binary(value: str, size: int) -> None:
     (q,) = load(f'[queue.a]\nmanager = "slurm"\ntime_limit = "1h"\nmemory = {value}')[0]
     assert q.memory == size
+
+
+def test_the_demo_configuration_loads() -> None:
+    """`scripts/demo.sh` (the README's main command) starts its server from this file."""
+    from hqpy.autoalloc.backends import registry
+
+    path = Path(__file__).parents[2] / "scripts" / "demo.toml"
+    config = load_file(path, registry.names())
+    [queue] = config.queues
+    assert (queue.name, queue.manager, queue.workers_per_alloc) == ("local", "local", 2)
+    assert config.pools == (("licence", 1),)
