@@ -141,7 +141,9 @@ class ServerProcess:
             if journal is not None:
                 journaling.continue_allocation_ids(allocator)
             if self.startup is not None:
-                await apply_config(self.startup, allocator, core.state)
+                added = await apply_config(self.startup, allocator, core.state)
+                if journal is not None:
+                    await journaling.AllocJournal(allocator, journal).queues_added(added)
             info = await nursery.start(core.run)
             if self.config.metrics_port is not None:
                 from hqpy.http.server import serve_http
@@ -183,10 +185,14 @@ def retire_workers(state: ServerState, worker_ids: list[int]) -> None:
             worker.config = attrs.evolve(worker.config, idle_timeout=0.0)
 
 
-async def apply_config(config: Config, allocator: AutoAllocService, state: ServerState) -> None:
-    """Add the queues (all checked first) and set the pools of a configuration. A queue whose
-    name a queue restored from the journal already has is not added twice."""
+async def apply_config(
+    config: Config, allocator: AutoAllocService, state: ServerState
+) -> tuple[int, ...]:
+    """Add the queues (all checked first) and set the pools of a configuration; returns the
+    ids of the queues added. A queue whose name a queue restored from the journal already has
+    is not added twice."""
     have = {q.params.name for q in allocator.state.live_queues() if q.params.name}
-    await allocator.load_queues(tuple(q for q in config.queues if q.name not in have))
+    added = await allocator.load_queues(tuple(q for q in config.queues if q.name not in have))
     for name, size in config.pools:
         state.set_pool(name, size)
+    return tuple(added)

@@ -144,3 +144,18 @@ def test_alloc_load_adds_queues_and_pools_and_a_bad_file_changes_nothing(
     ]
     # Not persistent and no work: the pool submits nothing.
     assert allocation_states(hq_env, 2) == []
+
+
+def test_config_queues_are_journaled_once_across_restarts(hq_env: HqEnv) -> None:
+    path = hq_env.work_dir / "hqpy.toml"
+    path.write_text(CONFIG)
+    journal = hq_env.work_dir / "journal.bin"
+    hq_env.start_server("--config", str(path), "--journal", str(journal))
+    extra = hq_env.work_dir / "extra.toml"
+    extra.write_text('[queue.more]\nmanager = "local"\ntime_limit = "1h"\n')
+    assert hq_env.command("alloc", "load", str(extra), mode="quiet").split() == ["2"]
+    assert hq_env.stop_server() == 0
+    hq_env.start_server("--config", str(path), "--journal", str(journal))
+    queues = hq_env.command("alloc", "list", json=True)
+    assert [(q["id"], q["name"]) for q in queues] == [(1, "cpu"), (2, "more")]
+    assert [p["name"] for p in hq_env.command("pool", "list", json=True)] == ["licence"]
