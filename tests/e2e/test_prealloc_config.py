@@ -159,3 +159,34 @@ def test_config_queues_are_journaled_once_across_restarts(hq_env: HqEnv) -> None
     queues = hq_env.command("alloc", "list", json=True)
     assert [(q["id"], q["name"]) for q in queues] == [(1, "cpu"), (2, "more")]
     assert [p["name"] for p in hq_env.command("pool", "list", json=True)] == ["licence"]
+
+
+def test_stop_preallocated_lets_running_tasks_finish(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.command(
+        "alloc",
+        "add",
+        "local",
+        "--no-dry-run",
+        "--time-limit",
+        "10m",
+        "--cpus",
+        "1",
+        "--preallocate",
+        "1",
+        "--persist",
+        "--filter-tag",
+        "warm",
+    )
+    wait_until(lambda: len(running_workers(hq_env)) == 1, timeout=30, what="the pool's worker")
+    marker = hq_env.work_dir / "started"
+    hq_env.command("submit", "--tag", "warm", "--", "bash", "-c", f"touch {marker}; sleep 2")
+    wait_until(marker.exists, timeout=30, what="the task starts")
+    hq_env.command("alloc", "stop", "--preallocated")
+    [job] = hq_env.command("job", "wait", "1", json=True)
+    assert job["task_stats"]["finished"] == 1
+    wait_until(
+        lambda: allocation_states(hq_env) == ["finished"],
+        timeout=30,
+        what="the pool's allocation ends after its task",
+    )

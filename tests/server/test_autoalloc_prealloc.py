@@ -237,3 +237,23 @@ async def test_load_adds_all_queues_or_none(
         await world.service.load_queues((good, bad))
     assert world.service.state.live_queues() == []
     assert await world.service.load_queues((good,)) == [1]
+
+
+async def test_retiring_stops_idle_workers_now_and_busy_ones_when_idle(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    from hqpy.app.server_process import retire_workers
+
+    world = await start(nursery, tmp_path)
+    idle = add_worker(world, None)
+    busy = add_worker(world, None)
+    submit(world, 1)
+    world.state.schedule()
+    # The one task went to one of the two workers; name them by what they hold.
+    if idle.tasks:
+        idle, busy = busy, idle
+    assert busy.tasks and not idle.tasks
+    retire_workers(world.state, [idle.id, busy.id])
+    assert idle.stop_reason == "stopped"
+    assert busy.stop_reason is None
+    assert busy.config.idle_timeout == 0.0  # the idle reaper stops it once its task ends
