@@ -190,3 +190,50 @@ def test_stop_preallocated_lets_running_tasks_finish(hq_env: HqEnv) -> None:
         timeout=30,
         what="the pool's allocation ends after its task",
     )
+
+
+def test_tagged_job_starts_allocations_only_in_the_matching_queue(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    for tag in ("gpu", "cpu"):
+        hq_env.command(
+            "alloc",
+            "add",
+            "local",
+            "--no-dry-run",
+            "--time-limit",
+            "10m",
+            "--cpus",
+            "1",
+            "--idle-timeout",
+            "2s",
+            "--filter-tag",
+            tag,
+            "--name",
+            tag,
+        )
+    hq_env.command("submit", "--tag", "cpu", "--", "true")
+    [job] = hq_env.command("job", "wait", "1", json=True)
+    assert job["task_stats"]["finished"] == 1
+    assert allocation_states(hq_env, 1) == []
+    assert len(allocation_states(hq_env, 2)) == 1
+    assert "cpu" in hq_env.table("alloc", "list").column("Filter tags")
+
+
+def test_fit_check_sees_a_queues_memory(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.command(
+        "alloc",
+        "add",
+        "local",
+        "--no-dry-run",
+        "--time-limit",
+        "10m",
+        "--cpus",
+        "1",
+        "--memory",
+        "16g",
+        "--name",
+        "small",
+    )
+    result = hq_env.run("submit", "--resource", "mem=32768", "--", "true")
+    assert 'needs mem 32 GiB; queue 1 "small" gives 16 GiB' in result.stderr, result.stderr
