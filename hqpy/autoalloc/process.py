@@ -197,7 +197,9 @@ class AllocatorProcess:
             self._start("submit", self._submit_step, queue.id)
 
     def _note_pool(self, queue: AllocationQueue, plan: QueuePlan) -> None:
-        """Record a pool's steps: started (all N at once) or an ended allocation replaced."""
+        """Record a pool's steps: started (all N at once) or an ended allocation replaced. A
+        pool is *up* once a pass finds nothing missing; submissions before that (also retries
+        after a failure) belong to its start."""
         p = queue.params
         if p.preallocate <= 0:
             return
@@ -226,7 +228,9 @@ class AllocatorProcess:
             # `hq alloc preallocate` of a pool without `--persist` is one start: it ends
             # once all its allocations have.
             queue.prealloc_started = False
-        queue.prealloc_up = True
+        if not plan.sizes:
+            # Full (or at its worker cap): a later submission replaces an ended allocation.
+            queue.prealloc_up = True
 
     # -----------------------------------------------------------------------------------------
     # Submission steps

@@ -257,3 +257,25 @@ async def test_retiring_stops_idle_workers_now_and_busy_ones_when_idle(
     assert idle.stop_reason == "stopped"
     assert busy.stop_reason is None
     assert busy.config.idle_timeout == 0.0  # the idle reaper stops it once its task ends
+
+
+async def test_persistent_pool_backs_off_after_failed_submissions(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    from hqpy.autoalloc.state import SUBMISSION_DELAYS
+
+    world = await start(nursery, tmp_path)
+    world.fake.fail_submit = "sbatch: error: Batch job submission failed"
+    await add_queue(world, preallocate=3, persist=True)
+    await settle()
+    # The first failure ends the step: no storm of three (or more) attempts.
+    assert len(world.fake.made("submit")) == 1
+    await settle(SUBMISSION_DELAYS[1] - 5)
+    assert len(world.fake.made("submit")) == 1
+    world.fake.fail_submit = None
+    await settle(30)
+    assert len(world.fake.made("submit")) == 4
+    assert active(world) == ["1.job", "2.job", "3.job"]
+    events = world.events()
+    assert "prealloc-replaced" not in events  # retries after a failure belong to the start
+    assert events.count("prealloc-started") == 2
