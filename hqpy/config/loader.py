@@ -225,6 +225,10 @@ QUEUE_KEYS: dict[str, tuple[str, Convert]] = {
 }
 """`[queue.NAME]` keys: the `hq alloc add` options with `_` for `-` (`--resource` and
 `--filter-tag` take a list; `args` is what follows `--`)."""
+if "splits" in attrs.fields_dict(QueueParams):
+    # `--split KIND:COUNT[:TAG,...]` (issue 11, multi-node): checked by the server as
+    # `hq alloc add` checks it.
+    QUEUE_KEYS["split"] = ("splits", _strings)
 
 POOL_KEYS: dict[str, tuple[str, Convert]] = {
     **{k: v for k, v in QUEUE_KEYS.items() if k != "preallocate"},
