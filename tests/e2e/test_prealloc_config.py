@@ -237,3 +237,33 @@ def test_fit_check_sees_a_queues_memory(hq_env: HqEnv) -> None:
     )
     result = hq_env.run("submit", "--resource", "mem=32768", "--", "true")
     assert 'needs mem 32 GiB; queue 1 "small" gives 16 GiB' in result.stderr, result.stderr
+
+
+def test_preallocate_and_stop_in_every_output_mode(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    hq_env.command(
+        "alloc",
+        "add",
+        "local",
+        "--no-dry-run",
+        "--time-limit",
+        "10m",
+        "--cpus",
+        "1",
+        "--preallocate",
+        "1",
+        "--name",
+        "small",
+    )
+    assert allocation_states(hq_env) == []  # no work, not persistent: nothing yet
+    assert hq_env.command("alloc", "preallocate", "small", mode="quiet") == "1\n"
+    wait_until(lambda: len(running_workers(hq_env)) == 1, timeout=30, what="the pool's worker")
+    result = hq_env.run("alloc", "preallocate")
+    assert "Preallocated pools started: 1" in result.stderr
+    assert hq_env.command("alloc", "stop", "--preallocated", "small", json=True) == {
+        "queue_ids": [1]
+    }
+    result = hq_env.run("alloc", "stop", "--preallocated", "nope", expect_fail=True)
+    assert "Allocation queue `nope` not found" in result.stderr
+    out = hq_env.command("--output-mode", "json", "alloc", "preallocate", "x", expect_fail=True)
+    assert '"error": "Allocation queue `x` not found' in out
