@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: a server, a local allocation queue that starts workers
-# on demand, a 1,000-task array watched with a progress bar, the queue's allocations and events, a
-# summary of the results, and a clean stop. Everything lives in a temporary dir.
+# The main job, end to end on this machine: a server started from a TOML configuration
+# (scripts/demo.toml: a local allocation queue that starts workers on demand, and a concurrency
+# pool of size 1), a 1,000-task array watched with a progress bar, three tasks serialised by the
+# pool, the queue's allocations and events, a summary of the results, and a clean stop.
+# Everything lives in a temporary dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 hq=$PWD/.venv/bin/hq
+config=$PWD/scripts/demo.toml
 work=$(mktemp -d "${TMPDIR:-/tmp}/hqpy-demo.XXXXXX")
 export HQ_SERVER_DIR=$work/server
 cleanup() {
@@ -15,14 +18,15 @@ cleanup() {
 trap cleanup EXIT
 cd "$work"
 
-echo "== hq server start (server dir: $HQ_SERVER_DIR)"
-"$hq" server start >server.log 2>&1 &
-"$hq" server wait --timeout 10s
+echo "== hq server start --config scripts/demo.toml (server dir: $HQ_SERVER_DIR)"
+cat "$config"
+"$hq" server start --config "$config" >server.log 2>&1 &
+"$hq" server wait --timeout 10s || { cat server.log; exit 1; }
 "$hq" server info
 
-echo "== hq alloc add local (allocations are local process groups running hq workers)"
-"$hq" alloc add local --time-limit 10m --backlog 1 --workers-per-alloc 2 --idle-timeout 5s
+echo "== the queue (allocations are local process groups running hq workers) and the pool"
 "$hq" alloc list
+"$hq" pool list
 
 echo "== hq submit --array 1-1000 --progress"
 cat >sim.sh <<'SIM'
@@ -32,6 +36,13 @@ echo $(( HQ_TASK_ID * HQ_TASK_ID ))
 SIM
 chmod +x sim.sh
 "$hq" submit --name demo --array 1-1000 --progress -- ./sim.sh
+
+echo "== hq submit --pool licence: three steps that must not overlap"
+"$hq" submit --name licensed --array 1-3 --pool licence -- \
+    bash -c 'echo "$(date +%s.%N) task $HQ_TASK_ID starts"; sleep 0.2; echo "$(date +%s.%N) task $HQ_TASK_ID ends"'
+"$hq" job wait last
+echo "their starts and ends in time order (each start follows the previous end):"
+sort -n job-2/*.stdout
 
 echo "== allocations and their events"
 "$hq" alloc info 1

@@ -325,7 +325,11 @@ class AllocJournal:
     def install(self, hub: EventHub) -> HandlerTable:
         hub.subscribe(AllocEventRecorded, self._on_event)
         self.service.process.before_submit = self._before_submit
-        return {m.AllocAddRequest: self.add, m.AllocQueueRequest: self.queue_action}
+        return {
+            m.AllocAddRequest: self.add,
+            m.AllocQueueRequest: self.queue_action,
+            m.AllocLoadRequest: self.load,
+        }
 
     def _on_event(self, event: AllocEventRecorded) -> None:
         self.writer.append(
@@ -349,6 +353,24 @@ class AllocJournal:
         except JournalWriteError as e:
             raise RequestError(f"{e}; the queue was added but is not durable") from None
         return resp
+
+    async def load(self, req: m.AllocLoadRequest) -> m.AllocQueuesResponse:
+        """`hq alloc load`: every queue of the file is journaled as `alloc add` journals one."""
+        resp = await self.requests.load(req)
+        await self.queues_added(resp.queue_ids)
+        return resp
+
+    async def queues_added(self, queue_ids: tuple[int, ...]) -> None:
+        seq = None
+        for queue_id in queue_ids:
+            queue = self.service.state.queues[queue_id]
+            seq = self.writer.append(r.QueueAdded(queue.id, queue.params, time.time()))
+        if seq is None:
+            return
+        try:
+            await self.writer.durable(seq)
+        except JournalWriteError as e:
+            raise RequestError(f"{e}; the queues were added but are not durable") from None
 
     async def queue_action(self, req: m.AllocQueueRequest) -> m.OkResponse:
         try:
@@ -444,6 +466,11 @@ def _apply_alloc_event(
         queue.pause_reason = None
     elif kind is AllocEventKind.QUEUE_REMOVED:
         queue.removed = True
+    elif kind is AllocEventKind.PREALLOC_STOPPED:
+        queue.prealloc_stopped = True
+        queue.prealloc_started = False
+    elif kind is AllocEventKind.PREALLOC_STARTED:
+        queue.prealloc_stopped = False
     elif kind is AllocEventKind.SUBMIT_FAILED:
         planned.pop(rec.queue_id, None)
     elif kind is AllocEventKind.ALLOCATION_QUEUED and rec.allocation_id is not None:

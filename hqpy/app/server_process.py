@@ -19,6 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import attrs
 import trio
 
 from hqpy.app import journaling
@@ -27,6 +28,7 @@ from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.requests import AllocRequests
 from hqpy.autoalloc.service import AutoAllocService
 from hqpy.common.events import EventHub
+from hqpy.config.loader import Config
 from hqpy.journal import file as journal_file
 from hqpy.journal import records as journal_records
 from hqpy.journal.writer import JournalWriter
@@ -51,10 +53,13 @@ class ServerProcess:
         clock: Callable[[], float] = time.time,
         journal: Path | None = None,
         journal_flush_period: float = 1.0,
+        startup: Config | None = None,
     ) -> None:
         """`clock`: every time read of the server core (tests pass `trio.current_time`).
         `journal`: restore from this file (when it exists) and append to it."""
         self.config = config
+        self.startup = startup
+        """`hq server start --config`: queues and pools added before clients are served."""
         self.journal_path = journal
         self.journal_flush_period = journal_flush_period
         self.journal: JournalWriter | None = None
@@ -120,6 +125,8 @@ class ServerProcess:
             control=ServerDrain(core.state),
         )
         self.allocator = allocator
+        core.state.queue_offers = allocator
+        allocator.retire_workers = partial(retire_workers, core.state)
         core.handlers.extend(AllocRequests(allocator).table())
         if journal is not None:
             unconfirmed = journaling.restore_allocator(
@@ -135,6 +142,10 @@ class ServerProcess:
             await nursery.start(allocator.run)
             if journal is not None:
                 journaling.continue_allocation_ids(allocator)
+            if self.startup is not None:
+                added = await apply_config(self.startup, allocator, core.state)
+                if journal is not None:
+                    await journaling.AllocJournal(allocator, journal).queues_added(added)
             info = await nursery.start(core.run)
             if self.config.metrics_port is not None:
                 from hqpy.http.server import serve_http
@@ -161,3 +172,29 @@ class ServerProcess:
                     await journal.flush()
                     journal.close()
             nursery.cancel_scope.cancel()
+
+
+def retire_workers(state: ServerState, worker_ids: list[int]) -> None:
+    """Stop these workers once they run no task: at once if idle, else through the idle
+    reaper with a zero idle timeout (`hq alloc stop --preallocated` without `--now`)."""
+    for worker_id in worker_ids:
+        worker = state.workers.get(worker_id)
+        if worker is None or not worker.is_running:
+            continue
+        if not worker.tasks:
+            state.request_worker_stop(worker, "stopped")
+        else:
+            worker.config = attrs.evolve(worker.config, idle_timeout=0.0)
+
+
+async def apply_config(
+    config: Config, allocator: AutoAllocService, state: ServerState
+) -> tuple[int, ...]:
+    """Add the queues (all checked first) and set the pools of a configuration; returns the
+    ids of the queues added. A queue whose name a queue restored from the journal already has
+    is not added twice."""
+    have = {q.params.name for q in allocator.state.live_queues() if q.params.name}
+    added = await allocator.load_queues(tuple(q for q in config.queues if q.name not in have))
+    for name, size in config.pools:
+        state.set_pool(name, size)
+    return tuple(added)

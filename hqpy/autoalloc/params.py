@@ -9,13 +9,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import attrs
+
 from hqpy.autoalloc.backends import registry
 from hqpy.autoalloc.backends.base import AllocationRequest, ScriptSetup
 from hqpy.autoalloc.backends.common import allocation_name, build_worker_command, quote_double
 from hqpy.autoalloc.partitions import parse_splits
-from hqpy.autoalloc.planner import declared_resources
+from hqpy.autoalloc.planner import declared_resources, memory_resource
 from hqpy.autoalloc.templates import TemplateError, check_template
 from hqpy.common.errors import RequestError
+from hqpy.common.tags import parse_tag
 from hqpy.protocol.messages import QueueParams
 
 
@@ -56,6 +59,17 @@ def validate_params(params: QueueParams) -> None:
         raise AllocError("Max worker count has to be at least 1")
     if params.time_limit <= 0:
         raise AllocError("Time limit has to be positive")
+    if params.preallocate < 0:
+        raise AllocError("Preallocate has to be at least 0 (0: not a pool)")
+    if params.persist and params.preallocate < 1:
+        raise AllocError("--persist needs --preallocate N (the pool's size)")
+    if params.memory is not None and params.memory < 2**20:
+        raise AllocError("Memory has to be at least 1 MiB")
+    for tag in params.filter_tags:
+        try:
+            parse_tag(tag)
+        except ValueError as e:
+            raise AllocError(f"Invalid filter tag: {e}") from None
     if params.worker_time_limit is not None and params.worker_time_limit > params.time_limit:
         raise AllocError("Worker time limit cannot be larger than queue time limit")
     try:
@@ -136,6 +150,34 @@ def script_setup(params: QueueParams, instance_dir: Path, env: dict[str, str]) -
     )
 
 
+def memory_args(manager: str, memory: int | None) -> tuple[str, ...]:
+    """`memory` (bytes) in the batch system's own syntax, as extra directive arguments (a
+    plug-in backend gets none: give it with `-- ...`)."""
+    if memory is None:
+        return ()
+    mib = max(1, memory // 2**20)
+    return {
+        "slurm": (f"--mem={mib}M",),
+        "pbs": (f"-l mem={mib}mb",),
+        "lsf": (f"-R rusage[mem={mib}]",),
+        "htcondor": (f"request_memory = {mib}",),
+        "sge": (f"-l h_vmem={mib}M,mem_free={mib}M",),
+    }.get(manager.lower(), ())
+
+
+def worker_params(params: QueueParams) -> QueueParams:
+    """The options the queue's workers are started with: `memory` becomes their `mem`
+    resource, and a persistent pool's workers ignore the idle timeout (it is set to their
+    time limit, which ends them first)."""
+    mem = memory_resource(params)
+    if mem is not None:
+        params = attrs.evolve(params, resources=(*params.resources, mem))
+    if params.preallocate > 0 and params.persist:
+        limit = params.worker_time_limit
+        params = attrs.evolve(params, idle_timeout=params.time_limit if limit is None else limit)
+    return params
+
+
 def allocation_request(
     params: QueueParams,
     queue_id: int,
@@ -154,7 +196,7 @@ def allocation_request(
             shares this machine (`SharesHost.worker_cpus`).
     """
     command = build_worker_command(
-        params,
+        worker_params(params),
         hq_argv=hq_argv(params.python),
         server_dir=instance_dir,
         manager=params.manager,
@@ -167,7 +209,7 @@ def allocation_request(
         name=allocation_name(queue_id, seq, params.name),
         worker_count=workers,
         time_limit=params.time_limit,
-        additional_args=params.additional_args,
+        additional_args=(*params.additional_args, *memory_args(params.manager, params.memory)),
         worker_command=command,
         workdir=workdir,
         dry_run=dry_run,

@@ -29,6 +29,7 @@ from hqpy.common.resources import (
     parse_descriptor,
     parse_resource_arg,
 )
+from hqpy.common.tags import runs
 from hqpy.protocol.messages import QueueParams
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,17 @@ def tasks_per_worker(request: ResourceRequest, shape: WorkerShape) -> int:
     return 1 if per is None else per
 
 
-def workers_wanted(work: Iterable[WaitingWork], shape: WorkerShape, time_limit: float) -> int:
-    """Workers of this shape that the waiting tasks could keep busy."""
+def workers_wanted(
+    work: Iterable[WaitingWork],
+    shape: WorkerShape,
+    time_limit: float,
+    filter_tags: frozenset[str] = frozenset(),
+) -> int:
+    """Workers of this shape that the waiting tasks could keep busy (only tasks that carry
+    all the queue's filter tags count)."""
     total = 0
     for w in work:
-        if w.count <= 0 or w.request.min_time > time_limit:
+        if w.count <= 0 or w.request.min_time > time_limit or not runs(filter_tags, w.tags):
             continue
         per = tasks_per_worker(w.request, shape)
         if per > 0:
@@ -89,7 +96,11 @@ def workers_wanted(work: Iterable[WaitingWork], shape: WorkerShape, time_limit: 
 
 
 def consume(
-    work: Iterable[WaitingWork], shape: WorkerShape | None, workers: int, time_limit: float
+    work: Iterable[WaitingWork],
+    shape: WorkerShape | None,
+    workers: int,
+    time_limit: float,
+    filter_tags: frozenset[str] = frozenset(),
 ) -> list[WaitingWork]:
     """The work left after `workers` workers of this shape took what they can run.
 
@@ -98,7 +109,12 @@ def consume(
     """
     left = []
     for w in work:
-        if workers <= 0 or w.count <= 0 or w.request.min_time > time_limit:
+        if (
+            workers <= 0
+            or w.count <= 0
+            or w.request.min_time > time_limit
+            or not runs(filter_tags, w.tags)
+        ):
             left.append(w)
             continue
         per = 1 if shape is None else tasks_per_worker(w.request, shape)
@@ -108,13 +124,55 @@ def consume(
         take = min(w.count, workers * per)
         workers -= math.ceil(take / per)
         if w.count > take:
-            left.append(WaitingWork(w.request, w.count - take))
+            left.append(WaitingWork(w.request, w.count - take, w.tags))
     return left
 
 
-def any_runnable(work: Iterable[WaitingWork], time_limit: float) -> bool:
+def any_runnable(
+    work: Iterable[WaitingWork], time_limit: float, filter_tags: frozenset[str] = frozenset()
+) -> bool:
     """For a probing queue: is anything waiting that a worker of unknown shape might run?"""
-    return any(w.count > 0 and w.request.min_time <= time_limit for w in work)
+    return any(
+        w.count > 0 and w.request.min_time <= time_limit and runs(filter_tags, w.tags) for w in work
+    )
+
+
+def preallocation_permit(
+    *,
+    pool: int,
+    allocations: int,
+    workers_per_alloc: int,
+    active_workers: int,
+    max_worker_count: int | None,
+) -> list[int]:
+    """Worker counts of the allocations a pool of `pool` allocations submits now: all that
+    are missing at once (the backlog does not apply), within the worker cap.
+
+    Args:
+        allocations: the pool's queued and running allocations, and submissions under way.
+        active_workers: target workers of those allocations (against the max).
+    """
+    missing = pool - allocations
+    budget = None if max_worker_count is None else max_worker_count - active_workers
+    sizes: list[int] = []
+    while missing > 0:
+        size = workers_per_alloc if budget is None else min(workers_per_alloc, budget)
+        if size <= 0:
+            break
+        sizes.append(size)
+        missing -= 1
+        if budget is not None:
+            budget -= size
+    return sizes
+
+
+def pool_on(params: QueueParams, started: bool, stopped: bool, has_work: bool) -> bool:
+    """Does a pool keep its N allocations up now? A stopped pool submits nothing until
+    `hq alloc preallocate` starts it again; otherwise work its workers can run, `--persist`
+    or `hq alloc preallocate` turn it on."""
+    if params.preallocate <= 0 or stopped:
+        return False
+    return has_work or started or params.persist
 
 
 def compute_submission_permit(
@@ -162,7 +220,20 @@ def declared_resources(params: QueueParams) -> list[ResourceDescriptorItem]:
     for text in params.resources:
         name, definition = parse_resource_arg(text)
         items.append(parse_descriptor(name, definition))
+    mem = memory_resource(params)
+    if mem is not None:
+        items.append(parse_descriptor(*parse_resource_arg(mem)))
     return items
+
+
+def memory_resource(params: QueueParams) -> str | None:
+    """`mem=sum(MiB)` for a queue with `memory` and no `mem` resource of its own: its workers
+    offer what the batch system was asked for (MiB, HyperQueue's unit of `mem`)."""
+    if params.memory is None:
+        return None
+    if any(parse_resource_arg(r)[0] == "mem" for r in params.resources):
+        return None
+    return f"mem=sum({max(1, params.memory // 2**20)})"
 
 
 def max_workers(
@@ -184,6 +255,8 @@ class QueuePlan:
     needed_workers: int
     """Workers of queued allocations the demand still needs; queued allocations beyond them
     are unneeded (and withdrawn after a grace period)."""
+    pool_on: bool = False
+    """A pool (`--preallocate`) that keeps its N allocations up in this pass."""
 
 
 def plan_queue(
@@ -204,6 +277,7 @@ def plan_queue(
     if override is not None:
         declared.append(parse_descriptor("cpus", override))
     shape = shape_of(declared, queue.known_resources)
+    tags = frozenset(p.filter_tags)
     queued = queue.queued()
     in_flight = sum(queue.in_flight)
     running_coming = sum(
@@ -212,9 +286,12 @@ def plan_queue(
     coming = sum(a.worker_count for a in queued) + in_flight + running_coming
     mn: multinode.MultiNodePlan | None = None
     multi: list[WaitingWork] = []
+    untagged: list[WaitingWork] = []  # multi-node work its filter tags exclude: for the next
     if any(w.request.n_nodes > 0 for w in work):
         # Multi-node tasks first: each needs an allocation of its own width (multinode.py).
         work, multi = multinode.split_work(work)
+        untagged = [w for w in multi if not runs(tags, w.tags)]
+        multi = [w for w in multi if runs(tags, w.tags)]
         cap = max_workers(p, shape, share)
         widest = partitions.widest_group(p.splits, p.workers_per_alloc)
         mn = multinode.plan(
@@ -227,16 +304,32 @@ def plan_queue(
         coming -= mn.needed_workers
     if shape is None:
         # Probing: one allocation at a time until a worker tells what workers look like.
-        runnable = any_runnable(work, time_limit)
+        runnable = any_runnable(work, time_limit, tags)
         busy = any(True for _ in queue.active()) or bool(queue.in_flight)
         wanted = p.workers_per_alloc if runnable and not busy else 0
         needed = sum(a.worker_count for a in queued) if runnable else 0
     else:
-        wanted = workers_wanted(work, shape, time_limit)
+        runnable = workers_wanted(work, shape, time_limit, tags) > 0
+        wanted = workers_wanted(work, shape, time_limit, tags)
         needed = max(0, wanted - running_coming)
+    pool = p.preallocate > 0
+    on = pool_on(p, queue.prealloc_started, queue.prealloc_stopped, runnable)
     sizes: list[int] = []
     mn_sizes = [] if mn is None else mn.sizes
-    if may_submit:
+    if pool:
+        if on:
+            needed = sum(a.worker_count for a in queued)  # a pool withdraws nothing
+            # A started pool without `--persist` and with no work does not replace.
+            replaces = p.persist or runnable or not queue.prealloc_up
+            if may_submit and replaces:
+                sizes = preallocation_permit(
+                    pool=p.preallocate,
+                    allocations=sum(1 for _ in queue.active()) + len(queue.in_flight),
+                    workers_per_alloc=p.workers_per_alloc,
+                    active_workers=queue.active_worker_count() + in_flight,
+                    max_worker_count=max_workers(p, shape, share),
+                )
+    elif may_submit:
         sizes = compute_submission_permit(
             wanted_workers=wanted,
             coming_workers=coming,
@@ -248,7 +341,7 @@ def plan_queue(
         )
     log.debug(
         "Queue %d: %d waiting task groups, shape %s, wanted %d workers, coming %d, "
-        "queued %d/%d -> submit %s",
+        "queued %d/%d, pool %s -> submit %s",
         queue.id,
         len(work),
         shape,
@@ -256,6 +349,7 @@ def plan_queue(
         coming,
         len(queued) + len(queue.in_flight),
         p.backlog,
+        on if pool else "-",
         sizes,
     )
     if p.splits:
@@ -263,7 +357,7 @@ def plan_queue(
         sizes = [p.workers_per_alloc] * len(sizes)
     if shape is None:
         coming = sum(a.worker_count for a in queue.active()) + in_flight
-    rest = consume(work, shape, coming + sum(sizes), time_limit)
+    rest = consume(work, shape, coming + sum(sizes), time_limit, tags)
     if mn is not None:
         needed += mn.needed_workers
         served = multinode.satisfiable(multi, widest, time_limit)
@@ -272,4 +366,4 @@ def plan_queue(
             multi = [w for w in multi if w.request.n_nodes not in served]
         rest += multi
         sizes = mn.sizes + sizes
-    return QueuePlan(sizes, rest, needed)
+    return QueuePlan(sizes, rest + untagged, needed, on)

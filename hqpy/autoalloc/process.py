@@ -37,7 +37,7 @@ from hqpy.autoalloc.backends.common import write_script
 from hqpy.autoalloc.cancels import cancel_bound, cancel_with_retries, unconfirmed
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.params import allocation_request
-from hqpy.autoalloc.planner import plan_queue
+from hqpy.autoalloc.planner import QueuePlan, plan_queue
 from hqpy.autoalloc.state import Allocation, AllocationQueue, AutoAllocState
 from hqpy.autoalloc.templates import render_allocation_script
 from hqpy.common.demand import DemandSource
@@ -186,6 +186,7 @@ class AllocatorProcess:
                 log.debug("Queue %d: backing off after failures", queue.id)
                 continue
             work = plan.rest
+            self._note_pool(queue, plan)
             if not plan.sizes:
                 continue
             queue.limiter.on_attempt(now)
@@ -194,6 +195,42 @@ class AllocatorProcess:
                 self._submissions_done = trio.Event()
             self._submitting.add(queue.id)
             self._start("submit", self._submit_step, queue.id)
+
+    def _note_pool(self, queue: AllocationQueue, plan: QueuePlan) -> None:
+        """Record a pool's steps: started (all N at once) or an ended allocation replaced. A
+        pool is *up* once a pass finds nothing missing; submissions before that (also retries
+        after a failure) belong to its start."""
+        p = queue.params
+        if p.preallocate <= 0:
+            return
+        if not plan.pool_on:
+            queue.prealloc_up = False
+            return
+        if plan.sizes:
+            kind = (
+                AllocEventKind.PREALLOC_REPLACED
+                if queue.prealloc_up
+                else AllocEventKind.PREALLOC_STARTED
+            )
+            self.state.record(
+                queue,
+                kind,
+                None,
+                f"submitting {len(plan.sizes)} allocation(s) to keep {p.preallocate} up"
+                f"{' (persistent)' if p.persist else ''}",
+            )
+        elif (
+            not p.persist
+            and queue.prealloc_up
+            and not queue.in_flight
+            and not any(True for _ in queue.active())
+        ):
+            # `hq alloc preallocate` of a pool without `--persist` is one start: it ends
+            # once all its allocations have.
+            queue.prealloc_started = False
+        if not plan.sizes:
+            # Full (or at its worker cap): a later submission replaces an ended allocation.
+            queue.prealloc_up = True
 
     # -----------------------------------------------------------------------------------------
     # Submission steps

@@ -22,6 +22,9 @@ class AllocRequests:
             m.AllocQueueRequest: self.queue_action,
             m.AllocLogRequest: self.log,
             m.AllocDrainRequest: self.drain,
+            m.AllocPreallocateRequest: self.preallocate,
+            m.AllocStopPreallocatedRequest: self.stop_preallocated,
+            m.AllocLoadRequest: self.load,
         }
 
     async def add(self, req: m.AllocAddRequest) -> m.QueueCreatedResponse:
@@ -73,3 +76,14 @@ class AllocRequests:
         if found is None:
             return m.ErrorResponse(f"Allocation {req.allocation_id} not found")
         return m.AllocLogResponse(str(found[1].workdir))
+
+    async def preallocate(self, req: m.AllocPreallocateRequest) -> m.AllocQueuesResponse:
+        return m.AllocQueuesResponse(tuple(self.service.preallocate(req.queues)))
+
+    async def stop_preallocated(self, req: m.AllocStopPreallocatedRequest) -> m.AllocQueuesResponse:
+        return m.AllocQueuesResponse(
+            tuple(await self.service.stop_preallocated(req.queues, req.now))
+        )
+
+    async def load(self, req: m.AllocLoadRequest) -> m.AllocQueuesResponse:
+        return m.AllocQueuesResponse(tuple(await self.service.load_queues(req.queues)))

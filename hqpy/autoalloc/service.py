@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from hqpy.autoalloc import partitions
 from hqpy.autoalloc.backends.base import (
     BackendError,
     CancelTarget,
@@ -27,12 +28,13 @@ from hqpy.autoalloc.cancels import cancel_bound, cancel_with_retries, unconfirme
 from hqpy.autoalloc.config import AutoAllocConfig
 from hqpy.autoalloc.drain import Drains
 from hqpy.autoalloc.params import AllocError, allocation_request, validate_params
+from hqpy.autoalloc.planner import declared_resources, shape_of
 from hqpy.autoalloc.process import AllocatorProcess, BackendFactory, worker_cpus
 from hqpy.autoalloc.state import AllocationQueue, AllocEvent, AutoAllocState
 from hqpy.autoalloc.templates import render_allocation_script
 from hqpy.autoalloc.views import AllocatorViews
 from hqpy.common import drain as reasons
-from hqpy.common.demand import DemandSource
+from hqpy.common.demand import DemandSource, QueueOffer
 from hqpy.common.drain import AllocationControl
 from hqpy.common.events import (
     AllocationEndReported,
@@ -42,7 +44,8 @@ from hqpy.common.events import (
     WorkerConnected,
     WorkerLost,
 )
-from hqpy.common.states import AllocEventKind
+from hqpy.common.resources import parse_descriptor
+from hqpy.common.states import AllocationState, AllocEventKind, QueueState
 from hqpy.protocol import messages as m
 from hqpy.protocol.messages import QueueParams
 
@@ -87,6 +90,9 @@ class AutoAllocService:
         self.cancel_bound = cancel_bound(config.command_timeout)
         self.drains = Drains(self.state, self.process, control, self.cancel_bound, hub)
         self._dry_runs = 0
+        self.retire_workers: Callable[[list[int]], None] | None = None
+        """Set by the composition root: ask these workers to stop once they run no task
+        (`hq alloc stop --preallocated` without `--now`)."""
         hub.subscribe(JobSubmitted, lambda event: self.notify())
         hub.subscribe(WorkerConnected, self._on_worker_connected)
         hub.subscribe(WorkerLost, self._on_worker_lost)
@@ -285,6 +291,111 @@ class AutoAllocService:
             AllocError: no such allocation, or it has ended or is draining already.
         """
         self.drains.start(allocation_id, grace)
+
+    def find_queues(self, names: tuple[str, ...]) -> list[AllocationQueue]:
+        """Queues by id or name; a name that matches none is an error."""
+        out: list[AllocationQueue] = []
+        for name in names:
+            found = [
+                q for q in self.state.live_queues() if str(q.id) == name or q.params.name == name
+            ]
+            if not found:
+                raise AllocError(
+                    f"Allocation queue `{name}` not found; `hq alloc list` shows the queues"
+                )
+            out.extend(q for q in found if q not in out)
+        return out
+
+    def _pools(self, names: tuple[str, ...], persistent_only: bool) -> list[AllocationQueue]:
+        queues = self.find_queues(names) if names else self.state.live_queues()
+        for q in queues:
+            if names and q.params.preallocate <= 0:
+                raise AllocError(
+                    f"Allocation queue {q.id} is not a pool; "
+                    "add one with `hq alloc add ... --preallocate N`"
+                )
+        pools = [q for q in queues if q.params.preallocate > 0]
+        if persistent_only and not names:
+            pools = [q for q in pools if q.params.persist or q.prealloc_started]
+        return pools
+
+    def preallocate(self, names: tuple[str, ...]) -> list[int]:
+        """`hq alloc preallocate`: start the pools' allocations now (also a stopped one)."""
+        pools = self._pools(names, persistent_only=False)
+        for q in pools:
+            q.prealloc_started = True
+            q.prealloc_stopped = False
+        self.notify()
+        return [q.id for q in pools]
+
+    async def stop_preallocated(self, names: tuple[str, ...], now: bool) -> list[int]:
+        """`hq alloc stop --preallocated`: the pools stop keeping their allocations up; queued
+        ones are cancelled, running ones end when their workers are idle (`now`: at once)."""
+        pools = self._pools(names, persistent_only=True)
+        for q in pools:
+            q.prealloc_started = False
+            q.prealloc_stopped = True
+            q.prealloc_up = False
+            ids = [a.id for a in q.active() if a.state is AllocationState.QUEUED]
+            workers: list[int] = []
+            for a in q.running():
+                if now or not a.connected or self.retire_workers is None:
+                    ids.append(a.id)
+                else:
+                    workers.extend(sorted(a.connected))
+            how = "cancelling all its allocations" if now else "its workers stop when idle"
+            self.state.record(q, AllocEventKind.PREALLOC_STOPPED, None, how)
+            if workers and self.retire_workers is not None:
+                self.retire_workers(workers)
+            if ids:
+                await self.process.cancel_allocations(
+                    q.id,
+                    ids,
+                    "its pool was stopped",
+                    trio.current_time() + self.cancel_bound,
+                )
+        self.notify()
+        return [q.id for q in pools]
+
+    async def load_queues(self, queues: tuple[QueueParams, ...]) -> list[int]:
+        """Add the queues of a configuration: all checked first, then all added (a bad one
+        adds none)."""
+        for i, params in enumerate(queues):
+            try:
+                validate_params(params)
+            except AllocError as e:
+                label = params.name or f"#{i + 1}"
+                raise AllocError(f"queue {label}: {e}; no queue was added") from None
+        for params in queues:
+            self.process.backend(params.manager)
+        ids = [self.state.add_queue(p, self.config.max_allocation_fails).id for p in queues]
+        self.notify()
+        return ids
+
+    def queue_offers(self) -> list[QueueOffer]:
+        """`QueueOffers`: what each queue's workers could give a task (the fit check)."""
+        out = []
+        for q in sorted(self.state.live_queues(), key=lambda q: q.id):
+            p = q.params
+            declared = declared_resources(p)
+            cpus = None if p.cpus is not None else self.default_worker_cpus(p)
+            if cpus is not None:
+                declared.append(parse_descriptor("cpus", cpus))
+            shape = shape_of(declared, q.known_resources)
+            out.append(
+                QueueOffer(
+                    queue_id=q.id,
+                    name=p.name or str(q.id),
+                    manager=p.manager,
+                    capacity=None if shape is None else dict(shape.capacity),
+                    exact=shape is not None and shape.exact,
+                    time_limit=q.worker_time_limit(),
+                    workers_per_alloc=partitions.widest_group(p.splits, p.workers_per_alloc),
+                    filter_tags=frozenset(p.filter_tags),
+                    paused=q.state is not QueueState.ACTIVE,
+                )
+            )
+        return out
 
     async def wait_for_events(self, queue_id: int, after: int) -> None:
         """Return once the queue has more than `after` events (for `alloc events --follow`)."""

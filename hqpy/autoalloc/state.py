@@ -147,6 +147,14 @@ class AllocationQueue:
     in_flight: list[int] = attrs.Factory(list)
     """Worker counts of the submissions under way: they count as queued allocations, so a
     pass that runs meanwhile neither submits for the same work nor hands it to the next queue."""
+    prealloc_started: bool = False
+    """A pool (`--preallocate N`) keeps its N allocations up: set from creation with
+    `--persist`, or by `hq alloc preallocate` (a pool without `--persist`: until its N are
+    submitted)."""
+    prealloc_stopped: bool = False
+    """Set by `hq alloc stop --preallocated`: the pool submits nothing until started again."""
+    prealloc_up: bool = False
+    """The pool reached its N once since it was started: a later submission replaces one."""
 
     def active(self) -> Iterator[Allocation]:
         return (a for a in self.allocations.values() if a.is_active)
@@ -203,6 +211,7 @@ class AutoAllocState:
         queue = AllocationQueue(
             qid, params, dir_name, RateLimiter(max_allocation_fails=max_allocation_fails)
         )
+        queue.prealloc_started = params.preallocate > 0 and params.persist
         self.queues[qid] = queue
         self.record(
             queue,
@@ -438,4 +447,8 @@ def _describe(p: QueueParams) -> str:
     ]
     if p.max_worker_count is not None:
         parts.append(f"at most {p.max_worker_count} workers")
+    if p.preallocate > 0:
+        parts.append(f"preallocate {p.preallocate}{' persistent' if p.persist else ''}")
+    if p.filter_tags:
+        parts.append(f"filter tags {', '.join(p.filter_tags)}")
     return ", ".join(parts)

@@ -29,6 +29,8 @@ def queue_view(queue: AllocationQueue, worker_cpus: WorkerCpus = no_share) -> m.
         removed=queue.removed,
         event_count=queue.event_count,
         local_cpus=worker_cpus(queue.params),
+        prealloc_started=queue.prealloc_started,
+        prealloc_stopped=queue.prealloc_stopped,
     )
 
 

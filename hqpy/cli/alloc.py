@@ -1,8 +1,9 @@
-"""`hq alloc add|dry-run|list|info|events|log|pause|resume|remove|drain`."""
+"""`hq alloc add|dry-run|list|info|events|log|pause|resume|remove|drain|preallocate|stop|load`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -47,6 +48,28 @@ def _absolute(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
     return os.path.abspath(os.path.expanduser(text))
+
+
+def _tag(text: str) -> str:
+    from hqpy.common.tags import parse_tag
+
+    try:
+        return parse_tag(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _size(text: str) -> int:
+    """Binary sizes, as the batch systems read them: `16g` and `16GB` are 16 GiB."""
+    import humanfriendly  # type: ignore[import-untyped]
+
+    try:
+        value = int(humanfriendly.parse_size(text, binary=True))
+    except humanfriendly.InvalidSize:
+        raise argparse.ArgumentTypeError(f"`{text}` is not a size (e.g. 16g or 512MiB)") from None
+    if value < 2**20:
+        raise argparse.ArgumentTypeError(f"`{text}` is less than 1 MiB")
+    return value
 
 
 def add_queue_options(p: argparse.ArgumentParser) -> None:
@@ -125,6 +148,31 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
         "node), its node count and its workers' filter tags; the counts add up to "
         "--workers-per-alloc (repeatable)",
     )
+    p.add_argument(
+        "--filter-tag",
+        action="append",
+        default=[],
+        type=_tag,
+        metavar="TAG",
+        help="The workers run only tasks with this tag (NAME or KEY=VALUE; repeatable)",
+    )
+    p.add_argument(
+        "--preallocate",
+        type=positive_int,
+        metavar="N",
+        default=0,
+        help="A pool: submit N allocations at once when there is work for them, keep N up",
+    )
+    p.add_argument(
+        "--persist",
+        action="store_true",
+        help="With --preallocate: keep the N up from now on, with or without work",
+    )
+    p.add_argument(
+        "--memory",
+        type=_size,
+        help="Memory per node asked of the batch system (16g = 16 GiB); the workers' `mem`",
+    )
     p.set_defaults(additional_args=[], batch_args=True)
     p.epilog = "Arguments after `--` go verbatim into the script as one batch directive line."
 
@@ -165,6 +213,24 @@ def register(tree: Any, nouns: Any) -> None:
     p.add_argument("channel", choices=("stdout", "stderr"))
     p.set_defaults(func=cmd_log)
 
+    p = tree.command(verbs, "preallocate", "Start the allocations of preallocated pools now")
+    p.add_argument("queues", nargs="*", metavar="QUEUE", help="Pool ids or names (none: all)")
+    p.set_defaults(func=cmd_preallocate)
+
+    p = tree.command(verbs, "stop", "End the allocations of preallocated pools")
+    p.add_argument(
+        "--preallocated",
+        action="store_true",
+        help="Required: end the (persistent) pools' allocations and stop replacing them",
+    )
+    p.add_argument("queues", nargs="*", metavar="QUEUE", help="Pool ids or names (none: all)")
+    p.add_argument("--now", action="store_true", help="Cancel at once, also running tasks")
+    p.set_defaults(func=cmd_stop)
+
+    p = tree.command(verbs, "load", "Add the queues and pools of a TOML configuration")
+    p.add_argument("file", help="The configuration (see docs/config.md)")
+    p.set_defaults(func=cmd_load)
+
     for action, helptext in (
         ("pause", "Stop submitting allocations"),
         ("resume", "Submit allocations again (also resets the failure counters)"),
@@ -192,6 +258,9 @@ def register(tree: Any, nouns: Any) -> None:
 
 def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
     """The queue described by the options, or None (after printing why) if it cannot be."""
+    if args.persist and not args.preallocate:
+        output_of(args).error("--persist needs --preallocate N (the number of allocations)")
+        return None
     if args.worker_time_limit is not None and args.worker_time_limit > args.time_limit:
         output_of(args).error("Worker time limit cannot be larger than queue time limit")
         return None
@@ -238,6 +307,10 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
         script_template=template,
         template_params=tuple(args.template_params),
         splits=tuple(args.splits),
+        filter_tags=tuple(dict.fromkeys(args.filter_tag)),
+        preallocate=args.preallocate,
+        persist=args.persist,
+        memory=args.memory,
     )
 
 
@@ -378,3 +451,64 @@ def cmd_queue_action(args: argparse.Namespace, conn: BlockingConnection, out: Ou
     )
     done = {"remove": "removed", "pause": "paused", "resume": "resumed"}[args.action]
     log.info("Allocation queue %d successfully %s", args.queue_id, done)
+
+
+def _queues_done(args: argparse.Namespace, what: str, ids: tuple[int, ...], **extra: Any) -> None:
+    """The queues a command touched: a line per mode (cli: a log line; json: an object;
+    quiet: the ids)."""
+    if args.output_mode == "json":
+        print(json.dumps({"queue_ids": list(ids), **extra}, indent=2))
+    elif args.output_mode == "quiet":
+        for queue_id in ids:
+            print(queue_id)
+    else:
+        shown = ", ".join(str(i) for i in ids) if ids else "none"
+        log.info("%s: %s", what, shown)
+
+
+@client_command
+def cmd_preallocate(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    resp = conn.request(m.AllocPreallocateRequest(tuple(args.queues)), m.AllocQueuesResponse)
+    _queues_done(args, "Preallocated pools started", resp.queue_ids)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    if not args.preallocated:
+        output_of(args).error(
+            "`hq alloc stop` stops preallocated pools: write `hq alloc stop --preallocated "
+            "[QUEUE...]` (to remove a queue, use `hq alloc remove`)"
+        )
+        return 1
+
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(
+            m.AllocStopPreallocatedRequest(tuple(args.queues), args.now), m.AllocQueuesResponse
+        )
+        _queues_done(args, "Preallocated pools stopped", resp.queue_ids)
+
+    return run_client(args, call)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from hqpy.config.loader import ConfigError, load_file
+
+    try:
+        config = load_file(args.file, registry.names())
+    except ConfigError as e:
+        output_of(args).error(str(e))
+        return 1
+
+    def call(conn: BlockingConnection, out: Output) -> None:
+        resp = conn.request(m.AllocLoadRequest(config.queues), m.AllocQueuesResponse)
+        for name, size in config.pools:
+            conn.request(m.PoolSetRequest(name, size), m.OkResponse)
+        _queues_done(
+            args,
+            f"Loaded {args.file}: queues",
+            resp.queue_ids,
+            pools={name: size for name, size in config.pools},
+        )
+        if config.pools and args.output_mode == "cli":
+            log.info("Pools: %s", ", ".join(f"{n} = {s}" for n, s in config.pools))
+
+    return run_client(args, call)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 import time
@@ -52,6 +53,13 @@ def register(tree: Any, nouns: Any) -> None:
         default=1.0,
         help="How often task completions are written to the journal (default: 1s)",
     )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("HQPY_CONFIG") or None,
+        help="A TOML file of queues and pools to add at start (default: $HQPY_CONFIG; "
+        "see docs/config.md)",
+    )
     p.set_defaults(func=cmd_start, long_running=True)
 
     p = tree.command(verbs, "stop", "Stop the server")
@@ -87,6 +95,18 @@ def cmd_start(args: argparse.Namespace) -> int:
     stop_signals = early_signals.received
     from hqpy.server.startup import StartError, early_start
 
+    startup = None
+    if args.config is not None:
+        # Checked before anything is bound: a bad file starts nothing.
+        from hqpy.autoalloc.backends import registry
+        from hqpy.config.loader import ConfigError, load_file
+
+        try:
+            startup = load_file(args.config, registry.names())
+        except ConfigError as e:
+            output_of(args).error(str(e))
+            return 1
+    args.startup = startup
     try:
         early = early_start(
             args.server_dir, args.host, args.client_port, args.worker_port, args.access_file
@@ -112,6 +132,7 @@ def _serve(args: argparse.Namespace, early: Any, stop_signals: list[int]) -> int
     import trio
 
     from hqpy.app.server_process import ServerProcess
+    from hqpy.common.errors import RequestError
     from hqpy.common.serverdir import AccessError
     from hqpy.journal.file import JournalError
     from hqpy.protocol import messages as m
@@ -132,7 +153,10 @@ def _serve(args: argparse.Namespace, early: Any, stop_signals: list[int]) -> int
 
     async def run() -> None:
         server = ServerProcess(
-            config, journal=args.journal, journal_flush_period=args.journal_flush_period
+            config,
+            journal=args.journal,
+            journal_flush_period=args.journal_flush_period,
+            startup=args.startup,
         )
         import signal
 
@@ -162,6 +186,8 @@ def _serve(args: argparse.Namespace, early: Any, stop_signals: list[int]) -> int
         errors.append(str(_first_leaf(group)))
     except* JournalError as group:
         errors.append(str(_first_leaf(group)))
+    except* RequestError as group:
+        errors.append(f"{args.config}: {_first_leaf(group)}")
     except* OSError as group:
         errors.append(f"Cannot start the server: {_first_leaf(group)}")
     if errors:

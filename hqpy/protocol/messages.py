@@ -162,6 +162,14 @@ class QueueParams:
     """`-x key=value`, as typed: the template's own placeholders."""
     splits: tuple[str, ...] = ()
     """`--split KIND:COUNT[:TAG,...]`, as typed (see `autoalloc.partitions`)."""
+    filter_tags: tuple[str, ...] = ()
+    """`--filter-tag`: the queue's workers run only tasks that carry all of them."""
+    preallocate: int = 0
+    """`--preallocate N`: a pool of N allocations submitted at once (0: an ordinary queue)."""
+    persist: bool = False
+    """`--persist`: the pool is kept up from creation, with or without work."""
+    memory: int | None = None
+    """`--memory` (bytes): requested from the batch system per node, and the workers' `mem`."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +387,10 @@ class QueueView:
     local_cpus: str | None = None
     """`--cpus` the workers of a local queue without `--cpus` are started with (their share of
     the server's machine): their shape is known before one connects."""
+    prealloc_started: bool = False
+    """A pool started by `hq alloc preallocate` (or persistent): it keeps its N up."""
+    prealloc_stopped: bool = False
+    """A pool ended by `hq alloc stop --preallocated`: it submits for work only."""
 
 
 @attrs.frozen
@@ -636,6 +648,35 @@ class AllocDrainRequest:
 
 
 @attrs.frozen
+class AllocPreallocateRequest:
+    """`hq alloc preallocate [QUEUE...]`: start the pools' allocations now (none: every pool)."""
+
+    queues: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class AllocStopPreallocatedRequest:
+    """`hq alloc stop --preallocated [QUEUE...] [--now]`."""
+
+    queues: tuple[str, ...] = ()
+    now: bool = False
+
+
+@attrs.frozen
+class AllocLoadRequest:
+    """`hq alloc load FILE`: the queues of a checked configuration, all added or none."""
+
+    queues: tuple[QueueParams, ...]
+
+
+@attrs.frozen
+class AllocQueuesResponse:
+    """The queues a request touched, by id."""
+
+    queue_ids: tuple[int, ...]
+
+
+@attrs.frozen
 class PoolSetRequest:
     """Create a concurrency pool or resize it (`hq pool set NAME SIZE`)."""
 
@@ -679,6 +720,9 @@ ClientRequest = (
     | AllocQueueRequest
     | AllocLogRequest
     | AllocDrainRequest
+    | AllocPreallocateRequest
+    | AllocStopPreallocatedRequest
+    | AllocLoadRequest
     | PoolSetRequest
     | PoolRemoveRequest
     | PoolListRequest
@@ -854,6 +898,7 @@ ClientResponse = (
     | AllocationListResponse
     | AllocEventsResponse
     | AllocLogResponse
+    | AllocQueuesResponse
     | PoolListResponse
     | TaskExplainResponse
 )

@@ -541,3 +541,72 @@ def test_worker_environment_reaches_tasks_on_real_slurm(
     wait_job_finished(hq_env, 1, 1)
     output = hq_env.command("job", "cat", "1", "stdout").strip()
     assert output == f"sourced|a b|{python}|{worker_dir}"
+
+
+SLURM_CONFIG = """
+[queue.any]
+manager = "slurm"
+time_limit = "5m"
+idle_timeout = "3s"
+cpus = 1
+
+[preallocate.warm]
+manager = "slurm"
+jobs = 1
+walltime = "5m"
+memory = "512m"
+persist = true
+idle_timeout = "2s"
+cpus = 1
+
+[pools]
+serial = 1
+"""
+
+
+def test_whole_flow_from_a_toml_file_on_real_slurm(hq_env: HqEnv, slurm_jobs: SlurmJobs) -> None:
+    """A config with a queue, a persistent pool (`--mem` from `memory`) and a concurrency
+    pool: the pool is up before any job, a tagged job runs on it, an untagged one through the
+    queue, and `alloc stop --preallocated` ends the pool."""
+    config = hq_env.work_dir / "hqpy.toml"
+    config.write_text(SLURM_CONFIG)
+    hq_env.env.update(FAST_TIMERS)
+    if "SLURM_CONF" in os.environ:
+        hq_env.env["SLURM_CONF"] = os.environ["SLURM_CONF"]
+    hq_env.start_server("--config", str(config))
+    [pool_id] = wait_queued(hq_env, 1, queue_id=2)
+    script = slurm("scontrol", "show", "job", pool_id).stdout
+    assert "MinMemoryNode=512M" in script, script
+
+    def pool_worker() -> list[dict[str, Any]]:
+        return [
+            w
+            for w in workers_all(hq_env)
+            if w["state"] == "RUNNING" and w["allocation"]["id"] == pool_id
+        ]
+
+    [worker] = wait_until(pool_worker, timeout=WAIT, interval=0.5, what="the pool's worker")
+    assert worker["configuration"]["filter_tags"] == ["warm"]
+
+    hq_env.command("submit", "--tag", "warm", "--pool", "serial", "--", "echo", "warm")
+    wait_job_finished(hq_env, 1, 1)
+    # Only the pool's worker can run it: the plain queue submitted nothing for it.
+    assert queued_ids(hq_env, 1) == []
+    hq_env.command("submit", "--", "echo", "any")
+    wait_job_finished(hq_env, 2, 1)
+    assert queued_ids(hq_env, 1)  # the untagged job came through the plain queue
+
+    hq_env.command("alloc", "stop", "--preallocated")
+    wait_until(
+        lambda: all(a["status"] == "finished" for a in alloc_info(hq_env, 2)),
+        timeout=WAIT,
+        interval=0.5,
+        what="the pool's allocation ends",
+    )
+    assert queued_ids(hq_env, 2) == [pool_id]  # not replaced
+    wait_until(
+        lambda: not active_in_squeue([pool_id]),
+        timeout=30,
+        interval=0.5,
+        what=f"{pool_id} leaves squeue",
+    )

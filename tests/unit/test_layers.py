@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "autoalloc": 2,
     "http": 2,
     "journal": 2,
+    "config": 2,
     "app": 3,
     "cli": 4,
     "__main__": 5,

@@ -119,6 +119,7 @@ def build_worker_command(
         )
     if params.min_utilization > 0:
         parts.append(f"--min-utilization {params.min_utilization:g}")
+    parts.extend(f"--filter-tag {quote_double(t)}" for t in params.filter_tags)
     parts.append(f"--on-server-lost {quote_double(params.on_server_lost)}")
     limit = params.worker_time_limit if params.worker_time_limit is not None else params.time_limit
     parts.append(f"--time-limit {quote_double(format_duration(limit))}")

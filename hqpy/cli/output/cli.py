@@ -459,6 +459,15 @@ class CliOutput:
                     ",".join(p.additional_args),
                 ]
             )
+        # Pools and filter tags (issue 10): columns only when a queue has them.
+        if any(q.params.preallocate > 0 for q in queues):
+            header.append("Preallocate")
+            for row, q in zip(rows, queues, strict=True):
+                row.append(pool_settings(q))
+        if any(q.params.filter_tags for q in queues):
+            header.append("Filter tags")
+            for row, q in zip(rows, queues, strict=True):
+                row.append(",".join(q.params.filter_tags))
         self._horizontal(header, rows)
 
     def allocation_list(self, queue: m.QueueView, allocations: list[m.AllocationView]) -> None:
@@ -494,6 +503,10 @@ class CliOutput:
                 nodes = "node" if split.count == 1 else "nodes"
                 parts.append(f"{split.kind} {split.count} {nodes}{tags}")
             self._print("Each allocation is split into: " + "; ".join(parts))
+        if queue.params.preallocate > 0:
+            self._print(f"Preallocated pool: {pool_settings(queue)}")
+        if queue.params.filter_tags:
+            self._print(f"Filter tags: {', '.join(queue.params.filter_tags)}")
         if queue.pause_reason:
             self._print(f"The queue is paused: {queue.pause_reason}")
 
@@ -535,3 +548,20 @@ class CliOutput:
 
     def error(self, message: str) -> None:
         print(message, file=sys.stderr)
+
+
+def pool_settings(q: m.QueueView) -> str:
+    """`2 allocations, persistent, started` for a queue with `--preallocate` (else empty)."""
+    p = q.params
+    if p.preallocate <= 0:
+        return ""
+    parts = [f"{p.preallocate} allocation{'s' if p.preallocate != 1 else ''}"]
+    if p.persist:
+        parts.append("persistent")
+    if p.memory is not None:
+        parts.append(f"memory {p.memory // 2**20} MiB")
+    if q.prealloc_stopped:
+        parts.append("stopped")
+    elif q.prealloc_started:
+        parts.append("started")
+    return ", ".join(parts)

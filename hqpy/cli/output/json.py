@@ -325,7 +325,25 @@ def queue_json(queue: m.QueueView) -> dict[str, Any]:
         else [descriptor_to_json(r) for r in queue.known_resources],
         **_worker_environment(p),
         **({"splits": list(p.splits)} if p.splits else {}),
+        **_pool(queue),
     }
+
+
+def _pool(queue: m.QueueView) -> dict[str, Any]:
+    """A pool's settings and the queue's filter tags, only when set (issue 10)."""
+    p = queue.params
+    out: dict[str, Any] = {}
+    if p.preallocate > 0:
+        out["preallocate"] = {
+            "jobs": p.preallocate,
+            "persist": p.persist,
+            "memory": p.memory,
+            "started": queue.prealloc_started,
+            "stopped": queue.prealloc_stopped,
+        }
+    if p.filter_tags:
+        out["filter_tags"] = list(p.filter_tags)
+    return out
 
 
 def _worker_environment(p: m.QueueParams) -> dict[str, Any]:

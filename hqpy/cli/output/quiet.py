@@ -62,7 +62,8 @@ class QuietOutput:
 
     def queue_list(self, queues: list[m.QueueView]) -> None:
         for q in queues:
-            print(f"{q.id} {q.state}")
+            pool = f" preallocate={q.params.preallocate}" if q.params.preallocate > 0 else ""
+            print(f"{q.id} {q.state}{pool}")
 
     def allocation_list(self, queue: m.QueueView, allocations: list[m.AllocationView]) -> None:
         for a in allocations:
