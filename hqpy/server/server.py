@@ -218,14 +218,17 @@ class Server:
         """Authenticate a connection and run its session; a bad peer never hurts the server."""
         framed = FramedStream(stream)
         peer = _peer_name(stream)
+        authenticated = False
         try:
             await server_handshake(framed, {role: secret})
+            authenticated = True
             if role == "client":
                 await self._client_session(framed)
             else:
                 await self._worker_session(framed)
         except (AuthError, ProtocolError) as e:
-            log.warning("Connection from %s refused: %s", peer, e)
+            what = "closed" if authenticated else "refused"
+            log.warning("Connection from %s (%s) %s: %s", peer, role, what, e)
         except trio.TooSlowError:
             log.warning("Connection from %s refused: handshake timed out", peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as e:
@@ -271,7 +274,7 @@ class Server:
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 frame = None
             except ProtocolError as e:
-                log.debug("Client sent a bad frame while waiting: %s", e)
+                log.warning("Connection from %s (client) closed: %s", _peer_name(framed.stream), e)
                 frame = None
             if frame is None:
                 cancel.cancel()
@@ -312,13 +315,15 @@ class Server:
                     nursery.cancel_scope.cancel()
             if scope.cancelled_caught:
                 reason = WorkerState.HEARTBEAT_LOST
-        except* (
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            ProtocolError,
-            ConnectionError,
-        ):
-            # The nursery groups errors; a broken or misbehaving worker only ends its session.
+        except* ProtocolError as group:
+            # The nursery groups errors; a misbehaving worker only ends its session.
+            log.warning(
+                "Connection from %s (worker %d) closed: %s",
+                _peer_name(framed.stream),
+                worker.id,
+                "; ".join(map(str, group.exceptions)),
+            )
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             log.debug("Session of worker %d ended by an error", worker.id)
         finally:
             self._sessions.pop(worker.id, None)
@@ -461,9 +466,10 @@ def _port_of(listeners: list[trio.SocketListener]) -> int:
     return port
 
 
-def _peer_name(stream: trio.SocketStream) -> str:
+def _peer_name(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
     try:
-        host, port = stream.socket.getpeername()[:2]
+        host, port = sock.getpeername()[:2] if sock is not None else ("<unknown>", 0)
         return f"{host}:{port}"
     except OSError:
         return "<unknown>"
