@@ -31,6 +31,7 @@ import trio.lowlevel
 from hqpy import __version__
 from hqpy.common import serverdir
 from hqpy.common.events import AllocationEndReported, EventHub
+from hqpy.common.resources import ResourceKind
 from hqpy.common.states import WorkerState
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
@@ -47,6 +48,9 @@ REAPER_INTERVAL = 0.1
 BIND_ATTEMPTS = 10
 MAX_ALLOCATION_ID = 256
 MAX_STDERR_TAIL = 4096
+MAX_RESOURCE_INDICES = 1 << 20
+"""A registering worker's range resources may span this many indices in all: the server lists
+them, so a forged `range(0-2**60)` must be refused before it is expanded."""
 """Bounds of what an allocation end report (`AllocationEnded`) may carry."""
 
 
@@ -299,6 +303,7 @@ class Server:
             return
         if not isinstance(hello, m.RegisterWorker):
             raise ProtocolError(f"a worker must register first, got {type(hello).__name__}")
+        _check_registration(hello.configuration)
         send, receive = trio.open_memory_channel[m.ToWorker](math.inf)
         worker = self.state.add_worker(hello.configuration, send)
         idle = hello.configuration.idle_timeout
@@ -413,6 +418,18 @@ class Server:
             async for _ in signals:
                 self.request_stop()
                 return
+
+
+def _check_registration(config: m.WorkerConfiguration) -> None:
+    """Refuse a configuration the server could not hold (found by tests/fuzz)."""
+    span = 0
+    for item in config.resources:
+        if item.kind is ResourceKind.RANGE:
+            span += max(0, item.end - item.start + 1)
+    if span > MAX_RESOURCE_INDICES:
+        raise ProtocolError(
+            f"worker resources span {span} indices (at most {MAX_RESOURCE_INDICES})"
+        )
 
 
 async def _send_loop(framed: FramedStream, receive: trio.MemoryReceiveChannel[m.ToWorker]) -> None:
