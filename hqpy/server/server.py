@@ -48,10 +48,10 @@ REAPER_INTERVAL = 0.1
 BIND_ATTEMPTS = 10
 MAX_ALLOCATION_ID = 256
 MAX_STDERR_TAIL = 4096
+"""Bounds of what an allocation end report (`AllocationEnded`) may carry."""
 MAX_RESOURCE_INDICES = 1 << 20
 """A registering worker's range resources may span this many indices in all: the server lists
 them, so a forged `range(0-2**60)` must be refused before it is expanded."""
-"""Bounds of what an allocation end report (`AllocationEnded`) may carry."""
 
 
 @attrs.frozen
@@ -485,8 +485,10 @@ def _port_of(listeners: list[trio.SocketListener]) -> int:
 
 def _peer_name(stream: trio.abc.Stream) -> str:
     sock = getattr(stream, "socket", None)
+    if sock is None:
+        return "<unknown>"
     try:
-        host, port = sock.getpeername()[:2] if sock is not None else ("<unknown>", 0)
+        host, port = sock.getpeername()[:2]
         return f"{host}:{port}"
     except OSError:
         return "<unknown>"
