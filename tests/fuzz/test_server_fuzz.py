@@ -198,7 +198,7 @@ REGISTER = codec.encode(
 
 
 @pytest.mark.parametrize("role", ["client", "worker"])
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=100)
 @given(payload=st.binary(max_size=300))
 def test_garbage_instead_of_a_hello(live: LiveServer, role: str, payload: bytes) -> None:
     peer = RawPeer(live, role)
@@ -208,7 +208,7 @@ def test_garbage_instead_of_a_hello(live: LiveServer, role: str, payload: bytes)
 
 
 @pytest.mark.parametrize("role", ["client", "worker"])
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=100)
 @given(data=st.data())
 def test_mutated_hello(live: LiveServer, role: str, data: st.DataObject) -> None:
     peer = RawPeer(live, role)
@@ -224,7 +224,7 @@ def test_mutated_hello(live: LiveServer, role: str, data: st.DataObject) -> None
 
 
 @pytest.mark.parametrize("role", ["client", "worker"])
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=100)
 @given(payload=st.binary(max_size=300))
 def test_unsealed_bytes_after_the_handshake(live: LiveServer, role: str, payload: bytes) -> None:
     peer = RawPeer(live, role)
@@ -235,7 +235,7 @@ def test_unsealed_bytes_after_the_handshake(live: LiveServer, role: str, payload
 
 
 @pytest.mark.parametrize("role", ["client", "worker"])
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=100)
 @given(payload=st.binary(max_size=300))
 def test_sealed_garbage(live: LiveServer, role: str, payload: bytes) -> None:
     peer = RawPeer(live, role)
@@ -245,7 +245,7 @@ def test_sealed_garbage(live: LiveServer, role: str, payload: bytes) -> None:
     live.assert_healthy()
 
 
-@settings(FUZZ, max_examples=500)
+@settings(FUZZ, max_examples=300)
 @given(data=st.data())
 def test_client_requests_sealed_and_mutated(live: LiveServer, data: st.DataObject) -> None:
     _cls, payload = data.draw(_requests())
@@ -257,7 +257,7 @@ def test_client_requests_sealed_and_mutated(live: LiveServer, data: st.DataObjec
     live.assert_healthy()
 
 
-@settings(FUZZ, max_examples=500)
+@settings(FUZZ, max_examples=300)
 @given(data=st.data())
 def test_worker_messages_sealed_and_mutated(live: LiveServer, data: st.DataObject) -> None:
     """Half the time after a valid registration, so the registered worker's loop is fuzzed too."""
