@@ -22,6 +22,13 @@ Benchmarks (names for `--only`):
   json` and of `hq job cat J stdout`, with each client's peak RSS.
 - ``many-workers``: the server alone with 64 simulated 2-cpu workers runs 200,000 tasks: rate,
   and the spread of tasks per worker (largest distance from the mean, in percent of the mean).
+- ``load`` (only with ``--only load``; not in CI): the server alone with 1,000 simulated 2-cpu
+  workers (real handshake, sealed frames, a heartbeat every ``LOAD_HEARTBEAT`` seconds, all in one
+  trio process) runs a 1,000,000-task array: the server's peak RSS, its CPU seconds per task
+  (from ``/proc/<pid>/stat``), the task rate, and tasks per worker (min, max, stddev).
+  ``--load-workers`` / ``--load-tasks`` shrink it.
+- ``seal``: frames per second through `Sealer.seal` + `Opener.open` (ChaCha20-Poly1305) beside
+  plain length-prefixed frames through the same decoder, for a task-update frame and a 64 KiB one.
 - ``startup``: how long after its process starts `hq server start` has written
   `<server-dir>/hq-current/access.json` (the file polled every millisecond), median of 7 starts,
   beside `python -c pass`; each server is then stopped with SIGINT (exit code checked).
@@ -60,6 +67,8 @@ BENCHES = (
     "hqpy-server-only",
     "bigjob",
     "many-workers",
+    "load",
+    "seal",
     "startup",
     "cli",
 )
@@ -518,12 +527,19 @@ MANY_WORKERS = 64
 MANY_WORKERS_TASKS = 200_000
 
 
-def sim_workers_child(count: int, cpus: int, server_dir: str) -> int:
+def sim_workers_child(count: int, cpus: int, server_dir: str, heartbeat: float = 3600.0) -> int:
     """Child mode: `count` simulated workers of `cpus` cpus on one trio loop. Each finishes a
     task the moment its assignment arrives (writing the task's stdout file if it has one, so
     that `hq job cat` has something to print); when the server closes the connections, prints
-    one JSON line with the tasks each worker ran."""
+    one JSON line with the tasks each worker ran. With a short `heartbeat`, each worker also
+    sends its heartbeats, as a real one does."""
+    import resource
+
     import trio
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < min(hard, count + 256):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 256), hard))
 
     from hqpy.common import serverdir
     from hqpy.common.resources import parse_descriptor
@@ -547,7 +563,7 @@ def sim_workers_child(count: int, cpus: int, server_dir: str) -> int:
             hostname=f"sim{index}",
             work_dir="/nonexistent",
             listen_address=f"sim{index}:0",
-            heartbeat_interval=3600.0,
+            heartbeat_interval=heartbeat,
             idle_timeout=None,
             time_limit=None,
             resources=(parse_descriptor("cpus", str(cpus)),),
@@ -557,6 +573,24 @@ def sim_workers_child(count: int, cpus: int, server_dir: str) -> int:
         )
         await framed.send(m.RegisterWorker(config), m.FromWorker)
         await framed.receive(m.ToWorker)
+        async with trio.open_nursery() as nursery:
+            if heartbeat < 3600.0:
+                nursery.start_soon(beat, framed)
+            await serve(index, framed)
+            nursery.cancel_scope.cancel()
+
+    async def beat(framed: FramedStream) -> None:
+        # Spread over the interval, so 1,000 workers do not beat in the same tick.
+        await trio.sleep(heartbeat * (hash(id(framed)) % 1000) / 1000)
+        frame = codec.encode(m.Heartbeat(), m.FromWorker)
+        while True:
+            try:
+                await framed.send_frame(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            await trio.sleep(heartbeat)
+
+    async def serve(index: int, framed: FramedStream) -> None:
         bodies: dict[int, m.TaskBody] = {}
         while True:
             try:
@@ -603,12 +637,15 @@ def sim_workers_child(count: int, cpus: int, server_dir: str) -> int:
 class SimWorkers:
     """The simulated-workers child of a cluster (see `sim_workers_child`)."""
 
-    def __init__(self, cluster: HqpyCluster, count: int, cpus: int = 2) -> None:
+    def __init__(
+        self, cluster: HqpyCluster, count: int, cpus: int = 2, heartbeat: float = 3600.0
+    ) -> None:
         self.cluster = cluster
         self.count = count
         self.out_path = cluster.workdir / "sim-workers.out"
         cmd = [sys.executable, os.path.abspath(__file__), "--sim-workers-child", str(count)]
         cmd += ["--sim-cpus", str(cpus), "--sim-server-dir", str(cluster.server_dir)]
+        cmd += ["--sim-heartbeat", str(heartbeat)]
         with open(self.out_path, "wb") as out, open(cluster.workdir / "sim.log", "wb") as err:
             self.proc = subprocess.Popen(
                 cmd, stdout=out, stderr=err, cwd=cluster.workdir, start_new_session=True
@@ -742,7 +779,114 @@ def bench_many_workers(workers: int, tasks: int, workdir: Path) -> Result:
     )
 
 
+LOAD_WORKERS = 1_000
+LOAD_TASKS = 1_000_000
+LOAD_HEARTBEAT = 8.0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (fields 14 and 15 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_load(workers: int, tasks: int, workdir: Path) -> Result:
+    """`tasks` tasks over `workers` simulated workers that heartbeat: the server's peak RSS, CPU
+    per task, rate, and the spread of tasks over the workers."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, workers + 256)
+    if soft < wanted:
+        # The server inherits it: one socket per worker.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    with hqpy_cluster(workdir, f"load-{workers}") as cluster:
+        cluster.start_server()
+        registering = time.perf_counter()
+        sim = SimWorkers(cluster, workers, heartbeat=LOAD_HEARTBEAT)
+        registered = time.perf_counter() - registering
+        assert cluster.server_pid is not None
+        idle_rss = cluster.rss().get("VmRSS")
+        cpu_before = _cpu_seconds(cluster.server_pid)
+        job, seconds = _server_run(cluster, tasks, max(wait_timeout(tasks), 900.0), *NO_OUTPUT)
+        cpu = _cpu_seconds(cluster.server_pid) - cpu_before
+        memory = cluster.rss()
+        alive = json.loads(cluster.run("--output-mode", "json", "worker", "list").stdout)
+    counts, spans = sim.result()
+    if sum(counts) < tasks:
+        raise BenchError(f"the simulated workers ran {sum(counts)} tasks of {tasks}")
+    mean = sum(counts) / len(counts)
+    stddev = (sum((c - mean) ** 2 for c in counts) / len(counts)) ** 0.5
+    log(
+        f"load: {workers} workers, tasks per worker min {min(counts)} max {max(counts)} "
+        f"mean {mean:.0f} stddev {stddev:.1f}; server CPU {cpu:.1f} s"
+    )
+    return Result(
+        "load",
+        tasks,
+        seconds,
+        tasks / seconds,
+        {
+            "workers": workers,
+            "workers_alive_at_end": len(alive),
+            "register_seconds": registered,
+            "server_rate": tasks / spans[job],
+            "server_cpu_seconds": cpu,
+            "server_cpu_us_per_task": cpu / tasks * 1e6,
+            "rss_mb_idle_workers": idle_rss,
+            "rss_mb_end": memory.get("VmRSS"),
+            "peak_rss_mb": memory.get("VmHWM"),
+            "min_tasks": min(counts),
+            "max_tasks": max(counts),
+            "stddev_tasks": stddev,
+            "stddev_pct": stddev / mean * 100 if mean else 0.0,
+        },
+    )
+
+
+def bench_seal(frames: int) -> Result:
+    """Frames per second sealed and opened beside plain frames, both through a FrameDecoder."""
+    from hqpy.protocol import codec
+    from hqpy.protocol import messages as m
+    from hqpy.protocol.frames import FRAME_LIMIT, FrameDecoder, encode_frame
+    from hqpy.protocol.handshake import new_nonce, new_secret
+    from hqpy.protocol.seal import TAG_SIZE, peer_pair, server_pair
+
+    now = time.time()
+    rows = [[1, i, 0, int(m.TASK_FINISHED), now, now, None] for i in range(4)]
+    update = codec.encode(m.TaskUpdates(rows), m.FromWorker)
+    extra: dict[str, Any] = {"update_frame_bytes": len(update)}
+    secret, server_nonce, peer_nonce = new_secret(), new_nonce(), new_nonce()
+
+    def run(payload: bytes, count: int, sealed: bool) -> float:
+        sealer, _ = peer_pair(secret, "worker", server_nonce, peer_nonce)
+        _, opener = server_pair(secret, "worker", server_nonce, peer_nonce)
+        decoder = FrameDecoder(FRAME_LIMIT + TAG_SIZE)
+        start = time.perf_counter()
+        for _ in range(count):
+            decoder.feed(sealer.seal(payload) if sealed else encode_frame(payload))
+            frame = decoder.next_frame()
+            assert frame is not None
+            if sealed:
+                frame = opener.open(frame)
+        return count / (time.perf_counter() - start)
+
+    big = os.urandom(64 * 1024)
+    for name, payload, count in (("update", update, frames), ("64k", big, max(1, frames // 20))):
+        plain = run(payload, count, False)
+        sealed = run(payload, count, True)
+        extra[f"{name}_plain_fps"] = plain
+        extra[f"{name}_sealed_fps"] = sealed
+        extra[f"{name}_sealed_us"] = 1e6 / sealed - 1e6 / plain
+        if name == "64k":
+            extra["64k_sealed_mb_s"] = sealed * len(payload) / 2**20
+    rate = extra["update_sealed_fps"]
+    return Result("seal", frames, frames / rate, rate, extra)
+
+
 STARTUP_RUNS = 7
+SEAL_FRAMES = 200_000
 
 
 def bench_startup(workdir: Path, runs: int = STARTUP_RUNS) -> Result:
@@ -943,9 +1087,13 @@ def build_plan(args: argparse.Namespace, workdir: Path) -> list[Plan]:
             MANY_WORKERS_TASKS,
             lambda: bench_many_workers(MANY_WORKERS, MANY_WORKERS_TASKS, workdir),
         ),
+        Plan("seal", SEAL_FRAMES, lambda: bench_seal(SEAL_FRAMES)),
         Plan("startup", STARTUP_RUNS, lambda: bench_startup(workdir)),
         Plan("cli", CLI_RUNS, lambda: bench_cli(workdir)),
     ]
+    if args.only and "load" in args.only:
+        workers, tasks = args.load_workers, args.load_tasks
+        plan.append(Plan("load", tasks, lambda: bench_load(workers, tasks, workdir)))
     return [p for p in plan if not args.only or p.name in args.only]
 
 
@@ -1128,6 +1276,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sim-workers-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sim-cpus", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--sim-server-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--sim-heartbeat", type=float, default=3600.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--load-workers",
+        type=int,
+        default=LOAD_WORKERS,
+        metavar="N",
+        help=f"simulated workers of `--only load` (default {LOAD_WORKERS:,})",
+    )
+    parser.add_argument(
+        "--load-tasks",
+        type=int,
+        default=LOAD_TASKS,
+        metavar="N",
+        help=f"tasks of `--only load` (default {LOAD_TASKS:,})",
+    )
     return parser.parse_args(argv)
 
 
@@ -1137,7 +1300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hq_engine_child is not None:
         return hq_engine_child(args.hq_engine_child, args.hq_engine_server_dir)
     if args.sim_workers_child is not None:
-        return sim_workers_child(args.sim_workers_child, args.sim_cpus, args.sim_server_dir)
+        return sim_workers_child(
+            args.sim_workers_child, args.sim_cpus, args.sim_server_dir, args.sim_heartbeat
+        )
     _log_enabled = not args.json_only
     with tempfile.TemporaryDirectory(prefix="hqpy-bench-") as tmp:
         workdir = Path(tmp)

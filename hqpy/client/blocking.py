@@ -2,7 +2,7 @@
 
 A client command sends a request and waits for its answer; it needs no concurrency, and not
 importing trio makes every `hq` call start noticeably faster. Frames and the handshake are the
-same as the server's (`protocol.frames`, `protocol.handshake`).
+same as the server's (`protocol.frames`, `protocol.handshake`, sealed by `protocol.seal`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.frames import FRAME_LIMIT, FrameDecoder, ProtocolError, encode_frame
 from hqpy.protocol.handshake import HANDSHAKE_TIMEOUT, AuthError, PeerHandshake
+from hqpy.protocol.seal import TAG_SIZE, Opener, Sealer
 
 T = TypeVar("T")
 
@@ -36,9 +37,13 @@ class BlockingConnection:
         self.record = record
         self.server_dir = server_dir
         self._decoder = FrameDecoder()
+        self._sealer: Sealer | None = None
+        self._opener: Opener | None = None
 
     def send(self, message: Any, union: Any) -> None:
-        self.sock.sendall(encode_frame(codec.encode(message, union)))
+        payload = codec.encode(message, union)
+        sealer = self._sealer
+        self.sock.sendall(encode_frame(payload) if sealer is None else sealer.seal(payload))
 
     def receive(self, union: Any) -> Any:
         """The next message, or None when the server closed the connection."""
@@ -48,11 +53,13 @@ class BlockingConnection:
             if not missing:
                 payload = decoder.next_frame()
                 assert payload is not None
+                if self._opener is not None:
+                    payload = self._opener.open(payload)
                 try:
                     return codec.decode(payload, union)
                 except codec.DecodeError as e:
                     raise ProtocolError(str(e)) from None
-            chunk = self.sock.recv(max(65536, missing))
+            chunk = self.sock.recv(min(max(65536, missing), 1 << 20))
             if not chunk:
                 decoder.eof()
                 return None
@@ -63,7 +70,8 @@ class BlockingConnection:
         peer = PeerHandshake("client", secret)
         self.send(peer.answer(self.receive(codec.Handshake)), codec.Handshake)
         peer.check(self.receive(codec.Handshake))
-        self._decoder.limit = FRAME_LIMIT
+        self._sealer, self._opener = peer.seal()
+        self._decoder.limit = FRAME_LIMIT + TAG_SIZE
         self.sock.settimeout(None)
 
     def request(self, request: Any, expect: type[T]) -> T:

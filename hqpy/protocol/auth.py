@@ -6,7 +6,7 @@ import trio
 
 from hqpy.protocol import messages as m
 from hqpy.protocol.codec import Handshake
-from hqpy.protocol.framing import FRAME_LIMIT, FramedStream, ProtocolError
+from hqpy.protocol.framing import FramedStream, ProtocolError
 from hqpy.protocol.handshake import (
     HANDSHAKE_TIMEOUT,
     PROTOCOL,
@@ -17,6 +17,7 @@ from hqpy.protocol.handshake import (
     new_nonce,
     new_secret,
     server_hello,
+    server_seal,
 )
 
 __all__ = [
@@ -47,7 +48,7 @@ async def server_handshake(stream: FramedStream, secrets_by_role: dict[str, str]
             await stream.send(m.Refused(str(e)), Handshake)
         raise
     await stream.send(welcome, Handshake)
-    stream.limit = FRAME_LIMIT
+    stream.secure(*server_seal(hello, nonce, secrets_by_role))
     return hello.role
 
 
@@ -59,4 +60,4 @@ async def peer_handshake(stream: FramedStream, role: str, secret: str) -> None:
         await stream.send(handshake.answer(hello), Handshake)
         answer = await stream.receive(Handshake)
     handshake.check(answer)
-    stream.limit = FRAME_LIMIT
+    stream.secure(*handshake.seal())

@@ -2,7 +2,8 @@
 
 The server opens with a fresh nonce; the peer answers with its role, its own nonce and an HMAC
 over both nonces made with that role's secret; the server checks it and answers with its own
-HMAC, so the peer knows it talks to the real server. Versions must match exactly. The async
+HMAC, so the peer knows it talks to the real server. Versions must match exactly. Every later
+frame is sealed under keys derived from the secret and both nonces (`seal.py`). The async
 drivers are in `auth.py`, the blocking client's in `hqpy.client.blocking`.
 """
 
@@ -14,6 +15,7 @@ import secrets
 
 from hqpy import __version__
 from hqpy.protocol import messages as m
+from hqpy.protocol.seal import Opener, Sealer, peer_pair, server_pair
 
 PROTOCOL = "hqpy/1"
 HANDSHAKE_TIMEOUT = 15.0
@@ -56,6 +58,13 @@ def check_peer(hello: m.PeerHello, nonce: str, secrets_by_role: dict[str, str]) 
     return m.Welcome(_proof(secret, "server", hello.role, hello.nonce, nonce))
 
 
+def server_seal(
+    hello: m.PeerHello, nonce: str, secrets_by_role: dict[str, str]
+) -> tuple[Sealer, Opener]:
+    """The server's sealer and opener for a peer that `check_peer` accepted."""
+    return server_pair(secrets_by_role[hello.role], hello.role, nonce, hello.nonce)
+
+
 class PeerHandshake:
     """The peer's side: answer the server's hello, then check the server's proof."""
 
@@ -85,3 +94,7 @@ class PeerHandshake:
         expected = _proof(self.secret, "server", self.role, self.nonce, self.server_nonce)
         if not hmac.compare_digest(expected, answer.proof):
             raise AuthError("the server could not prove it holds the secret")
+
+    def seal(self) -> tuple[Sealer, Opener]:
+        """This peer's sealer and opener, once `check` passed."""
+        return peer_pair(self.secret, self.role, self.server_nonce, self.nonce)

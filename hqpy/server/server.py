@@ -31,6 +31,7 @@ import trio.lowlevel
 from hqpy import __version__
 from hqpy.common import serverdir
 from hqpy.common.events import AllocationEndReported, EventHub
+from hqpy.common.resources import ResourceKind
 from hqpy.common.states import WorkerState
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
@@ -48,6 +49,9 @@ BIND_ATTEMPTS = 10
 MAX_ALLOCATION_ID = 256
 MAX_STDERR_TAIL = 4096
 """Bounds of what an allocation end report (`AllocationEnded`) may carry."""
+MAX_RESOURCE_INDICES = 1 << 20
+"""A registering worker's range resources may span this many indices in all: the server lists
+them, so a forged `range(0-2**60)` must be refused before it is expanded."""
 
 
 @attrs.frozen
@@ -218,14 +222,17 @@ class Server:
         """Authenticate a connection and run its session; a bad peer never hurts the server."""
         framed = FramedStream(stream)
         peer = _peer_name(stream)
+        authenticated = False
         try:
             await server_handshake(framed, {role: secret})
+            authenticated = True
             if role == "client":
                 await self._client_session(framed)
             else:
                 await self._worker_session(framed)
         except (AuthError, ProtocolError) as e:
-            log.warning("Connection from %s refused: %s", peer, e)
+            what = "closed" if authenticated else "refused"
+            log.warning("Connection from %s (%s) %s: %s", peer, role, what, e)
         except trio.TooSlowError:
             log.warning("Connection from %s refused: handshake timed out", peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as e:
@@ -271,7 +278,7 @@ class Server:
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 frame = None
             except ProtocolError as e:
-                log.debug("Client sent a bad frame while waiting: %s", e)
+                log.warning("Connection from %s (client) closed: %s", _peer_name(framed.stream), e)
                 frame = None
             if frame is None:
                 cancel.cancel()
@@ -296,6 +303,7 @@ class Server:
             return
         if not isinstance(hello, m.RegisterWorker):
             raise ProtocolError(f"a worker must register first, got {type(hello).__name__}")
+        _check_registration(hello.configuration)
         send, receive = trio.open_memory_channel[m.ToWorker](math.inf)
         worker = self.state.add_worker(hello.configuration, send)
         idle = hello.configuration.idle_timeout
@@ -312,13 +320,15 @@ class Server:
                     nursery.cancel_scope.cancel()
             if scope.cancelled_caught:
                 reason = WorkerState.HEARTBEAT_LOST
-        except* (
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            ProtocolError,
-            ConnectionError,
-        ):
-            # The nursery groups errors; a broken or misbehaving worker only ends its session.
+        except* ProtocolError as group:
+            # The nursery groups errors; a misbehaving worker only ends its session.
+            log.warning(
+                "Connection from %s (worker %d) closed: %s",
+                _peer_name(framed.stream),
+                worker.id,
+                "; ".join(map(str, group.exceptions)),
+            )
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             log.debug("Session of worker %d ended by an error", worker.id)
         finally:
             self._sessions.pop(worker.id, None)
@@ -410,6 +420,18 @@ class Server:
                 return
 
 
+def _check_registration(config: m.WorkerConfiguration) -> None:
+    """Refuse a configuration the server could not hold (found by tests/fuzz)."""
+    span = 0
+    for item in config.resources:
+        if item.kind is ResourceKind.RANGE:
+            span += max(0, item.end - item.start + 1)
+    if span > MAX_RESOURCE_INDICES:
+        raise ProtocolError(
+            f"worker resources span {span} indices (at most {MAX_RESOURCE_INDICES})"
+        )
+
+
 async def _send_loop(framed: FramedStream, receive: trio.MemoryReceiveChannel[m.ToWorker]) -> None:
     """Send queued messages, merging consecutive task assignments into one frame."""
     async for msg in receive:
@@ -461,9 +483,12 @@ def _port_of(listeners: list[trio.SocketListener]) -> int:
     return port
 
 
-def _peer_name(stream: trio.SocketStream) -> str:
+def _peer_name(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return "<unknown>"
     try:
-        host, port = stream.socket.getpeername()[:2]
+        host, port = sock.getpeername()[:2]
         return f"{host}:{port}"
     except OSError:
         return "<unknown>"
