@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+import attrs
+
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
     CancelOutcome,
@@ -56,8 +58,10 @@ QDEL_GONE = ("does not exist",)
 
 QDEL_ACCEPTED = ("for deletion", "has deleted job")
 
-QACCT_NOT_FOUND = "not found"
-"""`error: job id 123 not found` (exit 1): not (yet) in the accounting file."""
+QACCT_NOT_FOUND = ("not found", "No such file or directory")
+"""`error: job id 123 not found` (exit 1): not (yet) in the accounting file; and
+`.../common/accounting: No such file or directory` (exit 1, stdout `no jobs running since
+startup`): no job has ended since the cell was made, so there is no accounting file yet."""
 
 QACCT_PARALLEL = 8
 
@@ -174,6 +178,32 @@ def parse_qstat_xml(text: str) -> dict[str, ExternalStatus]:
     return statuses
 
 
+def parse_qstat_j_reasons(text: str) -> dict[str, str]:
+    """Why pending jobs wait, per job number, from `qstat -xml -j <ids>`: the scheduler's
+    messages (`<SME_message_list>`, kept when the scheduler's `schedd_job_info` is true, as in
+    Debian's default), e.g. `Job is in hold state`, `cannot run in PE "hq" because it only
+    offers 1 slots`. Several messages of one job are joined with `; `.
+
+    Raises:
+        ValueError: not XML.
+    """
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise ValueError(f"qstat -j output is not XML: {e}") from e
+    reasons: dict[str, list[str]] = {}
+    for messages in root.iter("SME_message_list"):
+        for element in messages.findall("element"):
+            message = " ".join((element.findtext("MES_message") or "").split())
+            if not message:
+                continue
+            for number in element.iter("ULNG_value"):
+                job = (number.text or "").strip()
+                if job and message not in reasons.setdefault(job, []):
+                    reasons[job].append(message)
+    return {job: "; ".join(texts) for job, texts in reasons.items()}
+
+
 def parse_qacct_output(text: str) -> ExternalStatus:
     """`qacct -j <id>`: `key value` lines (several records if the id was reused: the last
     counts). `failed 0` and `exit_status 0` is FINISHED; anything else FAILED.
@@ -260,7 +290,36 @@ class SgeBackend(ScriptBackend):
             raise StatusQueryError(f"qstat output not understood: {e}") from e
         missing = [job_id for job_id in ids if job_id not in listed]
         found = await query_each(missing, self._qacct, QACCT_PARALLEL)
-        return {job_id: listed.get(job_id) or found[job_id] for job_id in ids}
+        queued = [i for i in ids if i in listed and listed[i].state is ExternalState.QUEUED]
+        reasons = await self._reasons(queued)
+        return {
+            job_id: (
+                attrs.evolve(listed[job_id], reason=reasons.get(job_id))
+                if job_id in listed
+                else found[job_id]
+            )
+            for job_id in ids
+        }
+
+    async def _reasons(self, queued: Sequence[str]) -> dict[str, str]:
+        """Scheduling info of the queued ids (one `qstat -xml -j a,b,...`); a failure only
+        loses the reasons, never the statuses."""
+        if not queued:
+            return {}
+        try:
+            result = await run_unchecked(
+                self._run,
+                ["qstat", "-xml", "-j", ",".join(queued)],
+                cwd=None,
+                command_timeout=self._timeout,
+                error=StatusQueryError,
+            )
+            if result.returncode == 0:
+                return parse_qstat_j_reasons(result.stdout)
+            logger.debug("qstat -j failed: %s", command_failure(result))
+        except (StatusQueryError, ValueError) as e:
+            logger.debug("no scheduling info from qstat -j: %s", e)
+        return {}
 
     async def _qacct(self, job_id: str) -> ExternalStatus:
         result = await run_unchecked(
@@ -271,7 +330,7 @@ class SgeBackend(ScriptBackend):
             error=StatusQueryError,
         )
         if result.returncode != 0:
-            if QACCT_NOT_FOUND in result.stderr or QACCT_NOT_FOUND in result.stdout:
+            if any(text in result.stderr + result.stdout for text in QACCT_NOT_FOUND):
                 return _GONE
             raise StatusQueryError(f"qacct execution failed\n{command_failure(result)}")
         try:
