@@ -511,10 +511,10 @@ def test_queue_worker_environment_reaches_tasks(
     assert allocations
     assert all(a["worker_environment"] == queue_json["worker_environment"] for a in allocations)
     table = hq_env.command("alloc", "info", "1")
-    assert f"| Env script      | {env_script}" in table
-    assert "| Worker env      | FROM_WORKER_ENV=a b" in table
-    assert f"| Python          | {python}" in table
-    assert f"| Worker dir      | {worker_dir}" in table
+    assert f"| Env script | {env_script}" in table
+    assert "| Worker env | FROM_WORKER_ENV=a b" in table
+    assert f"| Python     | {python}" in table
+    assert f"| Worker dir | {worker_dir}" in table
 
 
 def test_alloc_add_refuses_a_missing_env_script_or_interpreter(hq_env: HqEnv) -> None:

@@ -1117,6 +1117,8 @@ def bsub(argv: list[str]) -> int:
                 job["time_limit"] = float((int(hours or 0) * 60 + int(minutes)) * 60)
             elif word == "-n":
                 job["nodes"] = int(next(it, "1"))
+            elif word == "-H":
+                job["held"] = True  # PSUSP until `bresume` (hqpy only cancels it)
 
     def prepare(job: Job, job_id: str) -> None:
         for key in ("stdout", "stderr"):

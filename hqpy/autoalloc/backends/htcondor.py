@@ -91,6 +91,8 @@ def render_condor_script(request: AllocationRequest) -> str:
         "should_transfer_files = NO",
         f"periodic_remove = (JobStatus == 2) && (time() - EnteredCurrentStatus > {limit})",
         *request.additional_args,
+        # The trial of `alloc add` is checked by condor_submit but never starts a worker.
+        *(["hold = True"] if request.dry_run else []),
     ]
     lines = ["#!/bin/bash", *(DIRECTIVE + line for line in description)]
     allocation = 'export HQPY_ALLOCATION_ID="$(sed -n "s/^ClusterId = //p" "$_CONDOR_JOB_AD")"'

@@ -98,6 +98,9 @@ def render_bsub_script(request: AllocationRequest) -> str:
     ]
     if request.additional_args:
         lines.append("#BSUB " + " ".join(request.additional_args))
+    if request.dry_run:
+        # The trial of `alloc add` is checked by bsub but never starts a worker (PSUSP).
+        lines.append("#BSUB -H")
     command = request.worker_command
     if n > 1:
         # One task per slot, and one slot per host: one worker per host.

@@ -112,6 +112,10 @@ def render_qsub_sge_script(request: AllocationRequest, parallel_environment: str
         )
     if request.additional_args:
         lines.append("#$ " + " ".join(request.additional_args))
+    if request.dry_run:
+        # The trial of `alloc add` is checked by qsub but never runs: with a 1 s scheduler it
+        # otherwise started (and its worker registered) before `qdel` came.
+        lines.append("#$ -h")
     prelude = render_prelude(request, "$JOB_ID")
     allocation = 'export HQPY_ALLOCATION_ID="$JOB_ID"\n'
     return "\n".join(lines) + "\n\n" + allocation + prelude + command + "\n"

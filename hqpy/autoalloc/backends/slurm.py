@@ -116,6 +116,9 @@ def render_sbatch_script(request: AllocationRequest) -> str:
     ]
     if request.additional_args:
         lines.append("#SBATCH " + " ".join(request.additional_args))
+    if request.dry_run:
+        # The trial of `alloc add` is validated by sbatch but never starts a worker.
+        lines.append("#SBATCH --hold")
     command = request.worker_command
     if request.worker_count > 1:
         n = request.worker_count
