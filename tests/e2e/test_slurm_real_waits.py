@@ -67,6 +67,13 @@ def test_pending_reason_of_a_held_allocation(hq_env: HqEnv, slurm_jobs: SlurmJob
     assert header.rstrip(" |").endswith("Pending reason"), table
     assert row.rstrip(" |").endswith("JobHeldUser"), table
 
+    # The progress of the job says why nothing runs (a line now and then: not a terminal).
+    progress = hq_env._spawn("progress", hq_env.hq_argv("job", "progress", "1"), None)
+    wanted = "waiting for workers: 1 allocation queued in slurm (JobHeldUser)"
+    wait_until(lambda: wanted in progress.stdout(), timeout=WAIT, what="the waiting line")
+    hq_env.command("job", "cancel", "1")
+    assert progress.wait_exit() == 0
+
 
 def test_queued_allocation_is_withdrawn_when_its_work_is_gone(
     hq_env: HqEnv, slurm_jobs: SlurmJobs
