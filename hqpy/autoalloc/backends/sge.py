@@ -1,5 +1,6 @@
 """Grid Engine (SGE, Son of Grid Engine, Debian's gridengine 8.1.9): `qsub -terse`, one
-`qstat -xml` for all, `qacct -j` for jobs that left it, `qdel`.
+`qstat -xml` for all (plus one `qstat -xml -j` for the pending reasons of queued ones), `qacct
+-j` for jobs that left it, `qdel`. Tested against a real gridengine (`scripts/sge-local.sh`).
 
 Formats are those of the Grid Engine 8.1.9 man pages (sge_status(5), qstat(1)) and of gc3pie's
 and dask-jobqueue's fixtures (`/work/shared/reference/batch-systems.md` §3). Choices:
