@@ -236,3 +236,13 @@ def test_remove_force_deletes_held_allocations(hq_env: HqEnv) -> None:
         what=f"held allocations {ids} are deleted",
     )
     assert hq_env.command("alloc", "list", json=True) == []
+
+
+def test_refused_trial_allocation_fails_alloc_add_with_qsub_text(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    result = hq_env.run(
+        "alloc", "add", "sge", "--time-limit", "5m", "--", "-l", "nosuchres=1", expect_fail=True
+    )
+    assert result.returncode == 1
+    assert 'Unable to run job: unknown resource "nosuchres"' in result.stderr, result.stderr
+    assert hq_env.command("alloc", "list", json=True) == []

@@ -223,7 +223,7 @@ def parse_qacct_output(text: str) -> ExternalStatus:
             continue
         key, _, value = line.partition(" ")
         if key:
-            record[key] = value.strip()
+            record[key] = " ".join(value.split())  # `137                  (Killed)`
     if "exit_status" not in record:
         raise ValueError(f"no exit_status in qacct output: {text.strip()[:200]!r}")
     failed = record.get("failed", "0").split(":")[0].strip()
