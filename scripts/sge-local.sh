@@ -8,7 +8,7 @@
 #   apt-get install -y --no-install-recommends gridengine-master gridengine-exec gridengine-client
 #
 # Knobs (environment):
-#   SGE_LOCAL_SLOTS   slots of the queue all.q        (default: nproc)
+#   SGE_LOCAL_SLOTS   slots of the queue all.q        (default: nproc, at least 2)
 #   SGE_LOCAL_PE      a parallel environment added for multi-worker allocations (default hq;
 #                     export HQPY_SGE_PE=<it> to use it)
 #
@@ -24,7 +24,7 @@ export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
 dir=/tmp/hqpy-sge
 pidfile=$dir/pids
 host=$(hostname -s)
-slots=${SGE_LOCAL_SLOTS:-$(nproc)}
+slots=${SGE_LOCAL_SLOTS:-$(($(nproc) > 2 ? $(nproc) : 2))}
 pe=${SGE_LOCAL_PE:-hq}
 spool=/var/spool/gridengine
 
@@ -130,8 +130,12 @@ cmd_start() {
     if ! qconf -sp "$pe" >/dev/null 2>&1; then
         edit_with "s/^pe_name .*/pe_name $pe/; s/^slots .*/slots 999/; s/^allocation_rule .*/allocation_rule \$round_robin/; s/^control_slaves .*/control_slaves TRUE/; s/^job_is_first_task .*/job_is_first_task FALSE/" -ap "$pe" >/dev/null
     fi
+    # No load threshold: a busy shared machine (load above 1.75 per cpu) must not make the
+    # queue drop every job ("queue instance dropped because it is overloaded").
     if ! qconf -sq all.q >/dev/null 2>&1; then
-        edit_with "s/^qname .*/qname all.q/; s/^hostlist .*/hostlist $host/; s/^slots .*/slots $slots/; s/^pe_list .*/pe_list $pe/" -aq all.q >/dev/null
+        edit_with "s/^qname .*/qname all.q/; s/^hostlist .*/hostlist $host/; s/^slots .*/slots $slots/; s/^pe_list .*/pe_list $pe/; s/^load_thresholds .*/load_thresholds NONE/" -aq all.q >/dev/null
+    elif ! qconf -sq all.q | grep -Eq '^load_thresholds +NONE$'; then
+        qconf -rattr queue load_thresholds NONE all.q >/dev/null
     fi
     wait_for 30 "queue all.q on $host to be available" sh -c "qstat -f -q all.q | grep -Eq '^all.q@[^ ]+ +[A-Z]+ +[0-9]+/[0-9]+/[0-9]+ +[-0-9.NA]+ +[a-z0-9-]+ *$'"
     say "running: queue all.q on $host ($slots slots), parallel environment $pe"

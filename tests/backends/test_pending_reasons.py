@@ -90,12 +90,21 @@ def test_htcondor_idle_and_hold_reasons() -> None:
 def test_sge_scheduling_info_per_job() -> None:
     # Real gridengine 8.1.9: `qstat -xml -j '*'` with a PE job that cannot fit, a job in
     # error, a held one (and a running one, which has no message).
-    assert parse_qstat_j_reasons(fixture("sge/qstat_j_real.xml")) == {
+    assert parse_qstat_j_reasons(fixture("sge/qstat_j_real.xml"), ["5", "7", "4", "8"]) == {
         "5": 'cannot run in PE "hq" because it only offers 1 slots',
         "7": "Job is in error state",
         "4": "Job is in hold state",
     }
-    assert parse_qstat_j_reasons("<detailed_job_info></detailed_job_info>") == {}
+    assert parse_qstat_j_reasons("<detailed_job_info></detailed_job_info>", ["1"]) == {}
+
+
+def test_sge_global_scheduling_info_when_a_job_has_none() -> None:
+    # Real: a busy machine (load above the queue's default threshold) holds every job back.
+    assert parse_qstat_j_reasons(fixture("sge/qstat_j_overloaded_real.xml"), ["69"]) == {
+        "69": 'queue instance "all.q@vm" dropped because it is overloaded: '
+        "np_load_avg=2.909424 (no load adjustment) >= 1.75; "
+        "All queues dropped because of overload or full"
+    }
 
 
 async def test_sge_query_asks_qstat_j_for_queued_ids_only() -> None:

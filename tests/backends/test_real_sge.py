@@ -9,6 +9,7 @@ Without it these tests skip. Nothing here asserts on timings: waits poll with ge
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -84,6 +86,20 @@ async def test_submit_run_and_cancel(tmp_path: Path) -> None:
     with trio.fail_after(60):
         while set(ids) & qstat_ids():  # noqa: ASYNC110
             await trio.sleep(0.5)
+
+
+async def test_two_workers_through_the_parallel_environment(tmp_path: Path) -> None:
+    # `scripts/sge-local.sh` makes the PE `hq` (one host here: both slots on it).
+    backend = SgeBackend(timeout=30, parallel_environment=os.environ.get("HQPY_SGE_PE", "hq"))
+    out = tmp_path / "out"
+    req = attrs.evolve(
+        request(tmp_path, 4, f'echo "worker of $HQPY_ALLOCATION_ID" >> {out}'), worker_count=2
+    )
+    job_id = await backend.submit(req, write_script(req, backend.render_script(req)))
+    await wait_state(backend, job_id, {ExternalState.FINISHED, ExternalState.FAILED})
+    # Each `qrsh -inherit` ran the whole line (quoted for the remote shell), once per slot.
+    assert out.read_text() == f"worker of {job_id}\n" * 2
+    assert (req.workdir / "stderr").read_text() == ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ and dask-jobqueue's fixtures (`/work/shared/reference/batch-systems.md` §3). Ch
   the allocation directory;
 - walltime `-l h_rt=HH:MM:SS`; several workers need a parallel environment (sites name their
   own: `qconf -spl`), given as `parallel_environment` (`HQPY_SGE_PE` by default); the script
-  starts one worker per host of `$PE_HOSTFILE` with `qrsh -inherit -V`;
+  starts one worker per granted slot of `$PE_HOSTFILE` with `qrsh -inherit -V` (a PE with
+  `allocation_rule 1` makes that one per host);
 - the script exports `HQPY_ALLOCATION_ID=$JOB_ID`, which `hq worker --manager detect` reads.
 """
 
@@ -105,11 +106,17 @@ def render_qsub_sge_script(request: AllocationRequest, parallel_environment: str
                 f"set {PE_ENV} to one of `qconf -spl`"
             )
         lines.append(f"#$ -pe {parallel_environment} {n}")
-        # One worker per host of the allocation (the PE's allocation_rule decides the hosts).
+        # One worker per granted slot (`host slots ...` lines of $PE_HOSTFILE): a PE with
+        # `allocation_rule 1` gives one per host. qrsh, like ssh, joins its arguments into one
+        # command line for the remote shell, so the line is quoted twice (found on the real
+        # gridengine: quoted once, `bash -c` got only the first word).
+        remote = quote_single("bash -c " + quote_single(command))
         command = (
-            'for host in $(cut -d " " -f 1 "$PE_HOSTFILE" | sort -u); do\n'
-            f'    qrsh -inherit -V "$host" bash -c {quote_single(command)} &\n'
-            "done\nwait"
+            "while read -r host slots _; do\n"
+            '    for _ in $(seq "$slots"); do\n'
+            f'        qrsh -inherit -V "$host" {remote} &\n'
+            "    done\n"
+            'done <"$PE_HOSTFILE"\nwait'
         )
     if request.additional_args:
         lines.append("#$ " + " ".join(request.additional_args))
@@ -183,11 +190,13 @@ def parse_qstat_xml(text: str) -> dict[str, ExternalStatus]:
     return statuses
 
 
-def parse_qstat_j_reasons(text: str) -> dict[str, str]:
-    """Why pending jobs wait, per job number, from `qstat -xml -j <ids>`: the scheduler's
-    messages (`<SME_message_list>`, kept when the scheduler's `schedd_job_info` is true, as in
-    Debian's default), e.g. `Job is in hold state`, `cannot run in PE "hq" because it only
-    offers 1 slots`. Several messages of one job are joined with `; `.
+def parse_qstat_j_reasons(text: str, ids: Sequence[str]) -> dict[str, str]:
+    """Why the pending jobs `ids` wait, from `qstat -xml -j <ids>`: the scheduler's messages
+    (kept when its `schedd_job_info` is true, as in Debian's default). A job's own messages
+    (`<SME_message_list>`: `Job is in hold state`, `cannot run in PE "hq" because it only
+    offers 1 slots`), else the global ones that hold every job back
+    (`<SME_global_message_list>`: `queue instance "all.q@vm" dropped because it is overloaded:
+    ...`); several are joined with `; `. Ids without any message are left out.
 
     Raises:
         ValueError: not XML.
@@ -196,17 +205,26 @@ def parse_qstat_j_reasons(text: str) -> dict[str, str]:
         root = ET.fromstring(text)
     except ET.ParseError as e:
         raise ValueError(f"qstat -j output is not XML: {e}") from e
-    reasons: dict[str, list[str]] = {}
+    own: dict[str, list[str]] = {}
     for messages in root.iter("SME_message_list"):
         for element in messages.findall("element"):
-            message = " ".join((element.findtext("MES_message") or "").split())
-            if not message:
-                continue
+            message = _message(element)
             for number in element.iter("ULNG_value"):
                 job = (number.text or "").strip()
-                if job and message not in reasons.setdefault(job, []):
-                    reasons[job].append(message)
-    return {job: "; ".join(texts) for job, texts in reasons.items()}
+                if message and job and message not in own.setdefault(job, []):
+                    own[job].append(message)
+    general: list[str] = []
+    for messages in root.iter("SME_global_message_list"):
+        for element in messages.findall("element"):
+            message = _message(element)
+            if message and message not in general:
+                general.append(message)
+    reasons = {job: "; ".join(own.get(job) or general) for job in ids}
+    return {job: text for job, text in reasons.items() if text}
+
+
+def _message(element: ET.Element) -> str:
+    return " ".join((element.findtext("MES_message") or "").split())
 
 
 def parse_qacct_output(text: str) -> ExternalStatus:
@@ -320,7 +338,7 @@ class SgeBackend(ScriptBackend):
                 error=StatusQueryError,
             )
             if result.returncode == 0:
-                return parse_qstat_j_reasons(result.stdout)
+                return parse_qstat_j_reasons(result.stdout, queued)
             logger.debug("qstat -j failed: %s", command_failure(result))
         except (StatusQueryError, ValueError) as e:
             logger.debug("no scheduling info from qstat -j: %s", e)
