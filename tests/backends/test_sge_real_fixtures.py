@@ -80,3 +80,24 @@ async def test_qdel_real_texts(tmp_path: Path) -> None:
         [CancelTarget("5", tmp_path), CancelTarget("999", tmp_path)]
     )
     assert outcome == {"5": None, "999": None}
+
+
+async def test_a_job_that_just_left_qstat_keeps_its_status_until_qacct_has_it() -> None:
+    # Real: qacct finds a job only a second or so after it left qstat.
+    now = [100.0]
+    not_found = Answer(returncode=1, stderr=fixture("qacct_not_found_real.stderr.txt"))
+    runner = (
+        RecordingRunner()
+        .answer_argv(["qstat", "-xml"], Answer(stdout=fixture("qstat_real.xml")))
+        .answer("qacct", not_found)
+    )
+    backend = SgeBackend(runner, clock=lambda: now[0])
+    assert (await backend.query(["8"]))["8"].state is ExternalState.RUNNING
+    runner.answer_argv(["qstat", "-xml"], Answer(stdout="<job_info></job_info>"))
+    now[0] += 5
+    assert (await backend.query(["8"]))["8"].state is ExternalState.RUNNING
+    now[0] += 30
+    gone = (await backend.query(["8"]))["8"]
+    assert (gone.state, gone.raw) == (ExternalState.FAILED, "")
+    runner.answer_argv(["qacct", "-j", "2"], Answer(stdout=fixture("qacct_done_real.txt")))
+    assert (await backend.query(["2"]))["2"].state is ExternalState.FINISHED

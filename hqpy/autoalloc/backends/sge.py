@@ -21,7 +21,7 @@ import logging
 import os
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -66,6 +66,11 @@ QACCT_NOT_FOUND = ("not found", "No such file or directory")
 startup`): no job has ended since the cell was made, so there is no accounting file yet."""
 
 QACCT_PARALLEL = 8
+
+ACCOUNTING_LAG = 30.0
+"""Seconds after a job was last listed by `qstat` during which `qacct` not finding it means
+"not written yet" (the real gridengine writes the record a second or so after the job left
+`qstat`), not "gone": the job keeps its last listed status meanwhile."""
 
 SGE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 """`JAT_start_time` in `qstat -xml` (local time; some versions add `.mmm`)."""
@@ -269,9 +274,14 @@ class SgeBackend(ScriptBackend):
         *,
         observer: CommandObserver | None = None,
         parallel_environment: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(runner, timeout, observer=observer)
         self.parallel_environment = parallel_environment or os.environ.get(PE_ENV) or None
+        self._clock = clock
+        self._listed: dict[str, tuple[ExternalStatus, float]] = {}
+        """Per job: its status when `qstat` last listed it, and when (bounded: entries older
+        than `ACCOUNTING_LAG` are dropped)."""
 
     def render_script(self, request: AllocationRequest) -> str:
         return render_qsub_sge_script(request, self.parallel_environment)
@@ -311,8 +321,18 @@ class SgeBackend(ScriptBackend):
             listed = parse_qstat_xml(result.stdout)
         except ValueError as e:
             raise StatusQueryError(f"qstat output not understood: {e}") from e
+        now = self._clock()
+        for job_id in ids:
+            if job_id in listed:
+                self._listed[job_id] = (listed[job_id], now)
+        self._listed = {k: v for k, v in self._listed.items() if now - v[1] <= ACCOUNTING_LAG}
         missing = [job_id for job_id in ids if job_id not in listed]
         found = await query_each(missing, self._qacct, QACCT_PARALLEL)
+        for job_id in missing:
+            # Just left qstat and not in the accounting file yet: not gone, only unwritten.
+            recent = self._listed.get(job_id)
+            if found[job_id] is _GONE and recent is not None:
+                found[job_id] = recent[0]
         queued = [i for i in ids if i in listed and listed[i].state is ExternalState.QUEUED]
         reasons = await self._reasons(queued)
         return {
