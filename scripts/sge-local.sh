@@ -39,7 +39,8 @@ alive() { # pid comm
 wait_for() { # seconds description command...
     local deadline=$((SECONDS + $1)) what=$2
     shift 2
-    until "$@" >/dev/null 2>&1; do
+    # Each try is bounded too: a qmaster that accepts but never answers cannot hang `start`.
+    until timeout 10 "$@" >/dev/null 2>&1; do
         [ "$SECONDS" -lt "$deadline" ] || die "timed out waiting for $what"
         sleep 0.2
     done
@@ -52,8 +53,10 @@ edit_with() { # sed-expression qconf-args...
     editor=$(mktemp "$dir/editor.XXXXXX")
     printf '#!/bin/bash\nsed -i -e %q "$1"\n' "$expr" >"$editor"
     chmod +x "$editor"
-    EDITOR=$editor qconf "$@"
+    local rc=0
+    EDITOR=$editor timeout 30 qconf "$@" || rc=$?
     rm -f "$editor"
+    [ "$rc" -eq 0 ] || die "qconf $* failed (exit $rc)"
 }
 
 running_pid() { # pidfile-glob comm: the live daemon's pid, from its own pid file
