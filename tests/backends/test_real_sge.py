@@ -262,3 +262,44 @@ def test_refused_trial_allocation_fails_alloc_add_with_qsub_text(hq_env: HqEnv) 
     assert result.returncode == 1
     assert 'Unable to run job: unknown resource "nosuchres"' in result.stderr, result.stderr
     assert hq_env.command("alloc", "list", json=True) == []
+
+
+def test_template_and_worker_environment_reach_tasks(hq_env: HqEnv) -> None:
+    # A site template with an `-x` parameter, plus `--env-script` and `--worker-env`.
+    hq_env.env.update(FAST_TIMERS)
+    hq_env.start_server()
+    env_script = hq_env.work_dir / "env.sh"
+    env_script.write_text("export FROM_ENV_SCRIPT=sourced\n")
+    template = hq_env.work_dir / "site.sh"
+    template.write_text(
+        "#!/bin/bash\n$directives\n# site template for $queue_name, $walltime\n$env_setup\n"
+        "export FROM_TEMPLATE=$module\n$worker_command\n"
+    )
+    add_sge_queue(
+        hq_env,
+        "--no-dry-run",
+        "--time-limit",
+        "5m",
+        "--idle-timeout",
+        "3s",
+        "--cpus",
+        "1",
+        "--env-script",
+        str(env_script),
+        "--worker-env",
+        "FROM_WORKER_ENV=a b",
+        "--script-template",
+        str(template),
+        "-x",
+        "module=gcc/12",
+    )
+    hq_env.command(
+        "submit", "--", "bash", "-c", 'echo "$FROM_ENV_SCRIPT|$FROM_WORKER_ENV|$FROM_TEMPLATE"'
+    )
+    [job] = hq_env.command("job", "wait", "1", json=True, timeout=WAIT + 30)
+    assert job["task_stats"]["finished"] == 1, job
+    assert hq_env.command("job", "cat", "1", "stdout").strip() == "sourced|a b|gcc/12"
+    [allocation] = alloc_info(hq_env)
+    script = (Path(allocation["workdir"]) / "hq-submit.sh").read_text()
+    assert "#$ -l h_rt=00:05:00\n" in script
+    assert "# site template for 1, 00:05:00\n" in script  # an unnamed queue: its id
