@@ -8,22 +8,23 @@
 #   apt-get install -y --no-install-recommends gridengine-master gridengine-exec gridengine-client
 #
 # Knobs (environment):
-#   SGE_LOCAL_SLOTS   slots of the queue all.q        (default: nproc)
+#   SGE_LOCAL_SLOTS   slots of the queue all.q        (default: nproc, at least 2)
 #   SGE_LOCAL_PE      a parallel environment added for multi-worker allocations (default hq;
 #                     export HQPY_SGE_PE=<it> to use it)
 #
 # The recipe and the five fixes it needs (host alias, submit host, min_uid/min_gid, a queue, a
 # 1 s scheduler) are in /work/shared/reference/slurm-local.md section 8. The configuration
 # persists under /var/lib/gridengine and /var/spool/gridengine (a second `start` skips what is
-# there). `start` records the daemons' pids in $dir/pids; `stop` deletes every job and stops
-# exactly those pids (checking /proc/<pid>/comm first, so a recycled pid is never signalled).
+# there). `start` is idempotent: a daemon already running (its spool pid file names a live
+# process of that name) is kept. `stop` deletes every job and stops exactly the pids of the
+# daemons' pid files (checking /proc/<pid>/comm first, so a recycled pid is never signalled).
 set -euo pipefail
 
 export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
 dir=/tmp/hqpy-sge
 pidfile=$dir/pids
 host=$(hostname -s)
-slots=${SGE_LOCAL_SLOTS:-$(nproc)}
+slots=${SGE_LOCAL_SLOTS:-$(($(nproc) > 2 ? $(nproc) : 2))}
 pe=${SGE_LOCAL_PE:-hq}
 spool=/var/spool/gridengine
 
@@ -38,7 +39,8 @@ alive() { # pid comm
 wait_for() { # seconds description command...
     local deadline=$((SECONDS + $1)) what=$2
     shift 2
-    until "$@" >/dev/null 2>&1; do
+    # Each try is bounded too: a qmaster that accepts but never answers cannot hang `start`.
+    until timeout 10 "$@" >/dev/null 2>&1; do
         [ "$SECONDS" -lt "$deadline" ] || die "timed out waiting for $what"
         sleep 0.2
     done
@@ -51,25 +53,48 @@ edit_with() { # sed-expression qconf-args...
     editor=$(mktemp "$dir/editor.XXXXXX")
     printf '#!/bin/bash\nsed -i -e %q "$1"\n' "$expr" >"$editor"
     chmod +x "$editor"
-    EDITOR=$editor qconf "$@"
+    local rc=0
+    EDITOR=$editor timeout 30 qconf "$@" || rc=$?
     rm -f "$editor"
+    [ "$rc" -eq 0 ] || die "qconf $* failed (exit $rc)"
 }
 
-record_pid() { # pidfile comm
-    local deadline=$((SECONDS + 15))
-    until [ -s "$1" ]; do
-        [ "$SECONDS" -lt "$deadline" ] || die "no pid file $1 for $2"
-        sleep 0.2
+running_pid() { # pidfile-glob comm: the live daemon's pid, from its own pid file
+    local f pid
+    for f in $1; do
+        [ -s "$f" ] || continue
+        pid=$(tr -d ' \n' <"$f")
+        if alive "$pid" "$2"; then
+            echo "$pid"
+            return 0
+        fi
     done
-    echo "$(tr -d ' \n' <"$1") $2" >>"$pidfile"
+    return 1
+}
+
+# The daemons write their pid files under the spool; sge_execd names its directory after the
+# name its host resolves to (`localhost` here, through host_aliases), so it is a glob. A stale
+# file from an earlier run is ignored: the pid must be alive and be the daemon.
+QMASTER_PID="$spool/qmaster/qmaster.pid"
+EXECD_PID="$spool/execd/*/execd.pid"
+
+start_daemon() { # pidfile-glob comm program
+    local pid deadline
+    if pid=$(running_pid "$1" "$2"); then
+        say "$2 already running ($pid)"
+    else
+        "$3" </dev/null >"$dir/$2.out" 2>&1 || die "$3 failed: $(cat "$dir/$2.out")"
+        deadline=$((SECONDS + 30))
+        until pid=$(running_pid "$1" "$2"); do
+            [ "$SECONDS" -lt "$deadline" ] || die "$2 did not start within 30 s (pid file $1; see $dir/$2.out)"
+            sleep 0.2
+        done
+    fi
+    grep -qx "$pid $2" "$pidfile" 2>/dev/null || echo "$pid $2" >>"$pidfile"
 }
 
 any_alive() {
-    local pid name
-    while read -r pid name; do
-        if alive "$pid" "$name"; then return 0; fi
-    done <"$pidfile"
-    return 1
+    running_pid "$QMASTER_PID" sge_qmaster >/dev/null || running_pid "$EXECD_PID" sge_execd >/dev/null
 }
 
 cmd_start() {
@@ -78,85 +103,92 @@ cmd_start() {
         command -v "$prog" >/dev/null || [ -x "/usr/sbin/$prog" ] || die "$prog not found; install with:
   apt-get install -y --no-install-recommends gridengine-master gridengine-exec gridengine-client"
     done
+    [ -d "$SGE_ROOT/$SGE_CELL/common" ] || die "no cell $SGE_ROOT/$SGE_CELL (the gridengine-master postinst creates it; reinstall: apt-get install --reinstall gridengine-master)"
     mkdir -p "$dir"
-    if [ -s "$pidfile" ] && any_alive; then
-        say "already running (pids in $pidfile)"
-        return 0
-    fi
-    : >"$pidfile"
+    touch "$pidfile"
 
     # 1. The host calls itself $host, but 127.0.0.1 resolves to localhost: alias them.
     echo "$host localhost" >"$SGE_ROOT/$SGE_CELL/common/host_aliases"
     echo "$host" >"$SGE_ROOT/$SGE_CELL/common/act_qmaster"
     mkdir -p /var/run/gridengine && chown sgeadmin:sgeadmin /var/run/gridengine
 
-    /usr/sbin/sge_qmaster </dev/null >"$dir/qmaster.out" 2>&1
-    record_pid "$spool/qmaster/qmaster.pid" sge_qmaster
-    wait_for 30 "sge_qmaster" qconf -sh
+    start_daemon "$QMASTER_PID" sge_qmaster /usr/sbin/sge_qmaster
+    wait_for 30 "sge_qmaster to answer qconf" qconf -sh
 
     # 2. This host may submit.
-    qconf -ss 2>/dev/null | grep -qx "$host" || qconf -as "$host"
+    qconf -ss 2>/dev/null | grep -qx "$host" || qconf -as "$host" >/dev/null
     # 3. Jobs of root (uid 0) are allowed; before sge_execd starts, as it caches the values.
-    edit_with 's/^min_uid .*/min_uid 0/; s/^min_gid .*/min_gid 0/' -mconf global
+    if qconf -sconf global | grep -Eq '^min_(uid|gid) +[1-9]'; then
+        edit_with 's/^min_uid .*/min_uid 0/; s/^min_gid .*/min_gid 0/' -mconf global >/dev/null
+    fi
     # 5. Schedule every second, not every 15 s.
-    edit_with 's/^schedule_interval .*/schedule_interval 0:0:1/; s/^flush_submit_sec .*/flush_submit_sec 1/; s/^flush_finish_sec .*/flush_finish_sec 1/' -msconf
+    if ! qconf -ssconf | grep -Eq '^schedule_interval +0:0:1$'; then
+        edit_with 's/^schedule_interval .*/schedule_interval 0:0:1/; s/^flush_submit_sec .*/flush_submit_sec 1/; s/^flush_finish_sec .*/flush_finish_sec 1/' -msconf >/dev/null
+    fi
 
-    /usr/sbin/sge_execd </dev/null >"$dir/execd.out" 2>&1
-    record_pid "$spool/execd/$host/execd.pid" sge_execd
-    wait_for 30 "sge_execd" sh -c "qconf -sel | grep -qx '$host'"
+    start_daemon "$EXECD_PID" sge_execd /usr/sbin/sge_execd
+    wait_for 30 "sge_execd to register" sh -c "qconf -sel | grep -qx '$host'"
 
     # 4. A parallel environment and a queue (the default template names a missing PE `smp`).
     if ! qconf -sp "$pe" >/dev/null 2>&1; then
-        edit_with "s/^pe_name .*/pe_name $pe/; s/^slots .*/slots 999/; s/^allocation_rule .*/allocation_rule \$round_robin/; s/^control_slaves .*/control_slaves TRUE/; s/^job_is_first_task .*/job_is_first_task FALSE/" -ap "$pe"
+        edit_with "s/^pe_name .*/pe_name $pe/; s/^slots .*/slots 999/; s/^allocation_rule .*/allocation_rule \$round_robin/; s/^control_slaves .*/control_slaves TRUE/; s/^job_is_first_task .*/job_is_first_task FALSE/" -ap "$pe" >/dev/null
     fi
+    # No load threshold: a busy shared machine (load above 1.75 per cpu) must not make the
+    # queue drop every job ("queue instance dropped because it is overloaded").
     if ! qconf -sq all.q >/dev/null 2>&1; then
-        edit_with "s/^qname .*/qname all.q/; s/^hostlist .*/hostlist $host/; s/^slots .*/slots $slots/; s/^pe_list .*/pe_list $pe/" -aq all.q
+        edit_with "s/^qname .*/qname all.q/; s/^hostlist .*/hostlist $host/; s/^slots .*/slots $slots/; s/^pe_list .*/pe_list $pe/; s/^load_thresholds .*/load_thresholds NONE/" -aq all.q >/dev/null
+    elif ! qconf -sq all.q | grep -Eq '^load_thresholds +NONE$'; then
+        qconf -rattr queue load_thresholds NONE all.q >/dev/null
     fi
-    wait_for 30 "queue all.q" sh -c "qstat -f -q all.q | grep -q '^all.q@'"
+    wait_for 30 "queue all.q on $host to be available" sh -c "qstat -f -q all.q | grep -Eq '^all.q@[^ ]+ +[A-Z]+ +[0-9]+/[0-9]+/[0-9]+ +[-0-9.NA]+ +[a-z0-9-]+ *$'"
     say "running: queue all.q on $host ($slots slots), parallel environment $pe"
     echo "export SGE_ROOT=$SGE_ROOT SGE_CELL=$SGE_CELL HQPY_SGE_PE=$pe"
 }
 
+stop_daemon() { # pidfile-glob comm
+    local pid deadline
+    pid=$(running_pid "$1" "$2") || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 10))
+    while alive "$pid" "$2" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+    if alive "$pid" "$2"; then
+        say "$2 ($pid) ignored SIGTERM; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+}
+
 cmd_stop() {
-    if [ ! -s "$pidfile" ]; then
-        say "not running (no $pidfile)"
+    if ! any_alive; then
+        rm -f "$pidfile"
+        say "not running"
         return 0
     fi
-    if any_alive; then
-        qdel -u '*' '*' >/dev/null 2>&1 || true
+    if running_pid "$QMASTER_PID" sge_qmaster >/dev/null; then
+        timeout 20 qdel -u '*' '*' >/dev/null 2>&1 || true
         local deadline=$((SECONDS + 15))
-        while [ -n "$(qstat -u '*' 2>/dev/null)" ] && [ "$SECONDS" -lt "$deadline" ]; do
+        while [ -n "$(timeout 10 qstat -u '*' 2>/dev/null)" ] && [ "$SECONDS" -lt "$deadline" ]; do
             sleep 0.2
         done
     fi
-    # sge_execd first, then sge_qmaster (reverse start order).
-    local pid name
-    tac "$pidfile" | while read -r pid name; do
-        if alive "$pid" "$name"; then kill -TERM "$pid" 2>/dev/null || true; fi
-        local deadline=$((SECONDS + 10))
-        while alive "$pid" "$name" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-        if alive "$pid" "$name"; then
-            say "$name ($pid) ignored SIGTERM; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    done
+    # sge_execd first, then sge_qmaster (reverse start order); only the daemons named by their
+    # own pid files, and only if /proc says that pid is that daemon.
+    stop_daemon "$EXECD_PID" sge_execd
+    stop_daemon "$QMASTER_PID" sge_qmaster
     rm -f "$pidfile"
     say "stopped"
 }
 
 cmd_status() {
-    if [ ! -s "$pidfile" ]; then
-        echo "not running"
-        return 1
-    fi
-    local pid name down=0
-    while read -r pid name; do
-        if alive "$pid" "$name"; then echo "$name $pid running"; else
-            echo "$name $pid gone"
+    local pid down=0 name glob
+    for name in sge_qmaster sge_execd; do
+        if [ "$name" = sge_qmaster ]; then glob=$QMASTER_PID; else glob=$EXECD_PID; fi
+        if pid=$(running_pid "$glob" "$name"); then echo "$name $pid running"; else
+            echo "$name not running"
             down=$((down + 1))
         fi
-    done <"$pidfile"
-    [ "$down" -eq 0 ] && qstat -f
+    done
+    [ "$down" -eq 0 ] || return 1
+    timeout 10 qstat -f
 }
 
 case "${1:-}" in

@@ -66,6 +66,8 @@ class Allocation:
     """The cancel under way is a withdrawal (no demand left for it)."""
     unneeded_since: float | None = None
     """When a pass first found no demand for this queued allocation (None: it is needed)."""
+    pending_reason: str | None = None
+    """Why it waits in the batch queue, as the batch system last said (None once it runs)."""
 
     @property
     def is_active(self) -> bool:
@@ -247,6 +249,7 @@ class AutoAllocState:
             return
         alloc.state = AllocationState.RUNNING
         alloc.started_at = self.clock()
+        alloc.pending_reason = None
         self.record(queue, AllocEventKind.ALLOCATION_STARTED, alloc.id, message)
 
     def end(
@@ -298,6 +301,8 @@ class AutoAllocState:
         if not alloc.is_active:
             return
         alloc.status_errors = 0
+        queued = status.state is ExternalState.QUEUED
+        alloc.pending_reason = status.reason if queued else None
         ended = status.state in (ExternalState.FINISHED, ExternalState.FAILED)
         if alloc.cancel_reason is not None:
             # hqpy is cancelling it: its end is hqpy's doing, not a failure.
@@ -308,6 +313,8 @@ class AutoAllocState:
             self.start(queue, alloc, f"the batch system reports it running ({status.raw})")
         elif ended:
             why = f"the batch system reports it ended ({status.raw or status.state.value})"
+            if status.reason:
+                why += f": {status.reason}"
             if alloc.started_at is None and not alloc.disconnected:
                 why += " before any worker registered"
             self.end(queue, alloc, status.state is ExternalState.FAILED, why)

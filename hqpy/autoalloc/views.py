@@ -44,6 +44,7 @@ def allocation_view(a: Allocation) -> m.AllocationView:
         started_at=a.started_at,
         ended_at=a.finished_at,
         connected_workers=len(a.connected),
+        pending_reason=a.pending_reason,
     )
 
 

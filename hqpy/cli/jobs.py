@@ -593,8 +593,11 @@ class ProgressBar:
             waits = []
             for q in [q for q in queues if not q.removed][: self.MAX_QUEUES]:
                 resp = self.conn.request(m.AllocInfoRequest(q.id), m.AllocationListResponse)
-                queued = sum(1 for a in resp.allocations if a.state == "QUEUED")
-                waits.append(QueueWait(q.id, q.params.manager, queued, q.state == "PAUSED"))
+                queued = [a for a in resp.allocations if a.state == "QUEUED"]
+                # The batch system's word for why they wait (the first one that has one).
+                reason = next((a.pending_reason for a in queued if a.pending_reason), None)
+                paused = q.state == "PAUSED"
+                waits.append(QueueWait(q.id, q.params.manager, len(queued), paused, reason))
         except ClientError as e:
             log.debug("cannot tell why tasks wait: %s", e)
             return None

@@ -152,6 +152,7 @@ def _allocation(a: m.AllocationView, time_limit: float) -> JsonObject:
         "worker_count": a.worker_count,
         "walltime_end": None if a.started_at is None else a.started_at + time_limit,
         "workers": a.connected_workers,
+        "pending_reason": a.pending_reason,
         "queued_at": a.queued_at,
         "started_at": a.started_at,
         "ended_at": a.ended_at,

@@ -404,6 +404,8 @@ class AllocationView:
     started_at: float | None
     ended_at: float | None
     connected_workers: int = 0
+    pending_reason: str | None = None
+    """Why a QUEUED allocation waits, in the batch system's words (Slurm `Priority`)."""
 
 
 @attrs.frozen

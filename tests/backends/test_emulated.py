@@ -200,12 +200,24 @@ async def test_slurm_unknown_and_known_ids(emulator: Emulator, tmp_path: Path) -
     assert tools[-2:] == ["squeue", "scontrol"]
 
 
-async def test_pbs_dry_run_is_held(emulator: Emulator, tmp_path: Path) -> None:
-    backend = make("pbs", emulator)
+HELD = {
+    "slurm": (ExternalState.QUEUED, "PENDING", "JobHeldUser"),
+    "pbs": (ExternalState.QUEUED, "H", None),
+    "lsf": (ExternalState.QUEUED, "PSUSP", "The job was suspended by the user while pending"),
+    # HTCondor's held job needs a human: a failure, with the hold reason.
+    "htcondor": (ExternalState.FAILED, "5", "submitted on hold at user's request"),
+}
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_dry_run_is_held(flavor: str, emulator: Emulator, tmp_path: Path) -> None:
+    # The trial allocation of `alloc add` is validated by the batch system but never starts
+    # a worker; the status says why it waits.
+    backend = make(flavor, emulator)
     req = request(tmp_path, dry_run=True, worker_command="touch started")
     allocation_id = await submit(backend, req)
     status = (await backend.query([allocation_id]))[allocation_id]
-    assert (status.state, status.raw) == (ExternalState.QUEUED, "H")
+    assert (status.state, status.raw, status.reason) == HELD[flavor]
     await backend.cancel(allocation_id, req.workdir)
     status = (await backend.query([allocation_id]))[allocation_id]
     assert status.state is ExternalState.FAILED

@@ -71,6 +71,7 @@ ALLOCATION_KEYS = {
     "ended_at",
     "status",
     "workdir",
+    "pending_reason",
 }
 EVENT_KEYS = {"time", "event", "queue_id", "allocation_id", "message"}
 
@@ -505,6 +506,15 @@ def test_queue_worker_environment_reaches_tasks(
         "script_template": False,
         "template_params": [],
     }
+    # `alloc info` shows it too: on each allocation (JSON) and under the table.
+    allocations = hq_env.command("alloc", "info", "1", json=True)
+    assert allocations
+    assert all(a["worker_environment"] == queue_json["worker_environment"] for a in allocations)
+    table = hq_env.command("alloc", "info", "1")
+    assert f"| Env script | {env_script}" in table
+    assert "| Worker env | FROM_WORKER_ENV=a b" in table
+    assert f"| Python     | {python}" in table
+    assert f"| Worker dir | {worker_dir}" in table
 
 
 def test_alloc_add_refuses_a_missing_env_script_or_interpreter(hq_env: HqEnv) -> None:
@@ -862,7 +872,7 @@ def assert_status_call_shape(manager: str, call: dict[str, Any], ids: list[str])
             assert argv[:2] == ["show", "job"] and len(argv) == 3, call
         else:
             assert call["tool"] == "squeue", call
-            assert argv[:3] == ["--noheader", "--states=all", "--format=%i|%T|%S|%e"], call
+            assert argv[:3] == ["--noheader", "--states=all", "--format=%i|%T|%S|%e|%r"], call
             assert argv[3].startswith("--jobs="), call
 
 

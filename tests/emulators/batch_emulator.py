@@ -1117,6 +1117,8 @@ def bsub(argv: list[str]) -> int:
                 job["time_limit"] = float((int(hours or 0) * 60 + int(minutes)) * 60)
             elif word == "-n":
                 job["nodes"] = int(next(it, "1"))
+            elif word == "-H":
+                job["held"] = True  # PSUSP until `bresume` (hqpy only cancels it)
 
     def prepare(job: Job, job_id: str) -> None:
         for key in ("stdout", "stderr"):
@@ -1157,6 +1159,13 @@ def _lsf_field(job: Job, field: str) -> str:
         return "" if rc in (None, 0) else str(256 + rc if rc < 0 else rc)
     if field == "exec_host":
         return ":".join(f"n{i + 1}" for i in range(job["nodes"])) if job.get("start_time") else ""
+    if field == "pend_reason":
+        # Texts of LSF 10.1's pending-reason list; `bjobs -json` gives "" when there is none.
+        if state == QUEUED:
+            return "New job is waiting for scheduling;"
+        if state == HELD:
+            return "The job was suspended by the user while pending;"
+        return ""
     return "-"
 
 

@@ -279,6 +279,7 @@ async def test_status_document_is_bounded_and_newest_first(
         alloc = add_allocation(service, 1, f"local-{n}")
         if n < 55:
             service.state.end(queue, alloc, n % 2 == 0, "done")
+    queue.allocations["local-58"].pending_reason = "Priority"
     worker = state.add_worker(worker_config(4, "local-57"))
     state.schedule()
     doc = build_status(ServerViews(state), service, 0.0, clock.now)
@@ -289,6 +290,8 @@ async def test_status_document_is_bounded_and_newest_first(
     assert q["name"] == "gpu" and q["state"] == "active"
     ids = [a["id"] for a in q["allocations"]]
     assert len(ids) == 40 and ids[-5:] == [f"local-{n}" for n in range(55, 60)]
+    reasons = {a["id"]: a["pending_reason"] for a in q["allocations"][-5:]}
+    assert reasons == {f"local-{n}": "Priority" if n == 58 else None for n in range(55, 60)}
     assert q["allocation_counts"] == {"queued": 4, "running": 1, "finished": 27, "failed": 28}
     assert len(doc["events"]) == MAX_EVENTS
     times = [e["time"] for e in doc["events"]]

@@ -151,7 +151,14 @@ async def test_query_is_one_bjobs_call() -> None:
     runner = RecordingRunner().answer("bjobs", answer)
     statuses = await LsfBackend(runner).query(["103", "66"])
     assert runner.argvs == [
-        ["bjobs", "-o", "jobid stat submit_time start_time finish_time", "-json", "103", "66"]
+        [
+            "bjobs",
+            "-o",
+            "jobid stat submit_time start_time finish_time pend_reason",
+            "-json",
+            "103",
+            "66",
+        ]
     ]
     assert statuses["103"].state is ExternalState.RUNNING
     assert statuses["66"].state is ExternalState.FAILED

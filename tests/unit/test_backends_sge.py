@@ -68,8 +68,12 @@ def test_render_multi_node_needs_a_parallel_environment() -> None:
         render_qsub_sge_script(request(worker_count=2), None)
     text = render_qsub_sge_script(request(worker_count=2, additional_args=("-q", "all.q")), "mpi")
     assert "#$ -pe mpi 2\n#$ -q all.q\n" in text
-    assert 'qrsh -inherit -V "$host" bash -c \'/usr/bin/hq worker start' in text
-    assert text.endswith("done\nwait\n")
+    # One worker per slot; quoted twice, as qrsh hands one joined line to the remote shell.
+    assert (
+        'while read -r host slots _; do\n    for _ in $(seq "$slots"); do\n'
+        "        qrsh -inherit -V \"$host\" 'bash -c '\\''/usr/bin/hq worker start --manager "
+        "\"detect\"'\\''' &\n    done\ndone <\"$PE_HOSTFILE\"\nwait\n"
+    ) in text
 
 
 def test_backend_reads_the_pe_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -295,7 +295,7 @@ async def test_query_is_one_squeue_call() -> None:
             "squeue",
             "--noheader",
             "--states=all",
-            "--format=%i|%T|%S|%e",
+            "--format=%i|%T|%S|%e|%r",
             "--jobs=3,8,1",
         ]
     ]

@@ -34,6 +34,10 @@ class ExternalStatus:
     finished_at: float | None = None
     raw: str = ""
     """The batch system's own word for the state (`PENDING`, `R`, ...), for messages."""
+    reason: str | None = None
+    """Why a QUEUED allocation waits, in the batch system's words (Slurm's `Resources`, PBS's
+    `comment`, LSF's pending reason, Grid Engine's scheduling info, HTCondor's hold reason);
+    None when it does not say or the allocation is not queued."""
 
 
 @attrs.frozen

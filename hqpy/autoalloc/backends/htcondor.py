@@ -56,9 +56,10 @@ SUBMIT_FILE = "hq-submit.sub"
 
 ATTRIBUTES = (
     "ClusterId,ProcId,JobStatus,EnteredCurrentStatus,JobStartDate,CompletionDate,"
-    "ExitCode,ExitBySignal,RemoveReason"
+    "ExitCode,ExitBySignal,RemoveReason,HoldReason,LastRejMatchReason"
 )
-"""The job-ad attributes a status needs (`-attributes`)."""
+"""The job-ad attributes a status needs (`-attributes`); `LastRejMatchReason` is why the
+negotiator did not match an idle job, `HoldReason` why a job is held."""
 
 PERIODIC_REMOVE = "PeriodicRemove"
 """In `RemoveReason` when the walltime expression removed the job."""
@@ -90,6 +91,8 @@ def render_condor_script(request: AllocationRequest) -> str:
         "should_transfer_files = NO",
         f"periodic_remove = (JobStatus == 2) && (time() - EnteredCurrentStatus > {limit})",
         *request.additional_args,
+        # The trial of `alloc add` is checked by condor_submit but never starts a worker.
+        *(["hold = True"] if request.dry_run else []),
     ]
     lines = ["#!/bin/bash", *(DIRECTIVE + line for line in description)]
     allocation = 'export HQPY_ALLOCATION_ID="$(sed -n "s/^ClusterId = //p" "$_CONDOR_JOB_AD")"'
@@ -145,7 +148,12 @@ def ad_status(ad: dict[str, Any]) -> ExternalStatus:
     ended = None
     if state in (ExternalState.FINISHED, ExternalState.FAILED):
         ended = _epoch(ad.get("CompletionDate")) or _epoch(ad.get("EnteredCurrentStatus"))
-    return ExternalStatus(state, started_at=started, finished_at=ended, raw=raw)
+    # Why it waits (idle) or why it cannot run (held, reported as it fails).
+    why = ad.get("HoldReason") if code == 5 else ad.get("LastRejMatchReason")
+    said = why.strip() if isinstance(why, str) and code in (0, 1, 5) else ""
+    return ExternalStatus(
+        state, started_at=started, finished_at=ended, raw=raw, reason=said or None
+    )
 
 
 def parse_condor_json(text: str) -> dict[str, ExternalStatus]:

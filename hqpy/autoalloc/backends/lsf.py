@@ -44,8 +44,9 @@ from hqpy.autoalloc.backends.common import (
 
 logger = logging.getLogger(__name__)
 
-BJOBS_FIELDS = "jobid stat submit_time start_time finish_time"
-"""What a status needs (`bjobs -o`); with `-json` every value is a string."""
+BJOBS_FIELDS = "jobid stat submit_time start_time finish_time pend_reason"
+"""What a status needs (`bjobs -o`); with `-json` every value is a string. `pend_reason` is
+why a PEND job waits (`New job is waiting for scheduling;`), empty or `-` otherwise."""
 
 NOT_FOUND = "is not found"
 """bjobs (stderr) for an id LSF no longer holds (after `CLEAN_PERIOD`) or never knew."""
@@ -97,6 +98,9 @@ def render_bsub_script(request: AllocationRequest) -> str:
     ]
     if request.additional_args:
         lines.append("#BSUB " + " ".join(request.additional_args))
+    if request.dry_run:
+        # The trial of `alloc add` is checked by bsub but never starts a worker (PSUSP).
+        lines.append("#BSUB -H")
     command = request.worker_command
     if n > 1:
         # One task per slot, and one slot per host: one worker per host.
@@ -152,7 +156,9 @@ def _record_status(record: dict[str, Any], now: float) -> ExternalStatus:
         if state in (ExternalState.FINISHED, ExternalState.FAILED)
         else None
     )
-    return ExternalStatus(state, started_at=started, finished_at=ended, raw=raw)
+    why = str(record.get("PEND_REASON") or "").strip().rstrip(";").strip()
+    reason = why if state is ExternalState.QUEUED and why not in ("", "-") else None
+    return ExternalStatus(state, started_at=started, finished_at=ended, raw=raw, reason=reason)
 
 
 def parse_bjobs_json(text: str, ids: Sequence[str], now: float) -> dict[str, ExternalStatus]:

@@ -125,7 +125,17 @@ def _job_status(job: dict[str, Any]) -> ExternalStatus:
     ended = (
         _time(job.get("mtime")) if state in (ExternalState.FINISHED, ExternalState.FAILED) else None
     )
-    return ExternalStatus(state, started_at=started, finished_at=ended, raw=raw)
+    # The scheduler's `comment` says why a queued job waits (`Not Running: Insufficient amount
+    # of resource: ncpus`); of a running or ended one it says what happened: not kept.
+    comment = job.get("comment")
+    reason = comment.strip() or None if isinstance(comment, str) else None
+    return ExternalStatus(
+        state,
+        started_at=started,
+        finished_at=ended,
+        raw=raw,
+        reason=reason if state is ExternalState.QUEUED else None,
+    )
 
 
 def _find(jobs: dict[str, Any], job_id: str) -> Any:

@@ -1,5 +1,6 @@
 """Grid Engine (SGE, Son of Grid Engine, Debian's gridengine 8.1.9): `qsub -terse`, one
-`qstat -xml` for all, `qacct -j` for jobs that left it, `qdel`.
+`qstat -xml` for all (plus one `qstat -xml -j` for the pending reasons of queued ones), `qacct
+-j` for jobs that left it, `qdel`. Tested against a real gridengine (`scripts/sge-local.sh`).
 
 Formats are those of the Grid Engine 8.1.9 man pages (sge_status(5), qstat(1)) and of gc3pie's
 and dask-jobqueue's fixtures (`/work/shared/reference/batch-systems.md` §3). Choices:
@@ -9,7 +10,8 @@ and dask-jobqueue's fixtures (`/work/shared/reference/batch-systems.md` §3). Ch
   the allocation directory;
 - walltime `-l h_rt=HH:MM:SS`; several workers need a parallel environment (sites name their
   own: `qconf -spl`), given as `parallel_environment` (`HQPY_SGE_PE` by default); the script
-  starts one worker per host of `$PE_HOSTFILE` with `qrsh -inherit -V`;
+  starts one worker per granted slot of `$PE_HOSTFILE` with `qrsh -inherit -V` (a PE with
+  `allocation_rule 1` makes that one per host);
 - the script exports `HQPY_ALLOCATION_ID=$JOB_ID`, which `hq worker --manager detect` reads.
 """
 
@@ -19,9 +21,11 @@ import logging
 import os
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
+
+import attrs
 
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
@@ -56,10 +60,17 @@ QDEL_GONE = ("does not exist",)
 
 QDEL_ACCEPTED = ("for deletion", "has deleted job")
 
-QACCT_NOT_FOUND = "not found"
-"""`error: job id 123 not found` (exit 1): not (yet) in the accounting file."""
+QACCT_NOT_FOUND = ("not found", "No such file or directory")
+"""`error: job id 123 not found` (exit 1): not (yet) in the accounting file; and
+`.../common/accounting: No such file or directory` (exit 1, stdout `no jobs running since
+startup`): no job has ended since the cell was made, so there is no accounting file yet."""
 
 QACCT_PARALLEL = 8
+
+ACCOUNTING_LAG = 30.0
+"""Seconds after a job was last listed by `qstat` during which `qacct` not finding it means
+"not written yet" (the real gridengine writes the record a second or so after the job left
+`qstat`), not "gone": the job keeps its last listed status meanwhile."""
 
 SGE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 """`JAT_start_time` in `qstat -xml` (local time; some versions add `.mmm`)."""
@@ -100,14 +111,24 @@ def render_qsub_sge_script(request: AllocationRequest, parallel_environment: str
                 f"set {PE_ENV} to one of `qconf -spl`"
             )
         lines.append(f"#$ -pe {parallel_environment} {n}")
-        # One worker per host of the allocation (the PE's allocation_rule decides the hosts).
+        # One worker per granted slot (`host slots ...` lines of $PE_HOSTFILE): a PE with
+        # `allocation_rule 1` gives one per host. qrsh, like ssh, joins its arguments into one
+        # command line for the remote shell, so the line is quoted twice (found on the real
+        # gridengine: quoted once, `bash -c` got only the first word).
+        remote = quote_single("bash -c " + quote_single(command))
         command = (
-            'for host in $(cut -d " " -f 1 "$PE_HOSTFILE" | sort -u); do\n'
-            f'    qrsh -inherit -V "$host" bash -c {quote_single(command)} &\n'
-            "done\nwait"
+            "while read -r host slots _; do\n"
+            '    for _ in $(seq "$slots"); do\n'
+            f'        qrsh -inherit -V "$host" {remote} &\n'
+            "    done\n"
+            'done <"$PE_HOSTFILE"\nwait'
         )
     if request.additional_args:
         lines.append("#$ " + " ".join(request.additional_args))
+    if request.dry_run:
+        # The trial of `alloc add` is checked by qsub but never runs: with a 1 s scheduler it
+        # otherwise started (and its worker registered) before `qdel` came.
+        lines.append("#$ -h")
     prelude = render_prelude(request, "$JOB_ID")
     allocation = 'export HQPY_ALLOCATION_ID="$JOB_ID"\n'
     return "\n".join(lines) + "\n\n" + allocation + prelude + command + "\n"
@@ -174,6 +195,43 @@ def parse_qstat_xml(text: str) -> dict[str, ExternalStatus]:
     return statuses
 
 
+def parse_qstat_j_reasons(text: str, ids: Sequence[str]) -> dict[str, str]:
+    """Why the pending jobs `ids` wait, from `qstat -xml -j <ids>`: the scheduler's messages
+    (kept when its `schedd_job_info` is true, as in Debian's default). A job's own messages
+    (`<SME_message_list>`: `Job is in hold state`, `cannot run in PE "hq" because it only
+    offers 1 slots`), else the global ones that hold every job back
+    (`<SME_global_message_list>`: `queue instance "all.q@vm" dropped because it is overloaded:
+    ...`); several are joined with `; `. Ids without any message are left out.
+
+    Raises:
+        ValueError: not XML.
+    """
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise ValueError(f"qstat -j output is not XML: {e}") from e
+    own: dict[str, list[str]] = {}
+    for messages in root.iter("SME_message_list"):
+        for element in messages.findall("element"):
+            message = _message(element)
+            for number in element.iter("ULNG_value"):
+                job = (number.text or "").strip()
+                if message and job and message not in own.setdefault(job, []):
+                    own[job].append(message)
+    general: list[str] = []
+    for messages in root.iter("SME_global_message_list"):
+        for element in messages.findall("element"):
+            message = _message(element)
+            if message and message not in general:
+                general.append(message)
+    reasons = {job: "; ".join(own.get(job) or general) for job in ids}
+    return {job: text for job, text in reasons.items() if text}
+
+
+def _message(element: ET.Element) -> str:
+    return " ".join((element.findtext("MES_message") or "").split())
+
+
 def parse_qacct_output(text: str) -> ExternalStatus:
     """`qacct -j <id>`: `key value` lines (several records if the id was reused: the last
     counts). `failed 0` and `exit_status 0` is FINISHED; anything else FAILED.
@@ -188,7 +246,7 @@ def parse_qacct_output(text: str) -> ExternalStatus:
             continue
         key, _, value = line.partition(" ")
         if key:
-            record[key] = value.strip()
+            record[key] = " ".join(value.split())  # `137                  (Killed)`
     if "exit_status" not in record:
         raise ValueError(f"no exit_status in qacct output: {text.strip()[:200]!r}")
     failed = record.get("failed", "0").split(":")[0].strip()
@@ -216,9 +274,14 @@ class SgeBackend(ScriptBackend):
         *,
         observer: CommandObserver | None = None,
         parallel_environment: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(runner, timeout, observer=observer)
         self.parallel_environment = parallel_environment or os.environ.get(PE_ENV) or None
+        self._clock = clock
+        self._listed: dict[str, tuple[ExternalStatus, float]] = {}
+        """Per job: its status when `qstat` last listed it, and when (bounded: entries older
+        than `ACCOUNTING_LAG` are dropped)."""
 
     def render_script(self, request: AllocationRequest) -> str:
         return render_qsub_sge_script(request, self.parallel_environment)
@@ -258,9 +321,48 @@ class SgeBackend(ScriptBackend):
             listed = parse_qstat_xml(result.stdout)
         except ValueError as e:
             raise StatusQueryError(f"qstat output not understood: {e}") from e
+        now = self._clock()
+        for job_id in ids:
+            if job_id in listed:
+                self._listed[job_id] = (listed[job_id], now)
+        self._listed = {k: v for k, v in self._listed.items() if now - v[1] <= ACCOUNTING_LAG}
         missing = [job_id for job_id in ids if job_id not in listed]
         found = await query_each(missing, self._qacct, QACCT_PARALLEL)
-        return {job_id: listed.get(job_id) or found[job_id] for job_id in ids}
+        for job_id in missing:
+            # Just left qstat and not in the accounting file yet: not gone, only unwritten.
+            recent = self._listed.get(job_id)
+            if found[job_id] is _GONE and recent is not None:
+                found[job_id] = recent[0]
+        queued = [i for i in ids if i in listed and listed[i].state is ExternalState.QUEUED]
+        reasons = await self._reasons(queued)
+        return {
+            job_id: (
+                attrs.evolve(listed[job_id], reason=reasons.get(job_id))
+                if job_id in listed
+                else found[job_id]
+            )
+            for job_id in ids
+        }
+
+    async def _reasons(self, queued: Sequence[str]) -> dict[str, str]:
+        """Scheduling info of the queued ids (one `qstat -xml -j a,b,...`); a failure only
+        loses the reasons, never the statuses."""
+        if not queued:
+            return {}
+        try:
+            result = await run_unchecked(
+                self._run,
+                ["qstat", "-xml", "-j", ",".join(queued)],
+                cwd=None,
+                command_timeout=self._timeout,
+                error=StatusQueryError,
+            )
+            if result.returncode == 0:
+                return parse_qstat_j_reasons(result.stdout, queued)
+            logger.debug("qstat -j failed: %s", command_failure(result))
+        except (StatusQueryError, ValueError) as e:
+            logger.debug("no scheduling info from qstat -j: %s", e)
+        return {}
 
     async def _qacct(self, job_id: str) -> ExternalStatus:
         result = await run_unchecked(
@@ -271,7 +373,7 @@ class SgeBackend(ScriptBackend):
             error=StatusQueryError,
         )
         if result.returncode != 0:
-            if QACCT_NOT_FOUND in result.stderr or QACCT_NOT_FOUND in result.stdout:
+            if any(text in result.stderr + result.stdout for text in QACCT_NOT_FOUND):
                 return _GONE
             raise StatusQueryError(f"qacct execution failed\n{command_failure(result)}")
         try:

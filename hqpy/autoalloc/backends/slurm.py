@@ -43,8 +43,12 @@ from hqpy.autoalloc.backends.runner import CommandObserver
 
 logger = logging.getLogger(__name__)
 
-SQUEUE_FORMAT = "%i|%T|%S|%e"
-"""Job id, long state name, start time, end time: what a status needs, `|`-separated."""
+SQUEUE_FORMAT = "%i|%T|%S|%e|%r"
+"""Job id, long state name, start time, end time, reason: what a status needs, `|`-separated
+(the reason last, so a `|` in it cannot shift the other fields)."""
+
+NO_REASON = ("None", "(null)", "")
+"""What Slurm prints as the reason of a job that has none."""
 
 INVALID_JOB_ID = "Invalid job id"
 """What `squeue -j`/`scontrol show job` print (rc 1) for ids slurmctld no longer holds."""
@@ -112,6 +116,9 @@ def render_sbatch_script(request: AllocationRequest) -> str:
     ]
     if request.additional_args:
         lines.append("#SBATCH " + " ".join(request.additional_args))
+    if request.dry_run:
+        # The trial of `alloc add` is validated by sbatch but never starts a worker.
+        lines.append("#SBATCH --hold")
     command = request.worker_command
     if request.worker_count > 1:
         n = request.worker_count
@@ -162,30 +169,42 @@ def _time(text: str) -> float | None:
         return None
 
 
-def _status(raw: str, start: str | None, end: str | None) -> ExternalStatus:
+def _status(
+    raw: str, start: str | None, end: str | None, reason: str | None = None
+) -> ExternalStatus:
     state = _state(raw)
     # A pending job's StartTime is an estimate and a running job's EndTime is start + limit:
     # only keep the times that have happened.
     started = _time(start) if start and state is not ExternalState.QUEUED else None
     ended = _time(end) if end and state in (ExternalState.FINISHED, ExternalState.FAILED) else None
-    return ExternalStatus(state, started_at=started, finished_at=ended, raw=raw)
+    # The reason of a pending job says why it waits (`Resources`, `Priority`,
+    # `PartitionTimeLimit`, `JobHeldUser`); of any other, why it ended: not kept.
+    why = reason.strip() if reason and state is ExternalState.QUEUED else None
+    return ExternalStatus(
+        state,
+        started_at=started,
+        finished_at=ended,
+        raw=raw,
+        reason=None if why in NO_REASON else why,
+    )
 
 
 def parse_squeue_output(text: str) -> dict[str, ExternalStatus]:
-    """`squeue --noheader --format=%i|%T|%S|%e` lines -> status per job id.
+    """`squeue --noheader --format=%i|%T|%S|%e|%r` lines -> status per job id (the reason
+    field may be left out: `%i|%T|%S|%e`).
 
     Raises:
-        ValueError: a line does not have the four fields.
+        ValueError: a line has fewer than four fields.
     """
     statuses: dict[str, ExternalStatus] = {}
     for line in text.splitlines():
         if not line.strip():
             continue
-        fields = line.strip().split("|")
-        if len(fields) != 4 or not fields[0] or not fields[1]:
+        fields = line.strip().split("|", 4)
+        if len(fields) < 4 or not fields[0] or not fields[1]:
             raise ValueError(f"unexpected squeue line {line!r}")
-        job_id, raw, start, end = fields
-        statuses[job_id] = _status(raw, start, end)
+        job_id, raw, start, end = fields[:4]
+        statuses[job_id] = _status(raw, start, end, fields[4] if len(fields) == 5 else None)
     return statuses
 
 
@@ -208,7 +227,7 @@ def parse_scontrol_output(text: str) -> ExternalStatus:
     raw = items.get("JobState")
     if not raw:
         raise ValueError(f"no JobState in scontrol output: {text.strip()[:200]!r}")
-    return _status(raw, items.get("StartTime"), items.get("EndTime"))
+    return _status(raw, items.get("StartTime"), items.get("EndTime"), items.get("Reason"))
 
 
 class SlurmBackend(ScriptBackend):

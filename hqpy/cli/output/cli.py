@@ -479,6 +479,7 @@ class CliOutput:
             "Queue time",
             "Start time",
             "Finish time",
+            "Pending reason",
         ]
         rows = [
             [
@@ -489,6 +490,7 @@ class CliOutput:
                 local_time(a.queued_at),
                 local_time(a.started_at),
                 local_time(a.ended_at),
+                a.pending_reason or "",
             ]
             for a in allocations
         ]
@@ -509,6 +511,10 @@ class CliOutput:
             self._print(f"Filter tags: {', '.join(queue.params.filter_tags)}")
         if queue.pause_reason:
             self._print(f"The queue is paused: {queue.pause_reason}")
+        environment = _worker_environment_rows(queue.params)
+        if environment:
+            self._print("Worker environment:")
+            self._vertical(environment)
 
     def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
         rows = [[local_time(e.time), e.event, e.allocation_id or "", e.message] for e in events]
@@ -565,3 +571,21 @@ def pool_settings(q: m.QueueView) -> str:
     elif q.prealloc_started:
         parts.append("started")
     return ", ".join(parts)
+
+
+def _worker_environment_rows(p: m.QueueParams) -> Rows:
+    """The queue's worker environment options that are set (`alloc info` prints them under the
+    allocations, as every allocation of the queue starts in it)."""
+    rows: Rows = []
+    if p.env_script:
+        rows.append(("Env script", p.env_script))
+    if p.worker_env:
+        rows.append(("Worker env", "\n".join(p.worker_env)))
+    if p.python:
+        rows.append(("Python", p.python))
+    if p.worker_dir:
+        rows.append(("Worker dir", p.worker_dir))
+    if p.script_template is not None:
+        params = ", ".join(p.template_params)
+        rows.append(("Script template", f"custom (-x {params})" if params else "custom"))
+    return rows

@@ -245,9 +245,12 @@ class JsonOutput:
         _dump([queue_json(q) for q in queues])
 
     def allocation_list(self, queue: m.QueueView, allocations: list[m.AllocationView]) -> None:
+        # HyperQueue's shape (a list of allocations); each also carries its queue's parts and
+        # the environment its queue gave it (`worker_environment`, only when one is set).
         parts = parts_json(queue.params)
         extra = {"parts": parts} if parts else {}
-        _dump([{**allocation_json(a), **extra} for a in allocations])
+        env = _worker_environment(queue.params)
+        _dump([{**allocation_json(a), **extra, **env} for a in allocations])
 
     def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
         if follow:
@@ -387,6 +390,7 @@ def allocation_json(a: m.AllocationView) -> dict[str, Any]:
         "ended_at": iso(a.ended_at),
         "status": a.state.lower(),
         "workdir": a.workdir,
+        "pending_reason": a.pending_reason,
     }
 
 
