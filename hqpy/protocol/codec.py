@@ -163,7 +163,10 @@ def _flat_hooks(cls: type) -> tuple[Any, Any] | None:
         "        raise TypeError(f'expected an object, got {type(d).__name__}')",
         "    if not KEYS.issuperset(d):",
         "        raise ValueError(f'extra fields: {sorted(set(d) - KEYS)}')",
+        "    if len(d) != len(KEYS):",
+        "        d = {**DEFAULTS, **d}",
     ]
+    defaults: dict[str, Any] = {}
     out = []
     for i, a in enumerate(attrs.fields(cls)):
         t, v = hints[a.name], f"v{i}"
@@ -174,7 +177,7 @@ def _flat_hooks(cls: type) -> tuple[Any, Any] | None:
                 return None
             t, optional = args[0], True
         if t == tuple[str, ...]:
-            check = f"{v}.__class__ is list and all(isinstance(x, str) for x in {v})"
+            check = f"{v}.__class__ is list and all([x.__class__ is str for x in {v}])"
             convert, dump = f"tuple({v})", f"list(o.{a.name})"
         elif t in _FLAT_CHECKS:
             check = _FLAT_CHECKS[t].format(v=v)
@@ -187,26 +190,17 @@ def _flat_hooks(cls: type) -> tuple[Any, Any] | None:
             convert = f"None if {v} is None else {convert}"
             dump = f"None if o.{a.name} is None else {dump}" if t != tuple[str, ...] else dump
         fail = f"raise TypeError(f'{a.name}: expected {t.__name__}, got {{type({v}).__name__}}')"
-        if a.default is attrs.NOTHING:
-            structure.append(f"    {v} = d[{a.name!r}]")
-            structure += [f"    if not ({check}):", f"        {fail}", f"    {v} = {convert}"]
-        else:
-            structure += [
-                f"    {v} = d.get({a.name!r}, ABSENT)",
-                f"    if {v} is ABSENT:",
-                f"        {v} = D{i}",
-                f"    elif not ({check}):",
-                f"        {fail}",
-                "    else:",
-                f"        {v} = {convert}",
-            ]
+        if isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
+            return None
+        if a.default is not attrs.NOTHING:  # as it arrives: checked and converted as sent
+            defaults[a.name] = list(a.default) if isinstance(a.default, tuple) else a.default
+        structure.append(f"    {v} = d[{a.name!r}]")
+        structure += [f"    if not ({check}):", f"        {fail}", f"    {v} = {convert}"]
         out.append(f"{a.name!r}: {dump}")
     names = [a.name for a in attrs.fields(cls)]
     structure.append(f"    return cls({', '.join(f'{n}=v{i}' for i, n in enumerate(names))})")
     source = "\n".join(structure) + "\n\ndef unstructure(o):\n    return {" + ", ".join(out) + "}\n"
-    scope: dict[str, Any] = {"cls": cls, "KEYS": frozenset(names), "ABSENT": object()}
-    for i, a in enumerate(attrs.fields(cls)):
-        scope[f"D{i}"] = a.default
+    scope: dict[str, Any] = {"cls": cls, "KEYS": frozenset(names), "DEFAULTS": defaults}
     exec(compile(source, f"<hqpy flat hooks {cls.__name__}>", "exec"), scope)
     return scope["structure"], scope["unstructure"]
 
