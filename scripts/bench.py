@@ -19,7 +19,8 @@ Benchmarks (names for `--only`):
 - ``bigjob``: the server alone (simulated workers that finish each task the moment it arrives,
   in one child process) runs a 1,000,000-task array to completion: rate, server RSS at the end.
   Then, on a finished 100,000-task job: the time of `hq job info`, of `hq task list J --output-mode
-  json` and of `hq job cat J stdout`, with each client's peak RSS.
+  json` and of `hq job cat J stdout`, with each client's peak RSS and the CPU seconds of
+  the client and of the server for each.
 - ``many-workers``: the server alone with 64 simulated 2-cpu workers runs 200,000 tasks: rate,
   and the spread of tasks per worker (largest distance from the mean, in percent of the mean).
 - ``load`` (only with ``--only load``; not in CI): the server alone with 1,000 simulated 2-cpu
@@ -31,10 +32,12 @@ Benchmarks (names for `--only`):
   plain length-prefixed frames through the same decoder, for a task-update frame and a 64 KiB one.
 - ``startup``: how long after its process starts `hq server start` has written
   `<server-dir>/hq-current/access.json` (the file polled every millisecond), median of 7 starts,
-  beside `python -c pass`; each server is then stopped with SIGINT (exit code checked).
+  beside `python -c pass`; then how long after its spawn a `worker start` logs that it registered;
+  each server is then stopped with SIGINT (exit code checked).
 - ``cli``: the start-up cost of `hq` from a regular (non-editable) install in a fresh venv:
   median wall time of `hq job list`, `hq submit -- true`, `hq job info 1` (against a running
-  server) and `hq --version`, each as a ratio to `python -c pass` by the same interpreter.
+  server) and `hq --version`, each as a ratio to `python -c pass` by the same interpreter; the
+  same for the CPU time (user + system) of each, which drifts far less on a loaded machine.
 
 The end of the output is a table and one JSON object per figure per line (``grep '^{'``).
 See docs/benchmark.md.
@@ -47,6 +50,7 @@ import concurrent.futures
 import datetime
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -352,6 +356,13 @@ class HqpyCluster:
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0]) / 1024  # kB -> MiB
         return values
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the server process has used so far."""
+        if self.server_pid is None:
+            raise BenchError("server pid unknown")
+        fields = Path(f"/proc/{self.server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self) -> str:
         tails = [f"{p.name}: {_tail(p)}" for p in sorted(self.workdir.glob("*.log"))]
@@ -688,8 +699,13 @@ def _server_run(
     return job_id, time.perf_counter() - start
 
 
+_client_cpu: list[float] = [0.0]
+"""CPU seconds of the last `_client_run` command."""
+
+
 def _client_run(cluster: HqpyCluster, *args: str) -> tuple[float, float, int]:
-    """One hq command with its output thrown away: (seconds, peak RSS in MiB, output bytes)."""
+    """One hq command with its output thrown away: (seconds, peak RSS in MiB, output bytes).
+    Its CPU time is in `_client_cpu` (wall times drift with the machine's load)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(
@@ -700,6 +716,7 @@ def _client_run(cluster: HqpyCluster, *args: str) -> tuple[float, float, int]:
             cwd=cluster.workdir,
         )
         _, status, usage = os.wait4(proc.pid, 0)
+        _client_cpu[:] = [usage.ru_utime + usage.ru_stime]
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - start
         size = out.seek(0, os.SEEK_END)
@@ -733,7 +750,10 @@ def bench_bigjob(tasks: int, cli_tasks: int, workdir: Path) -> Result:
             ("task_list_json", ("--output-mode", "json", "task", "list", str(job))),
             ("job_cat", ("job", "cat", str(job), "stdout")),
         ):
+            server_cpu = cluster.cpu()
             took, rss, size = _client_run(cluster, *args)
+            extra[f"{name}_server_cpu_seconds"] = cluster.cpu() - server_cpu
+            extra[f"{name}_client_cpu_seconds"] = _client_cpu[0]
             extra[f"{name}_seconds"] = took
             extra[f"{name}_client_mb"] = rss
             extra[f"{name}_output_mb"] = size / 2**20
@@ -891,7 +911,7 @@ SEAL_FRAMES = 200_000
 
 def bench_startup(workdir: Path, runs: int = STARTUP_RUNS) -> Result:
     """Time from `server start`'s spawn to its access file, next to `python -c pass`."""
-    times = []
+    times, registered = [], []
     for n in range(runs):
         server_dir = workdir / f"startup-{n}"
         access = server_dir / "hq-current" / "access.json"
@@ -906,6 +926,7 @@ def bench_startup(workdir: Path, runs: int = STARTUP_RUNS) -> Result:
                     raise BenchError(f"server start wrote no access file (exit {proc.poll()})")
                 time.sleep(0.001)
             times.append(time.perf_counter() - start)
+            registered.append(_worker_registration(server_dir))
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=STOP_TIMEOUT)
             if code != 0:
@@ -913,6 +934,7 @@ def bench_startup(workdir: Path, runs: int = STARTUP_RUNS) -> Result:
         finally:
             _kill_group(proc)
     times.sort()
+    registered.sort()
     base = _median_seconds([sys.executable, "-c", "pass"], workdir, runs)
     median = times[len(times) // 2]
     return Result(
@@ -924,8 +946,33 @@ def bench_startup(workdir: Path, runs: int = STARTUP_RUNS) -> Result:
             "access_file_ms": median * 1000,
             "python_pass_ms": base * 1000,
             "best_ms": times[0] * 1000,
+            "worker_registered_ms": registered[len(registered) // 2] * 1000,
+            "worker_registered_best_ms": registered[0] * 1000,
         },
     )
+
+
+def _worker_registration(server_dir: Path) -> float:
+    """Time from `worker start`'s spawn to its `registered` log line (issue 14 item 11: within
+    150 ms), the log file polled every millisecond; the worker is then stopped with SIGINT."""
+    log_path = server_dir / "worker-startup.log"
+    cmd = [sys.executable, "-m", "hqpy", "--server-dir", str(server_dir), "worker", "start"]
+    with open(log_path, "wb") as logfile:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [*cmd, "--cpus", "1"], stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        while b"registered" not in log_path.read_bytes():
+            if proc.poll() is not None or time.perf_counter() - start > STARTUP_TIMEOUT:
+                raise BenchError(f"worker start did not register (exit {proc.poll()})")
+            time.sleep(0.001)
+        took = time.perf_counter() - start
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=STOP_TIMEOUT)
+        return took
+    finally:
+        _kill_group(proc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -954,15 +1001,37 @@ def _cli_venv(workdir: Path) -> Path:
 
 
 def _median_seconds(cmd: Sequence[str], cwd: Path, runs: int) -> float:
-    times = []
+    return _medians(cmd, cwd, runs)[0]
+
+
+def _medians(cmd: Sequence[str], cwd: Path, runs: int) -> tuple[float, float]:
+    """Median wall time and median CPU time (user + system) of `runs` runs of `cmd`. The CPU
+    time is what the command itself costs: on a shared, loaded machine it drifts far less than
+    the wall time, which also counts the waits for a core."""
+    times, cpu = [], []
     for _ in range(runs):
+        before = _children_cpu()
         start = time.perf_counter()
-        done = subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=COMMAND_TIMEOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            proc.communicate(timeout=COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            raise BenchError(f"`{' '.join(cmd)}` timed out") from exc
         times.append(time.perf_counter() - start)
-        if done.returncode != 0:
-            raise BenchError(f"`{' '.join(cmd)}` exited with {done.returncode}")
+        cpu.append(_children_cpu() - before)  # communicate() reaped it: one child at a time
+        if proc.returncode != 0:
+            raise BenchError(f"`{' '.join(cmd)}` exited with {proc.returncode}")
     times.sort()
-    return times[len(times) // 2]
+    cpu.sort()
+    return times[len(times) // 2], cpu[len(cpu) // 2]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench_cli(workdir: Path, venv: Path | None = None) -> Result:
@@ -978,25 +1047,28 @@ def bench_cli(workdir: Path, venv: Path | None = None) -> Result:
     try:
         cluster.start_server()
         cluster.run("submit", *NO_OUTPUT, "--", "true")
-        base = _median_seconds([python, "-c", "pass"], cluster.workdir, CLI_RUNS)
-        medians = {
-            "version": _median_seconds([hq, "--version"], cluster.workdir, CLI_RUNS),
-            "job_list": _median_seconds(cluster.command("job", "list"), cluster.workdir, CLI_RUNS),
-            "submit": _median_seconds(
-                cluster.command("submit", *NO_OUTPUT, "--", "true"), cluster.workdir, CLI_RUNS
-            ),
-            "job_info": _median_seconds(
-                cluster.command("job", "info", "1"), cluster.workdir, CLI_RUNS
-            ),
+        base, base_cpu = _medians([python, "-c", "pass"], cluster.workdir, CLI_RUNS)
+        commands = {
+            "version": [hq, "--version"],
+            "job_list": cluster.command("job", "list"),
+            "submit": cluster.command("submit", *NO_OUTPUT, "--", "true"),
+            "job_info": cluster.command("job", "info", "1"),
         }
+        measured = {
+            name: _medians(cmd, cluster.workdir, CLI_RUNS) for name, cmd in commands.items()
+        }
+        medians = {name: wall for name, (wall, _) in measured.items()}
     except BenchError as exc:
         raise BenchError(f"{exc} [logs: {cluster.log_tail()}]") from exc
     finally:
         cluster.stop()
-    extra: dict[str, Any] = {"python_pass_ms": base * 1000}
+    extra: dict[str, Any] = {"python_pass_ms": base * 1000, "python_pass_cpu_ms": base_cpu * 1000}
     for name, seconds in medians.items():
         extra[f"{name}_ms"] = seconds * 1000
         extra[f"{name}_ratio"] = seconds / base
+    for name, (_, cpu) in measured.items():
+        extra[f"{name}_cpu_ms"] = cpu * 1000
+        extra[f"{name}_cpu_ratio"] = cpu / base_cpu if base_cpu else None
     worst = max(medians["job_list"], medians["submit"], medians["job_info"]) / base
     extra["targets_met"] = (
         worst <= CLI_TARGET_RATIO and medians["version"] / base <= CLI_VERSION_TARGET_RATIO
@@ -1004,6 +1076,11 @@ def bench_cli(workdir: Path, venv: Path | None = None) -> Result:
     log(
         f"cli: python -c pass {base * 1000:.1f} ms; "
         + ", ".join(f"{k} {v * 1000:.1f} ms ({v / base:.1f}x)" for k, v in medians.items())
+        + f"; CPU: python -c pass {base_cpu * 1000:.1f} ms; "
+        + ", ".join(
+            f"{k} {c * 1000:.1f} ms ({c / base_cpu if base_cpu else 0:.1f}x)"
+            for k, (_, c) in measured.items()
+        )
     )
     return Result("cli", CLI_RUNS, medians["job_list"], None, extra)
 

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -830,6 +829,8 @@ def _resolve_job_id(conn: BlockingConnection, text: str) -> int | None:
 
 def _copy_to_stdout(path: str) -> None:
     """A task's output file as it is; a missing file (the task never ran) prints nothing."""
+    import shutil  # here: most commands of this module never copy a file
+
     try:
         with open(path, "rb") as f:
             shutil.copyfileobj(f, sys.stdout.buffer)

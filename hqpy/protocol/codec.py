@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -141,6 +142,100 @@ def _is_rows(t: Any) -> bool:
 
 converter.register_structure_hook_func(_is_rows, _rows)
 converter.register_unstructure_hook_func(_is_rows, lambda rows: rows)
+
+
+# Flat classes sent by the ten thousand (a 100,000-task `task list` is 100,000 `TaskView`s):
+# their hooks are generated here as straight-line code, with the same checks as `_exact` and
+# `forbid_extra_keys`, at a fraction of the per-object cost of cattrs's generic hooks.
+
+_FLAT_CHECKS: dict[Any, str] = {
+    int: "{v}.__class__ is int",
+    bool: "{v}.__class__ is bool",
+    str: "isinstance({v}, str)",
+    float: "{v}.__class__ is float or {v}.__class__ is int",
+}
+
+
+def _flat_hooks(cls: type) -> tuple[Any, Any] | None:
+    """(structure, unstructure) functions of an attrs class whose fields are plain values,
+    `X | None` of those, or `tuple[str, ...]`; None for any other class (cattrs handles it)."""
+    import attrs
+
+    hints = typing.get_type_hints(cls)
+    structure = [
+        "def structure(d, _):",
+        "    if d.__class__ is not dict:",
+        "        raise TypeError(f'expected an object, got {type(d).__name__}')",
+        "    if not KEYS.issuperset(d):",
+        "        raise ValueError(f'extra fields: {sorted(set(d) - KEYS)}')",
+        "    if len(d) != len(KEYS):",
+        "        d = {**DEFAULTS, **d}",
+    ]
+    defaults: dict[str, Any] = {}
+    out = []
+    for i, a in enumerate(attrs.fields(cls)):
+        t, v = hints[a.name], f"v{i}"
+        optional = False
+        if typing.get_origin(t) in (typing.Union, types.UnionType):
+            args = [x for x in typing.get_args(t) if x is not type(None)]
+            if len(args) != 1 or len(typing.get_args(t)) != 2:
+                return None
+            t, optional = args[0], True
+        if t == tuple[str, ...]:
+            check = f"{v}.__class__ is list and all([x.__class__ is str for x in {v}])"
+            convert, dump = f"tuple({v})", f"list(o.{a.name})"
+        elif t in _FLAT_CHECKS:
+            check = _FLAT_CHECKS[t].format(v=v)
+            convert = f"float({v})" if t is float else v
+            dump = f"o.{a.name}"
+        else:
+            return None
+        if optional:
+            check = f"{v} is None or {check}"
+            convert = f"None if {v} is None else {convert}"
+            dump = f"None if o.{a.name} is None else {dump}" if t != tuple[str, ...] else dump
+        fail = f"raise TypeError(f'{a.name}: expected {t.__name__}, got {{type({v}).__name__}}')"
+        if isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
+            return None
+        if a.default is not attrs.NOTHING:  # as it arrives: checked and converted as sent
+            defaults[a.name] = list(a.default) if isinstance(a.default, tuple) else a.default
+        structure.append(f"    {v} = d[{a.name!r}]")
+        structure += [f"    if not ({check}):", f"        {fail}", f"    {v} = {convert}"]
+        out.append(f"{a.name!r}: {dump}")
+    names = [a.name for a in attrs.fields(cls)]
+    structure.append(f"    return cls({', '.join(f'{n}=v{i}' for i, n in enumerate(names))})")
+    source = "\n".join(structure) + "\n\ndef unstructure(o):\n    return {" + ", ".join(out) + "}\n"
+    scope: dict[str, Any] = {"cls": cls, "KEYS": frozenset(names), "DEFAULTS": defaults}
+    exec(compile(source, f"<hqpy flat hooks {cls.__name__}>", "exec"), scope)
+    return scope["structure"], scope["unstructure"]
+
+
+def _register_flat(cls: type) -> None:
+    """Generate `cls`'s flat hooks on its first use, so a client that never sees one pays
+    nothing. (Hooks built before that keep calling these stubs: they forward to the real ones.)"""
+    hooks: list[Any] = []
+
+    def install() -> list[Any]:
+        if not hooks:
+            found = _flat_hooks(cls)
+            if found is None:
+                raise TypeError(f"{cls.__name__} is not a flat class")
+            hooks.extend(found)
+            converter.register_structure_hook(cls, found[0])
+            converter.register_unstructure_hook(cls, found[1])
+        return hooks
+
+    def structure(data: Any, target: Any) -> Any:
+        return (hooks or install())[0](data, target)
+
+    def unstructure(obj: Any) -> Any:
+        return (hooks or install())[1](obj)
+
+    converter.register_structure_hook(cls, structure)
+    converter.register_unstructure_hook(cls, unstructure)
+
+
+_register_flat(m.TaskView)
 
 
 _members: dict[Any, dict[str, type]] = {}

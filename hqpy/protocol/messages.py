@@ -8,9 +8,12 @@ plain values instead of nested objects: one frame holds many tasks and costs lit
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import attrs
+if TYPE_CHECKING:
+    import attrs
+else:  # the same classes, created faster (every `hq` call builds all of them)
+    from hqpy.common import lightattrs as attrs
 
 from hqpy.common.placeholders import fill_placeholders
 from hqpy.common.resources import ResourceDescriptorItem, ResourceRequest

@@ -67,8 +67,13 @@ def _compile(template: str, fixed: dict[str, str], names: tuple[str, ...]) -> li
     return [p for p in pieces if p[0] or p[1]]
 
 
-def _fill(pieces: list[Piece], values: dict[str, str]) -> str:
-    return "".join(values[text] if per_task else text for per_task, text in pieces)
+def _format(pieces: list[Piece]) -> str:
+    """The pieces as a `str.format_map` template: filling it is one C call per path (a page of
+    20,000 task views fills 40,000 paths)."""
+    return "".join(
+        f"{{{text}}}" if per_task else text.replace("{", "{{").replace("}", "}}")
+        for per_task, text in pieces
+    )
 
 
 class _Paths:
@@ -82,16 +87,20 @@ class _Paths:
             "SUBMIT_DIR": body.submit_dir,
             "SERVER_UID": body.server_uid,
         }
-        self.cwd = _compile(body.cwd, fixed, _PER_TASK[:2])
-        self.stdout = None if body.stdout is None else _compile(body.stdout, fixed, _PER_TASK)
-        self.stderr = None if body.stderr is None else _compile(body.stderr, fixed, _PER_TASK)
+        self.cwd = _format(_compile(body.cwd, fixed, _PER_TASK[:2]))
+        self.stdout = (
+            None if body.stdout is None else _format(_compile(body.stdout, fixed, _PER_TASK))
+        )
+        self.stderr = (
+            None if body.stderr is None else _format(_compile(body.stderr, fixed, _PER_TASK))
+        )
 
     def resolve(self, task_id: int, instance_id: int) -> tuple[str, str | None, str | None]:
-        values = {"TASK_ID": str(task_id), "INSTANCE_ID": str(instance_id)}
-        cwd = _fill(self.cwd, values)
+        values: dict[str, object] = {"TASK_ID": task_id, "INSTANCE_ID": instance_id}
+        cwd = self.cwd.format_map(values)
         values["CWD"] = cwd
-        out = None if self.stdout is None else _fill(self.stdout, values)
-        err = None if self.stderr is None else _fill(self.stderr, values)
+        out = None if self.stdout is None else self.stdout.format_map(values)
+        err = None if self.stderr is None else self.stderr.format_map(values)
         return cwd, out, err
 
 
