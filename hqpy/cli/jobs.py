@@ -33,6 +33,7 @@ from hqpy.protocol import messages as m
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from hqpy.cli.main import CommandTree, Subparsers
     from hqpy.cli.output import Output
     from hqpy.cli.output.progress import WaitContext
     from hqpy.client.blocking import BlockingConnection
@@ -176,7 +177,7 @@ def add_submit_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_submit)
 
 
-def register(tree: Any, nouns: Any) -> None:
+def register(tree: CommandTree, nouns: Subparsers) -> None:
     add_submit_options(tree.command(nouns, "submit", "Submit a job"))
 
     job = tree.command(nouns, "job", "Commands for managing jobs")

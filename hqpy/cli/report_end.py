@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hqpy.cli.main import CommandTree, Subparsers
 
 TAIL_BYTES = 4096
 REPORT_TIMEOUT = 10.0
@@ -20,7 +23,7 @@ VERBS = ("start", "list", "info", "stop", "address", "wait")
 """The verbs `hq worker --help` lists; `report-end` is left out of them."""
 
 
-def register(tree: Any, verbs: Any) -> None:
+def register(tree: CommandTree, verbs: Subparsers) -> None:
     """Add `report-end` to `hq worker`'s verbs without a help line (scripts call it)."""
     p = verbs.add_parser("report-end", parents=[tree.common])
     verbs.metavar = "{" + ",".join(VERBS) + "}"

@@ -12,14 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 from hqpy.cli.common import client_command, duration, output_of
 
-if TYPE_CHECKING:  # `server start` writes its access file before importing these
+if TYPE_CHECKING:
+    from hqpy.cli.main import (  # `server start` writes its access file before importing these
+        CommandTree,
+        Subparsers,
+    )
     from hqpy.cli.output import Output
     from hqpy.client.blocking import BlockingConnection
 
 log = logging.getLogger("hqpy.cli")
 
 
-def register(tree: Any, nouns: Any) -> None:
+def register(tree: CommandTree, nouns: Subparsers) -> None:
     server = tree.command(nouns, "server", "Commands for controlling the server")
     verbs = tree.group(server, "verb")
 

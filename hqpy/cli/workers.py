@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hqpy.cli.common import (
     add_selector,
@@ -22,10 +22,13 @@ from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection
 from hqpy.protocol import messages as m
 
+if TYPE_CHECKING:
+    from hqpy.cli.main import CommandTree, Subparsers
+
 log = logging.getLogger("hqpy.cli")
 
 
-def register(tree: Any, nouns: Any) -> None:
+def register(tree: CommandTree, nouns: Subparsers) -> None:
     worker = tree.command(nouns, "worker", "Commands for managing workers")
     verbs = tree.group(worker, "verb")
 

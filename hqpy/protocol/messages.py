@@ -178,9 +178,13 @@ class WorkerRegistered:
     idle_timeout: float | None
 
 
-ComputeRow = list[Any]
-"""`[job_id, task_id, instance_id, group_id, entry]`: `Any` because a row mixes ints and a
-string or None (plain arrays keep the hot path small)."""
+Row = list[Any]
+"""A row of plain JSON values of mixed types (ints, floats, a string or None): `Any` because
+typing cannot say which position holds which; plain arrays keep the hot path small, and the
+codec checks their shape only (its reader checks each row as it applies it)."""
+
+ComputeRow = Row
+"""`[job_id, task_id, instance_id, group_id, entry]`."""
 
 
 @attrs.frozen
@@ -204,10 +208,9 @@ class StopWorker:
     """`stopped`, `idle-timeout`: recorded by the server as the worker's final state."""
 
 
-TaskUpdateRow = list[Any]
-"""`[job_id, task_id, instance_id, status, started_at, ended_at, error]`: `Any` because a row
-mixes ints, floats, a string and None (msgpack arrays keep the hot path small); the server
-checks each row as it applies it and drops a session whose rows are malformed."""
+TaskUpdateRow = Row
+"""`[job_id, task_id, instance_id, status, started_at, ended_at, error]`: the server checks each
+row as it applies it and drops a session whose rows are malformed."""
 
 
 @attrs.frozen

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
@@ -25,7 +24,7 @@ import trio.lowlevel
 
 from hqpy.common import serverdir
 from hqpy.common.process import OrphanGuard, process_age
-from hqpy.common.resources import ResourceDescriptorItem, ResourcePool
+from hqpy.common.resources import ResourceDescriptorItem, ResourceGrant, ResourcePool
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
@@ -108,7 +107,7 @@ class WorkerAgent:
         self.queue: list[_QueuedTask] = []
         self.seq = 0
         self.running: dict[tuple[int, int], trio.CancelScope] = {}
-        self.updates: list[list[Any]] = []
+        self.updates: list[m.TaskUpdateRow] = []
         self.unsent_running: dict[tuple[int, int, int], int] = {}
         self.updates_ready = trio.Event()
         self.worker_id = 0
@@ -299,7 +298,9 @@ class WorkerAgent:
             self.all_done = trio.Event() if self.all_done.is_set() else self.all_done
             self.tasks_nursery.start_soon(self._run_task, head, allocation, scope)
 
-    async def _run_task(self, item: _QueuedTask, allocation: Any, scope: trio.CancelScope) -> None:
+    async def _run_task(
+        self, item: _QueuedTask, allocation: ResourceGrant, scope: trio.CancelScope
+    ) -> None:
         started: list[float] = []
 
         def on_started(t: float) -> None:

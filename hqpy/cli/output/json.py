@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 from hqpy.cli.output.common import iso, job_state, queue_worker_args
+from hqpy.common.jsontypes import JsonOut, JsonOutObject
 from hqpy.common.resources import descriptor_to_json, request_to_json
 from hqpy.protocol import messages as m
 
@@ -24,11 +24,11 @@ _SUMMARY_KEYS = {
 }
 
 
-def _dump(value: Any) -> None:
+def _dump(value: JsonOut) -> None:
     print(json.dumps(value, indent=2), file=sys.stdout)
 
 
-def server_info_json(info: m.ServerInfoView) -> dict[str, Any]:
+def server_info_json(info: m.ServerInfoView) -> JsonOutObject:
     return {
         "worker_host": info.worker_host,
         "client_host": info.client_host,
@@ -54,7 +54,7 @@ def task_stats_json(stats: m.TaskStats) -> dict[str, int]:
     }
 
 
-def job_json(job: m.JobView) -> dict[str, Any]:
+def job_json(job: m.JobView) -> JsonOutObject:
     """A `job list` entry."""
     return {
         "id": job.id,
@@ -64,11 +64,11 @@ def job_json(job: m.JobView) -> dict[str, Any]:
     }
 
 
-def task_json(task: m.TaskView) -> dict[str, Any]:
+def task_json(task: m.TaskView) -> JsonOutObject:
     """A waiting task is exactly `{id, state}`; others also say where and when they ran."""
     if task.state == "waiting":
         return {"id": task.id, "state": "waiting"}
-    result: dict[str, Any] = {
+    result: JsonOutObject = {
         "id": task.id,
         "state": task.state,
         "worker": task.workers[0] if task.workers else None,
@@ -83,7 +83,7 @@ def task_json(task: m.TaskView) -> dict[str, Any]:
     return result
 
 
-def submit_json(submit: m.SubmitView) -> dict[str, Any]:
+def submit_json(submit: m.SubmitView) -> JsonOutObject:
     return {
         "array": {
             "resources": [request_to_json(submit.request)],
@@ -106,7 +106,7 @@ def submit_json(submit: m.SubmitView) -> dict[str, Any]:
     }
 
 
-def job_detail_json(job: m.JobDetailView) -> dict[str, Any]:
+def job_detail_json(job: m.JobDetailView) -> JsonOutObject:
     info = job.info
     return {
         "info": {
@@ -126,7 +126,7 @@ def job_detail_json(job: m.JobDetailView) -> dict[str, Any]:
     }
 
 
-def worker_json(worker: m.WorkerView) -> dict[str, Any]:
+def worker_json(worker: m.WorkerView) -> JsonOutObject:
     config = worker.configuration
     manager = config.manager
     return {
@@ -242,8 +242,8 @@ class JsonOutput:
             _dump([event_json(e) for e in events])
 
     def task_explain(self, resp: m.TaskExplainResponse) -> None:
-        def worker(w: m.ExplainWorker) -> dict[str, Any]:
-            checks = [
+        def worker(w: m.ExplainWorker) -> JsonOutObject:
+            checks: list[JsonOutObject] = [
                 {
                     "kind": v.kind,
                     "name": v.name,
@@ -291,7 +291,7 @@ def _task_id(task: m.TaskView) -> int:
     return task.id
 
 
-def queue_json(queue: m.QueueView) -> dict[str, Any]:
+def queue_json(queue: m.QueueView) -> JsonOutObject:
     p = queue.params
     return {
         "id": queue.id,
@@ -311,7 +311,7 @@ def queue_json(queue: m.QueueView) -> dict[str, Any]:
     }
 
 
-def _worker_environment(p: m.QueueParams) -> dict[str, Any]:
+def _worker_environment(p: m.QueueParams) -> JsonOutObject:
     """The per-queue worker environment (`--env-script`, ...), only when one is set (w2alloc)."""
     env = {
         "env_script": p.env_script,
@@ -324,7 +324,7 @@ def _worker_environment(p: m.QueueParams) -> dict[str, Any]:
     return {"worker_environment": env} if any(env.values()) else {}
 
 
-def allocation_json(a: m.AllocationView) -> dict[str, Any]:
+def allocation_json(a: m.AllocationView) -> JsonOutObject:
     return {
         "id": a.id,
         "target_worker_count": a.worker_count,
@@ -336,7 +336,7 @@ def allocation_json(a: m.AllocationView) -> dict[str, Any]:
     }
 
 
-def event_json(e: m.AllocEventView) -> dict[str, Any]:
+def event_json(e: m.AllocEventView) -> JsonOutObject:
     return {
         "time": iso(e.time),
         "event": e.event,
