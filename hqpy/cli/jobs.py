@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from hqpy.cli.output import Output
     from hqpy.cli.output.progress import WaitContext
     from hqpy.client.blocking import BlockingConnection
+    from hqpy.common.jsontypes import JsonValue
+    from hqpy.common.resources import ResourceAmountRequest
 
 log = logging.getLogger("hqpy.cli")
 
@@ -83,7 +85,7 @@ MAX_UNITS = 2**32 - 1
 """The most of one resource a task can ask for (whole units)."""
 
 
-def _amount_ok(request: Any, what: str) -> None:
+def _amount_ok(request: ResourceAmountRequest, what: str) -> None:
     from hqpy.common.resources import FRACTIONS
 
     if isinstance(request.amount, int) and request.amount > MAX_UNITS * FRACTIONS:
@@ -368,7 +370,7 @@ TASK_TAGS_KEY = "hq_tags"
 """A `--from-json` item that is an object may tag its task: `{"hq_tags": ["gpu"], ...}`."""
 
 
-def _task_tags(items: list[Any], path: Path) -> list[list[str]] | None:
+def _task_tags(items: list[JsonValue], path: Path) -> list[list[str]] | None:
     """Each item's `hq_tags` (None when no item has any); the item stays whole in HQ_ENTRY."""
     from hqpy.common.tags import parse_tags
 
@@ -379,13 +381,14 @@ def _task_tags(items: list[Any], path: Path) -> list[list[str]] | None:
         if tags is None:
             out.append([])
             continue
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        names = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+        if not isinstance(tags, list) or len(names) != len(tags):
             raise ValueError(
                 f'--from-json: item {i} of `{path}`: "{TASK_TAGS_KEY}" must be a list of '
                 'strings, e.g. ["system=H2O"]'
             )
         try:
-            out.append(sorted(parse_tags(tags)))
+            out.append(sorted(parse_tags(names)))
         except ValueError as e:
             raise ValueError(f"--from-json: item {i} of `{path}`: {e}") from None
         found = True

@@ -1,4 +1,4 @@
-"""JSON documents as a recursive type, so output and parsers are checked instead of `Any`."""
+"""JSON documents as a recursive type, so that output documents and parsers are type-checked."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
 JsonValue: TypeAlias = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
-"""Any value `json.loads` returns or `json.dumps` takes."""
+"""What `json.loads` returns and `json.dumps` takes."""
 
 JsonObject: TypeAlias = dict[str, JsonValue]
 """A JSON object: output documents and records read from other programs."""

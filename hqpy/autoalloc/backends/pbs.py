@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
@@ -31,6 +31,7 @@ from hqpy.autoalloc.backends.common import (
     render_prelude,
     run_unchecked,
 )
+from hqpy.common.jsontypes import JsonObject, JsonValue
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def parse_qsub_output(stdout: str) -> str:
     return job_id
 
 
-def _time(value: Any) -> float | None:
+def _time(value: JsonValue) -> float | None:
     if not isinstance(value, str):
         return None
     try:
@@ -106,7 +107,7 @@ def _time(value: Any) -> float | None:
         return None
 
 
-def _job_status(job: dict[str, Any]) -> ExternalStatus:
+def _job_status(job: JsonObject) -> ExternalStatus:
     raw = str(job.get("job_state", ""))
     if raw in ("F", "X"):
         exit_status = job.get("Exit_status")
@@ -125,7 +126,7 @@ def _job_status(job: dict[str, Any]) -> ExternalStatus:
     return ExternalStatus(state, started_at=started, finished_at=ended, raw=raw)
 
 
-def _find(jobs: dict[str, Any], job_id: str) -> Any:
+def _find(jobs: JsonObject, job_id: str) -> JsonValue:
     """The entry of `job_id`; PBS may print `1.server.domain` for a submitted `1.server`."""
     if job_id in jobs:
         return jobs[job_id]
