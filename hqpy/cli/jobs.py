@@ -28,6 +28,7 @@ from hqpy.cli.common import (
     tag_arg,
 )
 from hqpy.client.blocking import ClientError
+from hqpy.common.states import TaskState, WorkerFilter
 from hqpy.protocol import messages as m
 
 if TYPE_CHECKING:
@@ -592,7 +593,9 @@ class ProgressBar:
         if self.conn is None:
             return None
         try:
-            workers = self.conn.request(m.ListWorkersRequest("running"), m.WorkerListResponse)
+            workers = self.conn.request(
+                m.ListWorkersRequest(WorkerFilter.RUNNING), m.WorkerListResponse
+            )
             queues = self.conn.request(m.AllocListRequest(), m.QueueListResponse).queues
             waits = []
             for q in [q for q in queues if not q.removed][: self.MAX_QUEUES]:
@@ -748,7 +751,7 @@ def _print_streams(args: argparse.Namespace, job_id: int, tasks: list[m.TaskView
     out = sys.stdout.buffer
     for task in tasks:
         path = task.stdout if args.stream == "stdout" else task.stderr
-        if task.state == "waiting" and path is None:
+        if task.state is TaskState.WAITING and path is None:
             continue
         if path is None:
             out.flush()

@@ -58,6 +58,7 @@ def cmd_report_end(args: argparse.Namespace) -> int:
 
     from hqpy.cli.common import output_of
     from hqpy.common import serverdir
+    from hqpy.protocol import codec
     from hqpy.protocol import messages as m
     from hqpy.protocol.auth import AuthError, peer_handshake
     from hqpy.protocol.framing import FramedStream, ProtocolError
@@ -77,7 +78,7 @@ def cmd_report_end(args: argparse.Namespace) -> int:
         async with stream:
             framed = FramedStream(stream)
             await peer_handshake(framed, "worker", record.worker.secret_key)
-            await framed.send(message, m.FromWorker)
+            await framed.send(message, codec.FROM_WORKER)
             # The server closes the connection once it has the report.
             await framed.receive_frame()
 

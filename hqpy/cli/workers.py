@@ -20,6 +20,7 @@ from hqpy.cli.common import (
 )
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection
+from hqpy.common.states import WorkerFilter
 from hqpy.protocol import messages as m
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 @client_command
 def cmd_list(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
-    flt = "all" if args.all else (args.filter or "running")
+    flt = WorkerFilter.ALL if args.all else WorkerFilter(args.filter or "running")
     resp = conn.request(m.ListWorkersRequest(flt), m.WorkerListResponse)
     out.worker_list(resp.workers)
 

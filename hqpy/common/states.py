@@ -119,3 +119,11 @@ class AllocEventKind(enum.StrEnum):
     QUEUE_PAUSED = "queue-paused"
     QUEUE_RESUMED = "queue-resumed"
     QUEUE_REMOVED = "queue-removed"
+
+
+class WorkerFilter(enum.StrEnum):
+    """Which workers `hq worker list` shows."""
+
+    RUNNING = "running"
+    OFFLINE = "offline"
+    ALL = "all"

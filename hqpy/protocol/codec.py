@@ -14,11 +14,14 @@ import base64
 import binascii
 import json
 import typing
-from typing import Any, TypeVar
+from typing import Generic, TypeVar
 
 import cattrs
+from cattrs.dispatch import StructureHook, UnstructureHook
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter
 
+from hqpy.common.states import TaskState
 from hqpy.protocol import messages as m
 
 T = TypeVar("T")
@@ -95,14 +98,14 @@ class DecodeError(Exception):
 converter = make_converter(forbid_extra_keys=True)
 
 
-def _rows(value: Any, _: Any) -> list[list[Any]]:
+def _rows(value: object, _: object) -> list[m.Row]:
     """Rows of plain values (the hot path) are checked for shape only, not element by element."""
     if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
         raise ValueError("expected a list of rows")
     return value
 
 
-def _exact(value: Any, target: type) -> Any:
+def _exact(value: object, target: type) -> object:
     """No silent conversions (`"12"` into 12, `null` into `"None"`): wrong types are errors."""
     if target is float:
         ok = type(value) in (int, float)
@@ -119,7 +122,7 @@ for _kind in (int, float, str, bool):
     converter.register_structure_hook(_kind, _exact)
 
 
-def _bytes_in(value: Any, _: Any) -> bytes:
+def _bytes_in(value: object, _: object) -> bytes:
     """Bytes travel as base64 text (a task's `--stdin` may be any binary data)."""
     if not isinstance(value, str):
         raise TypeError(f"expected base64 text, got {type(value).__name__}")
@@ -130,31 +133,82 @@ converter.register_structure_hook(bytes, _bytes_in)
 converter.register_unstructure_hook(bytes, lambda data: base64.b64encode(data).decode("ascii"))
 
 
-def _is_rows(t: Any) -> bool:
-    return bool(t == list[list[Any]])
+def _is_rows(t: object) -> bool:
+    return bool(t == list[m.Row])
 
 
 converter.register_structure_hook_func(_is_rows, _rows)
 converter.register_unstructure_hook_func(_is_rows, lambda rows: rows)
 
 
-_members: dict[Any, dict[str, type]] = {}
+def _task_state_in(value: object, _: object) -> TaskState:
+    """A view's task state travels as its lower-case label (`failed`), as `hq` prints it."""
+    if not isinstance(value, str) or value != value.lower():
+        raise TypeError(f"expected a lower-case task state, got {value!r}")
+    return TaskState.parse(value)
 
 
-def members(union: Any) -> dict[str, type]:
-    """The classes of a union by their `op` tag."""
-    found = _members.get(union)
+def _task_view_hook(cls: type) -> StructureHook:
+    """`TaskView.state` only: a `TaskState` elsewhere is its int (task updates)."""
+    return make_dict_structure_fn(cls, converter, state=override(struct_hook=_task_state_in))
+
+
+def _task_view_unhook(cls: type) -> UnstructureHook:
+    return make_dict_unstructure_fn(
+        cls, converter, state=override(unstruct_hook=lambda state: state.label)
+    )
+
+
+converter.register_structure_hook_factory(lambda t: t is m.TaskView, _task_view_hook)
+converter.register_unstructure_hook_factory(lambda t: t is m.TaskView, _task_view_unhook)
+
+
+class Wire(Generic[T]):
+    """A union of messages as a value that keeps its static type, so that `decode(payload,
+    CLIENT_REQUEST)` is typed `ClientRequest`: a union alias such as `m.ClientRequest` is a
+    `types.UnionType` to mypy, which no TypeVar binds to its members. Each constant below
+    states its union twice (annotation and value); `test_codec` checks that they agree."""
+
+    __slots__ = ("by_op", "union")
+
+    def __init__(self, union: object) -> None:
+        self.union = union
+        self.by_op: dict[str, type] = {OPS[cls]: cls for cls in typing.get_args(union)}
+
+    def __repr__(self) -> str:
+        return f"Wire({self.union})"
+
+
+HANDSHAKE: Wire[Handshake] = Wire(Handshake)
+CLIENT_REQUEST: Wire[m.ClientRequest] = Wire(m.ClientRequest)
+CLIENT_RESPONSE: Wire[m.ClientResponse] = Wire(m.ClientResponse)
+TO_WORKER: Wire[m.ToWorker] = Wire(m.ToWorker)
+FROM_WORKER: Wire[m.FromWorker] = Wire(m.FromWorker)
+
+_wires: dict[object, Wire[object]] = {}
+
+
+def _wire(union: Wire[T] | object) -> Wire[object]:
+    """A raw union alias (the older calling form, still accepted at run time) as its `Wire`."""
+    if isinstance(union, Wire):
+        return typing.cast("Wire[object]", union)
+    found = _wires.get(union)
     if found is None:
-        found = {OPS[cls]: cls for cls in typing.get_args(union)}
-        _members[union] = found
+        found = _wires[union] = Wire(union)
     return found
 
 
-def encode(message: Any, union: Any) -> bytes:
+def members(union: Wire[T] | object) -> dict[str, type]:
+    """The classes of a union by their `op` tag."""
+    return _wire(union).by_op
+
+
+def encode(message: T, union: Wire[T]) -> bytes:
     """Encode `message`, a member of `union`, with its `op` tag."""
     cls = type(message)
-    if cls not in members(union).values():
-        raise TypeError(f"{cls.__name__} is not a member of {union}")
+    wire = _wire(union)
+    if cls not in wire.by_op.values():
+        raise TypeError(f"{cls.__name__} is not a member of {wire.union}")
     data = converter.unstructure(message, unstructure_as=cls)
     data["op"] = OPS[cls]
     try:
@@ -164,17 +218,18 @@ def encode(message: Any, union: Any) -> bytes:
         return json.dumps(data, separators=(",", ":")).encode()
 
 
-def decode(payload: bytes, union: type[T] | Any) -> Any:
+def decode(payload: bytes, union: Wire[T]) -> T:
     """Decode a frame into a member of `union`, raising `DecodeError` for anything else."""
     try:
         data = json.loads(payload)
         if not isinstance(data, dict):
             raise DecodeError("malformed message: expected a JSON object")
         op = data.pop("op", None)
-        cls = members(union).get(op) if isinstance(op, str) else None
+        cls = _wire(union).by_op.get(op) if isinstance(op, str) else None
         if cls is None:
             raise DecodeError(f"malformed message: unknown op {op!r}")
-        return converter.structure(data, cls)
+        message: T = converter.structure(data, cls)
+        return message
     except (ValueError, TypeError, KeyError, binascii.Error, cattrs.BaseValidationError) as e:
         raise DecodeError(f"malformed message: {_short(e)}") from None
     except RecursionError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 import trio
 
@@ -15,6 +15,8 @@ from hqpy.protocol.frames import (
     ProtocolError,
     encode_frame,
 )
+
+T = TypeVar("T")
 
 __all__ = ["FRAME_LIMIT", "HANDSHAKE_FRAME_LIMIT", "HEADER", "FramedStream", "ProtocolError"]
 
@@ -48,7 +50,7 @@ class FramedStream:
                 return None
             decoder.feed(chunk)
 
-    async def receive(self, union: Any) -> Any:
+    async def receive(self, union: codec.Wire[T]) -> T | None:
         """The next message of `union`, or None on a clean close."""
         payload = await self.receive_frame()
         if payload is None:
@@ -62,7 +64,7 @@ class FramedStream:
         async with self._send_lock:
             await self.stream.send_all(encode_frame(payload))
 
-    async def send(self, message: Any, union: Any) -> None:
+    async def send(self, message: T, union: codec.Wire[T]) -> None:
         await self.send_frame(codec.encode(message, union))
 
     async def aclose(self) -> None:

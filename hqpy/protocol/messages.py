@@ -14,7 +14,7 @@ import attrs
 
 from hqpy.common.placeholders import fill_placeholders
 from hqpy.common.resources import ResourceDescriptorItem, ResourceRequest
-from hqpy.common.states import TaskState
+from hqpy.common.states import TaskState, WorkerFilter, WorkerState
 
 # ---------------------------------------------------------------------------------------------
 # Handshake (sent before authentication; kept tiny).
@@ -302,8 +302,8 @@ class SubmitView:
 @attrs.frozen
 class TaskView:
     id: int
-    state: str
-    """Lower case: waiting, running, finished, failed, canceled."""
+    state: TaskState
+    """On the wire its lower-case label (`waiting`, `running`, ...), not the int of updates."""
     instance_id: int = 0
     workers: tuple[str, ...] = ()
     started_at: float | None = None
@@ -336,8 +336,8 @@ class JobDetailView:
 @attrs.frozen
 class WorkerView:
     id: int
-    state: str
-    """`RUNNING`, `CONNECTION LOST`, `HEARTBEAT LOST`, `STOPPED`, `IDLE TIMEOUT`, ..."""
+    state: WorkerState
+    """On the wire its value: `RUNNING`, `CONNECTION LOST`, `HEARTBEAT LOST`, ..."""
     configuration: WorkerConfiguration
     started_at: float
     ended_at: float | None
@@ -554,8 +554,7 @@ class TaskIdsRequest:
 
 @attrs.frozen
 class ListWorkersRequest:
-    filter: str = "running"
-    """`running`, `offline` or `all`."""
+    filter: WorkerFilter = WorkerFilter.RUNNING
 
 
 @attrs.frozen

@@ -25,6 +25,7 @@ import trio.lowlevel
 from hqpy.common import serverdir
 from hqpy.common.process import OrphanGuard, process_age
 from hqpy.common.resources import ResourceDescriptorItem, ResourceGrant, ResourcePool
+from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
@@ -159,8 +160,8 @@ class WorkerAgent:
             return e.code
         config = self.configuration()
         try:
-            await framed.send(m.RegisterWorker(config), m.FromWorker)
-            reply = await framed.receive(m.ToWorker)
+            await framed.send(m.RegisterWorker(config), codec.FROM_WORKER)
+            reply = await framed.receive(codec.TO_WORKER)
         except (trio.BrokenResourceError, ProtocolError, ConnectionError) as e:
             log.error("Registration failed: %s", e)
             return EXIT_SERVER_LOST
@@ -186,7 +187,7 @@ class WorkerAgent:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 if self.updates:  # what ended since the last frame
                     with suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        await framed.send(m.TaskUpdates(self.updates), m.FromWorker)
+                        await framed.send(m.TaskUpdates(self.updates), codec.FROM_WORKER)
                 await framed.aclose()
         code, reason = self.exit or (EXIT_SERVER_LOST, "the connection to the server was lost")
         log.info("Worker is stopping: %s", reason)
@@ -227,7 +228,7 @@ class WorkerAgent:
     async def _receive(self, framed: FramedStream) -> None:
         while True:
             try:
-                msg = await framed.receive(m.ToWorker)
+                msg = await framed.receive(codec.TO_WORKER)
             except (trio.BrokenResourceError, ProtocolError, ConnectionError):
                 msg = None
             if msg is None:
@@ -367,7 +368,7 @@ class WorkerAgent:
             updates, self.updates = self.updates, []
             self.unsent_running.clear()
             try:
-                await framed.send(m.TaskUpdates(updates), m.FromWorker)
+                await framed.send(m.TaskUpdates(updates), codec.FROM_WORKER)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 return
             await trio.sleep(UPDATE_BATCH_DELAY)
@@ -376,7 +377,7 @@ class WorkerAgent:
         while True:
             await trio.sleep(self.options.heartbeat)
             try:
-                await framed.send(m.Heartbeat(), m.FromWorker)
+                await framed.send(m.Heartbeat(), codec.FROM_WORKER)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 return
 
@@ -386,7 +387,7 @@ class WorkerAgent:
         self.accepting = False
         self._kill_all()
         try:
-            await framed.send(m.WorkerStopping("time-limit"), m.FromWorker)
+            await framed.send(m.WorkerStopping("time-limit"), codec.FROM_WORKER)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass
         self.stop(EXIT_OK, "time limit reached")

@@ -12,6 +12,7 @@ import sys
 from hqpy.cli.output.common import iso, job_state, queue_worker_args
 from hqpy.common.jsontypes import JsonOut, JsonOutObject
 from hqpy.common.resources import descriptor_to_json, request_to_json
+from hqpy.common.states import TaskState
 from hqpy.protocol import messages as m
 
 _SUMMARY_KEYS = {
@@ -66,11 +67,11 @@ def job_json(job: m.JobView) -> JsonOutObject:
 
 def task_json(task: m.TaskView) -> JsonOutObject:
     """A waiting task is exactly `{id, state}`; others also say where and when they ran."""
-    if task.state == "waiting":
+    if task.state is TaskState.WAITING:
         return {"id": task.id, "state": "waiting"}
     result: JsonOutObject = {
         "id": task.id,
-        "state": task.state,
+        "state": task.state.label,
         "worker": task.workers[0] if task.workers else None,
         "started_at": iso(task.started_at),
         "finished_at": iso(task.ended_at),
@@ -78,7 +79,7 @@ def task_json(task: m.TaskView) -> JsonOutObject:
         "stdout": task.stdout,
         "stderr": task.stderr,
     }
-    if task.state == "failed":
+    if task.state is TaskState.FAILED:
         result["error"] = task.error or ""
     return result
 
@@ -199,7 +200,9 @@ class JsonOutput:
     def task_list(self, jobs: list[tuple[int, list[m.TaskView]]], verbose: bool) -> None:
         _dump(
             {
-                str(job_id): [{"id": t.id, "state": t.state} for t in sorted(tasks, key=_task_id)]
+                str(job_id): [
+                    {"id": t.id, "state": t.state.label} for t in sorted(tasks, key=_task_id)
+                ]
                 for job_id, tasks in sorted(jobs, key=lambda j: j[0])
             }
         )
