@@ -82,7 +82,7 @@ def build_status(
         doc["tasks"] = stream.snapshot(
             now,
             {w.id for w in summaries},
-            {j.id for j in newest_jobs if j.counts[TASK_STATE_NAMES.index("failed")]},
+            {j.id for j in newest_jobs if j.counts[TaskState.FAILED]},
         )
     return doc
 
@@ -154,8 +154,8 @@ def _errors(events: list[m.AllocEventView]) -> list[JsonObject]:
             if e.time >= entry.last:
                 entry.last = e.time
                 entry.allocation_id = e.allocation_id
-    groups = sorted(grouped.values(), key=lambda x: x.last, reverse=True)
-    newest: list[JsonObject] = [
+    groups = sorted(grouped.values(), key=lambda x: x.last, reverse=True)[:MAX_QUEUE_ERRORS]
+    return [
         {
             "event": g.event,
             "message": g.message,
@@ -166,7 +166,6 @@ def _errors(events: list[m.AllocEventView]) -> list[JsonObject]:
         }
         for g in groups
     ]
-    return newest[:MAX_QUEUE_ERRORS]
 
 
 def _allocation(a: m.AllocationView, time_limit: float) -> JsonObject:

@@ -141,11 +141,15 @@ converter.register_structure_hook_func(_is_rows, _rows)
 converter.register_unstructure_hook_func(_is_rows, lambda rows: rows)
 
 
+_TASK_STATE_LABELS = {state.label: state for state in TaskState}
+
+
 def _task_state_in(value: object, _: object) -> TaskState:
     """A view's task state travels as its lower-case label (`failed`), as `hq` prints it."""
-    if not isinstance(value, str) or value != value.lower():
-        raise TypeError(f"expected a lower-case task state, got {value!r}")
-    return TaskState.parse(value)
+    state = _TASK_STATE_LABELS.get(value) if isinstance(value, str) else None
+    if state is None:
+        raise ValueError(f"expected a task state label, got {value!r}")
+    return state
 
 
 def _task_view_hook(cls: type) -> StructureHook:

@@ -472,7 +472,7 @@ def test_typed_view_states_keep_their_wire_text() -> None:
     )
 
 
-@pytest.mark.parametrize("state", ['"FAILED"', "3", '"bogus"', "null"])
+@pytest.mark.parametrize("state", ['"FAILED"', '" failed"', "3", '"bogus"', "null"])
 def test_a_task_view_state_is_its_lower_case_label_only(state: str) -> None:
     payload = b'{"op":"tasks","jobs":[[1,[{"id":0,"state":%s}]]],"missing":""}' % state.encode()
     with pytest.raises(DecodeError):
