@@ -3,6 +3,10 @@ resource request. Keyword arguments override what a test cares about; the rest i
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+from hqpy.common.jsontypes import JsonOut
 from hqpy.common.resources import (
     FRACTIONS,
     ResourceAmountRequest,
@@ -81,3 +85,9 @@ def submit_desc(
         tags=tags,
         pool=pool,
     )
+
+
+def as_json(doc: JsonOut) -> Any:
+    """`doc` as a reader of the JSON sees it (round-tripped, so it must be plain JSON), untyped
+    so that tests can index into it."""
+    return json.loads(json.dumps(doc))

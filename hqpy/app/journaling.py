@@ -14,7 +14,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import attrs
 
@@ -259,9 +258,9 @@ def _compact(path: Path) -> tuple[int, int]:
     alive = state.jobs
     live = {job_id for job_id, job in alive.items() if not job.is_complete()}
     kept: list[r.Record] = []
-    started: list[list[Any]] = []
-    finished: list[list[Any]] = []
-    failed: list[list[Any]] = []
+    started: list[m.Row] = []
+    finished: list[m.Row] = []
+    failed: list[m.Row] = []
 
     def close_updates() -> None:
         if started or finished or failed:

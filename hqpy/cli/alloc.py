@@ -9,13 +9,16 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hqpy.autoalloc.backends import registry
 from hqpy.cli.common import client_command, duration, output_of, positive_int, run_client
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection, ClientError
 from hqpy.protocol import messages as m
+
+if TYPE_CHECKING:
+    from hqpy.cli.main import CommandTree, Subparsers
 
 log = logging.getLogger("hqpy.cli")
 
@@ -177,7 +180,7 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
     p.epilog = "Arguments after `--` go verbatim into the script as one batch directive line."
 
 
-def register(tree: Any, nouns: Any) -> None:
+def register(tree: CommandTree, nouns: Subparsers) -> None:
     alloc = tree.command(nouns, "alloc", "Automatic allocation: queues that submit allocations")
     verbs = tree.group(alloc, "verb")
 
@@ -453,7 +456,9 @@ def cmd_queue_action(args: argparse.Namespace, conn: BlockingConnection, out: Ou
     log.info("Allocation queue %d successfully %s", args.queue_id, done)
 
 
-def _queues_done(args: argparse.Namespace, what: str, ids: tuple[int, ...], **extra: Any) -> None:
+def _queues_done(
+    args: argparse.Namespace, what: str, ids: tuple[int, ...], **extra: object
+) -> None:
     """The queues a command touched: a line per mode (cli: a log line; json: an object;
     quiet: the ids)."""
     if args.output_mode == "json":

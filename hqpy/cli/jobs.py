@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -27,14 +27,18 @@ from hqpy.cli.common import (
     tag_arg,
 )
 from hqpy.client.blocking import ClientError
+from hqpy.common.states import TaskState, WorkerFilter
 from hqpy.protocol import messages as m
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from hqpy.cli.main import CommandTree, Subparsers
     from hqpy.cli.output import Output
     from hqpy.cli.output.progress import WaitContext
     from hqpy.client.blocking import BlockingConnection
+    from hqpy.common.jsontypes import JsonValue
+    from hqpy.common.resources import ResourceAmountRequest
 
 log = logging.getLogger("hqpy.cli")
 
@@ -81,7 +85,7 @@ MAX_UNITS = 2**32 - 1
 """The most of one resource a task can ask for (whole units)."""
 
 
-def _amount_ok(request: Any, what: str) -> None:
+def _amount_ok(request: ResourceAmountRequest, what: str) -> None:
     from hqpy.common.resources import FRACTIONS
 
     if isinstance(request.amount, int) and request.amount > MAX_UNITS * FRACTIONS:
@@ -175,7 +179,7 @@ def add_submit_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_submit)
 
 
-def register(tree: Any, nouns: Any) -> None:
+def register(tree: CommandTree, nouns: Subparsers) -> None:
     add_submit_options(tree.command(nouns, "submit", "Submit a job"))
 
     job = tree.command(nouns, "job", "Commands for managing jobs")
@@ -366,7 +370,7 @@ TASK_TAGS_KEY = "hq_tags"
 """A `--from-json` item that is an object may tag its task: `{"hq_tags": ["gpu"], ...}`."""
 
 
-def _task_tags(items: list[Any], path: Path) -> list[list[str]] | None:
+def _task_tags(items: list[JsonValue], path: Path) -> list[list[str]] | None:
     """Each item's `hq_tags` (None when no item has any); the item stays whole in HQ_ENTRY."""
     from hqpy.common.tags import parse_tags
 
@@ -377,13 +381,14 @@ def _task_tags(items: list[Any], path: Path) -> list[list[str]] | None:
         if tags is None:
             out.append([])
             continue
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        names = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+        if not isinstance(tags, list) or len(names) != len(tags):
             raise ValueError(
                 f'--from-json: item {i} of `{path}`: "{TASK_TAGS_KEY}" must be a list of '
                 'strings, e.g. ["system=H2O"]'
             )
         try:
-            out.append(sorted(parse_tags(tags)))
+            out.append(sorted(parse_tags(names)))
         except ValueError as e:
             raise ValueError(f"--from-json: item {i} of `{path}`: {e}") from None
         found = True
@@ -587,7 +592,9 @@ class ProgressBar:
         if self.conn is None:
             return None
         try:
-            workers = self.conn.request(m.ListWorkersRequest("running"), m.WorkerListResponse)
+            workers = self.conn.request(
+                m.ListWorkersRequest(WorkerFilter.RUNNING), m.WorkerListResponse
+            )
             queues = self.conn.request(m.AllocListRequest(), m.QueueListResponse).queues
             waits = []
             for q in [q for q in queues if not q.removed][: self.MAX_QUEUES]:
@@ -746,7 +753,7 @@ def _print_streams(args: argparse.Namespace, job_id: int, tasks: list[m.TaskView
     out = sys.stdout.buffer
     for task in tasks:
         path = task.stdout if args.stream == "stdout" else task.stderr
-        if task.state == "waiting" and path is None:
+        if task.state is TaskState.WAITING and path is None:
             continue
         if path is None:
             out.flush()

@@ -6,12 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hqpy.cli.common import output_of
 
+if TYPE_CHECKING:
+    from hqpy.cli.main import CommandTree, Subparsers
 
-def register(tree: Any, nouns: Any) -> None:
+
+def register(tree: CommandTree, nouns: Subparsers) -> None:
     journal = tree.command(nouns, "journal", "Commands for the server's journal file")
     verbs = tree.group(journal, "verb")
 

@@ -18,7 +18,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` itself costs a few ms of `hq --version`'s start-up
     import argparse
     from collections.abc import Callable, Sequence
-    from typing import Any, NoReturn
+    from typing import NoReturn, TypeAlias
+
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXIT_INTERRUPTED = 130
 EXIT_USAGE = 2
@@ -70,7 +72,7 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
     from pathlib import Path
 
     p = argparse.ArgumentParser(add_help=False)
-    d: Callable[[Any], Any] = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    d: Callable[[object], object] = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     p.add_argument(
         "--server-dir",
         type=Path,
@@ -103,11 +105,11 @@ class CommandTree:
         )
         self.root.add_argument("--version", action="version", version=f"hq {__version__}")
 
-    def group(self, parser: argparse.ArgumentParser, dest: str) -> Any:
+    def group(self, parser: argparse.ArgumentParser, dest: str) -> Subparsers:
         return parser.add_subparsers(dest=dest, required=True, parser_class=self.parser_class)
 
-    def command(self, subparsers: Any, name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
-        return subparsers.add_parser(name, help=help, description=help, parents=[self.common], **kw)  # type: ignore[no-any-return]
+    def command(self, subparsers: Subparsers, name: str, help: str) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, help=help, description=help, parents=[self.common])
 
 
 def build_parser(noun: str | None = None) -> argparse.ArgumentParser:

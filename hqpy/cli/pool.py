@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hqpy.cli.common import client_command, positive_int
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection
 from hqpy.protocol import messages as m
 
+if TYPE_CHECKING:
+    from hqpy.cli.main import CommandTree, Subparsers
 
-def register(tree: Any, nouns: Any) -> None:
+
+def register(tree: CommandTree, nouns: Subparsers) -> None:
     pool = tree.command(nouns, "pool", "Concurrency pools: how many tasks of a kind run at once")
     verbs = tree.group(pool, "verb")
     p = tree.command(verbs, "set", "Create a pool or resize it")

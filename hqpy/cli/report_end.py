@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hqpy.cli.main import CommandTree, Subparsers
 
 TAIL_BYTES = 4096
 REPORT_TIMEOUT = 10.0
@@ -20,7 +23,7 @@ VERBS = ("start", "list", "info", "stop", "address", "wait")
 """The verbs `hq worker --help` lists; `report-end` is left out of them."""
 
 
-def register(tree: Any, verbs: Any) -> None:
+def register(tree: CommandTree, verbs: Subparsers) -> None:
     """Add `report-end` to `hq worker`'s verbs without a help line (scripts call it)."""
     p = verbs.add_parser("report-end", parents=[tree.common])
     verbs.metavar = "{" + ",".join(VERBS) + "}"
@@ -55,6 +58,7 @@ def cmd_report_end(args: argparse.Namespace) -> int:
 
     from hqpy.cli.common import output_of
     from hqpy.common import serverdir
+    from hqpy.protocol import codec
     from hqpy.protocol import messages as m
     from hqpy.protocol.auth import AuthError, peer_handshake
     from hqpy.protocol.framing import FramedStream, ProtocolError
@@ -74,7 +78,7 @@ def cmd_report_end(args: argparse.Namespace) -> int:
         async with stream:
             framed = FramedStream(stream)
             await peer_handshake(framed, "worker", record.worker.secret_key)
-            await framed.send(message, m.FromWorker)
+            await framed.send(message, codec.FROM_WORKER)
             # The server closes the connection once it has the report.
             await framed.receive_frame()
 

@@ -9,18 +9,20 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hqpy.cli.common import client_command, duration, output_of
 
 if TYPE_CHECKING:  # `server start` writes its access file before importing these
+    from hqpy.cli.main import CommandTree, Subparsers
     from hqpy.cli.output import Output
     from hqpy.client.blocking import BlockingConnection
+    from hqpy.server.startup import EarlyStart
 
 log = logging.getLogger("hqpy.cli")
 
 
-def register(tree: Any, nouns: Any) -> None:
+def register(tree: CommandTree, nouns: Subparsers) -> None:
     server = tree.command(nouns, "server", "Commands for controlling the server")
     verbs = tree.group(server, "verb")
 
@@ -128,7 +130,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         early.close()
 
 
-def _serve(args: argparse.Namespace, early: Any, stop_signals: list[int]) -> int:
+def _serve(args: argparse.Namespace, early: EarlyStart, stop_signals: list[int]) -> int:
     import trio
 
     from hqpy.app.server_process import ServerProcess

@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hqpy.cli.common import (
     add_selector,
@@ -20,12 +20,16 @@ from hqpy.cli.common import (
 )
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection
+from hqpy.common.states import WorkerFilter
 from hqpy.protocol import messages as m
+
+if TYPE_CHECKING:
+    from hqpy.cli.main import CommandTree, Subparsers
 
 log = logging.getLogger("hqpy.cli")
 
 
-def register(tree: Any, nouns: Any) -> None:
+def register(tree: CommandTree, nouns: Subparsers) -> None:
     worker = tree.command(nouns, "worker", "Commands for managing workers")
     verbs = tree.group(worker, "verb")
 
@@ -191,7 +195,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 @client_command
 def cmd_list(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
-    flt = "all" if args.all else (args.filter or "running")
+    flt = WorkerFilter.ALL if args.all else WorkerFilter(args.filter or "running")
     resp = conn.request(m.ListWorkersRequest(flt), m.WorkerListResponse)
     out.worker_list(resp.workers)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from hqpy.common import serverdir
 from hqpy.protocol import codec
@@ -20,6 +20,7 @@ from hqpy.protocol.handshake import HANDSHAKE_TIMEOUT, AuthError, PeerHandshake
 from hqpy.protocol.seal import TAG_SIZE, Opener, Sealer
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 ACCESS_RETRY = 1.0
 """How long a client waits for a just-started server to write its access file."""
@@ -40,12 +41,12 @@ class BlockingConnection:
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
 
-    def send(self, message: Any, union: Any) -> None:
+    def send(self, message: M, union: codec.Wire[M]) -> None:
         payload = codec.encode(message, union)
         sealer = self._sealer
         self.sock.sendall(encode_frame(payload) if sealer is None else sealer.seal(payload))
 
-    def receive(self, union: Any) -> Any:
+    def receive(self, union: codec.Wire[M]) -> M | None:
         """The next message, or None when the server closed the connection."""
         decoder = self._decoder
         while True:
@@ -68,17 +69,19 @@ class BlockingConnection:
     def handshake(self, secret: str) -> None:
         self.sock.settimeout(HANDSHAKE_TIMEOUT)
         peer = PeerHandshake("client", secret)
-        self.send(peer.answer(self.receive(codec.Handshake)), codec.Handshake)
-        peer.check(self.receive(codec.Handshake))
+        hello = self.receive(codec.HANDSHAKE)
+        self.send(peer.answer(hello), codec.HANDSHAKE)
+        answer = self.receive(codec.HANDSHAKE)
+        peer.check(answer)
         self._sealer, self._opener = peer.seal()
         self._decoder.limit = FRAME_LIMIT + TAG_SIZE
         self.sock.settimeout(None)
 
-    def request(self, request: Any, expect: type[T]) -> T:
+    def request(self, request: m.ClientRequest, expect: type[T]) -> T:
         """Send a request and return its response, raising `ClientError` for an error reply."""
         try:
-            self.send(request, m.ClientRequest)
-            response = self.receive(m.ClientResponse)
+            self.send(request, codec.CLIENT_REQUEST)
+            response = self.receive(codec.CLIENT_RESPONSE)
         except (ConnectionError, TimeoutError, OSError) as e:
             raise ClientError(f"Connection to the server was lost: {e}") from None
         except ProtocolError as e:

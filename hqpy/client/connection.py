@@ -5,14 +5,16 @@ The command line uses the blocking one (`hqpy.client.blocking`), which starts fa
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
 from hqpy.client.blocking import ACCESS_RETRY, ClientError
 from hqpy.common import serverdir
+from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
@@ -28,11 +30,11 @@ class ServerConnection:
         self.record = record
         self.server_dir = server_dir
 
-    async def request(self, request: Any, expect: type[T]) -> T:
+    async def request(self, request: m.ClientRequest, expect: type[T]) -> T:
         """Send a request and return its response, raising `ClientError` for an error reply."""
         try:
-            await self.framed.send(request, m.ClientRequest)
-            response = await self.framed.receive(m.ClientResponse)
+            await self.framed.send(request, codec.CLIENT_REQUEST)
+            response = await self.framed.receive(codec.CLIENT_RESPONSE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as e:
             raise ClientError(f"Connection to the server was lost: {e}") from None
         except ProtocolError as e:
@@ -92,7 +94,9 @@ async def connect(server_dir: Path, wait: float = ACCESS_RETRY) -> ServerConnect
 
 
 @asynccontextmanager
-async def open_connection(server_dir: Path, wait: float = ACCESS_RETRY) -> Any:
+async def open_connection(
+    server_dir: Path, wait: float = ACCESS_RETRY
+) -> AsyncIterator[ServerConnection]:
     conn = await connect(server_dir, wait)
     try:
         yield conn

@@ -11,9 +11,10 @@ import collections
 import enum
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
+
+from hqpy.common.jsontypes import JsonOut, JsonOutObject
 
 FRACTIONS = 10_000
 ALL = -1
@@ -319,16 +320,16 @@ def _cpus_last(entries: Sequence[ResourceAmountRequest]) -> list[ResourceAmountR
     ]
 
 
-def request_to_json(req: ResourceRequest) -> dict[str, Any]:
+def request_to_json(req: ResourceRequest) -> JsonOutObject:
     """HQ's JSON shape for a request (`{"Compact": 20000}`, `"All"`; cpus last)."""
-    resources: list[dict[str, Any]] = []
+    resources: list[JsonOutObject] = []
     for e in _cpus_last(req.entries):
-        request: Any = "All" if e.amount == ALL else {_POLICY_JSON[e.policy]: e.amount}
+        request: JsonOut = "All" if e.amount == ALL else {_POLICY_JSON[e.policy]: e.amount}
         resources.append({"resource": e.resource, "request": request})
     return {"min_time": float(req.min_time), "n_nodes": req.n_nodes, "resources": resources}
 
 
-def descriptor_to_json(item: ResourceDescriptorItem) -> dict[str, Any]:
+def descriptor_to_json(item: ResourceDescriptorItem) -> JsonOutObject:
     if item.kind is ResourceKind.RANGE:
         return {"name": item.name, "kind": "range", "start": item.start, "end": item.end}
     if item.kind is ResourceKind.SUM:

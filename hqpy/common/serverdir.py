@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import attrs
 import cattrs
@@ -22,6 +21,7 @@ from hqpy.common.instancedir import ACCESS_FILE as ACCESS_FILE
 from hqpy.common.instancedir import CURRENT as CURRENT
 from hqpy.common.instancedir import create_instance_dir as create_instance_dir
 from hqpy.common.instancedir import new_server_uid as new_server_uid
+from hqpy.common.jsontypes import JsonObject, JsonValue
 
 
 @attrs.frozen
@@ -40,13 +40,13 @@ class AccessRecord:
     client: Endpoint | None = None
     worker: Endpoint | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         """Absent parts (and the uid of a partial record) are left out, not written as null."""
-        data: dict[str, Any] = _converter.unstructure(self)
+        data: JsonObject = _converter.unstructure(self)
         return {k: v for k, v in data.items() if v is not None and v != ""}
 
     @classmethod
-    def from_json(cls, data: Any, source: str) -> AccessRecord:
+    def from_json(cls, data: JsonValue, source: str) -> AccessRecord:
         try:
             return _converter.structure(data, cls)
         except Exception as e:

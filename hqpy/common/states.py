@@ -129,3 +129,11 @@ class AllocEventKind(enum.StrEnum):
     """A persistent pool submits in place of an allocation that ended."""
     PREALLOC_STOPPED = "prealloc-stopped"
     """`hq alloc stop --preallocated`: the pool stops keeping its allocations up."""
+
+
+class WorkerFilter(enum.StrEnum):
+    """Which workers `hq worker list` shows."""
+
+    RUNNING = "running"
+    OFFLINE = "offline"
+    ALL = "all"

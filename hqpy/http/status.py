@@ -7,22 +7,28 @@ even when the server holds a million-task array.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import platform
-from typing import Any
 
 from hqpy import __version__
+from hqpy.common.jsontypes import JsonOutObject
 from hqpy.common.resources import FRACTIONS
 from hqpy.common.states import AllocationState, AllocEventKind, TaskState, WorkerState
 from hqpy.http.metrics import worker_state_label
 from hqpy.http.taskstream import TaskStream
 from hqpy.protocol import messages as m
-from hqpy.protocol.readmodels import AllocatorReadModel, ServerReadModel, WorkerSummary
+from hqpy.protocol.readmodels import (
+    AllocatorReadModel,
+    JobSummary,
+    ServerReadModel,
+    WorkerSummary,
+)
 
 TASK_STATE_NAMES = tuple(s.label for s in TaskState)
 
-JsonObject = dict[str, Any]
-"""A JSON object for `json.dumps`: `Any` because its values are of every JSON shape."""
+JsonObject = JsonOutObject
+"""A JSON object for `json.dumps`."""
 
 MAX_JOBS = 50
 MAX_WORKERS = 100
@@ -53,8 +59,10 @@ def build_status(
     Removed queues stay (marked `removed`) so that their allocations and events remain, as
     `hq alloc events` keeps them."""
     queues = [] if allocator is None else allocator.queue_views(include_removed=True)
-    workers = [_worker(w) for w in server.newest_workers(MAX_WORKERS)]
-    jobs = _jobs(server)
+    summaries = server.newest_workers(MAX_WORKERS)
+    workers = [_worker(w) for w in summaries]
+    newest_jobs = server.newest_jobs(MAX_JOBS)
+    jobs = _jobs(newest_jobs)
     events = _recent_events(queues, allocator)
     doc: JsonObject = {
         "server": {
@@ -72,7 +80,9 @@ def build_status(
     }
     if stream is not None:
         doc["tasks"] = stream.snapshot(
-            now, {w["id"] for w in workers}, {j["id"] for j in jobs if j["counts"]["failed"]}
+            now,
+            {w.id for w in summaries},
+            {j.id for j in newest_jobs if j.counts[TaskState.FAILED]},
         )
     return doc
 
@@ -117,32 +127,45 @@ def _queue(
     }
 
 
+@dataclasses.dataclass
+class _ErrorGroup:
+    event: str
+    message: str
+    count: int
+    first: float
+    last: float
+    allocation_id: str | None
+
+
 def _errors(events: list[m.AllocEventView]) -> list[JsonObject]:
     """The queue's recent failures, one entry per distinct message, newest first: a queue whose
     every submission fails shows `sbatch: error: ...` once with its count, on the queue."""
-    grouped: dict[tuple[str, str], JsonObject] = {}
+    grouped: dict[tuple[str, str], _ErrorGroup] = {}
     for e in events:
         if e.event not in ERROR_EVENTS:
             continue
         key = (e.event, e.message)
         entry = grouped.get(key)
         if entry is None:
-            grouped[key] = {
-                "event": e.event,
-                "message": e.message,
-                "count": 1,
-                "first": e.time,
-                "last": e.time,
-                "allocation_id": e.allocation_id,
-            }
+            grouped[key] = _ErrorGroup(e.event, e.message, 1, e.time, e.time, e.allocation_id)
         else:
-            entry["count"] += 1
-            entry["first"] = min(entry["first"], e.time)
-            if e.time >= entry["last"]:
-                entry["last"] = e.time
-                entry["allocation_id"] = e.allocation_id
-    newest = sorted(grouped.values(), key=lambda x: x["last"], reverse=True)
-    return newest[:MAX_QUEUE_ERRORS]
+            entry.count += 1
+            entry.first = min(entry.first, e.time)
+            if e.time >= entry.last:
+                entry.last = e.time
+                entry.allocation_id = e.allocation_id
+    groups = sorted(grouped.values(), key=lambda x: x.last, reverse=True)[:MAX_QUEUE_ERRORS]
+    return [
+        {
+            "event": g.event,
+            "message": g.message,
+            "count": g.count,
+            "first": g.first,
+            "last": g.last,
+            "allocation_id": g.allocation_id,
+        }
+        for g in groups
+    ]
 
 
 def _allocation(a: m.AllocationView, time_limit: float) -> JsonObject:
@@ -175,9 +198,9 @@ def _worker(w: WorkerSummary) -> JsonObject:
     }
 
 
-def _jobs(server: ServerReadModel) -> list[JsonObject]:
-    out = []
-    for job in server.newest_jobs(MAX_JOBS):
+def _jobs(newest: list[JobSummary]) -> list[JsonObject]:
+    out: list[JsonObject] = []
+    for job in newest:
         out.append(
             {
                 "id": job.id,

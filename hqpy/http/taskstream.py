@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any
 
 import attrs
 
 from hqpy.common.events import EventHub, TaskEnded
+from hqpy.common.jsontypes import JsonOutObject
 from hqpy.common.states import TaskState
 
 MAX_RUNS = 2000
@@ -78,7 +78,7 @@ class TaskStream:
             for old in [k for k in self.per_minute if k <= self.newest_minute - MINUTES]:
                 del self.per_minute[old]
 
-    def snapshot(self, now: float, worker_ids: set[int], job_ids: set[int]) -> dict[str, Any]:
+    def snapshot(self, now: float, worker_ids: set[int], job_ids: set[int]) -> JsonOutObject:
         """The runs of the shown workers, per-minute counts of the last hour (zeros filled in),
         and the newest failures of the shown jobs."""
         runs = [
@@ -90,7 +90,7 @@ class TaskStream:
             for minute in range(last - MINUTES + 1, last + 1)
             for c in [self.per_minute.get(minute, [0, 0])]
         ]
-        failures: dict[str, list[dict[str, Any]]] = {}
+        failures: dict[str, list[JsonOutObject]] = {}
         for r in reversed(self.failures):
             if r.job_id in job_ids:
                 shown = failures.setdefault(str(r.job_id), [])
@@ -99,7 +99,7 @@ class TaskStream:
         return {"runs": runs, "per_minute": minutes, "failures": failures}
 
 
-def _run_json(r: TaskRun) -> dict[str, Any]:
+def _run_json(r: TaskRun) -> JsonOutObject:
     return {
         "job": r.job_id,
         "task": r.task_id,

@@ -8,11 +8,11 @@ written per flush as id ranges per job, not one record per task.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import attrs
 import cattrs
 
+from hqpy.common.jsontypes import JsonObject
 from hqpy.protocol import messages as m
 from hqpy.protocol.codec import converter
 
@@ -71,9 +71,9 @@ class TasksUpdated:
     had started and not ended gets a higher instance id). `finished`: rows `[job, first, last]`
     (inclusive id ranges). `failed`: rows `[job, task, error]`."""
 
-    started: list[list[Any]] = attrs.Factory(list)
-    finished: list[list[Any]] = attrs.Factory(list)
-    failed: list[list[Any]] = attrs.Factory(list)
+    started: list[m.Row] = attrs.Factory(list)
+    finished: list[m.Row] = attrs.Factory(list)
+    failed: list[m.Row] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -160,8 +160,8 @@ class RecordError(Exception):
     """A record whose checksum is right but whose content is not a record this version knows."""
 
 
-def unstructure(record: Record) -> dict[str, Any]:
-    data: dict[str, Any] = converter.unstructure(record, unstructure_as=type(record))
+def unstructure(record: Record) -> JsonObject:
+    data: JsonObject = converter.unstructure(record, unstructure_as=type(record))
     data["op"] = OPS[type(record)]
     return data
 

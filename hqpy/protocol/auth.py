@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from hqpy.protocol import messages as m
-from hqpy.protocol.codec import Handshake
+from hqpy.protocol.codec import HANDSHAKE
 from hqpy.protocol.framing import FramedStream, ProtocolError
 from hqpy.protocol.handshake import (
     HANDSHAKE_TIMEOUT,
@@ -35,8 +35,8 @@ async def server_handshake(stream: FramedStream, secrets_by_role: dict[str, str]
     """Authenticate a peer; returns its role. Raises `AuthError` or `ProtocolError`."""
     nonce = new_nonce()
     with trio.fail_after(HANDSHAKE_TIMEOUT):
-        await stream.send(server_hello(nonce), Handshake)
-        hello = await stream.receive(Handshake)
+        await stream.send(server_hello(nonce), HANDSHAKE)
+        hello = await stream.receive(HANDSHAKE)
     if hello is None:
         raise AuthError("peer closed the connection during the handshake")
     if not isinstance(hello, m.PeerHello):
@@ -45,9 +45,9 @@ async def server_handshake(stream: FramedStream, secrets_by_role: dict[str, str]
         welcome = check_peer(hello, nonce, secrets_by_role)
     except AuthError as e:
         with trio.move_on_after(1):
-            await stream.send(m.Refused(str(e)), Handshake)
+            await stream.send(m.Refused(str(e)), HANDSHAKE)
         raise
-    await stream.send(welcome, Handshake)
+    await stream.send(welcome, HANDSHAKE)
     stream.secure(*server_seal(hello, nonce, secrets_by_role))
     return hello.role
 
@@ -56,8 +56,8 @@ async def peer_handshake(stream: FramedStream, role: str, secret: str) -> None:
     """Authenticate to the server as `role`. Raises `AuthError` with the server's reason."""
     handshake = PeerHandshake(role, secret)
     with trio.fail_after(HANDSHAKE_TIMEOUT):
-        hello = await stream.receive(Handshake)
-        await stream.send(handshake.answer(hello), Handshake)
-        answer = await stream.receive(Handshake)
+        hello = await stream.receive(HANDSHAKE)
+        await stream.send(handshake.answer(hello), HANDSHAKE)
+        answer = await stream.receive(HANDSHAKE)
     handshake.check(answer)
     stream.secure(*handshake.seal())

@@ -15,11 +15,13 @@ import binascii
 import json
 import types
 import typing
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import cattrs
 from cattrs.preconf.json import make_converter
 
+from hqpy.common.states import TaskState
 from hqpy.protocol import messages as m
 
 T = TypeVar("T")
@@ -101,14 +103,14 @@ class DecodeError(Exception):
 converter = make_converter(forbid_extra_keys=True)
 
 
-def _rows(value: Any, _: Any) -> list[list[Any]]:
+def _rows(value: object, _: object) -> list[m.Row]:
     """Rows of plain values (the hot path) are checked for shape only, not element by element."""
     if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
         raise ValueError("expected a list of rows")
     return value
 
 
-def _exact(value: Any, target: type) -> Any:
+def _exact(value: object, target: type) -> object:
     """No silent conversions (`"12"` into 12, `null` into `"None"`): wrong types are errors."""
     if target is float:
         ok = type(value) in (int, float)
@@ -125,7 +127,7 @@ for _kind in (int, float, str, bool):
     converter.register_structure_hook(_kind, _exact)
 
 
-def _bytes_in(value: Any, _: Any) -> bytes:
+def _bytes_in(value: object, _: object) -> bytes:
     """Bytes travel as base64 text (a task's `--stdin` may be any binary data)."""
     if not isinstance(value, str):
         raise TypeError(f"expected base64 text, got {type(value).__name__}")
@@ -136,19 +138,25 @@ converter.register_structure_hook(bytes, _bytes_in)
 converter.register_unstructure_hook(bytes, lambda data: base64.b64encode(data).decode("ascii"))
 
 
-def _is_rows(t: Any) -> bool:
-    return bool(t == list[list[Any]])
+def _is_rows(t: object) -> bool:
+    return bool(t == list[m.Row])
 
 
 converter.register_structure_hook_func(_is_rows, _rows)
 converter.register_unstructure_hook_func(_is_rows, lambda rows: rows)
 
 
+_TASK_STATE_LABELS = {state.label: state for state in TaskState}
+
+
 # Flat classes sent by the ten thousand (a 100,000-task `task list` is 100,000 `TaskView`s):
 # their hooks are generated here as straight-line code, with the same checks as `_exact` and
 # `forbid_extra_keys`, at a fraction of the per-object cost of cattrs's generic hooks.
 
-_FLAT_CHECKS: dict[Any, str] = {
+FlatHooks = tuple[Callable[[object, object], object], Callable[[object], object]]
+"""A flat class's generated (structure, unstructure) functions."""
+
+_FLAT_CHECKS: dict[object, str] = {
     int: "{v}.__class__ is int",
     bool: "{v}.__class__ is bool",
     str: "isinstance({v}, str)",
@@ -156,9 +164,21 @@ _FLAT_CHECKS: dict[Any, str] = {
 }
 
 
-def _flat_hooks(cls: type) -> tuple[Any, Any] | None:
+_FLAT_TUPLES: dict[object, tuple[str, str, str]] = {
+    # type: (check of one item `x`, conversion of the list `{v}`, dump of the tuple `{v}`)
+    tuple[str, ...]: ("isinstance(x, str)", "tuple({v})", "list({v})"),
+    tuple[int, ...]: ("x.__class__ is int", "tuple({v})", "list({v})"),
+    tuple[tuple[int, str], ...]: (
+        "x.__class__ is list and len(x) == 2 and x[0].__class__ is int and isinstance(x[1], str)",
+        "tuple([(x[0], x[1]) for x in {v}])",
+        "[list(x) for x in {v}]",
+    ),
+}
+
+
+def _flat_hooks(cls: type) -> FlatHooks | None:
     """(structure, unstructure) functions of an attrs class whose fields are plain values,
-    `X | None` of those, or `tuple[str, ...]`; None for any other class (cattrs handles it)."""
+    `X | None` of those, or the tuples of `_FLAT_TUPLES`; None for any other class."""
     import attrs
 
     hints = typing.get_type_hints(cls)
@@ -171,7 +191,7 @@ def _flat_hooks(cls: type) -> tuple[Any, Any] | None:
         "    if len(d) != len(KEYS):",
         "        d = {**DEFAULTS, **d}",
     ]
-    defaults: dict[str, Any] = {}
+    defaults: dict[str, object] = {}
     out = []
     for i, a in enumerate(attrs.fields(cls)):
         t, v = hints[a.name], f"v{i}"
@@ -181,9 +201,13 @@ def _flat_hooks(cls: type) -> tuple[Any, Any] | None:
             if len(args) != 1 or len(typing.get_args(t)) != 2:
                 return None
             t, optional = args[0], True
-        if t == tuple[str, ...]:
-            check = f"{v}.__class__ is list and all([x.__class__ is str for x in {v}])"
-            convert, dump = f"tuple({v})", f"list(o.{a.name})"
+        if t in _FLAT_TUPLES:
+            item, convert, dump = _FLAT_TUPLES[t]
+            check = f"{v}.__class__ is list and all([{item} for x in {v}])"
+            convert, dump = convert.format(v=v), dump.format(v=f"o.{a.name}")
+        elif t is TaskState:  # a view's task state travels as its label (`failed`)
+            check = f"{v}.__class__ is str and {v} in LABELS"
+            convert, dump = f"LABELS[{v}]", f"o.{a.name}.label"
         elif t in _FLAT_CHECKS:
             check = _FLAT_CHECKS[t].format(v=v)
             convert = f"float({v})" if t is float else v
@@ -193,7 +217,7 @@ def _flat_hooks(cls: type) -> tuple[Any, Any] | None:
         if optional:
             check = f"{v} is None or {check}"
             convert = f"None if {v} is None else {convert}"
-            dump = f"None if o.{a.name} is None else {dump}" if t != tuple[str, ...] else dump
+            dump = f"None if o.{a.name} is None else {dump}" if t not in _FLAT_TUPLES else dump
         fail = f"raise TypeError(f'{a.name}: expected {t.__name__}, got {{type({v}).__name__}}')"
         if isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
             return None
@@ -205,31 +229,36 @@ def _flat_hooks(cls: type) -> tuple[Any, Any] | None:
     names = [a.name for a in attrs.fields(cls)]
     structure.append(f"    return cls({', '.join(f'{n}=v{i}' for i, n in enumerate(names))})")
     source = "\n".join(structure) + "\n\ndef unstructure(o):\n    return {" + ", ".join(out) + "}\n"
-    scope: dict[str, Any] = {"cls": cls, "KEYS": frozenset(names), "DEFAULTS": defaults}
+    scope: dict[str, object] = {
+        "cls": cls,
+        "KEYS": frozenset(names),
+        "DEFAULTS": defaults,
+        "LABELS": _TASK_STATE_LABELS,
+    }
     exec(compile(source, f"<hqpy flat hooks {cls.__name__}>", "exec"), scope)
-    return scope["structure"], scope["unstructure"]
+    return typing.cast(FlatHooks, (scope["structure"], scope["unstructure"]))
 
 
 def _register_flat(cls: type) -> None:
     """Generate `cls`'s flat hooks on its first use, so a client that never sees one pays
     nothing. (Hooks built before that keep calling these stubs: they forward to the real ones.)"""
-    hooks: list[Any] = []
+    hooks: list[FlatHooks] = []
 
-    def install() -> list[Any]:
+    def install() -> FlatHooks:
         if not hooks:
             found = _flat_hooks(cls)
             if found is None:
                 raise TypeError(f"{cls.__name__} is not a flat class")
-            hooks.extend(found)
+            hooks.append(found)
             converter.register_structure_hook(cls, found[0])
             converter.register_unstructure_hook(cls, found[1])
-        return hooks
+        return hooks[0]
 
-    def structure(data: Any, target: Any) -> Any:
-        return (hooks or install())[0](data, target)
+    def structure(data: object, target: object) -> object:
+        return (hooks[0] if hooks else install())[0](data, target)
 
-    def unstructure(obj: Any) -> Any:
-        return (hooks or install())[1](obj)
+    def unstructure(obj: object) -> object:
+        return (hooks[0] if hooks else install())[1](obj)
 
     converter.register_structure_hook(cls, structure)
     converter.register_unstructure_hook(cls, unstructure)
@@ -238,23 +267,52 @@ def _register_flat(cls: type) -> None:
 _register_flat(m.TaskView)
 
 
-_members: dict[Any, dict[str, type]] = {}
+class Wire(Generic[T]):
+    """A union of messages as a value that keeps its static type, so that `decode(payload,
+    CLIENT_REQUEST)` is typed `ClientRequest`: a union alias such as `m.ClientRequest` is a
+    `types.UnionType` to mypy, which no TypeVar binds to its members. Each constant below
+    states its union twice (annotation and value); `test_codec` checks that they agree."""
+
+    __slots__ = ("by_op", "union")
+
+    def __init__(self, union: object) -> None:
+        self.union = union
+        self.by_op: dict[str, type] = {OPS[cls]: cls for cls in typing.get_args(union)}
+
+    def __repr__(self) -> str:
+        return f"Wire({self.union})"
 
 
-def members(union: Any) -> dict[str, type]:
-    """The classes of a union by their `op` tag."""
-    found = _members.get(union)
+HANDSHAKE: Wire[Handshake] = Wire(Handshake)
+CLIENT_REQUEST: Wire[m.ClientRequest] = Wire(m.ClientRequest)
+CLIENT_RESPONSE: Wire[m.ClientResponse] = Wire(m.ClientResponse)
+TO_WORKER: Wire[m.ToWorker] = Wire(m.ToWorker)
+FROM_WORKER: Wire[m.FromWorker] = Wire(m.FromWorker)
+
+_wires: dict[object, Wire[object]] = {}
+
+
+def _wire(union: Wire[T] | object) -> Wire[object]:
+    """A raw union alias (the older calling form, still accepted at run time) as its `Wire`."""
+    if isinstance(union, Wire):
+        return typing.cast("Wire[object]", union)
+    found = _wires.get(union)
     if found is None:
-        found = {OPS[cls]: cls for cls in typing.get_args(union)}
-        _members[union] = found
+        found = _wires[union] = Wire(union)
     return found
 
 
-def encode(message: Any, union: Any) -> bytes:
+def members(union: Wire[T] | object) -> dict[str, type]:
+    """The classes of a union by their `op` tag."""
+    return _wire(union).by_op
+
+
+def encode(message: T, union: Wire[T]) -> bytes:
     """Encode `message`, a member of `union`, with its `op` tag."""
     cls = type(message)
-    if cls not in members(union).values():
-        raise TypeError(f"{cls.__name__} is not a member of {union}")
+    wire = _wire(union)
+    if cls not in wire.by_op.values():
+        raise TypeError(f"{cls.__name__} is not a member of {wire.union}")
     data = converter.unstructure(message, unstructure_as=cls)
     data["op"] = OPS[cls]
     try:
@@ -264,17 +322,18 @@ def encode(message: Any, union: Any) -> bytes:
         return json.dumps(data, separators=(",", ":")).encode()
 
 
-def decode(payload: bytes, union: type[T] | Any) -> Any:
+def decode(payload: bytes, union: Wire[T]) -> T:
     """Decode a frame into a member of `union`, raising `DecodeError` for anything else."""
     try:
         data = json.loads(payload)
         if not isinstance(data, dict):
             raise DecodeError("malformed message: expected a JSON object")
         op = data.pop("op", None)
-        cls = members(union).get(op) if isinstance(op, str) else None
+        cls = _wire(union).by_op.get(op) if isinstance(op, str) else None
         if cls is None:
             raise DecodeError(f"malformed message: unknown op {op!r}")
-        return converter.structure(data, cls)
+        message: T = converter.structure(data, cls)
+        return message
     except (ValueError, TypeError, KeyError, binascii.Error, cattrs.BaseValidationError) as e:
         raise DecodeError(f"malformed message: {_short(e)}") from None
     except RecursionError:

@@ -4,7 +4,7 @@ After the handshake, `secure` switches both directions to sealed frames (`protoc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 import trio
 
@@ -21,6 +21,8 @@ from hqpy.protocol.seal import TAG_SIZE, Opener, Sealer
 
 RECEIVE_CHUNK = 1 << 20
 """At most this much is asked of the socket at once: a claimed length is no reason to allocate."""
+
+T = TypeVar("T")
 
 __all__ = ["FRAME_LIMIT", "HANDSHAKE_FRAME_LIMIT", "HEADER", "FramedStream", "ProtocolError"]
 
@@ -67,7 +69,7 @@ class FramedStream:
                 return None
             decoder.feed(chunk)
 
-    async def receive(self, union: Any) -> Any:
+    async def receive(self, union: codec.Wire[T]) -> T | None:
         """The next message of `union`, or None on a clean close."""
         payload = await self.receive_frame()
         if payload is None:
@@ -84,7 +86,7 @@ class FramedStream:
             data = encode_frame(payload) if sealer is None else sealer.seal(payload)
             await self.stream.send_all(data)
 
-    async def send(self, message: Any, union: Any) -> None:
+    async def send(self, message: T, union: codec.Wire[T]) -> None:
         await self.send_frame(codec.encode(message, union))
 
     async def aclose(self) -> None:

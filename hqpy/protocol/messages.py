@@ -17,7 +17,7 @@ else:  # the same classes, created faster (every `hq` call builds all of them)
 
 from hqpy.common.placeholders import fill_placeholders
 from hqpy.common.resources import ResourceDescriptorItem, ResourceRequest
-from hqpy.common.states import TaskState
+from hqpy.common.states import TaskState, WorkerFilter, WorkerState
 
 # ---------------------------------------------------------------------------------------------
 # Handshake (sent before authentication; kept tiny).
@@ -191,9 +191,13 @@ class WorkerRegistered:
     idle_timeout: float | None
 
 
-ComputeRow = list[Any]
-"""`[job_id, task_id, instance_id, group_id, entry]`: `Any` because a row mixes ints and a
-string or None (plain arrays keep the hot path small)."""
+Row = list[Any]
+"""A row of plain JSON values of mixed types (ints, floats, a string or None): `Any` because
+typing cannot say which position holds which; plain arrays keep the hot path small, and the
+codec checks their shape only (its reader checks each row as it applies it)."""
+
+ComputeRow = Row
+"""`[job_id, task_id, instance_id, group_id, entry]`."""
 
 
 @attrs.frozen
@@ -217,10 +221,9 @@ class StopWorker:
     """`stopped`, `idle-timeout`: recorded by the server as the worker's final state."""
 
 
-TaskUpdateRow = list[Any]
-"""`[job_id, task_id, instance_id, status, started_at, ended_at, error]`: `Any` because a row
-mixes ints, floats, a string and None (msgpack arrays keep the hot path small); the server
-checks each row as it applies it and drops a session whose rows are malformed."""
+TaskUpdateRow = Row
+"""`[job_id, task_id, instance_id, status, started_at, ended_at, error]`: the server checks each
+row as it applies it and drops a session whose rows are malformed."""
 
 
 @attrs.frozen
@@ -312,8 +315,8 @@ class SubmitView:
 @attrs.frozen
 class TaskView:
     id: int
-    state: str
-    """Lower case: waiting, running, finished, failed, canceled."""
+    state: TaskState
+    """On the wire its lower-case label (`waiting`, `running`, ...), not the int of updates."""
     instance_id: int = 0
     workers: tuple[str, ...] = ()
     started_at: float | None = None
@@ -350,8 +353,8 @@ class JobDetailView:
 @attrs.frozen
 class WorkerView:
     id: int
-    state: str
-    """`RUNNING`, `CONNECTION LOST`, `HEARTBEAT LOST`, `STOPPED`, `IDLE TIMEOUT`, ..."""
+    state: WorkerState
+    """On the wire its value: `RUNNING`, `CONNECTION LOST`, `HEARTBEAT LOST`, ..."""
     configuration: WorkerConfiguration
     started_at: float
     ended_at: float | None
@@ -574,8 +577,7 @@ class TaskIdsRequest:
 
 @attrs.frozen
 class ListWorkersRequest:
-    filter: str = "running"
-    """`running`, `offline` or `all`."""
+    filter: WorkerFilter = WorkerFilter.RUNNING
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ import trio
 
 from hqpy.common.errors import RequestError
 from hqpy.common.idset import IdSet, format_id_set
-from hqpy.common.states import JobState, TaskState, WorkerState
+from hqpy.common.states import JobState, TaskState, WorkerFilter, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.protocol.readmodels import HandlerTable, RequestHandler
 from hqpy.server import fit, views
@@ -272,7 +272,7 @@ class ClientHandlers:
         out = []
         for w in sorted(self.state.workers.values(), key=lambda w: w.id):
             running = w.state is WorkerState.RUNNING
-            if req.filter == "all" or (req.filter == "running") == running:
+            if req.filter is WorkerFilter.ALL or (req.filter is WorkerFilter.RUNNING) == running:
                 out.append(views.worker_view(w))
         return m.WorkerListResponse(out)
 

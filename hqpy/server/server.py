@@ -250,7 +250,7 @@ class Server:
             if payload is None:
                 return
             try:
-                request = codec.decode(payload, m.ClientRequest)
+                request = codec.decode(payload, codec.CLIENT_REQUEST)
             except codec.DecodeError as e:
                 raise ProtocolError(str(e)) from None
             answer = await self._answer_while_connected(framed, request)
@@ -258,7 +258,7 @@ class Server:
                 log.debug("Client hung up while its %s was answered", type(request).__name__)
                 return
             response, pending = answer
-            await framed.send(response, m.ClientResponse)
+            await framed.send(response, codec.CLIENT_RESPONSE)
             if isinstance(request, m.StopServerRequest):
                 self.request_stop()
 
@@ -294,7 +294,7 @@ class Server:
         return response, (early[0] if early else None)
 
     async def _worker_session(self, framed: FramedStream) -> None:
-        hello = await framed.receive(m.FromWorker)
+        hello = await framed.receive(codec.FROM_WORKER)
         if hello is None:
             return
         if isinstance(hello, m.AllocationEnded):
@@ -309,7 +309,9 @@ class Server:
         idle = hello.configuration.idle_timeout
         if idle is None:
             idle = self.config.idle_timeout
-        await framed.send(m.WorkerRegistered(worker.id, self.state.server_uid, idle), m.ToWorker)
+        await framed.send(
+            m.WorkerRegistered(worker.id, self.state.server_uid, idle), codec.TO_WORKER
+        )
         reason = WorkerState.CONNECTION_LOST
         try:
             with trio.CancelScope() as scope:
@@ -347,7 +349,7 @@ class Server:
     async def _worker_receive_loop(self, framed: FramedStream, worker: Worker) -> None:
         state = self.state
         while True:
-            msg = await framed.receive(m.FromWorker)
+            msg = await framed.receive(codec.FROM_WORKER)
             if msg is None:
                 return
             if isinstance(msg, m.TaskUpdates):
@@ -449,7 +451,7 @@ async def _send_loop(framed: FramedStream, receive: trio.MemoryReceiveChannel[m.
             else:
                 merged.append(item)
         for item in merged:
-            await framed.send(item, m.ToWorker)
+            await framed.send(item, codec.TO_WORKER)
 
 
 async def open_listeners(port: int) -> list[trio.SocketListener]:

@@ -116,11 +116,11 @@ def task_paths(
 
 def task_view(group: TaskGroup, task_id: int, task: Task | None) -> m.TaskView:
     if task is None:
-        return m.TaskView(id=task_id, state=group.untouched_state.label, group=group.index)
+        return m.TaskView(id=task_id, state=group.untouched_state, group=group.index)
     paths = task_paths(group, task_id, task.instance_id)
     return m.TaskView(
         id=task_id,
-        state=task.state.label,
+        state=task.state,
         instance_id=task.instance_id,
         workers=(
             tuple(h for _, h in task.nodes)

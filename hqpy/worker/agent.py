@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
@@ -25,7 +24,8 @@ import trio.lowlevel
 
 from hqpy.common import serverdir
 from hqpy.common.process import OrphanGuard, process_age
-from hqpy.common.resources import ResourceDescriptorItem, ResourcePool
+from hqpy.common.resources import ResourceDescriptorItem, ResourceGrant, ResourcePool
+from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
@@ -109,7 +109,7 @@ class WorkerAgent:
         self.queue: list[_QueuedTask] = []
         self.seq = 0
         self.running: dict[tuple[int, int], trio.CancelScope] = {}
-        self.updates: list[list[Any]] = []
+        self.updates: list[m.TaskUpdateRow] = []
         self.unsent_running: dict[tuple[int, int, int], int] = {}
         self.updates_ready = trio.Event()
         self.worker_id = 0
@@ -161,8 +161,8 @@ class WorkerAgent:
             return e.code
         config = self.configuration()
         try:
-            await framed.send(m.RegisterWorker(config), m.FromWorker)
-            reply = await framed.receive(m.ToWorker)
+            await framed.send(m.RegisterWorker(config), codec.FROM_WORKER)
+            reply = await framed.receive(codec.TO_WORKER)
         except (trio.BrokenResourceError, ProtocolError, ConnectionError) as e:
             log.error("Registration failed: %s", e)
             return EXIT_SERVER_LOST
@@ -188,7 +188,7 @@ class WorkerAgent:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 if self.updates:  # what ended since the last frame
                     with suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        await framed.send(m.TaskUpdates(self.updates), m.FromWorker)
+                        await framed.send(m.TaskUpdates(self.updates), codec.FROM_WORKER)
                 await framed.aclose()
         code, reason = self.exit or (EXIT_SERVER_LOST, "the connection to the server was lost")
         log.info("Worker is stopping: %s", reason)
@@ -229,7 +229,7 @@ class WorkerAgent:
     async def _receive(self, framed: FramedStream) -> None:
         while True:
             try:
-                msg = await framed.receive(m.ToWorker)
+                msg = await framed.receive(codec.TO_WORKER)
             except (trio.BrokenResourceError, ProtocolError, ConnectionError):
                 msg = None
             if msg is None:
@@ -301,7 +301,9 @@ class WorkerAgent:
             self.all_done = trio.Event() if self.all_done.is_set() else self.all_done
             self.tasks_nursery.start_soon(self._run_task, head, allocation, scope)
 
-    async def _run_task(self, item: _QueuedTask, allocation: Any, scope: trio.CancelScope) -> None:
+    async def _run_task(
+        self, item: _QueuedTask, allocation: ResourceGrant, scope: trio.CancelScope
+    ) -> None:
         started: list[float] = []
 
         def on_started(t: float) -> None:
@@ -369,7 +371,7 @@ class WorkerAgent:
             updates, self.updates = self.updates, []
             self.unsent_running.clear()
             try:
-                await framed.send(m.TaskUpdates(updates), m.FromWorker)
+                await framed.send(m.TaskUpdates(updates), codec.FROM_WORKER)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 return
             await trio.sleep(UPDATE_BATCH_DELAY)
@@ -378,7 +380,7 @@ class WorkerAgent:
         while True:
             await trio.sleep(self.options.heartbeat)
             try:
-                await framed.send(m.Heartbeat(), m.FromWorker)
+                await framed.send(m.Heartbeat(), codec.FROM_WORKER)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 return
 
@@ -388,7 +390,7 @@ class WorkerAgent:
         self.accepting = False
         self._kill_all()
         try:
-            await framed.send(m.WorkerStopping("time-limit"), m.FromWorker)
+            await framed.send(m.WorkerStopping("time-limit"), codec.FROM_WORKER)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass
         self.stop(EXIT_OK, "time limit reached")

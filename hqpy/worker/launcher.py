@@ -109,7 +109,7 @@ class Launcher:
         allocation: ResourceGrant | None,
         files: dict[str, str],
     ) -> SpawnedProcess:
-        """Start the process (`files`: the task's `HQ_ERROR_FILENAME` and `HQ_TASK_DIR`). Any
+        """Start the process (`files`: the task's `HQ_ERROR_FILENAME` and `HQ_TASK_DIR`). An
         error is a `TaskStartError` with the task's error text: whatever a submit holds, it
         fails that task only."""
         cwd = body.cwd
@@ -189,7 +189,7 @@ class Launcher:
         on_started: Callable[[float], None],
         nodes: list[str] | None = None,
     ) -> TaskOutcome:
-        """Run the task to its end; `on_started(time)` is called once the process exists. Any
+        """Run the task to its end; `on_started(time)` is called once the process exists. An
         error in starting it is the task's failure, never the worker's. Cancelled (by the
         caller's scope), it kills the task's process group and re-raises. A multi-node task
         (`nodes`: its hosts, this one first) always gets a task dir with its host files."""

@@ -44,15 +44,15 @@ async def _closed_by_server(framed: FramedStream) -> bool:
 
 
 async def _server_info(framed: FramedStream) -> m.ServerInfoResponse:
-    await framed.send(m.ServerInfoRequest(), m.ClientRequest)
+    await framed.send(m.ServerInfoRequest(), codec.CLIENT_REQUEST)
     with trio.fail_after(20):
-        response = await framed.receive(m.ClientResponse)
+        response = await framed.receive(codec.CLIENT_RESPONSE)
     assert isinstance(response, m.ServerInfoResponse), response
     return response
 
 
 def _plain_info_request() -> bytes:
-    return encode_frame(codec.encode(m.ServerInfoRequest(), m.ClientRequest))
+    return encode_frame(codec.encode(m.ServerInfoRequest(), codec.CLIENT_REQUEST))
 
 
 @pytest.mark.parametrize("attack", ["plain", "replay", "flipped", "reflected"])
@@ -73,15 +73,17 @@ def test_forged_frame_on_client_port_closes_only_that_connection(
             sealer = victim._sealer
             assert sealer is not None
             sealer.counter -= 1
-            forged = sealer.seal(codec.encode(m.ServerInfoRequest(), m.ClientRequest))
+            forged = sealer.seal(codec.encode(m.ServerInfoRequest(), codec.CLIENT_REQUEST))
             if attack == "flipped":
                 sealer.counter -= 1
-                data = bytearray(sealer.seal(codec.encode(m.ServerInfoRequest(), m.ClientRequest)))
+                data = bytearray(
+                    sealer.seal(codec.encode(m.ServerInfoRequest(), codec.CLIENT_REQUEST))
+                )
                 data[-1] ^= 1
                 forged = bytes(data)
             elif attack == "reflected":
                 # A frame the server sent to this client, sent back to it.
-                await victim.send(m.ServerInfoRequest(), m.ClientRequest)
+                await victim.send(m.ServerInfoRequest(), codec.CLIENT_REQUEST)
                 with trio.fail_after(20):
                     forged = bytes(await victim.stream.receive_some(65536))
                 assert forged
@@ -114,7 +116,7 @@ def test_forged_frame_on_worker_port_leaves_real_workers_working(hq_env: HqEnv) 
         intruder, port = await _open(endpoint, "worker")
         # A worker's first frame, unsealed: what an injector without the keys could send.
         await intruder.stream.send_all(
-            encode_frame(codec.encode(m.WorkerStopping("forged"), m.FromWorker))
+            encode_frame(codec.encode(m.WorkerStopping("forged"), codec.FROM_WORKER))
         )
         assert await _closed_by_server(intruder)
         await intruder.aclose()

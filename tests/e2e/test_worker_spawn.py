@@ -94,20 +94,20 @@ class FakeServer:
             framed = FramedStream(stream)
             assert await server_handshake(framed, {"worker": self.secret}) == "worker"
             framed.limit = 1 << 24
-            register = await framed.receive(m.FromWorker)
+            register = await framed.receive(codec.FROM_WORKER)
             assert isinstance(register, m.RegisterWorker)
-            await framed.send(m.WorkerRegistered(1, "fake-server", None), m.ToWorker)
+            await framed.send(m.WorkerRegistered(1, "fake-server", None), codec.TO_WORKER)
             tasks = [[b.job_id, 0, 0, b.group_id, None] for b in bodies]
             await framed.send_frame(_raw_frame(m.ComputeTasks(bodies, tasks)))
             final: dict[int, list[Any]] = {}
             while len(final) < len(bodies):
-                msg = await framed.receive(m.FromWorker)
+                msg = await framed.receive(codec.FROM_WORKER)
                 assert msg is not None, "the worker hung up"
                 if isinstance(msg, m.TaskUpdates):
                     for row in msg.updates:
                         if row[3] != m.TASK_RUNNING:
                             final[row[0]] = row
-            await framed.send(m.StopWorker("test"), m.ToWorker)
+            await framed.send(m.StopWorker("test"), codec.TO_WORKER)
             await framed.aclose()
         await listener.aclose()
         return final

@@ -153,9 +153,9 @@ class RawPeer:
 
     def handshake(self) -> None:
         peer = PeerHandshake(self.role, self.secret)
-        hello = codec.decode(self.read_frame() or b"", codec.Handshake)
-        self.sock.sendall(encode_frame(codec.encode(peer.answer(hello), codec.Handshake)))
-        peer.check(codec.decode(self.read_frame() or b"", codec.Handshake))
+        hello = codec.decode(self.read_frame() or b"", codec.HANDSHAKE)
+        self.sock.sendall(encode_frame(codec.encode(peer.answer(hello), codec.HANDSHAKE)))
+        peer.check(codec.decode(self.read_frame() or b"", codec.HANDSHAKE))
         self.sealer, self.opener = peer.seal()
         self.decoder.limit = FRAME_LIMIT + TAG_SIZE
 
@@ -190,7 +190,7 @@ def _requests() -> st.SearchStrategy[tuple[type, bytes]]:
 
 
 REGISTER = codec.encode(
-    m.RegisterWorker(worker_config(2, "fuzz", heartbeat_interval=3600.0)), m.FromWorker
+    m.RegisterWorker(worker_config(2, "fuzz", heartbeat_interval=3600.0)), codec.FROM_WORKER
 )
 
 
@@ -212,8 +212,8 @@ def test_garbage_instead_of_a_hello(live: LiveServer, role: str, payload: bytes)
 @given(data=st.data())
 def test_mutated_hello(live: LiveServer, role: str, data: st.DataObject) -> None:
     peer = RawPeer(live, role)
-    hello = codec.decode(peer.read_frame() or b"", codec.Handshake)
-    answer = codec.encode(PeerHandshake(role, peer.secret).answer(hello), codec.Handshake)
+    hello = codec.decode(peer.read_frame() or b"", codec.HANDSHAKE)
+    answer = codec.encode(PeerHandshake(role, peer.secret).answer(hello), codec.HANDSHAKE)
     mutate = data.draw(st.sampled_from([mutated_json, mutated_bytes]))
     peer.send(encode_frame(data.draw(mutate(answer))))
     peer.finish()
@@ -299,14 +299,14 @@ def test_a_worker_claiming_a_huge_range_resource_is_refused(live: LiveServer, en
     config = attrs.evolve(config, resources=(*config.resources, huge))
     peer = RawPeer(live, "worker")
     peer.handshake()
-    peer.send_sealed(codec.encode(m.RegisterWorker(config), m.FromWorker))
+    peer.send_sealed(codec.encode(m.RegisterWorker(config), codec.FROM_WORKER))
     assert peer.read_frame() is None
     peer.finish()
     live.assert_healthy()
     peer = RawPeer(live, "worker")
     peer.handshake()
     peer.send_sealed(REGISTER)
-    registered = codec.decode(peer.read_frame() or b"", m.ToWorker)
+    registered = codec.decode(peer.read_frame() or b"", codec.TO_WORKER)
     assert isinstance(registered, m.WorkerRegistered)
     peer.finish()
     live.assert_healthy()

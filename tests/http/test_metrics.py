@@ -163,7 +163,7 @@ async def test_a_million_task_array_is_scraped_without_touching_its_tasks(
     assert value(s, "hqpy_jobs", state="waiting") == 1
     # The collector read the job's counts: no task object was made.
     assert len(state.jobs[1].tasks) == 0
-    doc = build_status(ServerViews(state), None, 0.0, 1.0)
+    doc = factories.as_json(build_status(ServerViews(state), None, 0.0, 1.0))
     assert doc["jobs"][0]["task_count"] == 1_000_000
     assert len(state.jobs[1].tasks) == 0
 
@@ -282,7 +282,7 @@ async def test_status_document_is_bounded_and_newest_first(
     queue.allocations["local-58"].pending_reason = "Priority"
     worker = state.add_worker(worker_config(4, "local-57"))
     state.schedule()
-    doc = build_status(ServerViews(state), service, 0.0, clock.now)
+    doc = factories.as_json(build_status(ServerViews(state), service, 0.0, clock.now))
     assert [j["id"] for j in doc["jobs"]] == list(range(MAX_JOBS + 20, 20, -1))
     assert doc["totals"]["jobs"] == MAX_JOBS + 20
     assert doc["totals"]["tasks"]["waiting"] == 4 * (MAX_JOBS + 20)  # assigned still wait

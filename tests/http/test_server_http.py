@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hqpy.app.server_process import ServerProcess
 from hqpy.client.connection import ServerConnection, connect
+from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.codec import encode
 from hqpy.protocol.framing import HEADER
@@ -136,8 +137,8 @@ async def test_protocol_frames_on_the_metrics_port_are_refused(
     server: ServerProcess, port: int, tmp_path: Path
 ) -> None:
     """A client's or worker's first frames get a 400 and reach no handler."""
-    register = encode(m.RegisterWorker(worker_config(4, "intruder")), m.FromWorker)
-    submit_frame = encode(m.StopServerRequest(), m.ClientRequest)
+    register = encode(m.RegisterWorker(worker_config(4, "intruder")), codec.FROM_WORKER)
+    submit_frame = encode(m.StopServerRequest(), codec.CLIENT_REQUEST)
     for payload in (register, submit_frame):
         with trio.fail_after(TIMEOUT):
             stream = await trio.open_tcp_stream("127.0.0.1", port)

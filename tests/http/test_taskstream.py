@@ -6,6 +6,7 @@ from hqpy.common.events import EventHub, TaskEnded
 from hqpy.common.states import TaskState
 from hqpy.http import taskstream
 from hqpy.http.taskstream import TaskStream
+from tests.factories import as_json
 
 T0 = 1_700_000_040.0  # a minute starts at T0 - 40 + 60 k
 
@@ -21,7 +22,7 @@ def test_runs_come_from_hub_events_with_worker_and_error() -> None:
     stream = TaskStream(hub)
     hub.publish(ended(0, worker=2))
     hub.publish(ended(1, TaskState.FAILED, worker=3, error="Program terminated with exit code 1."))
-    snap = stream.snapshot(T0, {2, 3}, {1})
+    snap = as_json(stream.snapshot(T0, {2, 3}, {1}))
     assert [(r["task"], r["worker"], r["state"]) for r in snap["runs"]] == [
         (0, 2, "finished"),
         (1, 3, "failed"),
@@ -29,7 +30,7 @@ def test_runs_come_from_hub_events_with_worker_and_error() -> None:
     assert snap["failures"] == {"1": [snap["runs"][1]]}
     assert snap["runs"][1]["error"] == "Program terminated with exit code 1."
     # Only the shown workers' runs and the shown jobs' failures.
-    assert stream.snapshot(T0, {2}, set()) == {
+    assert as_json(stream.snapshot(T0, {2}, set())) == {
         "runs": [snap["runs"][0]],
         "per_minute": snap["per_minute"],
         "failures": {},
@@ -42,7 +43,7 @@ def test_per_minute_counts_cover_the_last_hour_with_zeros() -> None:
         stream.on_task_ended(ended(i, at=T0))
     stream.on_task_ended(ended(9, TaskState.FAILED, at=T0 + 60))
     stream.on_task_ended(ended(10, at=T0 - 2 * 3600))  # a late report from long ago: not charted
-    minutes = stream.snapshot(T0 + 60, set(), set())["per_minute"]
+    minutes = as_json(stream.snapshot(T0 + 60, set(), set()))["per_minute"]
     assert len(minutes) == taskstream.MINUTES
     assert minutes[-1] == {"minute": int((T0 + 60) // 60) * 60, "finished": 0, "failed": 1}
     assert minutes[-2] == {"minute": int(T0 // 60) * 60, "finished": 3, "failed": 0}
@@ -57,7 +58,7 @@ def test_everything_is_bounded() -> None:
     assert len(stream.runs) == taskstream.MAX_RUNS
     assert len(stream.failures) == taskstream.MAX_FAILURES
     assert len(stream.per_minute) <= taskstream.MINUTES
-    snap = stream.snapshot(T0 + n, {1}, {1})
+    snap = as_json(stream.snapshot(T0 + n, {1}, {1}))
     assert snap["runs"][-1]["task"] == n - 1
     shown = snap["failures"]["1"]
     assert len(shown) == taskstream.MAX_FAILURES_PER_JOB

@@ -17,6 +17,7 @@ from hqpy.client.blocking import ClientError
 from hqpy.client.connection import ServerConnection, connect
 from hqpy.common import serverdir
 from hqpy.common.states import TaskState, WorkerState
+from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import peer_handshake
 from hqpy.protocol.framing import FramedStream
@@ -59,7 +60,7 @@ async def hang_up_while_waiting(process: ServerProcess, request: m.ClientRequest
     server_dir = process.config.server_dir
     clients = [await open_client(server_dir) for _ in range(100)]
     for framed in clients:
-        await framed.send(request, m.ClientRequest)
+        await framed.send(request, codec.CLIENT_REQUEST)
     for framed in clients:
         stream = framed.stream
         assert isinstance(stream, trio.SocketStream)
@@ -98,13 +99,13 @@ async def test_a_request_sent_while_another_is_answered_is_answered_next(
     with trio.fail_after(TIMEOUT):
         job_id = await submit(client, "0")
         framed = await open_client(process.config.server_dir)
-        await framed.send(m.WaitJobsRequest(str(job_id)), m.ClientRequest)
-        await framed.send(m.ServerInfoRequest(), m.ClientRequest)
+        await framed.send(m.WaitJobsRequest(str(job_id)), codec.CLIENT_REQUEST)
+        await framed.send(m.ServerInfoRequest(), codec.CLIENT_REQUEST)
         worker = await connect_worker(process.config.server_dir)
         async with trio.open_nursery() as inner:
             inner.start_soon(worker.serve)
-            first = await framed.receive(m.ClientResponse)
-            second = await framed.receive(m.ClientResponse)
+            first = await framed.receive(codec.CLIENT_RESPONSE)
+            second = await framed.receive(codec.CLIENT_RESPONSE)
             inner.cancel_scope.cancel()
         await framed.aclose()
         await worker.aclose()
@@ -148,7 +149,7 @@ async def test_a_long_task_list_pages_and_never_drops_a_worker_with_a_short_hear
 
         async def heartbeats() -> None:
             while True:
-                await worker.framed.send(m.Heartbeat(), m.FromWorker)
+                await worker.framed.send(m.Heartbeat(), codec.FROM_WORKER)
                 await trio.sleep(0.05)
 
         nursery.start_soon(heartbeats)

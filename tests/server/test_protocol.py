@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from hqpy import __version__
+from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import (
     PROTOCOL,
@@ -19,7 +20,6 @@ from hqpy.protocol.auth import (
     peer_handshake,
     server_handshake,
 )
-from hqpy.protocol.codec import Handshake
 from hqpy.protocol.framing import (
     FRAME_LIMIT,
     HANDSHAKE_FRAME_LIMIT,
@@ -67,7 +67,7 @@ async def handshake_both(
 
 
 async def hello_from_server(peer: FramedStream) -> m.ServerHello:
-    hello = await peer.receive(Handshake)
+    hello = await peer.receive(codec.HANDSHAKE)
     assert isinstance(hello, m.ServerHello)
     return hello
 
@@ -103,8 +103,8 @@ async def test_frame_split_into_single_bytes_is_reassembled() -> None:
 
 async def test_message_round_trips_through_a_frame() -> None:
     a, b = framed_pair()
-    await a.send(m.CloseJobsRequest("1-3"), m.ClientRequest)
-    assert await b.receive(m.ClientRequest) == m.CloseJobsRequest("1-3")
+    await a.send(m.CloseJobsRequest("1-3"), codec.CLIENT_REQUEST)
+    assert await b.receive(codec.CLIENT_REQUEST) == m.CloseJobsRequest("1-3")
 
 
 async def test_oversized_length_prefix_raises_protocol_error() -> None:
@@ -151,28 +151,28 @@ async def test_clean_eof_returns_none() -> None:
 async def test_clean_eof_returns_none_from_receive() -> None:
     a, b = framed_pair()
     await a.aclose()
-    assert await b.receive(m.ClientRequest) is None
+    assert await b.receive(codec.CLIENT_REQUEST) is None
 
 
 async def test_undecodable_frame_raises_protocol_error() -> None:
     a, b = framed_pair()
     await a.send_frame(b"not json")
     with pytest.raises(ProtocolError):
-        await b.receive(m.ClientRequest)
+        await b.receive(codec.CLIENT_REQUEST)
 
 
 async def test_frame_of_another_union_raises_protocol_error() -> None:
     a, b = framed_pair()
-    await a.send(m.OkResponse(), m.ClientResponse)
+    await a.send(m.OkResponse(), codec.CLIENT_RESPONSE)
     with pytest.raises(ProtocolError):
-        await b.receive(m.ClientRequest)
+        await b.receive(codec.CLIENT_REQUEST)
 
 
 async def test_non_object_json_frame_raises_protocol_error() -> None:
     a, b = framed_pair()
     await a.send_frame(b"null")
     with pytest.raises(ProtocolError):
-        await b.receive(m.ClientRequest)
+        await b.receive(codec.CLIENT_REQUEST)
 
 
 # --- handshake -----------------------------------------------------------------------------------
@@ -184,8 +184,8 @@ async def test_handshake_with_the_right_secret_passes_both_ways() -> None:
     )
     assert server_result == "client"
     assert peer_result is None
-    await peer.send(m.ServerInfoRequest(), m.ClientRequest)
-    assert await server.receive(m.ClientRequest) == m.ServerInfoRequest()
+    await peer.send(m.ServerInfoRequest(), codec.CLIENT_REQUEST)
+    assert await server.receive(codec.CLIENT_REQUEST) == m.ServerInfoRequest()
 
 
 async def test_handshake_returns_the_role_of_the_peer() -> None:
@@ -241,8 +241,8 @@ async def test_peer_with_another_version_is_refused() -> None:
             nursery.start_soon(run_server)
             await hello_from_server(peer)
             hello = m.PeerHello(PROTOCOL, "0.0.1-other", "client", "00" * 16, "00" * 32)
-            await peer.send(hello, Handshake)
-            answer = await peer.receive(Handshake)
+            await peer.send(hello, codec.HANDSHAKE)
+            answer = await peer.receive(codec.HANDSHAKE)
     assert isinstance(answer, m.Refused)
     assert "version mismatch" in answer.reason
     assert isinstance(result, AuthError)
@@ -262,15 +262,15 @@ async def test_peer_with_another_protocol_is_refused() -> None:
             nursery.start_soon(run_server)
             await hello_from_server(peer)
             hello = m.PeerHello("hqpy/0", __version__, "client", "00" * 16, "00" * 32)
-            await peer.send(hello, Handshake)
-            answer = await peer.receive(Handshake)
+            await peer.send(hello, codec.HANDSHAKE)
+            answer = await peer.receive(codec.HANDSHAKE)
     assert isinstance(answer, m.Refused)
     assert isinstance(result, AuthError)
 
 
 async def test_server_with_another_version_is_refused_by_the_peer() -> None:
     server, peer = framed_pair()
-    await server.send(m.ServerHello(PROTOCOL, "0.0.1-other", "00" * 16), Handshake)
+    await server.send(m.ServerHello(PROTOCOL, "0.0.1-other", "00" * 16), codec.HANDSHAKE)
     with pytest.raises(AuthError, match="version mismatch"):
         await peer_handshake(peer, "client", SECRET)
 
@@ -279,9 +279,9 @@ async def test_server_that_cannot_prove_the_secret_is_refused_by_the_peer() -> N
     server, peer = framed_pair()
 
     async def fake_server() -> None:
-        await server.send(m.ServerHello(PROTOCOL, __version__, "00" * 16), Handshake)
-        await server.receive(Handshake)
-        await server.send(m.Welcome("ab" * 32), Handshake)
+        await server.send(m.ServerHello(PROTOCOL, __version__, "00" * 16), codec.HANDSHAKE)
+        await server.receive(codec.HANDSHAKE)
+        await server.send(m.Welcome("ab" * 32), codec.HANDSHAKE)
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -336,14 +336,14 @@ async def test_non_object_json_hello_raises_protocol_error() -> None:
 
 async def test_hello_of_the_wrong_kind_raises_protocol_error() -> None:
     server, peer = framed_pair()
-    await peer.send(m.Welcome("x"), Handshake)
+    await peer.send(m.Welcome("x"), codec.HANDSHAKE)
     with pytest.raises(ProtocolError):
         await server_handshake(server, {"client": SECRET})
 
 
 async def test_request_before_hello_raises_protocol_error() -> None:
     server, peer = framed_pair()
-    await peer.send(m.StopServerRequest(), m.ClientRequest)
+    await peer.send(m.StopServerRequest(), codec.CLIENT_REQUEST)
     with pytest.raises(ProtocolError):
         await server_handshake(server, {"client": SECRET})
 

@@ -24,6 +24,8 @@ from hqpy.common.resources import (
     ResourceAmountRequest,
     ResourceRequest,
 )
+from hqpy.common.states import TaskState, WorkerFilter
+from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.auth import AuthError, new_secret, peer_handshake
 from hqpy.protocol.framing import HEADER, FramedStream
@@ -49,7 +51,7 @@ class FakeWorker:
 
     async def next_compute(self) -> m.ComputeTasks:
         while True:
-            msg = await self.framed.receive(m.ToWorker)
+            msg = await self.framed.receive(codec.TO_WORKER)
             assert msg is not None, "the server closed the worker connection"
             if isinstance(msg, m.ComputeTasks):
                 self.frames.append(msg)
@@ -59,12 +61,12 @@ class FakeWorker:
         now = time.time()
         ended = None if status == m.TASK_RUNNING else now
         updates = [[job, task, inst, status, now, ended, None] for job, task, inst, *_ in rows]
-        await self.framed.send(m.TaskUpdates(updates), m.FromWorker)
+        await self.framed.send(m.TaskUpdates(updates), codec.FROM_WORKER)
 
     async def serve(self) -> None:
         """Finish every assigned task until the server stops this worker or goes away."""
         while True:
-            msg = await self.framed.receive(m.ToWorker)
+            msg = await self.framed.receive(codec.TO_WORKER)
             if msg is None:
                 return
             if isinstance(msg, m.ComputeTasks):
@@ -98,8 +100,8 @@ async def connect_worker(
     await peer_handshake(framed, "worker", record.worker.secret_key)
     if config is None:
         config = worker_config(cpus, hostname, heartbeat_interval=3600.0)
-    await framed.send(m.RegisterWorker(config), m.FromWorker)
-    registered = await framed.receive(m.ToWorker)
+    await framed.send(m.RegisterWorker(config), codec.FROM_WORKER)
+    registered = await framed.receive(codec.TO_WORKER)
     assert isinstance(registered, m.WorkerRegistered)
     return FakeWorker(framed, registered)
 
@@ -289,9 +291,9 @@ async def test_malformed_task_update_drops_only_that_worker(
 ) -> None:
     with trio.fail_after(TIMEOUT):
         worker = await connect_worker(server_dir)
-        await worker.framed.send(m.TaskUpdates([[1, 2]]), m.FromWorker)
-        assert await worker.framed.receive(m.ToWorker) is None
-        workers = await client.request(m.ListWorkersRequest("all"), m.WorkerListResponse)
+        await worker.framed.send(m.TaskUpdates([[1, 2]]), codec.FROM_WORKER)
+        assert await worker.framed.receive(codec.TO_WORKER) is None
+        workers = await client.request(m.ListWorkersRequest(WorkerFilter.ALL), m.WorkerListResponse)
     assert [w.state for w in workers.workers] == ["CONNECTION LOST"]
     await worker.aclose()
 
@@ -317,7 +319,7 @@ async def test_worker_disconnect_mid_task_requeues_it_to_another_worker(
         detail = await job_detail(client, job_id, tasks=True)
     assert detail.tasks is not None
     [task] = detail.tasks
-    assert (task.state, task.instance_id, task.crash_count) == ("finished", 1, 1)
+    assert (task.state, task.instance_id, task.crash_count) == (TaskState.FINISHED, 1, 1)
     assert task.workers == ("second",)
     await second.aclose()
 
@@ -338,7 +340,7 @@ async def test_worker_connection_reset_mid_task_requeues_the_task(
         detail = await poll_job(client, job_id, lambda d: d.info.task_stats.running == 0, True)
     assert detail.tasks is not None
     [task] = detail.tasks
-    assert (task.state, task.instance_id, task.crash_count) == ("waiting", 1, 1)
+    assert (task.state, task.instance_id, task.crash_count) == (TaskState.WAITING, 1, 1)
 
 
 async def test_stop_workers_request_sends_stop_worker(

@@ -14,15 +14,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hqpy.common.resources import AllocationPolicy, ResourceAmountRequest, ResourceRequest
+from hqpy.common.states import TaskState, WorkerFilter, WorkerState
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
 from hqpy.protocol.codec import OPS, DecodeError, Handshake, decode, encode
+from tests.factories import worker_config
 
 PER_CLASS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 """Per-message tests run for each of ~60 classes: fewer examples each, no per-example deadline."""
 UNION_WIDE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-UNIONS: tuple[Any, ...] = (Handshake, m.ToWorker, m.FromWorker, m.ClientRequest, m.ClientResponse)
+UNIONS: tuple[codec.Wire[Any], ...] = (
+    codec.HANDSHAKE,
+    codec.TO_WORKER,
+    codec.FROM_WORKER,
+    codec.CLIENT_REQUEST,
+    codec.CLIENT_RESPONSE,
+)
 
 # --- strategies ----------------------------------------------------------------------------------
 
@@ -106,8 +114,8 @@ def lazy(tp: Any) -> st.SearchStrategy[Any]:
     return st.deferred(lambda: derive(tp))
 
 
-def members(union: Any) -> tuple[type, ...]:
-    return typing.get_args(union)
+def members(union: codec.Wire[Any]) -> tuple[type, ...]:
+    return tuple(union.by_op.values())
 
 
 ALL_MEMBERS = sorted({cls for union in UNIONS for cls in members(union)}, key=lambda c: c.__name__)
@@ -129,19 +137,19 @@ def test_every_message_round_trips(cls: type, data: st.DataObject) -> None:
 @UNION_WIDE
 @given(lazy(Handshake))
 def test_handshake_messages_round_trip(msg: Any) -> None:
-    assert decode(encode(msg, Handshake), Handshake) == msg
+    assert decode(encode(msg, codec.HANDSHAKE), codec.HANDSHAKE) == msg
 
 
 @UNION_WIDE
 @given(lazy(m.ClientRequest))
 def test_client_requests_round_trip(msg: Any) -> None:
-    assert decode(encode(msg, m.ClientRequest), m.ClientRequest) == msg
+    assert decode(encode(msg, codec.CLIENT_REQUEST), codec.CLIENT_REQUEST) == msg
 
 
 @UNION_WIDE
 @given(lazy(m.SubmitRequest))
 def test_submit_request_round_trips_with_its_resource_request(msg: m.SubmitRequest) -> None:
-    decoded = decode(encode(msg, m.ClientRequest), m.ClientRequest)
+    decoded = decode(encode(msg, codec.CLIENT_REQUEST), codec.CLIENT_REQUEST)
     assert decoded == msg
     assert isinstance(decoded.submit, m.SubmitDesc)
     assert isinstance(decoded.submit.request, ResourceRequest)
@@ -151,13 +159,13 @@ def test_submit_request_round_trips_with_its_resource_request(msg: m.SubmitReque
 @UNION_WIDE
 @given(lazy(m.ClientResponse))
 def test_client_responses_round_trip(msg: Any) -> None:
-    assert decode(encode(msg, m.ClientResponse), m.ClientResponse) == msg
+    assert decode(encode(msg, codec.CLIENT_RESPONSE), codec.CLIENT_RESPONSE) == msg
 
 
 @UNION_WIDE
 @given(lazy(m.JobDetailsResponse))
 def test_job_details_response_round_trips_nested_views(msg: m.JobDetailsResponse) -> None:
-    decoded = decode(encode(msg, m.ClientResponse), m.ClientResponse)
+    decoded = decode(encode(msg, codec.CLIENT_RESPONSE), codec.CLIENT_RESPONSE)
     assert decoded == msg
     for job in decoded.jobs:
         assert isinstance(job.info.task_stats, m.TaskStats)
@@ -168,13 +176,13 @@ def test_job_details_response_round_trips_nested_views(msg: m.JobDetailsResponse
 @UNION_WIDE
 @given(lazy(m.ToWorker))
 def test_messages_to_workers_round_trip(msg: Any) -> None:
-    assert decode(encode(msg, m.ToWorker), m.ToWorker) == msg
+    assert decode(encode(msg, codec.TO_WORKER), codec.TO_WORKER) == msg
 
 
 @UNION_WIDE
 @given(lazy(m.ComputeTasks))
 def test_compute_tasks_round_trips_bodies_and_rows(msg: m.ComputeTasks) -> None:
-    decoded = decode(encode(msg, m.ToWorker), m.ToWorker)
+    decoded = decode(encode(msg, codec.TO_WORKER), codec.TO_WORKER)
     assert decoded == msg
     assert all(isinstance(body, m.TaskBody) for body in decoded.bodies)
 
@@ -182,20 +190,20 @@ def test_compute_tasks_round_trips_bodies_and_rows(msg: m.ComputeTasks) -> None:
 @UNION_WIDE
 @given(lazy(m.FromWorker))
 def test_messages_from_workers_round_trip(msg: Any) -> None:
-    assert decode(encode(msg, m.FromWorker), m.FromWorker) == msg
+    assert decode(encode(msg, codec.FROM_WORKER), codec.FROM_WORKER) == msg
 
 
 @UNION_WIDE
 @given(lazy(m.TaskUpdates))
 def test_task_updates_round_trip_rows(msg: m.TaskUpdates) -> None:
-    assert decode(encode(msg, m.FromWorker), m.FromWorker) == msg
+    assert decode(encode(msg, codec.FROM_WORKER), codec.FROM_WORKER) == msg
 
 
 # --- tags ----------------------------------------------------------------------------------------
 
 
 def test_encoded_frame_is_tagged_with_the_ops_name() -> None:
-    frame = encode(m.CloseJobsRequest("3"), m.ClientRequest)
+    frame = encode(m.CloseJobsRequest("3"), codec.CLIENT_REQUEST)
     assert json.loads(frame) == {"op": "job-close", "selector": "3"}
 
 
@@ -218,24 +226,24 @@ def test_tags_are_unique_within_each_union() -> None:
 
 def test_unknown_op_is_a_decode_error() -> None:
     with pytest.raises(DecodeError):
-        decode(b'{"op":"no-such-op"}', m.ClientRequest)
+        decode(b'{"op":"no-such-op"}', codec.CLIENT_REQUEST)
 
 
 def test_missing_op_is_a_decode_error() -> None:
     with pytest.raises(DecodeError):
-        decode(b'{"selector":"1"}', m.ClientRequest)
+        decode(b'{"selector":"1"}', codec.CLIENT_REQUEST)
 
 
 def test_op_of_another_union_is_a_decode_error() -> None:
     with pytest.raises(DecodeError):
-        decode(encode(m.CloseJobsRequest("1"), m.ClientRequest), m.ClientResponse)
+        decode(encode(m.CloseJobsRequest("1"), codec.CLIENT_REQUEST), codec.CLIENT_RESPONSE)
 
 
 @pytest.mark.parametrize(
     ("payload", "union"),
     [
-        (b'{"op":"ok","extra":1}', m.ClientResponse),
-        (b'{"op":"job-close","selector":"1","force":true}', m.ClientRequest),
+        (b'{"op":"ok","extra":1}', codec.CLIENT_RESPONSE),
+        (b'{"op":"job-close","selector":"1","force":true}', codec.CLIENT_REQUEST),
         (b'{"op":"welcome","proof":"p","version":"1"}', Handshake),
     ],
 )
@@ -247,7 +255,7 @@ def test_extra_keys_are_a_decode_error(payload: bytes, union: Any) -> None:
 def test_extra_key_in_a_nested_object_is_a_decode_error() -> None:
     frame = b'{"op":"log-lines","lines":[{"level":"INFO","text":"x","colour":"red"}]}'
     with pytest.raises(DecodeError):
-        decode(frame, m.ClientResponse)
+        decode(frame, codec.CLIENT_RESPONSE)
 
 
 @pytest.mark.parametrize(
@@ -270,12 +278,12 @@ def test_extra_key_in_a_nested_object_is_a_decode_error() -> None:
 )
 def test_wrong_types_are_a_decode_error(payload: bytes) -> None:
     with pytest.raises(DecodeError):
-        decode(payload, m.ClientResponse)
+        decode(payload, codec.CLIENT_RESPONSE)
 
 
 def test_string_for_the_task_update_rows_is_a_decode_error() -> None:
     with pytest.raises(DecodeError):
-        decode(b'{"op":"task-updates","updates":"abc"}', m.FromWorker)
+        decode(b'{"op":"task-updates","updates":"abc"}', codec.FROM_WORKER)
 
 
 @pytest.mark.parametrize(
@@ -291,7 +299,7 @@ def test_string_for_the_task_update_rows_is_a_decode_error() -> None:
 )
 def test_non_json_is_a_decode_error(payload: bytes) -> None:
     with pytest.raises(DecodeError):
-        decode(payload, m.ClientResponse)
+        decode(payload, codec.CLIENT_RESPONSE)
 
 
 @pytest.mark.parametrize(
@@ -307,36 +315,36 @@ def test_non_json_is_a_decode_error(payload: bytes) -> None:
 )
 def test_json_that_is_not_an_object_is_a_decode_error(payload: bytes) -> None:
     with pytest.raises(DecodeError):
-        decode(payload, m.ClientResponse)
+        decode(payload, codec.CLIENT_RESPONSE)
 
 
 @pytest.mark.parametrize("payload", [b"null", b"[]", b'"peer-hello"'])
 def test_json_that_is_not_an_object_is_a_decode_error_in_the_handshake(payload: bytes) -> None:
     with pytest.raises(DecodeError):
-        decode(payload, Handshake)
+        decode(payload, codec.HANDSHAKE)
 
 
 def test_deeply_nested_json_is_a_decode_error() -> None:
     depth = 100_000
     with pytest.raises(DecodeError):
-        decode(b"[" * depth + b"]" * depth, m.ClientResponse)
+        decode(b"[" * depth + b"]" * depth, codec.CLIENT_RESPONSE)
 
 
 def test_deeply_nested_value_inside_a_message_is_a_decode_error() -> None:
     depth = 100_000
     payload = b'{"op":"task-updates","updates":' + b"[" * depth + b"]" * depth + b"}"
     with pytest.raises(DecodeError):
-        decode(payload, m.FromWorker)
+        decode(payload, codec.FROM_WORKER)
 
 
 @UNION_WIDE
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_decode_or_raise_decode_error(payload: bytes) -> None:
     try:
-        decoded = decode(payload, m.ClientRequest)
+        decoded = decode(payload, codec.CLIENT_REQUEST)
     except DecodeError:
         return
-    assert type(decoded) in members(m.ClientRequest)
+    assert type(decoded) in members(codec.CLIENT_REQUEST)
 
 
 @UNION_WIDE
@@ -349,40 +357,40 @@ def test_arbitrary_bytes_decode_or_raise_decode_error(payload: bytes) -> None:
 )
 def test_arbitrary_json_decodes_or_raises_decode_error(value: Any) -> None:
     try:
-        decoded = decode(json.dumps(value).encode(), m.ClientRequest)
+        decoded = decode(json.dumps(value).encode(), codec.CLIENT_REQUEST)
     except DecodeError:
         return
-    assert type(decoded) in members(m.ClientRequest)
+    assert type(decoded) in members(codec.CLIENT_REQUEST)
 
 
 def test_stdin_bytes_travel_as_base64() -> None:
     """Binary `--stdin` (not UTF-8) crosses the wire unchanged, as compact base64 text."""
     data = bytes(range(256))
     request = m.SubmitRequest(submit=attrs.evolve(_submit_desc(), stdin=data))
-    payload = codec.encode(request, m.ClientRequest)
+    payload = codec.encode(request, codec.CLIENT_REQUEST)
     assert b'"stdin":"AAECAwQF' in payload
-    decoded = codec.decode(payload, m.ClientRequest)
-    assert decoded.submit.stdin == data
+    decoded = codec.decode(payload, codec.CLIENT_REQUEST)
+    assert isinstance(decoded, m.SubmitRequest) and decoded.submit.stdin == data
 
 
 def test_stdin_that_is_not_base64_is_a_decode_error() -> None:
-    payload = codec.encode(m.SubmitRequest(submit=_submit_desc()), m.ClientRequest)
+    payload = codec.encode(m.SubmitRequest(submit=_submit_desc()), codec.CLIENT_REQUEST)
     bad = payload.replace(b'"stdin":null', b'"stdin":"not base64!"')
     assert bad != payload
     with pytest.raises(codec.DecodeError, match="malformed message"):
-        codec.decode(bad, m.ClientRequest)
+        codec.decode(bad, codec.CLIENT_REQUEST)
 
 
 @pytest.mark.parametrize("depth", [1_000, 100_000])
 def test_deeply_nested_lists_in_a_field_are_a_decode_error(depth: int) -> None:
     nested = b"[" * depth + b"]" * depth
     with pytest.raises(codec.DecodeError, match="malformed message"):
-        codec.decode(b'{"op":"job-list","states":' + nested + b"}", m.ClientRequest)
+        codec.decode(b'{"op":"job-list","states":' + nested + b"}", codec.CLIENT_REQUEST)
 
 
 def test_text_with_lone_surrogates_still_encodes() -> None:
     request = m.ListJobsRequest(("\udcff",))
-    decoded = codec.decode(codec.encode(request, m.ClientRequest), m.ClientRequest)
+    decoded = codec.decode(codec.encode(request, codec.CLIENT_REQUEST), codec.CLIENT_REQUEST)
     assert decoded == request
 
 
@@ -399,3 +407,114 @@ def _submit_desc() -> m.SubmitDesc:
         submit_dir="/tmp",
         request=build_request(None, []),
     )
+
+
+def test_each_wire_is_typed_as_the_union_it_holds() -> None:
+    hints = typing.get_type_hints(codec)
+    wires = {name: value for name, value in vars(codec).items() if isinstance(value, codec.Wire)}
+    assert set(wires) == {
+        "HANDSHAKE",
+        "CLIENT_REQUEST",
+        "CLIENT_RESPONSE",
+        "TO_WORKER",
+        "FROM_WORKER",
+    }
+    for name, wire in wires.items():
+        assert typing.get_args(hints[name]) == (wire.union,), name
+        assert set(wire.by_op.values()) == set(typing.get_args(wire.union)), name
+
+
+def test_a_raw_union_alias_is_still_accepted_at_run_time() -> None:
+    payload = codec.encode(m.ServerInfoRequest(), codec.CLIENT_REQUEST)
+    raw: typing.Any = m.ClientRequest
+    assert codec.decode(payload, raw) == m.ServerInfoRequest()
+
+
+def test_typed_view_states_keep_their_wire_text() -> None:
+    """States became enums in the views; the bytes are those of the string fields before."""
+    tasks = m.TaskListResponse(
+        jobs=[
+            (
+                1,
+                [
+                    m.TaskView(id=0, state=TaskState.WAITING),
+                    m.TaskView(id=3, state=TaskState.FAILED, error="boom", workers=("n1",)),
+                ],
+            )
+        ],
+        missing="",
+    )
+    payload = encode(tasks, codec.CLIENT_RESPONSE)
+    assert b'[{"id":0,"state":"waiting","instance_id":0,"workers":[],' in payload
+    assert b'{"id":3,"state":"failed","instance_id":0,"workers":["n1"],' in payload
+    assert decode(payload, codec.CLIENT_RESPONSE) == tasks
+
+    worker = m.WorkerView(
+        id=1,
+        state=WorkerState.CONNECTION_LOST,
+        configuration=worker_config(),
+        started_at=1.0,
+        ended_at=2.0,
+        assigned_tasks=0,
+        running_tasks=0,
+        last_task_started=None,
+    )
+    payload = encode(m.WorkerListResponse([worker]), codec.CLIENT_RESPONSE)
+    assert payload.startswith(b'{"workers":[{"id":1,"state":"CONNECTION LOST","configuration":{')
+    assert decode(payload, codec.CLIENT_RESPONSE) == m.WorkerListResponse([worker])
+
+    request = m.ListWorkersRequest(WorkerFilter.OFFLINE)
+    payload = encode(request, codec.CLIENT_REQUEST)
+    assert payload == b'{"filter":"offline","op":"worker-list"}'
+    assert decode(payload, codec.CLIENT_REQUEST) == request
+    assert encode(m.ListWorkersRequest(), codec.CLIENT_REQUEST) == (
+        b'{"filter":"running","op":"worker-list"}'
+    )
+
+
+@pytest.mark.parametrize("state", ['"FAILED"', '" failed"', "3", '"bogus"', "null"])
+def test_a_task_view_state_is_its_lower_case_label_only(state: str) -> None:
+    payload = b'{"op":"tasks","jobs":[[1,[{"id":0,"state":%s}]]],"missing":""}' % state.encode()
+    with pytest.raises(DecodeError):
+        decode(payload, codec.CLIENT_RESPONSE)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"op":"worker-list","filter":"everything"}', b'{"op":"worker-list","filter":1}'],
+)
+def test_an_unknown_worker_filter_is_a_decode_error(payload: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(payload, codec.CLIENT_REQUEST)
+
+
+def test_task_states_in_updates_stay_ints() -> None:
+    """Only `TaskView.state` travels as a label: the hook must not reach other `TaskState`s."""
+    update = m.TaskUpdates([[1, 0, 0, m.TASK_FAILED, 1.0, 2.0, "boom"]])
+    assert b"[[1,0,0,3,1.0,2.0," in encode(update, codec.FROM_WORKER)
+
+
+def test_task_view_of_a_multi_node_task_handed_back_round_trips() -> None:
+    """The generated TaskView hooks cover the node ids and the earlier instances too."""
+    view = m.TaskView(
+        id=7,
+        state=TaskState.WAITING,
+        instance_id=2,
+        workers=("n1", "n2"),
+        nodes=(4, 5),
+        instances=((0, "allocation drained"), (1, "walltime reached")),
+    )
+    response = m.TaskInfoResponse(job=None, tasks=[view], missing="")
+    decoded = codec.decode(codec.encode(response, codec.CLIENT_RESPONSE), codec.CLIENT_RESPONSE)
+    assert decoded == response
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("nodes", ["4"]), ("nodes", 4), ("instances", [[0]]), ("instances", [["0", "x"]])],
+)
+def test_task_view_with_a_malformed_field_is_a_decode_error(field: str, value: object) -> None:
+    payload: dict[str, object] = {"op": OPS[m.TaskInfoResponse], "job": None, "missing": ""}
+    payload["tasks"] = [{"id": 1, "state": "waiting", field: value}]
+    with pytest.raises(codec.DecodeError):
+        codec.decode(json.dumps(payload).encode(), codec.CLIENT_RESPONSE)

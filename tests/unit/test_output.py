@@ -19,6 +19,7 @@ from hqpy.common.resources import (
     ResourceKind,
     ResourceRequest,
 )
+from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
 
 NOW = 1_700_000_100.0
@@ -141,7 +142,7 @@ def worker_view(
     )
     return m.WorkerView(
         id=id,
-        state="RUNNING",
+        state=WorkerState.RUNNING,
         configuration=config,
         started_at=1_700_000_000.0,
         ended_at=None,
@@ -375,7 +376,7 @@ def test_job_info_several_submits_skips_submit_rows(capsys: pytest.CaptureFixtur
 
 
 def failed_task(id: int) -> m.TaskView:
-    return m.TaskView(id=id, state="failed", workers=("w1",), error=f"Error {id}")
+    return m.TaskView(id=id, state=TaskState.FAILED, workers=("w1",), error=f"Error {id}")
 
 
 def test_job_info_failed_table_and_note(capsys: pytest.CaptureFixture[str]) -> None:
@@ -420,11 +421,14 @@ def test_task_list_truncates_errors_and_logs_once(
 ) -> None:
     tasks = [
         m.TaskView(
-            id=2, state="failed", workers=("w1",), error="Program terminated with exit code 1."
+            id=2,
+            state=TaskState.FAILED,
+            workers=("w1",),
+            error="Program terminated with exit code 1.",
         ),
-        m.TaskView(id=1, state="running", workers=("w1", "w2"), started_at=NOW - 1.25),
-        m.TaskView(id=0, state="waiting"),
-        m.TaskView(id=3, state="failed", error="x" * 20),
+        m.TaskView(id=1, state=TaskState.RUNNING, workers=("w1", "w2"), started_at=NOW - 1.25),
+        m.TaskView(id=0, state=TaskState.WAITING),
+        m.TaskView(id=3, state=TaskState.FAILED, error="x" * 20),
     ]
     with caplog.at_level(logging.INFO, logger="hqpy.cli"):
         cli().task_list([(1, tasks)], verbose=False)
@@ -443,8 +447,8 @@ def test_task_list_verbose_and_several_jobs(
 ) -> None:
     error = 'Cannot execute "foo": No such file or directory (os error 2)\nsecond line'
     jobs = [
-        (2, [m.TaskView(id=0, state="failed", error=error)]),
-        (1, [m.TaskView(id=0, state="finished", started_at=1.0, ended_at=2.0)]),
+        (2, [m.TaskView(id=0, state=TaskState.FAILED, error=error)]),
+        (1, [m.TaskView(id=0, state=TaskState.FINISHED, started_at=1.0, ended_at=2.0)]),
     ]
     with caplog.at_level(logging.INFO, logger="hqpy.cli"):
         cli().task_list(jobs, verbose=True)
@@ -460,14 +464,14 @@ def test_task_info_rows(capsys: pytest.CaptureFixture[str]) -> None:
     tasks = [
         m.TaskView(
             id=1,
-            state="finished",
+            state=TaskState.FINISHED,
             workers=("w1",),
             started_at=1_700_000_000.0,
             ended_at=1_700_000_001.0,
             cwd="/cwd",
             stdout="/cwd/job-1/1.stdout",
         ),
-        m.TaskView(id=0, state="failed", error="e" * 300),
+        m.TaskView(id=0, state=TaskState.FAILED, error="e" * 300),
     ]
     cli().task_info(job, tasks, verbose=False)
     first, second = parse_tables(capsys.readouterr().out)
@@ -626,10 +630,10 @@ def test_json_job_list_keys(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_json_job_details_shape(capsys: pytest.CaptureFixture[str]) -> None:
     tasks = (
-        m.TaskView(id=0, state="waiting"),
+        m.TaskView(id=0, state=TaskState.WAITING),
         m.TaskView(
             id=1,
-            state="finished",
+            state=TaskState.FINISHED,
             workers=("w1",),
             started_at=1.0,
             ended_at=2.0,
@@ -712,7 +716,7 @@ def test_json_small_documents(capsys: pytest.CaptureFixture[str]) -> None:
     out = JsonOutput()
     out.job_submitted(7)
     assert json.loads(capsys.readouterr().out) == {"id": 7}
-    out.task_list([(1, [m.TaskView(id=1, state="waiting")])], verbose=False)
+    out.task_list([(1, [m.TaskView(id=1, state=TaskState.WAITING)])], verbose=False)
     assert json.loads(capsys.readouterr().out) == {"1": [{"id": 1, "state": "waiting"}]}
     out.job_summary([job_view(1), job_view(2, stats=m.TaskStats(running=1))])
     assert json.loads(capsys.readouterr().out) == {

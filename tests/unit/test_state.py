@@ -364,18 +364,18 @@ def test_finished_tasks_give_up_their_objects_and_keep_their_views(
     listed = {v.id: v for v in views.task_views(job, None, None)}
     assert sorted(listed) == ids
     for task_id, view in listed.items():
-        if view.state == "finished":
+        if view.state is TaskState.FINISHED:
             assert view.ended_at in (1001.0, 1002.0)
             started = view.ended_at == 1001.0
             assert view.started_at == (1000.0 if started else None)
             assert view.workers == (("node7",) if started else ())
             assert view.stdout == f"/home/user/job-{job_id}/{task_id}.stdout"
         else:
-            assert (view.state, view.error) == ("failed", "boom")
+            assert (view.state, view.error) == (TaskState.FAILED, "boom")
     # A late update for a retired task changes nothing.
-    finished = next(i for i, v in listed.items() if v.state == "finished")
+    finished = next(i for i, v in listed.items() if v.state is TaskState.FINISHED)
     state.on_task_updates(worker, [update(job_id, finished, m.TASK_FAILED, error="late")])
-    assert next(views.task_views(job, IdSet([finished]), None)).state == "finished"
+    assert next(views.task_views(job, IdSet([finished]), None)).state is TaskState.FINISHED
 
 
 def test_a_task_restored_ahead_of_the_cursor_runs_once(state: ServerState) -> None:

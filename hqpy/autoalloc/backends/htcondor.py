@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import trio
 
@@ -48,6 +48,7 @@ from hqpy.autoalloc.backends.common import (
     run_unchecked,
     write_jobid,
 )
+from hqpy.common.jsontypes import JsonObject, JsonValue
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +121,13 @@ def parse_condor_submit_output(stdout: str) -> str:
     return match.group(2)
 
 
-def _epoch(value: Any) -> float | None:
+def _epoch(value: JsonValue) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         return None
     return float(value)
 
 
-def ad_status(ad: dict[str, Any]) -> ExternalStatus:
+def ad_status(ad: JsonObject) -> ExternalStatus:
     """The status of one job ad (`JobStatus` and friends)."""
     code = ad.get("JobStatus")
     raw = str(code)

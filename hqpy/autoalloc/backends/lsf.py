@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from hqpy.autoalloc.backends.base import (
     AllocationRequest,
@@ -41,6 +41,7 @@ from hqpy.autoalloc.backends.common import (
     run_unchecked,
     write_jobid,
 )
+from hqpy.common.jsontypes import JsonObject, JsonValue
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def parse_bsub_output(stdout: str) -> str:
     return match.group(1)
 
 
-def _lsf_time(text: Any, now: float) -> float | None:
+def _lsf_time(text: JsonValue, now: float) -> float | None:
     """`Dec 28 19:56` (bjobs drops the year; a trailing ` L`/` E`/` X` marks estimates):
     the latest such moment not after `now` (+ a day of clock skew)."""
     if not isinstance(text, str):
@@ -142,7 +143,7 @@ def _lsf_time(text: Any, now: float) -> float | None:
     return None
 
 
-def _record_status(record: dict[str, Any], now: float) -> ExternalStatus:
+def _record_status(record: JsonObject, now: float) -> ExternalStatus:
     raw = str(record.get("STAT", ""))
     state = _STATES.get(raw)
     if state is None:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from hqpy.autoalloc import partitions
 from hqpy.autoalloc.backends.base import (
@@ -32,6 +32,7 @@ from hqpy.autoalloc.backends.common import (
     render_prelude,
     run_unchecked,
 )
+from hqpy.common.jsontypes import JsonObject, JsonValue
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def parse_qsub_output(stdout: str) -> str:
     return job_id
 
 
-def _time(value: Any) -> float | None:
+def _time(value: JsonValue) -> float | None:
     if not isinstance(value, str):
         return None
     try:
@@ -109,7 +110,7 @@ def _time(value: Any) -> float | None:
         return None
 
 
-def _job_status(job: dict[str, Any]) -> ExternalStatus:
+def _job_status(job: JsonObject) -> ExternalStatus:
     raw = str(job.get("job_state", ""))
     if raw in ("F", "X"):
         exit_status = job.get("Exit_status")
@@ -138,7 +139,7 @@ def _job_status(job: dict[str, Any]) -> ExternalStatus:
     )
 
 
-def _find(jobs: dict[str, Any], job_id: str) -> Any:
+def _find(jobs: JsonObject, job_id: str) -> JsonValue:
     """The entry of `job_id`; PBS may print `1.server.domain` for a submitted `1.server`."""
     if job_id in jobs:
         return jobs[job_id]

@@ -14,8 +14,8 @@ A built-in name always wins over a plug-in of the same name.
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     # Only for annotations: the CLI reads `names()` and must stay cheap to import.
@@ -29,7 +29,7 @@ ENTRY_POINT_GROUP = "hqpy.backends"
 BUILTIN_BACKENDS = ("slurm", "pbs", "local", "lsf", "htcondor", "sge")
 
 
-def _plugins() -> dict[str, Any]:
+def _plugins() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 

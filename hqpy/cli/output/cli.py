@@ -33,6 +33,7 @@ from hqpy.common.resources import (
     format_descriptor_short,
     format_request,
 )
+from hqpy.common.states import TaskState
 from hqpy.common.tables import horizontal_table, vertical_table
 from hqpy.protocol import messages as m
 
@@ -293,14 +294,14 @@ class CliOutput:
         for job_id, tasks in sorted(jobs, key=lambda j: j[0]):
             for task in sorted(tasks, key=lambda t: t.id):
                 error = ""
-                if task.state == "failed" and task.error is not None:
+                if task.state is TaskState.FAILED and task.error is not None:
                     error = task.error
                     if not verbose:
                         error, cut = truncate_error(error, ERROR_TRUNCATE_LENGTH_LIST)
                         truncated = truncated or cut
                 row = [
                     str(task.id),
-                    task.state.upper(),
+                    task.state.name,
                     "\n".join(task.workers),
                     task_makespan(task, current),
                     error,
@@ -318,14 +319,14 @@ class CliOutput:
         for task in tasks:
             submit = self._submit_of(job, task)
             error = ""
-            if task.state == "failed" and task.error is not None:
+            if task.state is TaskState.FAILED and task.error is not None:
                 error = task.error
                 if not verbose:
                     error, cut = truncate_error(error, ERROR_TRUNCATE_LENGTH_INFO)
                     truncated = truncated or cut
             rows: Rows = [
                 ("Task ID", str(task.id)),
-                ("State", task.state.upper()),
+                ("State", task.state.name),
                 ("Command", "\n".join(submit.args) if submit else ""),
                 ("Environment", format_env(submit.env) if submit else ""),
                 ("Worker", "\n".join(task.workers)),

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 from hqpy.cli.output.common import iso, job_state, queue_worker_args
+from hqpy.common.jsontypes import JsonOut, JsonOutObject
 from hqpy.common.resources import descriptor_to_json, request_to_json
+from hqpy.common.states import TaskState
 from hqpy.protocol import messages as m
 
 _SUMMARY_KEYS = {
@@ -24,11 +25,11 @@ _SUMMARY_KEYS = {
 }
 
 
-def _dump(value: Any) -> None:
+def _dump(value: JsonOut) -> None:
     print(json.dumps(value, indent=2), file=sys.stdout)
 
 
-def server_info_json(info: m.ServerInfoView) -> dict[str, Any]:
+def server_info_json(info: m.ServerInfoView) -> JsonOutObject:
     return {
         "worker_host": info.worker_host,
         "client_host": info.client_host,
@@ -54,7 +55,7 @@ def task_stats_json(stats: m.TaskStats) -> dict[str, int]:
     }
 
 
-def job_json(job: m.JobView) -> dict[str, Any]:
+def job_json(job: m.JobView) -> JsonOutObject:
     """A `job list` entry."""
     return {
         "id": job.id,
@@ -64,16 +65,16 @@ def job_json(job: m.JobView) -> dict[str, Any]:
     }
 
 
-def task_json(task: m.TaskView) -> dict[str, Any]:
+def task_json(task: m.TaskView) -> JsonOutObject:
     """A waiting task is exactly `{id, state}` (plus `instances` once it ran and was handed
     back); others also say where and when they ran."""
-    if task.state == "waiting":
+    if task.state is TaskState.WAITING:
         if task.instances:
             return {"id": task.id, "state": "waiting", "instances": _instances(task)}
         return {"id": task.id, "state": "waiting"}
-    result: dict[str, Any] = {
+    result: JsonOutObject = {
         "id": task.id,
-        "state": task.state,
+        "state": task.state.label,
         "worker": task.workers[0] if task.workers else None,
         "started_at": iso(task.started_at),
         "finished_at": iso(task.ended_at),
@@ -81,7 +82,7 @@ def task_json(task: m.TaskView) -> dict[str, Any]:
         "stdout": task.stdout,
         "stderr": task.stderr,
     }
-    if task.state == "failed":
+    if task.state is TaskState.FAILED:
         result["error"] = task.error or ""
     if task.nodes:
         result["nodes"] = [
@@ -93,11 +94,11 @@ def task_json(task: m.TaskView) -> dict[str, Any]:
     return result
 
 
-def _instances(task: m.TaskView) -> list[dict[str, Any]]:
+def _instances(task: m.TaskView) -> list[JsonOutObject]:
     return [{"instance_id": i, "ended": why} for i, why in task.instances]
 
 
-def submit_json(submit: m.SubmitView) -> dict[str, Any]:
+def submit_json(submit: m.SubmitView) -> JsonOutObject:
     return {
         "array": {
             "resources": [request_to_json(submit.request)],
@@ -120,7 +121,7 @@ def submit_json(submit: m.SubmitView) -> dict[str, Any]:
     }
 
 
-def job_detail_json(job: m.JobDetailView) -> dict[str, Any]:
+def job_detail_json(job: m.JobDetailView) -> JsonOutObject:
     info = job.info
     return {
         "info": {
@@ -140,7 +141,7 @@ def job_detail_json(job: m.JobDetailView) -> dict[str, Any]:
     }
 
 
-def worker_json(worker: m.WorkerView) -> dict[str, Any]:
+def worker_json(worker: m.WorkerView) -> JsonOutObject:
     config = worker.configuration
     manager = config.manager
     return {
@@ -222,8 +223,9 @@ class JsonOutput:
         for n, (job_id, tasks) in enumerate(by_job.items()):
             write(",\n  " if n else "\n  ")
             rows = [
-                f'    {{\n      "id": {int.__repr__(t.id)},\n      "state": {text(t.state)}\n    }}'
+                f'    {{\n      "id": {int.__repr__(t.id)},\n      "state": {text(label)}\n    }}'
                 for t in sorted(tasks, key=_task_id)
+                for label in (t.state.label,)
             ]
             write(
                 f"{text(str(job_id))}: [\n" + ",\n".join(rows) + "\n  ]"
@@ -275,8 +277,8 @@ class JsonOutput:
             _dump([event_json(e) for e in events])
 
     def task_explain(self, resp: m.TaskExplainResponse) -> None:
-        def worker(w: m.ExplainWorker) -> dict[str, Any]:
-            checks = [
+        def worker(w: m.ExplainWorker) -> JsonOutObject:
+            checks: list[JsonOutObject] = [
                 {
                     "kind": v.kind,
                     "name": v.name,
@@ -324,7 +326,7 @@ def _task_id(task: m.TaskView) -> int:
     return task.id
 
 
-def queue_json(queue: m.QueueView) -> dict[str, Any]:
+def queue_json(queue: m.QueueView) -> JsonOutObject:
     p = queue.params
     return {
         "id": queue.id,
@@ -346,10 +348,10 @@ def queue_json(queue: m.QueueView) -> dict[str, Any]:
     }
 
 
-def _pool(queue: m.QueueView) -> dict[str, Any]:
+def _pool(queue: m.QueueView) -> JsonOutObject:
     """A pool's settings and the queue's filter tags, only when set (issue 10)."""
     p = queue.params
-    out: dict[str, Any] = {}
+    out: dict[str, JsonOut] = {}
     if p.preallocate > 0:
         out["preallocate"] = {
             "jobs": p.preallocate,
@@ -363,7 +365,7 @@ def _pool(queue: m.QueueView) -> dict[str, Any]:
     return out
 
 
-def _worker_environment(p: m.QueueParams) -> dict[str, Any]:
+def _worker_environment(p: m.QueueParams) -> JsonOutObject:
     """The per-queue worker environment (`--env-script`, ...), only when one is set (w2alloc)."""
     env = {
         "env_script": p.env_script,
@@ -376,11 +378,12 @@ def _worker_environment(p: m.QueueParams) -> dict[str, Any]:
     return {"worker_environment": env} if any(env.values()) else {}
 
 
-def parts_json(p: m.QueueParams) -> list[dict[str, Any]]:
+def parts_json(p: m.QueueParams) -> list[JsonOutObject]:
     """The `--split` parts of each allocation of a queue (empty without a split)."""
     from hqpy.autoalloc.partitions import parse_split
 
-    out, first = [], 0
+    out: list[JsonOutObject] = []
+    first = 0
     for text in p.splits:
         split = parse_split(text)
         out.append(
@@ -395,7 +398,7 @@ def parts_json(p: m.QueueParams) -> list[dict[str, Any]]:
     return out
 
 
-def allocation_json(a: m.AllocationView) -> dict[str, Any]:
+def allocation_json(a: m.AllocationView) -> JsonOutObject:
     return {
         "id": a.id,
         "target_worker_count": a.worker_count,
@@ -408,7 +411,7 @@ def allocation_json(a: m.AllocationView) -> dict[str, Any]:
     }
 
 
-def event_json(e: m.AllocEventView) -> dict[str, Any]:
+def event_json(e: m.AllocEventView) -> JsonOutObject:
     return {
         "time": iso(e.time),
         "event": e.event,
