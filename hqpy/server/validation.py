@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hqpy.common.errors import RequestError
 from hqpy.common.idset import IdSet
-from hqpy.common.tags import parse_tags
+from hqpy.common.tags import check_tag_sets, parse_tags
 from hqpy.protocol import messages as m
 from hqpy.server.selection import parse_ids
 
@@ -47,4 +47,10 @@ def validate_submit(desc: m.SubmitDesc) -> IdSet:
         raise RequestError(
             f"Task id {ids.max()} has no entry: there are only {len(desc.entries)} entries"
         )
+    if desc.task_tags is not None:
+        task_tags = desc.task_tags
+        try:
+            check_tag_sets(desc.tags, (task_tags[i] for i in ids))
+        except ValueError as e:
+            raise RequestError(f"--from-json: {e}") from None
     return ids
