@@ -14,6 +14,10 @@ def validate_submit(desc: m.SubmitDesc) -> IdSet:
     """The task ids of a submit, once the submit is known to be runnable."""
     if not desc.request.entries and desc.request.n_nodes == 0:
         raise RequestError("A task must request some resources (at least `--cpus 1`)")
+    if desc.request.entries and desc.request.n_nodes > 0:
+        raise RequestError(
+            "A multi-node task (--nodes) takes whole workers and cannot request resources"
+        )
     if not desc.args:
         raise RequestError("A task needs a program to run")
     for i, arg in enumerate(desc.args):
