@@ -14,12 +14,23 @@ if TYPE_CHECKING:
     from hqpy.cli.main import CommandTree, Subparsers
 
 
+def pool_size(text: str) -> int:
+    """argparse type for a pool size: the server's range (1 to 2^31 - 1), refused as a usage
+    error here rather than after a round trip."""
+    from hqpy.server.pools import MAX_POOL_SIZE
+
+    value = positive_int(text)
+    if value > MAX_POOL_SIZE:
+        raise argparse.ArgumentTypeError(f"`{text}` is too large (at most {MAX_POOL_SIZE})")
+    return value
+
+
 def register(tree: CommandTree, nouns: Subparsers) -> None:
     pool = tree.command(nouns, "pool", "Concurrency pools: how many tasks of a kind run at once")
     verbs = tree.group(pool, "verb")
     p = tree.command(verbs, "set", "Create a pool or resize it")
     p.add_argument("name", help="Pool name: letters, digits or _.-")
-    p.add_argument("size", type=positive_int, help="Tasks of the pool that may run at once")
+    p.add_argument("size", type=pool_size, help="Tasks of the pool that may run at once")
     p.set_defaults(func=cmd_set)
 
     p = tree.command(verbs, "list", "List pools with their running and waiting tasks")

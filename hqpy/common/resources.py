@@ -351,6 +351,12 @@ def build_request(
         raise ValueError(f"invalid node count {n_nodes}: expected 0 or more")
     if n_nodes > 0 and cpus is not None:
         raise ValueError("--nodes cannot be combined with --cpus")
+    if n_nodes > 0 and resources:
+        # A multi-node task takes its workers whole; a request on top would be ignored by the
+        # placement while the fit check held it against the workers.
+        raise ValueError(
+            "--nodes cannot be combined with --resource: a multi-node task takes whole workers"
+        )
     if time_request < 0:
         raise ValueError(f"invalid time request {time_request}: expected 0 or more seconds")
     entries: list[ResourceAmountRequest] = []

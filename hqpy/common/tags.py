@@ -11,6 +11,9 @@ from collections.abc import Iterable
 
 MAX_TAG_LENGTH = 256
 MAX_TAGS = 64
+MAX_TAG_SETS = 1000
+"""Distinct tag sets in one submit: each becomes a task group, and the scheduler visits every
+waiting group on each pass, so 100,000 of them would slow every scheduling pass to a crawl."""
 
 _TAG_RE = re.compile(r"[A-Za-z0-9_.:/+-]+(=[^\s\x00,]*)?", re.ASCII)
 
@@ -34,6 +37,27 @@ def parse_tags(texts: Iterable[str]) -> frozenset[str]:
     if len(tags) > MAX_TAGS:
         raise ValueError(f"{len(tags)} tags given; at most {MAX_TAGS} are allowed")
     return tags
+
+
+def check_tag_sets(base: Iterable[str], per_task: Iterable[Iterable[str]]) -> None:
+    """Refuse a submit whose tasks (each with `base` plus its own tags) have more than
+    MAX_TAGS tags or more than MAX_TAG_SETS distinct tag sets; ValueError names the limit."""
+    common = frozenset(base)
+    sets: set[frozenset[str]] = set()
+    for tags in per_task:
+        full = common.union(tags) if tags else common
+        if len(full) > MAX_TAGS:
+            raise ValueError(
+                f"a task would carry {len(full)} tags with --tag and its own hq_tags; "
+                f"at most {MAX_TAGS} are allowed"
+            )
+        sets.add(full)
+        if len(sets) > MAX_TAG_SETS:
+            raise ValueError(
+                f"the tasks carry more than {MAX_TAG_SETS} distinct tag sets; give tasks that "
+                "should run on the same workers the same hq_tags (at most "
+                f"{MAX_TAG_SETS} different sets per submit)"
+            )
 
 
 def runs(filter_tags: frozenset[str], task_tags: frozenset[str]) -> bool:

@@ -8,6 +8,7 @@ passes them all. Pure: the server and the allocator give their current shapes.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import attrs
@@ -27,6 +28,8 @@ class WorkerShape:
     filter_tags: frozenset[str] = frozenset()
     time_left: float | None = None
     """Seconds until the worker's time limit; None: no limit."""
+    group: str = "default"
+    """Its worker group: a multi-node task runs on workers of one group only."""
 
 
 @attrs.frozen
@@ -108,7 +111,8 @@ def _tag_check(filter_tags: frozenset[str], tags: frozenset[str]) -> list[Check]
 def check_worker(
     worker: WorkerShape, request: ResourceRequest, tags: frozenset[str], n_workers: int
 ) -> Verdict:
-    """`n_workers`: how many workers are connected (the widest multi-node task they run)."""
+    """`n_workers`: how many workers of its group the task may run on (the widest multi-node
+    task the worker can be part of)."""
     checks = _resource_checks(request, worker.capacity, exact=True)
     if request.n_nodes > 0:
         ok = n_workers >= request.n_nodes
@@ -137,10 +141,13 @@ def explain(
     offers: Sequence[QueueOffer],
 ) -> tuple[list[Verdict], list[Verdict]]:
     """The verdicts for every connected worker and every queue."""
-    # A multi-node task needs that many workers it may run on (by their filter tags).
-    n = sum(1 for w in workers if runs(w.filter_tags, tags)) if request.n_nodes else 0
+    # A multi-node task needs that many workers it may run on (by their filter tags) in one
+    # group: workers of two 1-worker allocations never run a 2-node task together.
+    per_group: Counter[str] = Counter()
+    if request.n_nodes:
+        per_group.update(w.group for w in workers if runs(w.filter_tags, tags))
     return (
-        [check_worker(w, request, tags, n) for w in workers],
+        [check_worker(w, request, tags, per_group[w.group]) for w in workers],
         [check_queue(o, request, tags) for o in offers],
     )
 

@@ -59,6 +59,13 @@ def can_take(worker: Worker, request: ResourceRequest, rounds: int) -> bool:
     return True
 
 
+def is_full(worker: Worker) -> bool:
+    """Is every resource of the worker fully assigned (no task with a positive request fits
+    without prefill)?"""
+    assigned = worker.assigned
+    return all(assigned.get(name, 0) >= cap for name, cap in worker.capacity.items())
+
+
 def schedule(
     groups: Iterable[tuple[Job, TaskGroup]],
     workers: list[Worker],
@@ -80,6 +87,9 @@ def schedule(
     if reserved is None:
         reserved = set()
     for prefill in (False, True):
+        # Once every worker is full, the rest of the first pass can place no single-node task:
+        # skipping them keeps a pass cheap when thousands of task groups wait.
+        full = not prefill and all(is_full(w) for w in workers if w.id not in reserved)
         for job, group in ordered:
             if not group.has_waiting():
                 continue
@@ -88,6 +98,8 @@ def schedule(
                 if not prefill:
                     for started, nodes in multinode.place(job, group, workers, now, reserved):
                         out.setdefault(nodes[0].id, []).append(started)
+                continue
+            if full and all(e.amount != 0 for e in request.entries):
                 continue
             rounds = prefill_rounds(group) if prefill else 0
             if prefill and rounds == 0:
@@ -121,4 +133,6 @@ def schedule(
                     given += 1
                 if not group.has_waiting() or (pool is not None and pool.active >= pool.size):
                     break
+            if not prefill:
+                full = all(is_full(w) for w in workers if w.id not in reserved)
     return out

@@ -232,6 +232,7 @@ class ServerState:
                 w.capacity,
                 w.filter_tags,
                 None if w.deadline is None else w.deadline - now,
+                w.config.group,
             )
             for w in self.running_workers()
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hqpy.common.errors import RequestError
 from hqpy.common.idset import IdSet
-from hqpy.common.tags import parse_tags
+from hqpy.common.tags import check_tag_sets, parse_tags
 from hqpy.protocol import messages as m
 from hqpy.server.selection import parse_ids
 
@@ -14,6 +14,10 @@ def validate_submit(desc: m.SubmitDesc) -> IdSet:
     """The task ids of a submit, once the submit is known to be runnable."""
     if not desc.request.entries and desc.request.n_nodes == 0:
         raise RequestError("A task must request some resources (at least `--cpus 1`)")
+    if desc.request.entries and desc.request.n_nodes > 0:
+        raise RequestError(
+            "A multi-node task (--nodes) takes whole workers and cannot request resources"
+        )
     if not desc.args:
         raise RequestError("A task needs a program to run")
     for i, arg in enumerate(desc.args):
@@ -47,4 +51,10 @@ def validate_submit(desc: m.SubmitDesc) -> IdSet:
         raise RequestError(
             f"Task id {ids.max()} has no entry: there are only {len(desc.entries)} entries"
         )
+    if desc.task_tags is not None:
+        task_tags = desc.task_tags
+        try:
+            check_tag_sets(desc.tags, (task_tags[i] for i in ids))
+        except ValueError as e:
+            raise RequestError(f"--from-json: {e}") from None
     return ids

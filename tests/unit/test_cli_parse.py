@@ -68,3 +68,17 @@ def test_the_branch_of_one_noun_parses_as_the_whole_tree() -> None:
     whole.pop("func")
     branch.pop("func")
     assert whole == branch
+
+
+def test_a_pool_size_the_server_refuses_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`hq pool set p 3000000000` passed the CLI (32-bit counts) and failed on the server (exit
+    1); the CLI now checks the server's range."""
+    from hqpy.server.pools import MAX_POOL_SIZE
+
+    assert parse(["pool", "set", "p", str(MAX_POOL_SIZE)]).size == MAX_POOL_SIZE
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["pool", "set", "p", str(MAX_POOL_SIZE + 1)])
+    assert exit_info.value.code == 2
+    assert f"at most {MAX_POOL_SIZE}" in capsys.readouterr().err

@@ -3,6 +3,8 @@ workers and queue shapes, and which queue is named as the closest."""
 
 from __future__ import annotations
 
+import attrs
+
 from hqpy.common.demand import QueueOffer
 from hqpy.common.resources import FRACTIONS, ResourceAmountRequest, ResourceRequest
 from hqpy.server.fit import WorkerShape, check_queue, check_worker, explain, shortfall
@@ -171,3 +173,16 @@ def test_nodes_count_only_workers_the_task_may_run_on() -> None:
     why = shortfall(req(cpus=0, n_nodes=2), NO_TAGS, workers, [])
     assert why == "needs 2 nodes; 1 worker(s) could take it"
     assert shortfall(req(cpus=0, n_nodes=2), frozenset({"other"}), workers, []) is None
+
+
+def test_nodes_count_only_workers_of_one_group() -> None:
+    """Two workers of two 1-worker allocations never run a 2-node task (placement takes the
+    workers of one group): counting them together left such a task waiting with no warning."""
+    apart = [
+        WorkerShape(1, {"cpus": 4 * FRACTIONS}, group="local-1"),
+        WorkerShape(2, {"cpus": 4 * FRACTIONS}, group="local-2"),
+    ]
+    why = shortfall(req(cpus=0, n_nodes=2), NO_TAGS, apart, [])
+    assert why == "needs 2 nodes; 1 worker(s) could take it"
+    together = [attrs.evolve(w, group="local-1") for w in apart]
+    assert shortfall(req(cpus=0, n_nodes=2), NO_TAGS, together, []) is None

@@ -318,6 +318,34 @@ def test_per_entry_tags_must_match_the_entries(state: ServerState) -> None:
         state.submit(m.SubmitRequest(desc))
 
 
+def test_a_submit_with_too_many_distinct_tag_sets_is_refused(state: ServerState) -> None:
+    """Each distinct tag set is a task group that every scheduling pass visits: 100,000 of them
+    made a 100,000-task job run a few tasks a second, so the submit names the limit instead."""
+    from hqpy.common.tags import MAX_TAG_SETS
+
+    n = MAX_TAG_SETS + 1
+    entries = [str(i) for i in range(n)]
+    desc = attrs.evolve(
+        submit_desc(f"0-{n - 1}", entries=entries), task_tags=[[f"t{i}"] for i in range(n)]
+    )
+    with pytest.raises(RequestError, match=f"more than {MAX_TAG_SETS} distinct tag sets"):
+        state.submit(m.SubmitRequest(desc))
+    assert not state.jobs
+    # The limit counts only the tasks submitted (`--array` picks some entries).
+    desc = attrs.evolve(desc, ids="0-9")
+    job_id = state.submit(m.SubmitRequest(desc))
+    assert len(state.jobs[job_id].groups) == 10
+
+
+def test_base_and_entry_tags_together_stay_within_the_tag_limit(state: ServerState) -> None:
+    from hqpy.common.tags import MAX_TAGS
+
+    base = tuple(f"b{i}" for i in range(MAX_TAGS))
+    desc = attrs.evolve(submit_desc("0", entries=["a"]), tags=base, task_tags=[["extra"]])
+    with pytest.raises(RequestError, match=f"{MAX_TAGS + 1} tags"):
+        state.submit(m.SubmitRequest(desc))
+
+
 def test_explain_has_rows_for_workers_and_queues(state: ServerState) -> None:
     import trio
 

@@ -231,6 +231,10 @@ def test_build_request_multi_node_has_no_implicit_cpus() -> None:
     assert req.entries == () and req.n_nodes == 2
     with pytest.raises(ValueError, match="--nodes cannot be combined with --cpus"):
         build_request("1", [], n_nodes=2)
+    # Placement takes whole workers and ignored such a request, while the fit check held it
+    # against the workers: `--nodes 2 --resource gpus=1` ran on workers without gpus.
+    with pytest.raises(ValueError, match="--nodes cannot be combined with --resource"):
+        build_request(None, ["gpus=1"], n_nodes=2)
 
 
 @pytest.mark.parametrize(

@@ -414,3 +414,40 @@ def test_assigned_tasks_are_materialised_and_bound_to_their_worker() -> None:
     assert all(t.worker_id == 7 and t.state is TaskState.WAITING for t in out[7])
     assert set(worker.tasks) == {(1, 0), (1, 1), (1, 2)}
     assert group.untouched == 1_000_000 - 3
+
+
+def test_a_pass_stops_looking_at_groups_once_every_worker_is_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """100,000 waiting task groups (one per tag set) made each pass check every group against
+    every worker although the workers were full: the pass now skips them, and still finds the
+    multi-node groups (their reservation must not be lost) and work for a worker that frees up."""
+    from hqpy.server import scheduler
+
+    job = make_job()
+    groups = [add_group(job, ids=range(i, i + 1)) for i in range(1000)]
+    wide = add_group(job, ids=range(1000, 1001), req=request(cpus=None, n_nodes=2))
+    workers = [make_worker(1, cpus=2), make_worker(2, cpus=2)]
+    checked = 0
+    real = scheduler.fits_worker
+
+    def counting(*args: object, **kw: object) -> bool:
+        nonlocal checked
+        checked += 1
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler, "fits_worker", counting)
+    pairs = [(job, g) for g in [*groups, wide]]
+    reserved: set[int] = set()
+    out = schedule(pairs, workers, now=0.0, reserved=reserved)
+    assert sum(len(t) for t in out.values()) == 4
+    assert checked <= 4 * len(workers)
+    assert reserved  # the multi-node task behind the full workers still reserved its workers
+    checked = 0
+    assert schedule(pairs, workers, now=0.0) == {}
+    assert checked == 0
+    # A worker that frees a slot takes the next task.
+    task = next(iter(workers[0].tasks.values()))
+    workers[0].release(task, 1.0)
+    out = schedule(pairs, workers, now=1.0)
+    assert [len(t) for t in out.values()] == [1]

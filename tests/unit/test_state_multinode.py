@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
+import pytest
+
+from hqpy.common.errors import RequestError
 from hqpy.common.resources import ResourceRequest
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server.state import ServerState
 from hqpy.server.workers import Worker
 from hqpy.worker.launcher import write_node_files
-from tests.factories import submit_desc, worker_config
+from tests.factories import cpu_request, submit_desc, worker_config
 from tests.unit.test_state import FakeClock, Outbox, update
 
 
@@ -85,3 +89,12 @@ def test_a_worker_reserved_for_a_waiting_task_does_not_idle_out() -> None:
     state.cancel_job(state.jobs[wide], None)
     state.schedule()
     assert idle.idle_since is not None, "no longer reserved: idle again"
+
+
+def test_a_multi_node_request_with_resources_is_refused() -> None:
+    """A hand-written client bypasses `build_request`: the server refuses it too."""
+    state = ServerState("uid", clock=FakeClock())
+    request = attrs.evolve(cpu_request(1), n_nodes=2)
+    with pytest.raises(RequestError, match="takes whole workers"):
+        state.submit(m.SubmitRequest(submit_desc("0", request=request)))
+    assert not state.jobs
