@@ -103,6 +103,7 @@ class ServerProcess:
         writer.append(journaling.server_started())
         core.handlers.extend(journaling.JournalHandlers(core.state, writer, core.clock).table())
         journaling.watch_tasks(core.state, self.hub, writer)
+        journaling.watch_workers(core.state, self.hub, writer)
         core.on_task_updates = journaling.task_starts(writer)
         return writer
 

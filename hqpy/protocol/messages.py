@@ -79,6 +79,9 @@ class WorkerConfiguration:
     min_utilization: float = 0.0
     filter_tags: tuple[str, ...] = ()
     """`--filter-tag`: the worker runs only tasks that carry all of these (none: any task)."""
+    server_lost_grace: float = 0.0
+    """`--server-lost-grace`: how long the worker keeps its tasks and reconnects after losing
+    the server (the restored server holds those tasks for it that long)."""
 
 
 @attrs.frozen
@@ -169,6 +172,11 @@ class QueueParams:
 @attrs.frozen
 class RegisterWorker:
     configuration: WorkerConfiguration
+    previous_worker_id: int | None = None
+    """Set when the worker registers again after losing the server (`--server-lost-grace`)."""
+    tasks: list[list[int]] = attrs.Factory(list)
+    """Rows `[job_id, task_id, instance_id]` the worker still runs, or that ended while it was
+    away (their ends follow as `TaskUpdates`): the server adopts them or tells it to kill them."""
 
 
 @attrs.frozen

@@ -297,7 +297,10 @@ class Server:
         if not isinstance(hello, m.RegisterWorker):
             raise ProtocolError(f"a worker must register first, got {type(hello).__name__}")
         send, receive = trio.open_memory_channel[m.ToWorker](math.inf)
-        worker = self.state.add_worker(hello.configuration, send)
+        rows = hello.tasks
+        if not all(len(row) == 3 and all(type(x) is int for x in row) for row in rows):
+            raise ProtocolError("malformed task rows in a worker registration")
+        worker = self.state.add_worker(hello.configuration, send, hello.previous_worker_id, rows)
         idle = hello.configuration.idle_timeout
         if idle is None:
             idle = self.config.idle_timeout
@@ -380,6 +383,8 @@ class Server:
             expected = now + REAPER_INTERVAL
             if late > REAPER_INTERVAL:
                 self.state.forgive_stall(late)
+            if self.state.held:
+                self.state.expire_held(now)
             for worker in list(self.state.workers.values()):
                 if worker.state is not WorkerState.RUNNING:
                     continue
