@@ -61,7 +61,7 @@ class Run:
         self.scope = trio.CancelScope()
 
     async def start(self, nursery: trio.Nursery) -> None:
-        async def run(task_status: trio.TaskStatus[None]) -> None:
+        async def run(task_status: trio.TaskStatus[m.ServerInfoView]) -> None:
             with self.scope:
                 await self.process.run(task_status=task_status)
 
@@ -145,7 +145,7 @@ async def test_a_returning_worker_keeps_its_tasks_and_its_id(
         client = await connect(server_dir)
         detail = await job_detail(client, job_id, tasks=True)
         # Held for the worker, not re-run: same instance ids, nobody has them.
-        assert [(t.state, t.instance_id) for t in detail.tasks] == [("waiting", 0)] * 4
+        assert [(t.state, t.instance_id) for t in detail.tasks or ()] == [("waiting", 0)] * 4
         presented = [[j, t, i] for j, t, i, *_ in rows[:3]] + [[job_id, 99, 0]]
         framed, reply = await register(server_dir, 60.0, worker_id, presented)
         assert reply.worker_id == worker_id
@@ -157,7 +157,7 @@ async def test_a_returning_worker_keeps_its_tasks_and_its_id(
         )
         assert detail.info.task_stats.running == 0
         assert detail.info.task_stats.waiting == 1  # the fourth, not presented, still held
-        assert all(t.instance_id == 0 and t.crash_count == 0 for t in detail.tasks)
+        assert all(t.instance_id == 0 and t.crash_count == 0 for t in detail.tasks or ())
         await client.aclose()
         await framed.aclose()
         second.process.request_stop()
@@ -188,7 +188,7 @@ async def test_tasks_of_a_worker_that_does_not_come_back_rerun_with_a_new_instan
         await report(other, rerun, m.TASK_FINISHED)
         detail = await poll_job(client, job_id, lambda d: d.finished_at is not None, tasks=True)
         assert detail.info.task_stats == m.TaskStats(finished=4)
-        assert [(t.instance_id, t.crash_count) for t in detail.tasks] == [(1, 1)] * 4
+        assert [(t.instance_id, t.crash_count) for t in detail.tasks or ()] == [(1, 1)] * 4
         await client.aclose()
         await other.aclose()
         await late.aclose()
