@@ -153,6 +153,8 @@ class ServerProcess:
             task_status.started(info)
             await core.stop_requested.wait()
             log.info("Server is stopping")
+            with trio.CancelScope(shield=True):
+                await core.stop_workers()  # before the listeners: they hold the sessions
             core.close_listeners()
             with trio.CancelScope(shield=True):
                 await allocator.cancel_all()

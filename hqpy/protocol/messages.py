@@ -206,6 +206,10 @@ class CancelTasks:
     tasks: list[list[int]]
 
 
+SERVER_STOPPED = "server-stopped"
+"""`StopWorker.reason` of an orderly server stop: the worker exits as on losing the server."""
+
+
 @attrs.frozen
 class StopWorker:
     reason: str

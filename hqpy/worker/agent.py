@@ -302,12 +302,22 @@ class WorkerAgent:
         self._kill_all()
         self.main_scope.cancel()
 
+    def _reconnect_dir(self) -> Path:
+        """Where a restarted server is found: an allocation's worker is given its server's
+        instance dir (`D/001`), while the restarted server writes a new one (`D/002`) and points
+        `D/hq-current` at it, so follow that link when there is one."""
+        given = self.options.server_dir
+        if given.name.isdigit() and (given.parent / serverdir.CURRENT).exists():
+            return given.parent
+        return given
+
     async def _connect(self, attempts: int | None = None) -> FramedStream:
-        """Connect and handshake: retried for 10 s, or `attempts` times."""
+        """Connect and handshake: retried for 10 s, or `attempts` times (a reconnect)."""
         deadline = trio.current_time() + 10
+        server_dir = self.options.server_dir if attempts is None else self._reconnect_dir()
         while True:
             try:
-                record = serverdir.load_access(self.options.server_dir)
+                record = serverdir.load_access(server_dir)
                 if record.worker is None or not record.worker.secret_key:
                     raise WorkerExit(1, "The access file has no worker part")
                 stream = await trio.open_tcp_stream(record.worker.host, record.worker.port)
@@ -342,7 +352,10 @@ class WorkerAgent:
             elif isinstance(msg, m.CancelTasks):
                 self._on_cancel(msg)
             elif isinstance(msg, m.StopWorker):
-                self.stop(EXIT_OK, f"the server asked it to stop ({msg.reason})")
+                if msg.reason == m.SERVER_STOPPED:
+                    self.stop(EXIT_SERVER_LOST, "the server stopped")
+                else:
+                    self.stop(EXIT_OK, f"the server asked it to stop ({msg.reason})")
                 return
 
     async def _on_server_lost(self) -> None:
