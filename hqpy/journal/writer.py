@@ -50,6 +50,8 @@ class JournalWriter:
         self._crashed: list[list[object]] = []
         self.error: str | None = None
         self.bytes_written = 0
+        self.flushing = trio.Lock()
+        """One write at a time: the writer task and a final `flush` (server stop) may meet."""
 
     # --- appends (trio thread, never block) ----------------------------------------------------
 
@@ -134,6 +136,10 @@ class JournalWriter:
 
     async def flush(self) -> None:
         """Write and fsync everything appended so far (task batch included)."""
+        async with self.flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         self._urgent = False
         self._close_batch()
         if not self._frames:

@@ -351,18 +351,19 @@ class ServerState:
         for row in rows:
             job_id, task_id, instance_id = (int(x) for x in row)
             job = self.jobs.get(job_id)
-            task = None if job is None else job.tasks.get(task_id)
+            task = None if job is None else self._waiting_task(job, task_id)
             if (
                 job is None
                 or task is None
-                or (job_id, task_id) not in self.held
                 or task.instance_id != instance_id
                 or task.state in DONE_STATES
                 or task.worker_id is not None
             ):
                 kill.append([job_id, task_id, instance_id])
                 continue
-            del self.held[(job_id, task_id)]
+            # Held, or waiting unassigned: what the journal had not yet flushed (a start or
+            # an end) when the server went. Nobody else runs it under this instance id.
+            self.held.pop((job_id, task_id), None)
             worker.assign(task)
             if task.state is TaskState.WAITING:
                 job.move(task, TaskState.RUNNING)
@@ -377,6 +378,21 @@ class ServerState:
         if len(kill) < len(rows):
             log.info("Worker %d: adopted %d running task(s)", worker.id, len(rows) - len(kill))
         return kill
+
+    @staticmethod
+    def _waiting_task(job: Job, task_id: int) -> Task | None:
+        """The task, materialised if it is still untouched (waiting)."""
+        task = job.tasks.get(task_id)
+        if task is not None:
+            return task
+        for group in job.groups:
+            if task_id in group.ids:
+                if group.untouched_state is not TaskState.WAITING:
+                    return None
+                if group.retired(task_id) is not None:
+                    return None
+                return group.materialise(job, task_id)
+        return None
 
     def expire_held(self, now: float) -> int:
         """Re-run held tasks whose worker did not come back in time (a new instance id, a

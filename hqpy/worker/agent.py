@@ -14,6 +14,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -40,6 +41,10 @@ in the last 5 ms. Measured (docs/benchmark.md): the server's CPU per `true` task
 to 23-97 µs and the worker's from 208-419 to 159-327 µs."""
 EXIT_OK = 0
 EXIT_SERVER_LOST = 1
+RESEND_WINDOW = 60.0
+"""Seconds a reported task end is kept to be sent again after reconnecting: the server may have
+got it and died before its journal flushed it (`--journal-flush-period`); a result it already
+has is ignored."""
 RECONNECT_FIRST = 0.2
 RECONNECT_MAX = 5.0
 """Seconds between tries to reach a lost server: doubling from the first, up to the max."""
@@ -134,6 +139,8 @@ class WorkerAgent:
         self.running: dict[tuple[int, int], trio.CancelScope] = {}
         self.instances: dict[tuple[int, int], int] = {}
         """Instance id of each running task (presented to the server on reconnecting)."""
+        self.recent: deque[tuple[float, list[Any]]] = deque()
+        """Task ends sent in the last `RESEND_WINDOW` seconds, with when."""
         self.framed: FramedStream | None = None
         """The connection to the server; None while it is lost."""
         self.updates: list[list[Any]] = []
@@ -281,12 +288,22 @@ class WorkerAgent:
             except WorkerExit as e:
                 log.info("Reconnect try %d: %s", policy.attempts, e.reason)
                 continue
+            if self.recent:
+                self.updates = [row for _, row in self.recent] + self.updates
+                self.recent.clear()
             error = await self._register(framed, self._held_tasks())
             if error is None:
                 return framed
             log.info("Reconnect try %d: %s", policy.attempts, error)
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await framed.aclose()
+
+    def _remember_sent(self, updates: list[list[Any]]) -> None:
+        now = trio.current_time()
+        recent = self.recent
+        recent.extend((now, row) for row in updates if row[3] != m.TASK_RUNNING)
+        while recent and recent[0][0] < now - RESEND_WINDOW:
+            recent.popleft()
 
     def _held_tasks(self) -> list[list[int]]:
         """What to present on registering again: running tasks, and those whose end is unsent."""
@@ -489,6 +506,8 @@ class WorkerAgent:
                 # Kept for the next connection (the server ignores what it already has).
                 self.updates = updates + self.updates
                 return
+            if self.options.server_lost_grace > 0:
+                self._remember_sent(updates)
             await trio.sleep(UPDATE_BATCH_DELAY)
 
     async def _heartbeat(self, framed: FramedStream) -> None:

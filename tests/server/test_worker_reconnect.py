@@ -7,7 +7,7 @@ allocation cancels) runs, as after `kill -9`.
 
 from __future__ import annotations
 
-import os
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,15 @@ class Run:
         writer = self.process.journal
         assert writer is not None
         await writer.flush()
-        # Nothing written after this point reaches the file (its lock goes with it), as when
-        # the process dies: the sessions' ends below are never journaled.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, writer._fd)
-        os.close(devnull)
+
+        def dead(data: bytes) -> None:
+            raise OSError(errno.EIO, "the process is gone")
+
+        # Nothing written after this point reaches the file, as when the process dies: the
+        # sessions' ends below are never journaled. Its lock goes with it.
+        writer._write = dead  # type: ignore[method-assign]
+        async with writer.flushing:
+            writer.close()
         self.scope.cancel()
         await trio.lowlevel.checkpoint()
 
