@@ -3,13 +3,24 @@ allocations leaked 0, server alive."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
+import trio
+
+from hqpy.client.connection import connect
+from hqpy.protocol import messages as m
 from tests.e2e.harness import HqEnv, read_lines, wait_until
 from tests.e2e.test_journal import FAST_TIMERS, allocation_processes
 
-__all__ = ["FAST_TIMERS", "allocation_processes", "append_line", "assert_exactly_once"]
+__all__ = [
+    "FAST_TIMERS",
+    "allocation_processes",
+    "append_line",
+    "assert_exactly_once",
+    "task_views",
+]
 
 
 def append_line(done: Path, before: str = "") -> str:
@@ -33,3 +44,34 @@ def assert_exactly_once(hq_env: HqEnv, done: Path, ids: range, job_id: int = 1) 
 
 def assert_no_allocation_left(hq_env: HqEnv) -> None:
     wait_until(lambda: not allocation_processes(hq_env), timeout=30, what="allocations end")
+
+
+def task_views(hq_env: HqEnv, job_id: int = 1) -> list[m.TaskView]:
+    """The server's own view of each task (instance id, crash count), over the protocol."""
+
+    async def ask() -> list[m.TaskView]:
+        with trio.fail_after(30):
+            conn = await connect(hq_env.server_dir)
+            try:
+                request = m.JobDetailsRequest(str(job_id), True)
+                response = await conn.request(request, m.JobDetailsResponse)
+            finally:
+                await conn.aclose()
+        [detail] = response.jobs
+        assert detail.tasks is not None
+        return list(detail.tasks)
+
+    return trio.run(ask)
+
+
+def allocation_script_groups(hq_env: HqEnv) -> set[int]:
+    """Process groups of the allocations' scripts (each local allocation is one)."""
+    groups = set()
+    for pid in allocation_processes(hq_env):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"hq-submit.sh" in cmdline:
+                groups.add(os.getpgid(pid))
+        except (OSError, ProcessLookupError):
+            continue
+    return groups

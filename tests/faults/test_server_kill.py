@@ -34,9 +34,7 @@ def test_worker_with_grace_keeps_its_tasks_across_a_server_kill(hq_env: HqEnv) -
     server.wait_exit()
 
     hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
-    wait_until(
-        lambda: "registered again" in worker.stderr(), what="the worker registers again"
-    )
+    wait_until(lambda: "registered again" in worker.stderr(), what="the worker registers again")
     assert [w["id"] for w in hq_env.command("worker", "list", json=True)] == [1]
     gate.touch()
     hq_env.wait_job()
