@@ -406,7 +406,7 @@ class ServerState:
                 continue
             if task.state is TaskState.RUNNING:
                 job.move(task, TaskState.WAITING)
-            self._hand_back(job, task, now, was_running=True, failure=True)
+            self._hand_back(job, task, now, was_running=True, failure=True, worker_id=None)
         if expired:
             log.info("%d restored task(s) whose worker did not come back re-run", len(expired))
             self._wake_worker_waiters()
@@ -414,7 +414,14 @@ class ServerState:
         return len(expired)
 
     def _hand_back(
-        self, job: Job, task: Task, now: float, *, was_running: bool, failure: bool
+        self,
+        job: Job,
+        task: Task,
+        now: float,
+        *,
+        was_running: bool,
+        failure: bool,
+        worker_id: int | None,
     ) -> None:
         """A task whose worker went: failed (crash limit, never-restart) or waiting again with
         a new instance id."""
@@ -434,6 +441,10 @@ class ServerState:
             task.error = error
             task.ended_at = now
             job.move(task, TaskState.FAILED)
+            # Published (the journal keeps the failure, the metrics count it).
+            self.hub.publish(
+                TaskEnded(job.id, task.id, TaskState.FAILED, task.started_at, now, worker_id, error)
+            )
             self._after_failure(job)
             return
         task.instance_id += 1
@@ -493,7 +504,9 @@ class ServerState:
             job = self.jobs.get(task.group.body.job_id)
             if job is None or task.state in DONE_STATES:
                 continue
-            self._hand_back(job, task, now, was_running=was_running, failure=failure)
+            self._hand_back(
+                job, task, now, was_running=was_running, failure=failure, worker_id=worker.id
+            )
         worker.outbox = None
         self._wake_worker_waiters()
         manager = worker.config.manager
