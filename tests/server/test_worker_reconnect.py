@@ -161,7 +161,7 @@ async def test_a_returning_worker_keeps_its_tasks_and_its_id(
         )
         assert detail.info.task_stats.running == 0
         assert detail.info.task_stats.waiting == 1  # the fourth, not presented, still held
-        assert all(t.instance_id == 0 and t.crash_count == 0 for t in detail.tasks or ())
+        assert [(t.instance_id, t.crash_count) for t in detail.tasks or ()] == [(0, 0)] * 4
         await client.aclose()
         await framed.aclose()
         second.process.request_stop()
