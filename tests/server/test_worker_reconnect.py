@@ -26,7 +26,13 @@ from hqpy.protocol.framing import FramedStream
 from hqpy.server.server import ServerConfig
 from hqpy.worker.agent import RECONNECT_FIRST, RECONNECT_MAX, Reconnect
 from tests.factories import worker_config
-from tests.server.test_server_inprocess import job_detail, open_raw, poll_job, submit
+from tests.server.test_server_inprocess import (
+    job_detail,
+    open_raw,
+    poll_job,
+    submit,
+    submit_request,
+)
 
 TIMEOUT = 20
 
@@ -202,3 +208,51 @@ async def test_tasks_of_a_worker_that_does_not_come_back_rerun_with_a_new_instan
     records = journal_file.read(journal).records
     crashed = [row for rec in records if isinstance(rec, r.TasksUpdated) for row in rec.crashed]
     assert sorted(crashed) == [[job_id, t, 1, 1] for t in range(4)]
+
+
+async def test_crash_counts_carry_over_restarts_and_a_crash_limit_failure_is_journaled(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Crash limit 2: one crash in the first run (the worker is lost), one in the second
+    (its holder never comes back): failed, and still failed after another restart."""
+    journal = tmp_path / "journal"
+    server_dir = tmp_path / "server"
+    request = submit_request("0")
+    request = attrs.evolve(request, submit=attrs.evolve(request.submit, crash_limit=2))
+    with trio.fail_after(TIMEOUT):
+        first = Run(server_dir, journal)
+        await first.start(nursery)
+        client = await connect(server_dir)
+        job_id = (await client.request(request, m.SubmitResponse)).job_id
+        lost, _ = await register(server_dir, 0.0)
+        await report(lost, await receive_compute(lost), m.TASK_RUNNING)
+        await poll_job(client, job_id, lambda d: d.info.task_stats.running == 1)
+        await lost.aclose()  # crash 1: the task waits again, instance 1
+        await poll_job(client, job_id, lambda d: d.info.task_stats.waiting == 1)
+        holder, _ = await register(server_dir, 0.3)
+        await report(holder, await receive_compute(holder), m.TASK_RUNNING)
+        await poll_job(client, job_id, lambda d: d.info.task_stats.running == 1)
+        await client.aclose()
+        await first.crash()
+
+        second = Run(server_dir, journal)
+        await second.start(nursery)
+        client = await connect(server_dir)
+        # Crash 2: the holder does not come back within its 0.3 s.
+        detail = await poll_job(client, job_id, lambda d: d.info.task_stats.failed == 1, True)
+        [task] = detail.tasks or ()
+        assert task.crash_count == 2
+        assert task.error is not None and "limit was reached" in task.error
+        await client.aclose()
+        await second.crash()
+        await holder.aclose()
+
+        third = Run(server_dir, journal)
+        await third.start(nursery)
+        client = await connect(server_dir)
+        detail = await job_detail(client, job_id, tasks=True)
+        assert detail.info.task_stats.failed == 1
+        [task] = detail.tasks or ()
+        assert task.error is not None and "limit was reached" in task.error
+        await client.aclose()
+        third.process.request_stop()
