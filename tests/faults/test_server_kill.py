@@ -79,6 +79,7 @@ def test_kill9_mid_2000_task_array_on_local_allocations(hq_env: HqEnv) -> None:
     assert_exactly_once(hq_env, done, range(1, 2001))
     assert hq_env.stop_server() == 0
     assert_no_allocation_left(hq_env)
-    # Every allocation dir the two servers made has ended: its script is gone.
+    # Every allocation dir the two servers made was submitted (it has its id); no process of
+    # any is left (above).
     dirs = sorted(hq_env.server_dir.glob("*/autoalloc/*/*"))
-    assert dirs, "no allocation dir"
+    assert dirs and all((d / "jobid").exists() for d in dirs), dirs
