@@ -68,6 +68,7 @@ def test_kill9_mid_2000_task_array_on_local_allocations(hq_env: HqEnv) -> None:
     wait_until(lambda: len(read_lines(done)) >= 300, timeout=120, what="300 tasks done")
     server.signal(signal.SIGKILL)
     server.wait_exit()
+    assert len(read_lines(done)) < 2000, "killed too late: the array had ended"
     assert allocation_processes(hq_env), "the allocations outlive the server (they reconnect)"
 
     hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
