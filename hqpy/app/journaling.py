@@ -23,7 +23,13 @@ from hqpy.autoalloc.requests import AllocRequests
 from hqpy.autoalloc.service import AutoAllocService
 from hqpy.autoalloc.state import Allocation, AllocEvent, AutoAllocState
 from hqpy.common.errors import RequestError
-from hqpy.common.events import AllocEventRecorded, EventHub, TaskEnded
+from hqpy.common.events import (
+    AllocEventRecorded,
+    EventHub,
+    TaskEnded,
+    WorkerConnected,
+    WorkerLost,
+)
 from hqpy.common.idset import IdSet, parse_id_set
 from hqpy.common.states import AllocationState, AllocEventKind, QueueState, TaskState
 from hqpy.journal import file as journal_file
@@ -32,6 +38,7 @@ from hqpy.journal.writer import JournalWriteError, JournalWriter
 from hqpy.protocol import messages as m
 from hqpy.protocol.readmodels import HandlerTable
 from hqpy.server.commands import cancel_jobs, close_jobs, forget_jobs
+from hqpy.server.jobs import Task
 from hqpy.server.selection import id_text, select
 from hqpy.server.state import ServerState
 
@@ -140,6 +147,26 @@ def watch_tasks(state: ServerState, hub: EventHub, writer: JournalWriter) -> Non
     hub.subscribe(TaskEnded, on_task_ended)
 
 
+def watch_workers(state: ServerState, hub: EventHub, writer: JournalWriter) -> None:
+    """Journal workers coming and going (ids stay unique after a restore, and a restored
+    server knows how long to hold tasks for workers that may come back), and crash counts."""
+
+    def on_connected(event: WorkerConnected) -> None:
+        worker = state.workers.get(event.worker_id)
+        grace = 0.0 if worker is None else worker.config.server_lost_grace
+        writer.append(r.WorkerJoined(event.worker_id, grace))
+
+    def on_lost(event: WorkerLost) -> None:
+        writer.append(r.WorkerLeft(event.worker_id))
+
+    def on_crashed(task: Task) -> None:
+        writer.task_crashed(task.group.body.job_id, task.id, task.crash_count, task.instance_id)
+
+    hub.subscribe(WorkerConnected, on_connected)
+    hub.subscribe(WorkerLost, on_lost)
+    state.on_task_crashed = on_crashed
+
+
 def task_starts(writer: JournalWriter) -> Callable[[list[m.TaskUpdateRow]], None]:
     """The server's `on_task_updates` hook: task starts go into the writer's batch."""
     running = TaskState.RUNNING
@@ -162,6 +189,8 @@ class Replay:
         self.finished: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
         self.all_finished: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
         self.started: defaultdict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+        self.live_workers: dict[int, float] = {}
+        """Workers registered and not gone when the journal ends, with their grace."""
         self.records = 0
 
     def apply(self, record: r.Record) -> None:
@@ -176,6 +205,16 @@ class Replay:
             for job_id, task_id, error in record.failed:
                 self._flush_job(job_id)
                 state.restore_failed(job_id, task_id, error)
+            for job_id, task_id, crash_count, instance_id in record.crashed:
+                state.restore_crashed(job_id, task_id, crash_count, instance_id)
+        elif isinstance(record, r.WorkerJoined):
+            self.live_workers[record.worker_id] = record.grace
+            state.next_worker_id = max(state.next_worker_id, record.worker_id + 1)
+        elif isinstance(record, r.WorkerLeft):
+            self.live_workers.pop(record.worker_id, None)
+        elif isinstance(record, r.ServerStarted):
+            # A worker of an earlier run registers again in the next one if it came back.
+            self.live_workers.clear()
         elif isinstance(record, r.JobSubmitted):
             if record.request.job_id is not None:
                 self._flush_job(record.request.job_id)
@@ -215,6 +254,8 @@ class Replay:
     def finish(self) -> None:
         self._flush_all()
         done = {job_id: IdSet.from_ranges(ranges) for job_id, ranges in self.all_finished.items()}
+        # Tasks running when the server went are held as long as a worker may come back.
+        self.state.hold_grace = max(self.live_workers.values(), default=0.0)
         for (job_id, instance_id), ranges in sorted(self.started.items()):
             ids = IdSet.from_ranges(ranges)
             if job_id in done:
@@ -261,13 +302,15 @@ def _compact(path: Path) -> tuple[int, int]:
     started: list[m.Row] = []
     finished: list[m.Row] = []
     failed: list[m.Row] = []
+    crashed: list[m.Row] = []
 
     def close_updates() -> None:
-        if started or finished or failed:
-            kept.append(r.TasksUpdated(list(started), list(finished), list(failed)))
+        if started or finished or failed or crashed:
+            kept.append(r.TasksUpdated(list(started), list(finished), list(failed), list(crashed)))
             started.clear()
             finished.clear()
             failed.clear()
+            crashed.clear()
 
     def alive_ids(text: str) -> str | None:
         ids = IdSet.from_ids(i for i in parse_id_set(text) if i in alive)
@@ -278,11 +321,18 @@ def _compact(path: Path) -> tuple[int, int]:
             started.extend(row for row in record.started if row[0] in live)
             finished.extend(row for row in record.finished if row[0] in alive)
             failed.extend(row for row in record.failed if row[0] in alive)
+            crashed.extend(row for row in record.crashed if row[0] in live)
             continue
         if isinstance(record, r.ServerStarted | r.IdsUsed | r.JobsForgotten):
             continue
         if isinstance(
-            record, r.QueueAdded | r.AllocationPlanned | r.AllocEventLogged | r.PoolChanged
+            record,
+            r.QueueAdded
+            | r.AllocationPlanned
+            | r.AllocEventLogged
+            | r.PoolChanged
+            | r.WorkerJoined
+            | r.WorkerLeft,
         ):
             kept.append(record)
             continue

@@ -109,6 +109,7 @@ class ServerProcess:
         writer.append(journaling.server_started())
         core.handlers.extend(journaling.JournalHandlers(core.state, writer, core.clock).table())
         journaling.watch_tasks(core.state, self.hub, writer)
+        journaling.watch_workers(core.state, self.hub, writer)
         core.on_task_updates = journaling.task_starts(writer)
         return writer
 
@@ -165,6 +166,8 @@ class ServerProcess:
             task_status.started(info)
             await core.stop_requested.wait()
             log.info("Server is stopping")
+            with trio.CancelScope(shield=True):
+                await core.stop_workers()  # before the listeners: they hold the sessions
             core.close_listeners()
             with trio.CancelScope(shield=True):
                 await allocator.cancel_all()

@@ -65,6 +65,13 @@ def register(tree: CommandTree, nouns: Subparsers) -> None:
         default="stop",
         help="What to do with running tasks when the server is lost",
     )
+    p.add_argument(
+        "--server-lost-grace",
+        type=duration,
+        default=0.0,
+        help="On losing the server, keep running tasks and reconnect for this long "
+        "(default 0: give up at once; allocations' workers get 5m)",
+    )
     p.add_argument("--work-dir", type=Path, help="Directory for task dirs and temporary files")
     p.add_argument("--overview-interval", type=duration, help=argparse.SUPPRESS)
     p.add_argument("--coupling", help=argparse.SUPPRESS)
@@ -167,6 +174,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         min_utilization=args.min_utilization,
         overview_interval=args.overview_interval,
         filter_tags=tuple(filter_tags),
+        server_lost_grace=args.server_lost_grace,
     )
     agent = WorkerAgent(options, hq_executable())
 

@@ -69,11 +69,27 @@ class TasksUpdated:
 
     `started`: rows `[job, instance, first, last]` of tasks that started (a restored task that
     had started and not ended gets a higher instance id). `finished`: rows `[job, first, last]`
-    (inclusive id ranges). `failed`: rows `[job, task, error]`."""
+    (inclusive id ranges). `failed`: rows `[job, task, error]`. `crashed`: rows
+    `[job, task, crash_count, instance]` of tasks handed back by a lost worker."""
 
     started: list[m.Row] = attrs.Factory(list)
     finished: list[m.Row] = attrs.Factory(list)
     failed: list[m.Row] = attrs.Factory(list)
+    crashed: list[m.Row] = attrs.Factory(list)
+
+
+@attrs.frozen
+class WorkerJoined:
+    """A worker registered: a restored server keeps worker ids unique and holds the tasks of
+    workers that may still come back (for their `grace`) instead of re-running them at once."""
+
+    worker_id: int
+    grace: float
+
+
+@attrs.frozen
+class WorkerLeft:
+    worker_id: int
 
 
 @attrs.frozen
@@ -137,6 +153,8 @@ Record = (
     | AllocationPlanned
     | AllocEventLogged
     | PoolChanged
+    | WorkerJoined
+    | WorkerLeft
 )
 
 OPS: dict[type, str] = {
@@ -152,6 +170,8 @@ OPS: dict[type, str] = {
     AllocationPlanned: "allocation-planned",
     AllocEventLogged: "alloc-event",
     PoolChanged: "pool-changed",
+    WorkerJoined: "worker-joined",
+    WorkerLeft: "worker-left",
 }
 BY_OP = {op: cls for cls, op in OPS.items()}
 

@@ -47,8 +47,11 @@ class JournalWriter:
         self._finished: dict[int, list[int]] = {}
         self._started: dict[tuple[int, int], list[int]] = {}
         self._failed: list[list[object]] = []
+        self._crashed: list[list[object]] = []
         self.error: str | None = None
         self.bytes_written = 0
+        self.flushing = trio.Lock()
+        """One write at a time: the writer task and a final `flush` (server stop) may meet."""
 
     # --- appends (trio thread, never block) ----------------------------------------------------
 
@@ -73,6 +76,10 @@ class JournalWriter:
         self._failed.append([job_id, task_id, error])
         self._batch_touched()
 
+    def task_crashed(self, job_id: int, task_id: int, crash_count: int, instance_id: int) -> None:
+        self._crashed.append([job_id, task_id, crash_count, instance_id])
+        self._batch_touched()
+
     def _batch_touched(self) -> None:
         if self._batch_since is None:
             self._batch_since = trio.current_time()
@@ -91,12 +98,13 @@ class JournalWriter:
             for job_id, ids in self._finished.items()
             for first, last in _ranges(ids)
         ]
-        record = TasksUpdated(started, finished, list(self._failed))
+        record = TasksUpdated(started, finished, list(self._failed), list(self._crashed))
         self._frames.append(frame_record(record))
         self._appended += 1
         self._finished.clear()
         self._started.clear()
         self._failed.clear()
+        self._crashed.clear()
         self._batch_since = None
 
     async def durable(self, seq: int | None = None) -> None:
@@ -128,6 +136,10 @@ class JournalWriter:
 
     async def flush(self) -> None:
         """Write and fsync everything appended so far (task batch included)."""
+        async with self.flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         self._urgent = False
         self._close_batch()
         if not self._frames:

@@ -82,6 +82,9 @@ class WorkerConfiguration:
     min_utilization: float = 0.0
     filter_tags: tuple[str, ...] = ()
     """`--filter-tag` (and a split part's tags): the worker runs only tasks that carry them."""
+    server_lost_grace: float = 0.0
+    """`--server-lost-grace`: how long the worker keeps its tasks and reconnects after losing
+    the server (the restored server holds those tasks for it that long)."""
 
 
 @attrs.frozen
@@ -182,6 +185,11 @@ class QueueParams:
 @attrs.frozen
 class RegisterWorker:
     configuration: WorkerConfiguration
+    previous_worker_id: int | None = None
+    """Set when the worker registers again after losing the server (`--server-lost-grace`)."""
+    tasks: list[list[int]] = attrs.Factory(list)
+    """Rows `[job_id, task_id, instance_id]` the worker still runs, or that ended while it was
+    away (their ends follow as `TaskUpdates`): the server adopts them or tells it to kill them."""
 
 
 @attrs.frozen
@@ -213,6 +221,10 @@ class CancelTasks:
     """Rows `[job_id, task_id, instance_id]` the worker should kill or drop."""
 
     tasks: list[list[int]]
+
+
+SERVER_STOPPED = "server-stopped"
+"""`StopWorker.reason` of an orderly server stop: the worker exits as on losing the server."""
 
 
 @attrs.frozen

@@ -45,6 +45,9 @@ from hqpy.server.workers import Worker
 log = logging.getLogger(__name__)
 
 REAPER_INTERVAL = 0.1
+SERVER_STOPPED = m.SERVER_STOPPED
+STOP_WORKERS_WAIT = 2.0
+"""Seconds an orderly stop waits for the workers it told to stop to hang up."""
 BIND_ATTEMPTS = 10
 MAX_ALLOCATION_ID = 256
 MAX_STDERR_TAIL = 4096
@@ -99,6 +102,7 @@ class Server:
         self._schedule = trio.Event()
         self.state.on_schedule_needed = self._schedule.set
         self._sessions: dict[int, trio.CancelScope] = {}
+        self._no_sessions = trio.Event()
         self._listeners = trio.CancelScope()
         self.listeners: list[trio.SocketListener] = []
         """The client and worker listeners (IPv4 and IPv6 of each on one port)."""
@@ -293,6 +297,17 @@ class Server:
             return None
         return response, (early[0] if early else None)
 
+    async def stop_workers(self) -> None:
+        """An orderly stop tells the workers so (unlike a crash, after which they keep their
+        tasks and reconnect for their `--server-lost-grace`); waits a moment for them to go."""
+        for worker in list(self.state.workers.values()):
+            if worker.state is WorkerState.RUNNING and worker.outbox is not None:
+                self.state.request_worker_stop(worker, SERVER_STOPPED)
+        if self._sessions:
+            self._no_sessions = trio.Event()
+            with trio.move_on_after(STOP_WORKERS_WAIT):
+                await self._no_sessions.wait()
+
     async def _worker_session(self, framed: FramedStream) -> None:
         hello = await framed.receive(codec.FROM_WORKER)
         if hello is None:
@@ -305,7 +320,10 @@ class Server:
             raise ProtocolError(f"a worker must register first, got {type(hello).__name__}")
         _check_registration(hello.configuration)
         send, receive = trio.open_memory_channel[m.ToWorker](math.inf)
-        worker = self.state.add_worker(hello.configuration, send)
+        rows = hello.tasks
+        if not all(len(row) == 3 and all(type(x) is int for x in row) for row in rows):
+            raise ProtocolError("malformed task rows in a worker registration")
+        worker = self.state.add_worker(hello.configuration, send, hello.previous_worker_id, rows)
         idle = hello.configuration.idle_timeout
         if idle is None:
             idle = self.config.idle_timeout
@@ -334,6 +352,8 @@ class Server:
             log.debug("Session of worker %d ended by an error", worker.id)
         finally:
             self._sessions.pop(worker.id, None)
+            if not self._sessions:
+                self._no_sessions.set()
             self.state.on_worker_lost(worker, reason)
 
     def _on_allocation_ended(self, msg: m.AllocationEnded) -> None:
@@ -392,6 +412,8 @@ class Server:
             expected = now + REAPER_INTERVAL
             if late > REAPER_INTERVAL:
                 self.state.forgive_stall(late)
+            if self.state.held:
+                self.state.expire_held(now)
             for worker in list(self.state.workers.values()):
                 if worker.state is not WorkerState.RUNNING:
                     continue

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 
 import trio
 
+from hqpy.common import drain as reasons
 from hqpy.common.demand import QueueOffer, QueueOffers
 from hqpy.common.errors import RequestError
 from hqpy.common.events import (
@@ -72,6 +74,13 @@ class ServerState:
         self.queue_offers: QueueOffers | None = None
         """What the allocator's queues could give a task (fit check, `task explain`); None:
         no allocator."""
+        self.held: dict[tuple[int, int], float] = {}
+        """Restored tasks that were running when the server went, kept with their instance id
+        for their worker to come back and present them, until this deadline (`expire_held`)."""
+        self.hold_grace = 0.0
+        """How long restored running tasks are held (0: re-run them at once)."""
+        self.on_task_crashed: Callable[[Task], None] | None = None
+        """Told of each task handed back by a lost worker (the journal keeps crash counts)."""
 
     # -----------------------------------------------------------------------------------------
     # Jobs
@@ -301,10 +310,25 @@ class ServerState:
     # -----------------------------------------------------------------------------------------
     # Workers
 
-    def add_worker(self, config: m.WorkerConfiguration, outbox: Outbox | None = None) -> Worker:
-        worker = Worker(self.next_worker_id, config, self.clock(), outbox)
-        self.next_worker_id += 1
+    def add_worker(
+        self,
+        config: m.WorkerConfiguration,
+        outbox: Outbox | None = None,
+        previous_id: int | None = None,
+        tasks: list[list[int]] | None = None,
+    ) -> Worker:
+        """Register a worker; one that comes back (`previous_id`) keeps its id when it is free
+        and has the tasks it presents adopted or killed (`adopt`)."""
+        worker_id = self.next_worker_id
+        if previous_id is not None and previous_id > 0 and previous_id not in self.workers:
+            worker_id = previous_id
+        worker = Worker(worker_id, config, self.clock(), outbox)
+        self.next_worker_id = max(self.next_worker_id, worker_id + 1)
         self.workers[worker.id] = worker
+        if tasks:
+            kill = self.adopt(worker, tasks)
+            if kill:
+                self._send(worker.id, m.CancelTasks(kill))
         manager = config.manager
         log.info(
             "Worker %d registered from %s (%s)%s",
@@ -324,6 +348,127 @@ class ServerState:
         )
         self.on_schedule_needed()
         return worker
+
+    def adopt(self, worker: Worker, rows: list[list[int]]) -> list[list[int]]:
+        """Take over the tasks a returning worker presents: a task held for it (restored as
+        running, same instance id) becomes its again; any other (unknown, ended, or given to
+        someone else under a new instance id) is returned, to be killed."""
+        kill: list[list[int]] = []
+        now = self.clock()
+        for row in rows:
+            job_id, task_id, instance_id = (int(x) for x in row)
+            job = self.jobs.get(job_id)
+            task = None if job is None else self._waiting_task(job, task_id)
+            if (
+                job is None
+                or task is None
+                or task.instance_id != instance_id
+                or task.state in DONE_STATES
+                or task.worker_id is not None
+            ):
+                kill.append([job_id, task_id, instance_id])
+                continue
+            # Held, or waiting unassigned: what the journal had not yet flushed (a start or
+            # an end) when the server went. Nobody else runs it under this instance id.
+            self.held.pop((job_id, task_id), None)
+            worker.assign(task)
+            if task.state is TaskState.WAITING:
+                job.move(task, TaskState.RUNNING)
+                worker.running += 1
+            task.hostname = worker.config.hostname
+            job.hostnames[worker.config.hostname] = None
+            worker.last_task_started = now
+        if kill:
+            log.info(
+                "Worker %d: %d task(s) it presented are not its any more", worker.id, len(kill)
+            )
+        if len(kill) < len(rows):
+            log.info("Worker %d: adopted %d running task(s)", worker.id, len(rows) - len(kill))
+        return kill
+
+    @staticmethod
+    def _waiting_task(job: Job, task_id: int) -> Task | None:
+        """The task, materialised if it is still untouched (waiting)."""
+        task = job.tasks.get(task_id)
+        if task is not None:
+            return task
+        for group in job.groups:
+            if task_id in group.ids:
+                if group.untouched_state is not TaskState.WAITING:
+                    return None
+                if group.retired(task_id) is not None:
+                    return None
+                return group.materialise(job, task_id)
+        return None
+
+    def expire_held(self, now: float) -> int:
+        """Re-run held tasks whose worker did not come back in time (a new instance id, a
+        crash counted as for any lost worker); returns how many."""
+        expired = [key for key, deadline in self.held.items() if deadline <= now]
+        for key in expired:
+            del self.held[key]
+            job = self.jobs.get(key[0])
+            task = None if job is None else job.tasks.get(key[1])
+            if job is None or task is None or task.state in DONE_STATES:
+                continue
+            if task.state is TaskState.RUNNING:
+                job.move(task, TaskState.WAITING)
+            self._hand_back(
+                job, task, now, was_running=True, failure=True, worker_id=None, why=reasons.LOST
+            )
+        if expired:
+            log.info("%d restored task(s) whose worker did not come back re-run", len(expired))
+            self._wake_worker_waiters()
+            self.on_schedule_needed()
+        return len(expired)
+
+    def _hand_back(
+        self,
+        job: Job,
+        task: Task,
+        now: float,
+        *,
+        was_running: bool,
+        failure: bool,
+        worker_id: int | None,
+        why: str,
+    ) -> None:
+        """A task whose worker went: failed (crash limit, never-restart) or waiting again with
+        a new instance id (`why` its instance ended is kept in its history)."""
+        limit = task.group.crash_limit
+        error = None
+        if was_running and limit == NEVER_RESTART:
+            # Whatever the reason the worker went (stop, idle timeout, time limit, crash).
+            error = "Task was running on a lost worker while never restart flag was set."
+        elif was_running and failure:
+            task.crash_count += 1
+            if limit > 0 and task.crash_count >= limit:
+                error = (
+                    "Task was running on a worker that was lost; the task has occurred "
+                    f"{task.crash_count} times in this situation and limit was reached."
+                )
+        if error is not None:
+            task.error = error
+            task.ended_at = now
+            job.move(task, TaskState.FAILED)
+            # Published (the journal keeps the failure, the metrics count it).
+            self.hub.publish(
+                TaskEnded(job.id, task.id, TaskState.FAILED, task.started_at, now, worker_id, error)
+            )
+            self._after_failure(job)
+            return
+        if was_running:
+            record_instance(task, why)
+        task.instance_id += 1
+        task.started_at = None
+        task.hostname = None
+        task.nodes = None
+        if was_running:
+            job.move(task, TaskState.WAITING)
+        if self.on_task_crashed is not None and was_running:
+            self.on_task_crashed(task)
+        task.group.requeued.append(task)
+        self.waiting_groups[task.group.group_id] = (job, task.group)
 
     def running_workers(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.is_running]
@@ -374,34 +519,15 @@ class ServerState:
             job = self.jobs.get(task.group.body.job_id)
             if job is None or task.state in DONE_STATES:
                 continue
-            limit = task.group.crash_limit
-            error = None
-            if was_running and limit == NEVER_RESTART:
-                # Whatever the reason the worker went (stop, idle timeout, time limit, crash).
-                error = "Task was running on a lost worker while never restart flag was set."
-            elif was_running and failure:
-                task.crash_count += 1
-                if limit > 0 and task.crash_count >= limit:
-                    error = (
-                        "Task was running on a worker that was lost; the task has occurred "
-                        f"{task.crash_count} times in this situation and limit was reached."
-                    )
-            if error is not None:
-                task.error = error
-                task.ended_at = now
-                job.move(task, TaskState.FAILED)
-                self._after_failure(job)
-                continue
-            if was_running:
-                record_instance(task, why)
-            task.instance_id += 1
-            task.started_at = None
-            task.hostname = None
-            task.nodes = None
-            if was_running:
-                job.move(task, TaskState.WAITING)
-            task.group.requeued.append(task)
-            self.waiting_groups[task.group.group_id] = (job, task.group)
+            self._hand_back(
+                job,
+                task,
+                now,
+                was_running=was_running,
+                failure=failure,
+                worker_id=worker.id,
+                why=why,
+            )
         worker.outbox = None
         self._wake_worker_waiters()
         manager = worker.config.manager
@@ -639,20 +765,45 @@ class ServerState:
                 return
 
     def restore_started(self, job_id: int, task_ids: IdSet, instance_id: int) -> None:
-        """Tasks that were running when the server went: waiting again, with a new instance."""
+        """Tasks that were running when the server went: held for their worker to come back
+        (`hold_grace`), else waiting again with a new instance id."""
         job = self.jobs.get(job_id)
         if job is None:
             return
+        deadline = self.clock() + self.hold_grace
         for group in job.groups:
             for task_id in group.ids.intersection(task_ids):
                 is_new = task_id not in job.tasks
                 task = group.materialise(job, task_id)
-                if task.state is not TaskState.WAITING:
+                if task.state is not TaskState.WAITING or task.instance_id > instance_id:
                     continue
-                task.instance_id = max(task.instance_id, instance_id + 1)
+                if self.hold_grace > 0:
+                    task.instance_id = instance_id
+                    if not is_new:
+                        with suppress(ValueError):
+                            group.requeued.remove(task)
+                    self.held[(job_id, task_id)] = deadline
+                    continue
+                task.instance_id = instance_id + 1
                 if is_new:
                     group.requeued.append(task)
                 self.waiting_groups[group.group_id] = (job, group)
+
+    def restore_crashed(self, job_id: int, task_id: int, crash_count: int, instance: int) -> None:
+        """A task handed back by a lost worker: its crash count and next instance id."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        for group in job.groups:
+            if task_id in group.ids:
+                is_new = task_id not in job.tasks
+                task = group.materialise(job, task_id)
+                task.crash_count = max(task.crash_count, crash_count)
+                task.instance_id = max(task.instance_id, instance)
+                if is_new and task.state is TaskState.WAITING:
+                    group.requeued.append(task)
+                    self.waiting_groups[group.group_id] = (job, group)
+                return
 
     def restore_done(self) -> None:
         """After replay: job completion times and waiters as if it had all just happened."""

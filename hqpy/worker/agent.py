@@ -14,6 +14,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -40,6 +41,32 @@ in the last 5 ms. Measured (docs/benchmark.md): the server's CPU per `true` task
 to 23-97 µs and the worker's from 208-419 to 159-327 µs."""
 EXIT_OK = 0
 EXIT_SERVER_LOST = 1
+RESEND_WINDOW = 60.0
+"""Seconds a reported task end is kept to be sent again after reconnecting: the server may have
+got it and died before its journal flushed it (`--journal-flush-period`); a result it already
+has is ignored."""
+RECONNECT_FIRST = 0.2
+RECONNECT_MAX = 5.0
+"""Seconds between tries to reach a lost server: doubling from the first, up to the max."""
+
+
+@attrs.define
+class Reconnect:
+    """When a worker that lost its server tries again, and when it gives up
+    (`--server-lost-grace`)."""
+
+    grace: float
+    lost_at: float
+    attempts: int = 0
+
+    def next_delay(self, now: float) -> float | None:
+        """Seconds to wait before the next try, or None once the grace is over."""
+        left = self.lost_at + self.grace - now
+        if left <= 0:
+            return None
+        delay: float = min(RECONNECT_FIRST * 2.0**self.attempts, RECONNECT_MAX)
+        self.attempts += 1
+        return min(delay, left)
 
 
 @attrs.frozen
@@ -59,6 +86,9 @@ class WorkerOptions:
     zero_worker: bool = False
     """Bench-only: complete tasks at once without starting processes."""
     filter_tags: tuple[str, ...] = ()
+    """`--filter-tag`: sent at registration; the server gives this worker only tasks with all."""
+    server_lost_grace: float = 0.0
+    """`--server-lost-grace`: keep tasks running and reconnect this long after losing the server."""
 
 
 class WorkerExit(Exception):
@@ -109,6 +139,12 @@ class WorkerAgent:
         self.queue: list[_QueuedTask] = []
         self.seq = 0
         self.running: dict[tuple[int, int], trio.CancelScope] = {}
+        self.instances: dict[tuple[int, int], int] = {}
+        """Instance id of each running task (presented to the server on reconnecting)."""
+        self.recent: deque[tuple[float, m.TaskUpdateRow]] = deque()
+        """Task ends sent in the last `RESEND_WINDOW` seconds, with when."""
+        self.framed: FramedStream | None = None
+        """The connection to the server; None while it is lost."""
         self.updates: list[m.TaskUpdateRow] = []
         self.unsent_running: dict[tuple[int, int, int], int] = {}
         self.updates_ready = trio.Event()
@@ -139,6 +175,7 @@ class WorkerAgent:
             overview_interval=o.overview_interval,
             min_utilization=o.min_utilization,
             filter_tags=o.filter_tags,
+            server_lost_grace=o.server_lost_grace,
         )
 
     async def run(self) -> int:
@@ -153,46 +190,130 @@ class WorkerAgent:
             with trio.CancelScope(shield=True):
                 await guard.aclose()
 
+    async def _register(self, framed: FramedStream, tasks: list[list[int]]) -> str | None:
+        """Register (again, presenting `tasks`, when `worker_id` is known); an error or None."""
+        previous = self.worker_id or None
+        try:
+            await framed.send(
+                m.RegisterWorker(self.configuration(), previous, tasks), codec.FROM_WORKER
+            )
+            reply = await framed.receive(codec.TO_WORKER)
+        except (trio.BrokenResourceError, ProtocolError, ConnectionError) as e:
+            return f"Registration failed: {e}"
+        if not isinstance(reply, m.WorkerRegistered):
+            return "Registration failed: the server did not accept this worker"
+        if previous is None:
+            log.info("Worker %d registered with server %s", reply.worker_id, reply.server_uid)
+        else:
+            log.info(
+                "Worker %d registered again with server %s as worker %d, presenting %d task(s)",
+                previous,
+                reply.server_uid,
+                reply.worker_id,
+                len(tasks),
+            )
+        self.worker_id = reply.worker_id
+        return None
+
     async def _serve(self) -> int:
         try:
             framed = await self._connect()
         except WorkerExit as e:
             log.error("%s", e.reason)
             return e.code
-        config = self.configuration()
-        try:
-            await framed.send(m.RegisterWorker(config), codec.FROM_WORKER)
-            reply = await framed.receive(codec.TO_WORKER)
-        except (trio.BrokenResourceError, ProtocolError, ConnectionError) as e:
-            log.error("Registration failed: %s", e)
+        error = await self._register(framed, [])
+        if error is not None:
+            log.error("%s", error)
             return EXIT_SERVER_LOST
-        if not isinstance(reply, m.WorkerRegistered):
-            log.error("Registration failed: the server did not accept this worker")
-            return EXIT_SERVER_LOST
-        self.worker_id = reply.worker_id
-        log.info("Worker %d registered with server %s", reply.worker_id, reply.server_uid)
         age = process_age()
         if age is not None:
             log.debug("Registered %.0f ms after the worker process started", age * 1000)
-        try:
-            with self.main_scope:
-                async with trio.open_nursery() as nursery:
-                    self.tasks_nursery = nursery
-                    nursery.start_soon(self._heartbeat, framed)
-                    nursery.start_soon(self._flush_updates, framed)
-                    if config.time_limit is not None:
-                        nursery.start_soon(self._time_limit, framed, config.time_limit)
-                    await self._receive(framed)
-                    nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                if self.updates:  # what ended since the last frame
-                    with suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        await framed.send(m.TaskUpdates(self.updates), codec.FROM_WORKER)
-                await framed.aclose()
+        config = self.configuration()
+        with self.main_scope:
+            async with trio.open_nursery() as nursery:
+                self.tasks_nursery = nursery
+                if config.time_limit is not None:
+                    nursery.start_soon(self._time_limit, config.time_limit)
+                current: FramedStream | None = framed
+                while current is not None:
+                    await self._session(current)
+                    if self.exit is not None:
+                        break
+                    current = await self._reconnect()
+                if self.exit is None:
+                    await self._on_server_lost()
+                nursery.cancel_scope.cancel()
         code, reason = self.exit or (EXIT_SERVER_LOST, "the connection to the server was lost")
         log.info("Worker is stopping: %s", reason)
         return code
+
+    async def _session(self, framed: FramedStream) -> None:
+        """Serve one connection until it is lost or the worker stops."""
+        self.framed = framed
+        self.accepting = True
+        self.updates_ready.set()  # what ended while the server was away
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeat, framed)
+                nursery.start_soon(self._flush_updates, framed)
+                await self._receive(framed)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.framed = None
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                if self.updates and self.exit is not None:  # what ended since the last frame
+                    with suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        await framed.send(m.TaskUpdates(self.updates), codec.FROM_WORKER)
+                        self.updates = []
+                await framed.aclose()
+
+    async def _reconnect(self) -> FramedStream | None:
+        """After losing the server: keep the running tasks and try again (re-reading the access
+        file, which a restarted server rewrites) until `--server-lost-grace` ends."""
+        grace = self.options.server_lost_grace
+        if grace <= 0:
+            return None
+        self.accepting = False
+        self.queue.clear()  # assigned but not started: the server hands them out again
+        log.warning(
+            "Server lost; keeping %d running task(s) and reconnecting for %.0f s",
+            len(self.running),
+            grace,
+        )
+        policy = Reconnect(grace, trio.current_time())
+        while True:
+            delay = policy.next_delay(trio.current_time())
+            if delay is None:
+                log.warning("The server did not come back within %.0f s", grace)
+                return None
+            await trio.sleep(delay)
+            try:
+                framed = await self._connect(attempts=1)
+            except WorkerExit as e:
+                log.info("Reconnect try %d: %s", policy.attempts, e.reason)
+                continue
+            if self.recent:
+                self.updates = [row for _, row in self.recent] + self.updates
+                self.recent.clear()
+            error = await self._register(framed, self._held_tasks())
+            if error is None:
+                return framed
+            log.info("Reconnect try %d: %s", policy.attempts, error)
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await framed.aclose()
+
+    def _remember_sent(self, updates: list[m.TaskUpdateRow]) -> None:
+        now = trio.current_time()
+        recent = self.recent
+        recent.extend((now, row) for row in updates if row[3] != m.TASK_RUNNING)
+        while recent and recent[0][0] < now - RESEND_WINDOW:
+            recent.popleft()
+
+    def _held_tasks(self) -> list[list[int]]:
+        """What to present on registering again: running tasks, and those whose end is unsent."""
+        rows = {(j, t, i) for (j, t), i in self.instances.items()}
+        rows.update((row[0], row[1], row[2]) for row in self.updates)
+        return [list(row) for row in sorted(rows)]
 
     def stop(self, code: int, reason: str) -> None:
         """End the worker: kill its tasks and leave `run` with this exit code."""
@@ -202,17 +323,30 @@ class WorkerAgent:
         self._kill_all()
         self.main_scope.cancel()
 
-    async def _connect(self) -> FramedStream:
+    def _reconnect_dir(self) -> Path:
+        """Where a restarted server is found: an allocation's worker is given its server's
+        instance dir (`D/001`), while the restarted server writes a new one (`D/002`) and points
+        `D/hq-current` at it, so follow that link when there is one."""
+        given = self.options.server_dir
+        if given.name.isdigit() and (given.parent / serverdir.CURRENT).exists():
+            return given.parent
+        return given
+
+    async def _connect(self, attempts: int | None = None) -> FramedStream:
+        """Connect and handshake: retried for 10 s, or `attempts` times (a reconnect)."""
         deadline = trio.current_time() + 10
+        server_dir = self.options.server_dir if attempts is None else self._reconnect_dir()
         while True:
             try:
-                record = serverdir.load_access(self.options.server_dir)
+                record = serverdir.load_access(server_dir)
                 if record.worker is None or not record.worker.secret_key:
                     raise WorkerExit(1, "The access file has no worker part")
                 stream = await trio.open_tcp_stream(record.worker.host, record.worker.port)
                 break
             except (serverdir.AccessError, OSError) as e:
-                if trio.current_time() > deadline:
+                if attempts is not None:
+                    attempts -= 1
+                if trio.current_time() > deadline or attempts == 0:
                     raise WorkerExit(
                         EXIT_SERVER_LOST, f"Cannot connect to the server: {e}"
                     ) from None
@@ -233,14 +367,16 @@ class WorkerAgent:
             except (trio.BrokenResourceError, ProtocolError, ConnectionError):
                 msg = None
             if msg is None:
-                await self._on_server_lost()
                 return
             if isinstance(msg, m.ComputeTasks):
                 self._on_compute(msg)
             elif isinstance(msg, m.CancelTasks):
                 self._on_cancel(msg)
             elif isinstance(msg, m.StopWorker):
-                self.stop(EXIT_OK, f"the server asked it to stop ({msg.reason})")
+                if msg.reason == m.SERVER_STOPPED:
+                    self.stop(EXIT_SERVER_LOST, "the server stopped")
+                else:
+                    self.stop(EXIT_OK, f"the server asked it to stop ({msg.reason})")
                 return
 
     async def _on_server_lost(self) -> None:
@@ -298,6 +434,7 @@ class WorkerAgent:
             heapq.heappop(self.queue)
             scope = trio.CancelScope()
             self.running[(head.job_id, head.task_id)] = scope
+            self.instances[(head.job_id, head.task_id)] = head.instance_id
             self.all_done = trio.Event() if self.all_done.is_set() else self.all_done
             self.tasks_nursery.start_soon(self._run_task, head, allocation, scope)
 
@@ -328,6 +465,7 @@ class WorkerAgent:
         finally:
             self.pool.release(allocation)
             self.running.pop((item.job_id, item.task_id), None)
+            self.instances.pop((item.job_id, item.task_id), None)
             if not self.running:
                 self.all_done.set()
         start = started[0] if started else None
@@ -373,7 +511,11 @@ class WorkerAgent:
             try:
                 await framed.send(m.TaskUpdates(updates), codec.FROM_WORKER)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                # Kept for the next connection (the server ignores what it already has).
+                self.updates = updates + self.updates
                 return
+            if self.options.server_lost_grace > 0:
+                self._remember_sent(updates)
             await trio.sleep(UPDATE_BATCH_DELAY)
 
     async def _heartbeat(self, framed: FramedStream) -> None:
@@ -384,15 +526,15 @@ class WorkerAgent:
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 return
 
-    async def _time_limit(self, framed: FramedStream, limit: float) -> None:
+    async def _time_limit(self, limit: float) -> None:
         await trio.sleep(limit)
         log.info("Time limit of the worker reached")
         self.accepting = False
         self._kill_all()
-        try:
-            await framed.send(m.WorkerStopping("time-limit"), codec.FROM_WORKER)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-            pass
+        framed = self.framed
+        if framed is not None:
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                await framed.send(m.WorkerStopping("time-limit"), codec.FROM_WORKER)
         self.stop(EXIT_OK, "time limit reached")
 
 

@@ -348,7 +348,8 @@ def test_allocations_run_tasks_and_finish(batches: Batches, hq_env: HqEnv, manag
         exec_line = (
             f"echo allocation-output && {hq_command()} worker start "
             f'--idle-timeout "2s" --manager "{manager}" --server-dir "{instance}" '
-            f'--cpus "1" --on-server-lost "finish-running" --time-limit "10m"'
+            f'--cpus "1" --on-server-lost "finish-running" '
+            f'--server-lost-grace "5m" --time-limit "10m"'
         )
         if manager == "slurm":
             header = [

@@ -201,8 +201,7 @@ def test_kill9_with_local_allocations_restores_queue_and_leaks_nothing(hq_env: H
         "10m",
         "--max-worker-count",
         "1",
-        # Until workers reconnect to a restarted server, a worker that finished its running
-        # tasks after losing the server would have them run twice (see docs/reliability.md).
+        # With `stop`, the worker kills its tasks if the server does not come back in time.
         "--on-server-lost",
         "stop",
         "--",
@@ -215,24 +214,33 @@ def test_kill9_with_local_allocations_restores_queue_and_leaks_nothing(hq_env: H
         timeout=60,
         what="8 completions, all in the journal",
     )
+    running = {i for i, st in hq_env.task_states().items() if st.upper() == "RUNNING"}
+    assert len(running) == 2
     server.signal(signal.SIGKILL)
     server.wait_exit()
-    # The allocation's worker loses its server and stops; its allocation ends with it.
-    wait_until(lambda: not allocation_processes(hq_env), timeout=30, what="allocations end")
+    # The allocation's worker keeps its tasks (blocked at the gate) and reconnects for 5 min.
+    assert allocation_processes(hq_env), "the allocation should outlive the server"
 
     hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
     queues = hq_env.command("alloc", "list", json=True)
     assert [q["id"] for q in queues] == [1]
+    wait_until(
+        lambda: any(w["state"] == "RUNNING" for w in hq_env.command("worker", "list", json=True)),
+        what="the allocation's worker comes back",
+    )
     gate.touch()
     hq_env.wait_job()
-    counts = Counter(line.split(":")[0] for line in read_lines(done))
+    lines = read_lines(done)
+    counts = Counter(line.split(":")[0] for line in lines)
     assert sorted(int(i) for i in counts) == list(range(1, 31)), "tasks lost"
     assert [i for i, n in counts.items() if n != 1] == [], "tasks run twice to completion"
+    instances = dict(line.split(":") for line in lines)
+    assert {instances[str(i)] for i in running} == {"0"}, "running tasks were adopted, not re-run"
     events = [e["event"] for e in hq_env.command("alloc", "events", "1", json=True)]
-    # The history from before the kill is there, and the allocation of the first server is
-    # recorded as ended, not left active.
+    # The history from before the kill is there. The local backend cannot watch a process
+    # group it did not start, so the first allocation is recorded as ended (its worker came
+    # back and serves all the same; the orderly stop below stops it).
     assert events[0] == "queue-created"
-    assert events.count("allocation-queued") >= 2
     allocations = hq_env.command("alloc", "info", "1", json=True)
     first = [a for a in allocations if a["id"] == "local-1"]
     assert len(first) == 1 and first[0]["status"] in ("finished", "failed")

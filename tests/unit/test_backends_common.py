@@ -52,7 +52,8 @@ def test_worker_command_defaults() -> None:
     params = QueueParams(manager="pbs", time_limit=3600)
     assert command(params) == (
         '/opt/hq/bin/hq worker start --idle-timeout "5m" --manager "pbs" '
-        '--server-dir "/srv/hq/001" --on-server-lost "finish-running" --time-limit "1h"'
+        '--server-dir "/srv/hq/001" --on-server-lost "finish-running" '
+        '--server-lost-grace "5m" --time-limit "1h"'
     )
 
 
@@ -78,7 +79,7 @@ def test_worker_command_resources_in_order() -> None:
         '/opt/hq/bin/hq worker start --idle-timeout "5m" --manager "slurm" '
         '--server-dir "/srv/hq/001" --cpus "2x8" --resource "x=sum(100)" '
         '--resource "y=range(1-4)" --resource "z=[1,2,4]" '
-        '--on-server-lost "finish-running" --time-limit "1h"'
+        '--on-server-lost "finish-running" --server-lost-grace "5m" --time-limit "1h"'
     )
 
 
@@ -92,7 +93,8 @@ def test_worker_command_options() -> None:
     )
     assert command(params) == (
         '/opt/hq/bin/hq worker start --idle-timeout "30m" --manager "pbs" '
-        '--server-dir "/srv/hq/001" --on-server-lost "stop" --time-limit "30m 15s"'
+        '--server-dir "/srv/hq/001" --on-server-lost "stop" '
+        '--server-lost-grace "5m" --time-limit "30m 15s"'
     )
 
 
@@ -107,7 +109,8 @@ def test_worker_command_start_stop_wrap_and_log() -> None:
     assert command(params, hqpy_log="hqpy.autoalloc=debug,hqpy=info") == (
         "init.sh && HQPY_LOG=hqpy.autoalloc=debug,hqpy=info podman run hq "
         '/opt/hq/bin/hq worker start --idle-timeout "5m" --manager "slurm" '
-        '--server-dir "/srv/hq/001" --on-server-lost "finish-running" --time-limit "1h"'
+        '--server-dir "/srv/hq/001" --on-server-lost "finish-running" '
+        '--server-lost-grace "5m" --time-limit "1h"'
         "; unload.sh"
     )
 

@@ -28,7 +28,8 @@ from tests.backends.fakes import Answer, RecordingRunner
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pbs"
 WORKER = (
     '/opt/hq/bin/hq worker start --idle-timeout "5m" --manager "pbs" '
-    '--server-dir "/srv/hq/001" --on-server-lost "finish-running" --time-limit "1h"'
+    '--server-dir "/srv/hq/001" --on-server-lost "finish-running" '
+    '--server-lost-grace "5m" --time-limit "1h"'
 )
 DIR = Path("/srv/hq/001/autoalloc/1-foo/001")
 

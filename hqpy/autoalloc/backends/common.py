@@ -52,6 +52,11 @@ allocation from `HQPY_ALLOCATION_ID`, which those backends' scripts set."""
 _NEEDS_ESCAPE = re.compile(r'["\\$`]')
 
 
+SERVER_LOST_GRACE = 300.0
+"""Seconds an allocation's worker keeps its tasks and reconnects after losing the server (a
+restarted server adopts them)."""
+
+
 def quote_double(value: str) -> str:
     """`"value"` as HyperQueue writes it; `"`, `\\`, `$` and backquotes are escaped so that a
     strange value cannot break the script (ordinary values come out unchanged)."""
@@ -121,6 +126,7 @@ def build_worker_command(
         parts.append(f"--min-utilization {params.min_utilization:g}")
     parts.extend(f"--filter-tag {quote_double(t)}" for t in params.filter_tags)
     parts.append(f"--on-server-lost {quote_double(params.on_server_lost)}")
+    parts.append(f"--server-lost-grace {quote_double(format_duration(SERVER_LOST_GRACE))}")
     limit = params.worker_time_limit if params.worker_time_limit is not None else params.time_limit
     parts.append(f"--time-limit {quote_double(format_duration(limit))}")
     line = " ".join(parts)

@@ -1,0 +1,86 @@
+"""`kill -9` of the server, restarted from its journal (same journal, same server dir): workers
+that kept their tasks reconnect and the server adopts them; nothing is lost or run twice."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.e2e.harness import HqEnv, read_lines, wait_until
+from tests.faults.common import (
+    FAST_TIMERS,
+    allocation_processes,
+    append_line,
+    assert_exactly_once,
+    assert_no_allocation_left,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def test_worker_with_grace_keeps_its_tasks_across_a_server_kill(hq_env: HqEnv) -> None:
+    journal = hq_env.root / "journal.hqj"
+    done = hq_env.path("done.txt")
+    gate = hq_env.path("gate")
+    server = hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
+    worker = hq_env.start_worker("--server-lost-grace", "1m", cpus="3")
+    wait_gate = f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+    hq_env.command("submit", "--array", "1-6", "--", "bash", "-c", append_line(done, wait_gate))
+    running = hq_env.wait_task_states(
+        lambda s: sum(v.upper() == "RUNNING" for v in s.values()) == 3, what="3 tasks running"
+    )
+    server.signal(signal.SIGKILL)
+    server.wait_exit()
+
+    hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
+    wait_until(lambda: "registered again" in worker.stderr(), what="the worker registers again")
+    assert [w["id"] for w in hq_env.command("worker", "list", json=True)] == [1]
+    gate.touch()
+    hq_env.wait_job()
+    instances = assert_exactly_once(hq_env, done, range(1, 7))
+    ids = [i for i, s in running.items() if s.upper() == "RUNNING"]
+    assert {instances[str(i)] for i in ids} == {"0"}, "running tasks were re-run, not adopted"
+    assert worker.is_running()
+    tasks = hq_env.command("task", "list", "1", json=True)["1"]
+    assert {t.get("crash_count", 0) for t in tasks} == {0}
+
+
+def test_kill9_mid_2000_task_array_on_local_allocations(hq_env: HqEnv) -> None:
+    hq_env.env.update(FAST_TIMERS)
+    journal = hq_env.root / "journal.hqj"
+    done = hq_env.path("done.txt")
+    server = hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
+    hq_env.run(
+        "alloc",
+        "add",
+        "local",
+        "--no-dry-run",
+        "--time-limit",
+        "10m",
+        "--max-worker-count",
+        "2",
+        "--",
+        "--cpus",
+        "1",
+    )
+    hq_env.command("submit", "--array", "1-2000", "--", "bash", "-c", append_line(done))
+    wait_until(lambda: len(read_lines(done)) >= 300, timeout=120, what="300 tasks done")
+    server.signal(signal.SIGKILL)
+    server.wait_exit()
+    assert len(read_lines(done)) < 2000, "killed too late: the array had ended"
+    assert allocation_processes(hq_env), "the allocations outlive the server (they reconnect)"
+
+    hq_env.start_server("--journal", str(journal), "--journal-flush-period", "100ms")
+    wait_until(
+        lambda: hq_env.job_info()["info"]["task_stats"]["finished"] == 2000,
+        timeout=180,
+        what="all 2000 tasks finished",
+    )
+    assert_exactly_once(hq_env, done, range(1, 2001))
+    assert hq_env.stop_server() == 0
+    assert_no_allocation_left(hq_env)
+    # Every allocation dir the two servers made was submitted (it has its id); no process of
+    # any is left (above).
+    dirs = sorted(hq_env.server_dir.glob("*/autoalloc/*/*"))
+    assert dirs and all((d / "jobid").exists() for d in dirs), dirs
