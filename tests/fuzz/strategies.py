@@ -35,7 +35,7 @@ json_values = st.recursive(
 """Any JSON value, including numbers and nesting no message field expects."""
 
 
-def encoded(union: Any) -> st.SearchStrategy[tuple[type, bytes]]:
+def encoded(union: codec.Wire[Any]) -> st.SearchStrategy[tuple[type, bytes]]:
     """A real message of any member of `union`, encoded as it travels."""
     return st.sampled_from(members(union)).flatmap(
         lambda cls: derive(cls).map(lambda msg: (cls, codec.encode(msg, union)))

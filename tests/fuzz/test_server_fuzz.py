@@ -186,7 +186,7 @@ class RawPeer:
 
 def _requests() -> st.SearchStrategy[tuple[type, bytes]]:
     """Every client request but the one that stops the server (it would end the module)."""
-    return encoded(m.ClientRequest).filter(lambda pair: pair[0] is not m.StopServerRequest)
+    return encoded(codec.CLIENT_REQUEST).filter(lambda pair: pair[0] is not m.StopServerRequest)
 
 
 REGISTER = codec.encode(
@@ -261,12 +261,13 @@ def test_client_requests_sealed_and_mutated(live: LiveServer, data: st.DataObjec
 @given(data=st.data())
 def test_worker_messages_sealed_and_mutated(live: LiveServer, data: st.DataObject) -> None:
     """Half the time after a valid registration, so the registered worker's loop is fuzzed too."""
-    _cls, payload = data.draw(encoded(m.FromWorker))
+    _cls, payload = data.draw(encoded(codec.FROM_WORKER))
     mutate = data.draw(st.sampled_from([None, mutated_json, mutated_json, mutated_bytes]))
     frames = [payload if mutate is None else data.draw(mutate(payload))]
     if data.draw(st.booleans()):
         frames.insert(0, REGISTER)
-        frames.extend(data.draw(st.lists(encoded(m.FromWorker).map(lambda p: p[1]), max_size=3)))
+        more = st.lists(encoded(codec.FROM_WORKER).map(lambda p: p[1]), max_size=3)
+        frames.extend(data.draw(more))
     peer = RawPeer(live, "worker")
     peer.handshake()
     for frame in frames:
@@ -281,7 +282,7 @@ def test_client_port_gets_worker_messages_and_the_other_way_round(
     live: LiveServer, data: st.DataObject
 ) -> None:
     role = data.draw(st.sampled_from(["client", "worker"]))
-    union: Any = m.FromWorker if role == "client" else m.ClientRequest
+    union: codec.Wire[Any] = codec.FROM_WORKER if role == "client" else codec.CLIENT_REQUEST
     _cls, payload = data.draw(encoded(union))
     peer = RawPeer(live, role)
     peer.handshake()
