@@ -41,6 +41,7 @@ from hqpy.common.events import (
     AllocEventRecorded,
     EventHub,
     JobSubmitted,
+    TasksUnfittable,
     WorkerConnected,
     WorkerLost,
 )
@@ -97,6 +98,7 @@ class AutoAllocService:
         hub.subscribe(WorkerConnected, self._on_worker_connected)
         hub.subscribe(WorkerLost, self._on_worker_lost)
         hub.subscribe(AllocationEndReported, self._on_end_reported)
+        hub.subscribe(TasksUnfittable, self._on_tasks_unfittable)
 
     # -----------------------------------------------------------------------------------------
     # Life cycle (the composition root)
@@ -114,6 +116,18 @@ class AutoAllocService:
 
     async def refresh(self, force: bool) -> None:
         await self.process.refresh(force)
+
+    def _on_tasks_unfittable(self, event: TasksUnfittable) -> None:
+        """Tasks that fit no queue: every queue records it, so `alloc events` shows why they
+        start no allocation (the submit already warned; the reason names the closest queue)."""
+        tasks = "1 task" if event.count == 1 else f"{event.count} tasks"
+        for queue in self.state.live_queues():
+            self.state.record(
+                queue,
+                AllocEventKind.TASKS_UNFITTABLE,
+                None,
+                f"{tasks} of job {event.job_id} fit no queue: {event.reason}",
+            )
 
     def _on_event(self, event: AllocEvent) -> None:
         """Every allocator event goes to the log, to `alloc events --follow` waiters and to the

@@ -123,6 +123,8 @@ class AllocEventKind(enum.StrEnum):
     QUEUE_PAUSED = "queue-paused"
     QUEUE_RESUMED = "queue-resumed"
     QUEUE_REMOVED = "queue-removed"
+    TASKS_UNFITTABLE = "tasks-unfittable"
+    """The fit check: tasks were submitted that no worker and no queue could ever run."""
     PREALLOC_STARTED = "prealloc-started"
     """A pool starts its N allocations (work for it, `--persist`, or `hq alloc preallocate`)."""
     PREALLOC_REPLACED = "prealloc-replaced"

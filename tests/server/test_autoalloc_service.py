@@ -50,7 +50,7 @@ from hqpy.common.resources import (
     ResourceRequest,
     parse_descriptor,
 )
-from hqpy.common.states import AllocationState, QueueState, WorkerState
+from hqpy.common.states import AllocationState, AllocEventKind, QueueState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server.demand import ServerDemand
 from hqpy.server.server import Server, ServerConfig
@@ -1421,3 +1421,27 @@ async def test_add_queue_rejects_bad_parameters(
         await world.service.add_queue(queue_params(**changes), dry_run=True)
     assert world.fake.calls == []
     assert world.service.state.live_queues() == []
+
+
+async def test_tasks_that_fit_no_queue_are_an_event_on_every_queue(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The fit check's finding reaches `alloc events` of each queue, with the closest queue's
+    shortfall; a job that fits one of them records nothing."""
+    world = await start(nursery, tmp_path)
+    world.state.queue_offers = world.service
+    await add_queue(world, cpus="4", name="small")
+    await add_queue(world, cpus="2", name="tiny")
+    first = world.state.next_group_id
+    job_id = submit(world, 10, cpus=8)
+    warnings = world.state.check_fit(job_id, first)
+    assert len(warnings) == 1
+    for queue_id in (1, 2):
+        events = world.queue(queue_id).events
+        [event] = [e for e in events if e.event is AllocEventKind.TASKS_UNFITTABLE]
+        assert event.message.startswith(f"10 tasks of job {job_id} fit no queue: needs cpus 8;")
+        assert 'queue 1 "small" gives 4' in event.message
+    first = world.state.next_group_id
+    fitting = submit(world, 1, cpus=4)
+    assert world.state.check_fit(fitting, first) == []
+    assert [e.event for e in world.queue(1).events].count(AllocEventKind.TASKS_UNFITTABLE) == 1
