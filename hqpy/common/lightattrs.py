@@ -20,7 +20,7 @@ from attrs import field as field
 C = TypeVar("C", bound=type)
 
 
-def frozen(maybe_cls: C | None = None, **options: Any) -> Any:
+def frozen(maybe_cls: C | None = None, **options: Any) -> Any:  # `Any`: as `attrs.frozen`'s
     """`attrs.frozen` with repr, eq and hash set by `_finish` instead of generated code."""
 
     def wrap(cls: C) -> C:
@@ -32,25 +32,25 @@ def frozen(maybe_cls: C | None = None, **options: Any) -> Any:
 def _finish(cls: C) -> C:
     fields = cls.__attrs_attrs__  # type: ignore[attr-defined]
     names = tuple(a.name for a in fields)
-    values: Callable[[Any], Any] = operator.attrgetter(*names) if names else (lambda _: ())
+    values: Callable[[object], object] = operator.attrgetter(*names) if names else (lambda _: ())
     shown = tuple(a.name for a in fields if a.repr)
     name = cls.__qualname__.rsplit(">.", 1)[-1]
 
-    def __repr__(self: Any) -> str:
+    def __repr__(self: object) -> str:
         inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in shown)
         return f"{name}({inner})"
 
-    def __eq__(self: Any, other: object) -> bool:
+    def __eq__(self: object, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
         return bool(values(self) == values(other))
 
-    def __ne__(self: Any, other: object) -> bool:
+    def __ne__(self: object, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
         return bool(values(self) != values(other))
 
-    def __hash__(self: Any) -> int:
+    def __hash__(self: object) -> int:
         return hash(values(self))
 
     for method in (__repr__, __eq__, __ne__, __hash__):

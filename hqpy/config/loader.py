@@ -43,17 +43,17 @@ class _Bad(Exception):
     """What is wrong with one value; the caller adds the file and key path."""
 
 
-Convert = Callable[[Any, Path], Any]
+Convert = Callable[[object, Path], object]
 
 
-def _string(value: Any, base: Path) -> str:
+def _string(value: object, base: Path) -> str:
     if not isinstance(value, str) or not value:
         raise _Bad(f"{_show(value)} is not a non-empty string")
     return value
 
 
 def _int(minimum: int) -> Convert:
-    def convert(value: Any, base: Path) -> int:
+    def convert(value: object, base: Path) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Bad(f"{_show(value)} is not a whole number")
         if value < minimum:
@@ -63,13 +63,13 @@ def _int(minimum: int) -> Convert:
     return convert
 
 
-def _bool(value: Any, base: Path) -> bool:
+def _bool(value: object, base: Path) -> bool:
     if not isinstance(value, bool):
         raise _Bad(f"{_show(value)} is not true or false")
     return value
 
 
-def _duration(value: Any, base: Path) -> float:
+def _duration(value: object, base: Path) -> float:
     """`"8:00:00"`, `"90m"`, `"1h 30m"`, `"8 hours"`, or a number of seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
@@ -88,7 +88,7 @@ def _duration(value: Any, base: Path) -> float:
     return seconds
 
 
-def _size(value: Any, base: Path) -> int:
+def _size(value: object, base: Path) -> int:
     """Binary: `"16g"` and `"16GB"` are 16 GiB, as the batch systems read `--mem=16G`."""
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
@@ -104,14 +104,14 @@ def _size(value: Any, base: Path) -> int:
     return size
 
 
-def _fraction(value: Any, base: Path) -> float:
+def _fraction(value: object, base: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise _Bad(f"{_show(value)} is not a number between 0 and 1")
     return float(value)
 
 
 def _choice(*choices: str) -> Convert:
-    def convert(value: Any, base: Path) -> str:
+    def convert(value: object, base: Path) -> str:
         if value not in choices:
             raise _Bad(f"{_show(value)} is not one of {', '.join(choices)}")
         return str(value)
@@ -119,7 +119,7 @@ def _choice(*choices: str) -> Convert:
     return convert
 
 
-def _strings(value: Any, base: Path) -> tuple[str, ...]:
+def _strings(value: object, base: Path) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -127,7 +127,7 @@ def _strings(value: Any, base: Path) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _tags(value: Any, base: Path) -> tuple[str, ...]:
+def _tags(value: object, base: Path) -> tuple[str, ...]:
     tags = _strings(value, base)
     for tag in tags:
         try:
@@ -137,7 +137,7 @@ def _tags(value: Any, base: Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tags))
 
 
-def _cpus(value: Any, base: Path) -> str:
+def _cpus(value: object, base: Path) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     text = _string(text, base)
     try:
@@ -147,7 +147,7 @@ def _cpus(value: Any, base: Path) -> str:
     return text
 
 
-def _resources(value: Any, base: Path) -> tuple[str, ...]:
+def _resources(value: object, base: Path) -> tuple[str, ...]:
     """A list of `NAME=DEF` strings, or a table NAME = DEF."""
     if isinstance(value, dict):
         items = tuple(f"{k}={v}" for k, v in value.items())
@@ -161,7 +161,7 @@ def _resources(value: Any, base: Path) -> tuple[str, ...]:
     return items
 
 
-def _pairs(value: Any, base: Path) -> tuple[str, ...]:
+def _pairs(value: object, base: Path) -> tuple[str, ...]:
     """`KEY=VALUE` strings, from a list of them or a table."""
     if isinstance(value, dict):
         return tuple(f"{k}={v}" for k, v in value.items())
@@ -172,13 +172,13 @@ def _pairs(value: Any, base: Path) -> tuple[str, ...]:
     return items
 
 
-def _path(value: Any, base: Path) -> str:
+def _path(value: object, base: Path) -> str:
     """Relative to the file's directory; `~` is expanded."""
     text = _string(value, base)
     return str((base / os.path.expanduser(text)).resolve())
 
 
-def _template(value: Any, base: Path) -> str:
+def _template(value: object, base: Path) -> str:
     path = Path(_path(value, base))
     try:
         with open(path, encoding="utf-8") as f:
@@ -242,7 +242,7 @@ POOL_KEYS: dict[str, tuple[str, Convert]] = {
 TOP_KEYS = ("queue", "preallocate", "pools")
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, bool):
@@ -280,7 +280,7 @@ def load_text(text: str, shown: str, base: Path, managers: Collection[str] = ())
 
 
 def parse(
-    data: Mapping[str, Any], shown: str, base: Path, managers: Collection[str] = ()
+    data: Mapping[str, object], shown: str, base: Path, managers: Collection[str] = ()
 ) -> Config:
     """The checked configuration of a parsed TOML document.
 
@@ -329,7 +329,7 @@ def parse(
 
 
 def _queue(
-    table: Mapping[str, Any],
+    table: Mapping[str, object],
     where: str,
     name: str,
     pool: bool,
@@ -337,7 +337,7 @@ def _queue(
     base: Path,
     fail: Callable[[str, str], ConfigError],
 ) -> QueueParams:
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {}  # `Any`: the values of every QueueParams field, by name
     for key, value in table.items():
         spec = keys.get(key)
         if spec is None:
