@@ -78,21 +78,31 @@ def validate_params(params: QueueParams) -> None:
         raise AllocError(f"Invalid worker resources: {e}") from None
     validate_environment(params)
     # --- splits (issue 11) ---
-    if params.splits:
-        try:
-            parse_splits(params.splits, params.workers_per_alloc)
-        except ValueError as e:
-            raise AllocError(f"Invalid --split: {e}") from None
-        if params.script_template is not None:
-            raise AllocError(
-                "--split cannot be combined with --script-template "
-                "(the template replaces the script that lays out the parts)"
-            )
-        if params.manager not in SPLIT_MANAGERS:
-            raise AllocError(
-                f"--split is supported by the {', '.join(SPLIT_MANAGERS)} backends, "
-                f"not by {params.manager}"
-            )
+    error = split_error(params)
+    if error is not None:
+        raise AllocError(error)
+
+
+def split_error(params: QueueParams) -> str | None:
+    """Why the queue's `--split`s cannot be used, or None; the CLI checks it before sending
+    (a usage error) and the server again for hand-written clients."""
+    if not params.splits:
+        return None
+    try:
+        parse_splits(params.splits, params.workers_per_alloc)
+    except ValueError as e:
+        return f"Invalid --split: {e}"
+    if params.script_template is not None:
+        return (
+            "--split cannot be combined with --script-template "
+            "(the template replaces the script that lays out the parts)"
+        )
+    if params.manager not in SPLIT_MANAGERS:
+        return (
+            f"--split is supported by the {', '.join(SPLIT_MANAGERS)} backends, "
+            f"not by {params.manager}"
+        )
+    return None
 
 
 def parse_worker_env(item: str) -> tuple[str, str]:

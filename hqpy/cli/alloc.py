@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hqpy.autoalloc.backends import registry
+from hqpy.autoalloc.params import split_error
 from hqpy.cli.common import client_command, duration, output_of, positive_int, run_client
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection, ClientError
@@ -281,7 +282,7 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
                 f"{MAX_TEMPLATE_BYTES // 1024} KiB"
             )
             return None
-    return m.QueueParams(
+    params = m.QueueParams(
         manager=args.manager,
         time_limit=args.time_limit,
         backlog=args.backlog,
@@ -315,6 +316,12 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
         persist=args.persist,
         memory=args.memory,
     )
+    error = split_error(params)
+    if error is not None:
+        # A usage error (exit 2, as clap's), caught before any round trip to the server.
+        output_of(args).error(error)
+        raise SystemExit(2)
+    return params
 
 
 def dry_run_message(manager: str) -> str:

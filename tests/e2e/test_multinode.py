@@ -180,6 +180,7 @@ def test_split_counts_that_do_not_add_up_are_refused(hq_env: HqEnv) -> None:
         "serial:1",
         expect_fail=True,
     )
+    assert result.returncode == 2
     assert (
         "Invalid --split: the split node counts add up to 3, but --workers-per-alloc is 4"
         in result.stderr
@@ -188,6 +189,7 @@ def test_split_counts_that_do_not_add_up_are_refused(hq_env: HqEnv) -> None:
         "alloc", "add", "local", "--time-limit", "10m", "--split", "gpu:1", expect_fail=True
     )
     assert "unknown kind `gpu`; use mpi or serial" in result.stderr
+    assert result.returncode == 2
 
 
 def test_drain_of_an_unknown_allocation_is_one_clear_error_in_every_mode(hq_env: HqEnv) -> None:
