@@ -299,7 +299,7 @@ def _explained(verdict: fit.Verdict) -> m.ExplainWorker:
     return m.ExplainWorker(
         verdict.who,
         verdict.runnable,
-        [m.ExplainVariant(c.kind, c.name, c.provides, c.request, c.ok) for c in verdict.checks],
+        list(verdict.checks),
     )
 
 

@@ -17,6 +17,7 @@ from hqpy.common.demand import QueueOffer
 from hqpy.common.durations import format_duration
 from hqpy.common.resources import ALL, FRACTIONS, ResourceRequest, format_amount
 from hqpy.common.tags import missing, runs
+from hqpy.protocol import messages as m
 
 
 @attrs.frozen
@@ -32,14 +33,9 @@ class WorkerShape:
     """Its worker group: a multi-node task runs on workers of one group only."""
 
 
-@attrs.frozen
-class Check:
-    kind: str
-    """`resource`, `time`, `nodes` or `tags`."""
-    name: str
-    provides: str
-    request: str
-    ok: bool
+Check = m.ExplainVariant
+"""One requirement of a task against one worker or queue: the checks are what `task explain`
+sends, as they are."""
 
 
 @attrs.frozen
