@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from hqpy.common.resources import ResourceRequest
 from hqpy.server.jobs import Job, Task, TaskGroup
+from hqpy.server.pools import pool_full
 from hqpy.server.workers import Worker
 
 
@@ -51,13 +52,13 @@ def place(
     for w in workers:
         if w.id in reserved or w.mn_task is not None or not fits_time(w, request, now):
             continue
-        if w.filter_tags and not w.filter_tags <= tags:
+        if not w.takes(tags):
             continue
         by_group.setdefault(w.config.group, []).append(w)
     out: list[tuple[Task, list[Worker]]] = []
     pool = group.pool
     while group.has_waiting():
-        if pool is not None and pool.active >= pool.size:
+        if pool_full(pool):
             break
         candidates = [ws for ws in by_group.values() if len(ws) >= n]
         if not candidates:

@@ -31,6 +31,11 @@ class Pool:
         return max(0, self.size - self.active)
 
 
+def pool_full(pool: Pool | None) -> bool:
+    """May no task of this pool start now? (No pool: never full.)"""
+    return pool is not None and pool.active >= pool.size
+
+
 def check_name(name: str) -> str:
     if not _NAME_RE.fullmatch(name):
         raise RequestError(

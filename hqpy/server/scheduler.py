@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from hqpy.common.resources import ALL, ResourceRequest
 from hqpy.server import multinode
 from hqpy.server.jobs import Job, Task, TaskGroup, sort_key
+from hqpy.server.pools import pool_full
 from hqpy.server.workers import Worker
 
 PREFILL_HORIZON = 0.25
@@ -105,16 +106,14 @@ def schedule(
             if prefill and rounds == 0:
                 continue
             pool = group.pool
-            if pool is not None and pool.active >= pool.size:
+            if pool_full(pool):
                 continue
             tags = group.tags
             eligible = [
                 w
                 for w in workers
-                if fits_worker(w, request, now) and (not w.filter_tags or w.filter_tags <= tags)
+                if w.id not in reserved and fits_worker(w, request, now) and w.takes(tags)
             ]
-            if reserved:
-                eligible = [w for w in eligible if w.id not in reserved]
             # Tasks queued ahead go out in small parts of equal shares of what waits, so that
             # every worker gets about as many (a worker's last part decides the spread).
             share = None
@@ -123,7 +122,7 @@ def schedule(
             for worker in eligible:
                 given = 0
                 while can_take(worker, request, rounds) and (share is None or given < share):
-                    if pool is not None and pool.active >= pool.size:
+                    if pool_full(pool):
                         break
                     task = group.take(job)
                     if task is None:
@@ -131,7 +130,7 @@ def schedule(
                     worker.assign(task)
                     out.setdefault(worker.id, []).append(task)
                     given += 1
-                if not group.has_waiting() or (pool is not None and pool.active >= pool.size):
+                if not group.has_waiting() or pool_full(pool):
                     break
             if not prefill:
                 full = all(is_full(w) for w in workers if w.id not in reserved)

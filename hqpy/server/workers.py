@@ -55,6 +55,11 @@ class Worker:
         self.outbox = outbox
         """Where messages for the worker go (a trio memory channel); None in pure tests."""
 
+    def takes(self, tags: frozenset[str]) -> bool:
+        """Does it run tasks with these tags? (`common.tags.runs`, with the common case of a
+        worker without filter tags first: the scheduler asks this per worker and task group.)"""
+        return not self.filter_tags or self.filter_tags <= tags
+
     @property
     def is_running(self) -> bool:
         return self.state is WorkerState.RUNNING and self.stop_reason is None
