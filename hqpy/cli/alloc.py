@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 
 from hqpy.autoalloc.backends import registry
 from hqpy.autoalloc.params import split_error
-from hqpy.cli.common import client_command, duration, output_of, positive_int, run_client
+from hqpy.cli.common import (
+    client_command,
+    duration,
+    output_of,
+    positive_int,
+    run_client,
+    tag_arg,
+)
 from hqpy.cli.output import Output
 from hqpy.client.blocking import BlockingConnection, ClientError
 from hqpy.protocol import messages as m
@@ -52,15 +59,6 @@ def _absolute(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
     return os.path.abspath(os.path.expanduser(text))
-
-
-def _tag(text: str) -> str:
-    from hqpy.common.tags import parse_tag
-
-    try:
-        return parse_tag(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _size(text: str) -> int:
@@ -156,7 +154,7 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
         "--filter-tag",
         action="append",
         default=[],
-        type=_tag,
+        type=tag_arg,
         metavar="TAG",
         help="The workers run only tasks with this tag (NAME or KEY=VALUE; repeatable)",
     )
