@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from hqpy.common.demand import WaitingWork
-from hqpy.common.states import TaskState
 from hqpy.server.jobs import Job, TaskGroup, sort_key
 from hqpy.server.state import ServerState
 
@@ -23,9 +22,7 @@ class ServerDemand:
         if any(g.pool is not None for _, g in groups):
             groups = sorted(groups, key=lambda jg: sort_key(jg[1]))
         for _job, group in groups:
-            count = len(group.requeued)
-            if group.untouched_state is TaskState.WAITING:
-                count += group.untouched
+            count = group.waiting_count()
             pool = group.pool
             if pool is not None:
                 left = free.setdefault(pool.name, pool.free())
