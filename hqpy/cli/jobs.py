@@ -449,6 +449,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from hqpy.cli.directives import apply_directives
 
     try:
+        if args.directives == "stdin" and not args.stdin:
+            # HyperQueue's rule: the script read for directives is also the tasks' stdin.
+            raise ValueError("You have to use `--stdin` when you specify `--directives=stdin`.")
         apply_directives(args, add_submit_options, lambda: _read_stdin(args))
         request = build_submit(args)
     except ValueError as e:

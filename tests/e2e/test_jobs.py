@@ -419,3 +419,11 @@ def test_directives_from_stdin_and_stdin_for_the_task_share_one_read(hq_env: HqE
     assert done.returncode == 0
     assert hq_env.job_info(1)["info"]["name"] == "piped"
     assert hq_env.command("job", "cat", "1", "stdout") == text
+
+
+def test_directives_from_stdin_need_stdin_for_the_task(hq_env: HqEnv) -> None:
+    hq_env.start_server()
+    result = hq_env.run("submit", "--directives", "stdin", "--", "bash", expect_fail=True)
+    assert result.returncode == 1
+    assert "You have to use `--stdin` when you specify `--directives=stdin`." in result.stderr
+    assert hq_env.command("job", "list", "--all", "--output-mode", "json") == "[]\n"
