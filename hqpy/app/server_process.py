@@ -19,7 +19,6 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import attrs
 import trio
 
 from hqpy.app import journaling
@@ -127,7 +126,6 @@ class ServerProcess:
         )
         self.allocator = allocator
         core.state.queue_offers = allocator
-        allocator.retire_workers = partial(retire_workers, core.state)
         core.handlers.extend(AllocRequests(allocator).table())
         if journal is not None:
             unconfirmed = journaling.restore_allocator(
@@ -175,19 +173,6 @@ class ServerProcess:
                     await journal.flush()
                     journal.close()
             nursery.cancel_scope.cancel()
-
-
-def retire_workers(state: ServerState, worker_ids: list[int]) -> None:
-    """Stop these workers once they run no task: at once if idle, else through the idle
-    reaper with a zero idle timeout (`hq alloc stop --preallocated` without `--now`)."""
-    for worker_id in worker_ids:
-        worker = state.workers.get(worker_id)
-        if worker is None or not worker.is_running:
-            continue
-        if not worker.tasks:
-            state.request_worker_stop(worker, "stopped")
-        else:
-            worker.config = attrs.evolve(worker.config, idle_timeout=0.0)
 
 
 async def apply_config(

@@ -33,6 +33,7 @@ LOG_VARIABLES = ("HQPY_LOG", "RUST_LOG")
 """The server's logging variables, passed on to the workers of its allocations (#14.10)."""
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def hq_argv(python: str | None = None) -> list[str]:
@@ -65,6 +66,11 @@ def validate_params(params: QueueParams) -> None:
         raise AllocError("--persist needs --preallocate N (the pool's size)")
     if params.memory is not None and params.memory < 2**20:
         raise AllocError("Memory has to be at least 1 MiB")
+    from hqpy.autoalloc.backends.sge import PE_ENV  # not for every `hq alloc` command
+
+    pe_error = parallel_environment_error(params, os.environ.get(PE_ENV))
+    if pe_error is not None:
+        raise AllocError(pe_error)
     for tag in params.filter_tags:
         try:
             parse_tag(tag)
@@ -81,6 +87,24 @@ def validate_params(params: QueueParams) -> None:
     error = split_error(params)
     if error is not None:
         raise AllocError(error)
+
+
+def parallel_environment_error(params: QueueParams, server_default: str | None) -> str | None:
+    """Why `--pe` is wrong, or missing where Grid Engine needs it (`server_default`: the
+    server's `HQPY_SGE_PE`), or None."""
+    pe = params.parallel_environment
+    if params.manager != "sge":
+        if pe is not None:
+            return f"--pe is a Grid Engine option; queue manager `{params.manager}` has none"
+        return None
+    if pe is not None and not _PE_NAME.fullmatch(pe):
+        return f"--pe `{pe}` is not a parallel environment name (letters, digits, `_.-`)"
+    if params.workers_per_alloc > 1 and not (pe or server_default):
+        return (
+            f"an allocation of {params.workers_per_alloc} workers on Grid Engine needs a "
+            "parallel environment: add `--pe NAME` (one of `qconf -spl`)"
+        )
+    return None
 
 
 def split_error(params: QueueParams) -> str | None:
@@ -225,4 +249,5 @@ def allocation_request(
         dry_run=dry_run,
         setup=script_setup(params, instance_dir, dict(os.environ)),
         splits=params.splits,
+        parallel_environment=params.parallel_environment,
     )

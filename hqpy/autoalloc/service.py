@@ -91,9 +91,6 @@ class AutoAllocService:
         self.cancel_bound = cancel_bound(config.command_timeout)
         self.drains = Drains(self.state, self.process, control, self.cancel_bound, hub)
         self._dry_runs = 0
-        self.retire_workers: Callable[[list[int]], None] | None = None
-        """Set by the composition root: ask these workers to stop once they run no task
-        (`hq alloc stop --preallocated` without `--now`)."""
         hub.subscribe(JobSubmitted, lambda event: self.notify())
         hub.subscribe(WorkerConnected, self._on_worker_connected)
         hub.subscribe(WorkerLost, self._on_worker_lost)
@@ -344,23 +341,30 @@ class AutoAllocService:
 
     async def stop_preallocated(self, names: tuple[str, ...], now: bool) -> list[int]:
         """`hq alloc stop --preallocated`: the pools stop keeping their allocations up; queued
-        ones are cancelled, running ones end when their workers are idle (`now`: at once)."""
+        ones are cancelled, running ones are drained (their workers take no new task and stop
+        when their running tasks have finished; `now`: cancelled at once)."""
         pools = self._pools(names, persistent_only=True)
+        control = self.control
         for q in pools:
             q.prealloc_started = False
             q.prealloc_stopped = True
             q.prealloc_up = False
             ids = [a.id for a in q.active() if a.state is AllocationState.QUEUED]
-            workers: list[int] = []
+            drained: list[str] = []
             for a in q.running():
-                if now or not a.connected or self.retire_workers is None:
+                if now or not a.connected or control is None:
                     ids.append(a.id)
                 else:
-                    workers.extend(sorted(a.connected))
-            how = "cancelling all its allocations" if now else "its workers stop when idle"
+                    drained.append(a.id)
+            how = (
+                "cancelling all its allocations"
+                if now
+                else "its workers finish their running tasks and stop"
+            )
             self.state.record(q, AllocEventKind.PREALLOC_STOPPED, None, how)
-            if workers and self.retire_workers is not None:
-                self.retire_workers(workers)
+            if control is not None:
+                for allocation_id in drained:
+                    control.drain(allocation_id)
             if ids:
                 await self.process.cancel_allocations(
                     q.id,

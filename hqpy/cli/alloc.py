@@ -175,6 +175,13 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
         type=_size,
         help="Memory per node asked of the batch system (16g = 16 GiB); the workers' `mem`",
     )
+    p.add_argument(
+        "--pe",
+        dest="parallel_environment",
+        metavar="NAME",
+        help="sge: the parallel environment of allocations of several workers "
+        "(one of `qconf -spl`)",
+    )
     p.set_defaults(additional_args=[], batch_args=True)
     p.epilog = "Arguments after `--` go verbatim into the script as one batch directive line."
 
@@ -313,6 +320,7 @@ def queue_params(args: argparse.Namespace) -> m.QueueParams | None:
         preallocate=args.preallocate,
         persist=args.persist,
         memory=args.memory,
+        parallel_environment=args.parallel_environment,
     )
     error = split_error(params)
     if error is not None:
@@ -503,7 +511,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from hqpy.config.loader import ConfigError, load_file
 
     try:
-        config = load_file(args.file, registry.names())
+        config = load_file(args.file, registry.names(), split_error)
     except ConfigError as e:
         output_of(args).error(str(e))
         return 1

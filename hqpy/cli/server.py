@@ -101,10 +101,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.config is not None:
         # Checked before anything is bound: a bad file starts nothing.
         from hqpy.autoalloc.backends import registry
+        from hqpy.autoalloc.params import split_error
         from hqpy.config.loader import ConfigError, load_file
 
         try:
-            startup = load_file(args.config, registry.names())
+            startup = load_file(args.config, registry.names(), split_error)
         except ConfigError as e:
             output_of(args).error(str(e))
             return 1

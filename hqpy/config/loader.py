@@ -222,6 +222,7 @@ QUEUE_KEYS: dict[str, tuple[str, Convert]] = {
     "preallocate": ("preallocate", _int(0)),
     "persist": ("persist", _bool),
     "memory": ("memory", _size),
+    "pe": ("parallel_environment", _string),
 }
 """`[queue.NAME]` keys: the `hq alloc add` options with `_` for `-` (`--resource` and
 `--filter-tag` take a list; `args` is what follows `--`)."""
@@ -258,7 +259,13 @@ def _unknown(key: str, valid: Collection[str]) -> str:
     return f"unknown key; {hint}"
 
 
-def load_file(path: str | Path, managers: Collection[str] = ()) -> Config:
+SplitCheck = Callable[[QueueParams], str | None]
+"""Why a queue's `split` cannot be used (`hqpy.autoalloc.params.split_error`), or None."""
+
+
+def load_file(
+    path: str | Path, managers: Collection[str] = (), split_error: SplitCheck | None = None
+) -> Config:
     """Read and check a configuration file. Raises `ConfigError`."""
     shown = str(path)
     try:
@@ -268,19 +275,29 @@ def load_file(path: str | Path, managers: Collection[str] = ()) -> Config:
         raise ConfigError(f"{shown}: cannot read the configuration: {e.strerror or e}") from None
     except tomli.TOMLDecodeError as e:
         raise ConfigError(f"{shown}: not valid TOML: {e}") from None
-    return parse(data, shown, Path(path).resolve().parent, managers)
+    return parse(data, shown, Path(path).resolve().parent, managers, split_error)
 
 
-def load_text(text: str, shown: str, base: Path, managers: Collection[str] = ()) -> Config:
+def load_text(
+    text: str,
+    shown: str,
+    base: Path,
+    managers: Collection[str] = (),
+    split_error: SplitCheck | None = None,
+) -> Config:
     try:
         data = tomli.loads(text)
     except tomli.TOMLDecodeError as e:
         raise ConfigError(f"{shown}: not valid TOML: {e}") from None
-    return parse(data, shown, base, managers)
+    return parse(data, shown, base, managers, split_error)
 
 
 def parse(
-    data: Mapping[str, object], shown: str, base: Path, managers: Collection[str] = ()
+    data: Mapping[str, object],
+    shown: str,
+    base: Path,
+    managers: Collection[str] = (),
+    split_error: SplitCheck | None = None,
 ) -> Config:
     """The checked configuration of a parsed TOML document.
 
@@ -288,6 +305,7 @@ def parse(
         shown: the file name as errors show it.
         base: the directory relative paths (env_script, worker_dir, ...) start from.
         managers: the valid `manager` values (empty: not checked here).
+        split_error: the allocator's check of `split` (None: checked when the queue is added).
     """
 
     def fail(key: str, what: str) -> ConfigError:
@@ -312,6 +330,9 @@ def parse(
                     f"{where}.manager",
                     f"{_show(params.manager)} is not one of {', '.join(managers)}",
                 )
+            problem = split_error(params) if split_error is not None else None
+            if problem is not None:
+                raise fail(f"{where}.split", problem.removeprefix("Invalid --split: "))
             label = params.name or name
             if label in names:
                 raise fail(f"{where}.name", f'"{label}" is also the name of {names[label]}')

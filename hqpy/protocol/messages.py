@@ -176,6 +176,8 @@ class QueueParams:
     """`--persist`: the pool is kept up from creation, with or without work."""
     memory: int | None = None
     """`--memory` (bytes): requested from the batch system per node, and the workers' `mem`."""
+    parallel_environment: str | None = None
+    """`--pe NAME` (Grid Engine): the parallel environment of allocations of several workers."""
 
 
 # ---------------------------------------------------------------------------------------------

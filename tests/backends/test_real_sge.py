@@ -303,3 +303,33 @@ def test_template_and_worker_environment_reach_tasks(hq_env: HqEnv) -> None:
     script = (Path(allocation["workdir"]) / "hq-submit.sh").read_text()
     assert "#$ -l h_rt=00:05:00\n" in script
     assert "# site template for 1, 00:05:00\n" in script  # an unnamed queue: its id
+
+
+def test_two_worker_allocations_through_the_queues_pe(hq_env: HqEnv) -> None:
+    hq_env.env.update(FAST_TIMERS)
+    hq_env.env.pop("HQPY_SGE_PE", None)
+    hq_env.start_server()
+    common = ("--time-limit", "5m", "--workers-per-alloc", "2", "--idle-timeout", "3s")
+    refused = hq_env.run("alloc", "add", "sge", *common, "--cpus", "1", expect_fail=True)
+    assert (
+        "an allocation of 2 workers on Grid Engine needs a parallel environment: "
+        "add `--pe NAME` (one of `qconf -spl`)"
+    ) in refused.stderr
+    # `scripts/sge-local.sh` makes the PE `hq` (one host here: both slots on it).
+    add_sge_queue(hq_env, *common, "--cpus", "1", "--pe", "hq", "--backlog", "1")
+    [queue] = hq_env.command("alloc", "list", json=True)
+    assert queue["parallel_environment"] == "hq"
+    hq_env.command("submit", "--array", "1-8", "--", "bash", "-c", 'echo "$HQ_TASK_ID"')
+    [job] = hq_env.command("job", "wait", "1", json=True, timeout=WAIT + 30)
+    assert job["task_stats"]["finished"] == 8, job
+    workers: list[dict[str, Any]] = hq_env.command("worker", "list", "--all", json=True)
+    by_allocation: dict[str, int] = {}
+    for w in workers:
+        by_allocation[w["allocation"]["id"]] = by_allocation.get(w["allocation"]["id"], 0) + 1
+    assert by_allocation and set(by_allocation.values()) == {2}, workers
+    wait_until(
+        lambda: not (qstat_ids() & set(by_allocation)),
+        timeout=WAIT,
+        interval=0.5,
+        what="the allocations leave qstat",
+    )

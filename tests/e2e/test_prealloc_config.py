@@ -54,6 +54,8 @@ def test_persistent_pool_is_up_without_a_job_survives_idle_timeout_and_stops(
     }
     assert "2 allocations, persistent, started" in hq_env.command("alloc", "list")
     assert hq_env.command("alloc", "list", mode="quiet").strip() == "1 ACTIVE preallocate=2"
+    allocations = hq_env.command("alloc", "info", "1", json=True)
+    assert [a["preallocate"] for a in allocations] == [queue["preallocate"]] * 2
 
     result = hq_env.command("alloc", "stop", "--preallocated", "warm", json=True)
     assert result == {"queue_ids": [1]}

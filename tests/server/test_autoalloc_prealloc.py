@@ -21,6 +21,7 @@ from tests.server.test_autoalloc_service import (
     start,
     submit,
 )
+from tests.server.test_drain import start_tasks
 
 
 def submit_tagged(world: World, count: int, tags: tuple[str, ...]) -> int:
@@ -38,6 +39,22 @@ def submit_tagged(world: World, count: int, tags: tuple[str, ...]) -> int:
     job_id = world.state.submit(m.SubmitRequest(desc))
     world.service.notify()
     return job_id
+
+
+class RecordingControl:
+    """An `AllocationControl` that records which allocations the allocator drains."""
+
+    def __init__(self) -> None:
+        self.drained: list[str] = []
+
+    def drain(self, allocation_id: str) -> None:
+        self.drained.append(allocation_id)
+
+    def busy(self, allocation_id: str) -> int:
+        return 0
+
+    def hand_back(self, allocation_id: str, reason: str, stop: bool = True) -> None:
+        pass
 
 
 def active(world: World, queue_id: int = 1) -> list[str]:
@@ -109,15 +126,15 @@ async def test_stop_preallocated_cancels_and_stops_replacing(
     world = await start(nursery, tmp_path)
     await add_queue(world, preallocate=2, persist=True)
     await settle()
-    retired: list[list[int]] = []
-    world.service.retire_workers = retired.append
+    control = RecordingControl()
+    world.service.control = control
     worker = add_worker(world, "1.job")
     await settle()
     assert await world.service.stop_preallocated((), now=False) == [1]
     await settle()
-    # The queued one is cancelled; the running one's worker stops once idle.
+    # The queued one is cancelled; the running one is drained (its workers take no new task).
     assert world.fake.cancelled == ["2.job"]
-    assert retired == [[worker.id]]
+    assert control.drained == ["1.job"]
     assert world.events().count("prealloc-stopped") == 1
     world.state.on_worker_stopping(worker, "stopped")
     await settle(600)
@@ -138,12 +155,14 @@ async def test_stop_preallocated_now_cancels_running_allocations(
     world = await start(nursery, tmp_path)
     await add_queue(world, preallocate=2, persist=True)
     await settle()
-    world.service.retire_workers = lambda ids: pytest.fail("--now retires no worker")
+    control = RecordingControl()
+    world.service.control = control
     add_worker(world, "1.job")
     await settle()
     await world.service.stop_preallocated(("1",), now=True)
     await settle()
     assert sorted(world.fake.cancelled) == ["1.job", "2.job"]
+    assert control.drained == []
 
 
 async def test_preallocate_starts_a_pool_once(
@@ -239,24 +258,33 @@ async def test_load_adds_all_queues_or_none(
     assert await world.service.load_queues((good,)) == [1]
 
 
-async def test_retiring_stops_idle_workers_now_and_busy_ones_when_idle(
+async def test_stopping_a_pool_drains_its_busy_workers(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    from hqpy.app.server_process import retire_workers
+    """Without `--now`, a pool's busy worker finishes what runs and takes nothing new."""
+    from hqpy.server.drain import ServerDrain
 
     world = await start(nursery, tmp_path)
-    idle = add_worker(world, None)
-    busy = add_worker(world, None)
+    world.service.control = ServerDrain(world.state)
+    await add_queue(world, preallocate=1, persist=True)
+    await settle()
+    idle = add_worker(world, "1.job", cpus="2")
+    busy = add_worker(world, "1.job", cpus="2")
     submit(world, 1)
     world.state.schedule()
     # The one task went to one of the two workers; name them by what they hold.
     if idle.tasks:
         idle, busy = busy, idle
     assert busy.tasks and not idle.tasks
-    retire_workers(world.state, [idle.id, busy.id])
-    assert idle.stop_reason == "stopped"
-    assert busy.stop_reason is None
-    assert busy.config.idle_timeout == 0.0  # the idle reaper stops it once its task ends
+    start_tasks(world, busy)
+    await world.service.stop_preallocated(("1",), now=False)
+    assert idle.stop_reason == "drained"
+    assert busy.stop_reason is None and busy.draining
+    # A busy worker with a free cpu takes no new task.
+    job_id = submit(world, 1)
+    world.state.schedule()
+    assert [t.group.body.job_id for t in busy.tasks.values()] == [job_id - 1]
+    assert world.fake.cancelled == []
 
 
 async def test_persistent_pool_backs_off_after_failed_submissions(

@@ -64,7 +64,11 @@ def test_render_single_node() -> None:
 
 
 def test_render_multi_node_needs_a_parallel_environment() -> None:
-    with pytest.raises(SgeScriptError, match="needs a parallel environment: set HQPY_SGE_PE"):
+    with pytest.raises(
+        SgeScriptError,
+        match=r"needs a parallel environment: add `--pe NAME` \(one of `qconf -spl`\) or set "
+        "HQPY_SGE_PE",
+    ):
         render_qsub_sge_script(request(worker_count=2), None)
     text = render_qsub_sge_script(request(worker_count=2, additional_args=("-q", "all.q")), "mpi")
     assert "#$ -pe mpi 2\n#$ -q all.q\n" in text
@@ -81,6 +85,10 @@ def test_backend_reads_the_pe_from_the_environment(monkeypatch: pytest.MonkeyPat
     assert "#$ -pe smp 3\n" in SgeBackend().render_script(request(worker_count=3))
     assert "#$ -pe orte 3\n" in SgeBackend(parallel_environment="orte").render_script(
         request(worker_count=3)
+    )
+    # The queue's `--pe` wins over the server's default.
+    assert "#$ -pe mpi 3\n" in SgeBackend().render_script(
+        request(worker_count=3, parallel_environment="mpi")
     )
 
 
@@ -201,3 +209,28 @@ async def test_hanging_qdel_leaves_the_ids_unconfirmed(tmp_path: Path) -> None:
     )
     text = "`qdel 8 9` did not finish within 30s; the cancellation is unconfirmed"
     assert outcome == {"8": text, "9": text}
+
+
+def test_pe_option_rules() -> None:
+    from hqpy.autoalloc.params import parallel_environment_error
+    from hqpy.protocol.messages import QueueParams
+
+    def error(manager: str, workers: int, pe: str | None, default: str | None = None) -> str | None:
+        params = QueueParams(
+            manager=manager, time_limit=60.0, workers_per_alloc=workers, parallel_environment=pe
+        )
+        return parallel_environment_error(params, default)
+
+    assert error("sge", 1, None) is None
+    assert error("sge", 2, "mpi") is None
+    assert error("sge", 2, None, default="smp") is None
+    assert error("sge", 2, None) == (
+        "an allocation of 2 workers on Grid Engine needs a parallel environment: "
+        "add `--pe NAME` (one of `qconf -spl`)"
+    )
+    assert error("slurm", 1, "mpi") == (
+        "--pe is a Grid Engine option; queue manager `slurm` has none"
+    )
+    assert error("sge", 2, "a b") == (
+        "--pe `a b` is not a parallel environment name (letters, digits, `_.-`)"
+    )

@@ -306,3 +306,33 @@ def test_the_demo_configuration_loads() -> None:
     [queue] = config.queues
     assert (queue.name, queue.manager, queue.workers_per_alloc) == ("local", "local", 2)
     assert config.pools == (("licence", 1),)
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [
+        (
+            '["mpi:2", "serial:1"]',
+            "hq.toml: queue.mpi.split: the split node counts add up to 3, "
+            "but --workers-per-alloc is 4; they must be equal",
+        ),
+        ('["bogus"]', "hq.toml: queue.mpi.split: "),
+    ],
+)
+def test_split_is_checked_as_alloc_add_checks_it(split: str, message: str) -> None:
+    from hqpy.autoalloc.params import split_error
+
+    text = f"""
+[queue.mpi]
+manager = "slurm"
+time_limit = "1h"
+workers_per_alloc = 4
+split = {split}
+"""
+    with pytest.raises(ConfigError) as e:
+        load_text(text, "hq.toml", Path("/cfg"), split_error=split_error)
+    assert str(e.value).startswith(message)
+    assert "Invalid --split" not in str(e.value)
+    good = text.replace(split, '["mpi:1", "serial:3"]')
+    [params] = load_text(good, "hq.toml", Path("/cfg"), split_error=split_error).queues
+    assert params.splits == ("mpi:1", "serial:3")

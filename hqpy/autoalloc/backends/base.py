@@ -78,6 +78,9 @@ class AllocationRequest:
     splits: tuple[str, ...] = ()
     """`--split` parts (see `autoalloc.partitions`); backends that support them lay the
     workers out in these parts."""
+    parallel_environment: str | None = None
+    """`--pe NAME` (Grid Engine): the parallel environment of an allocation of several
+    workers."""
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ and dask-jobqueue's fixtures (`/work/shared/reference/batch-systems.md` §3). Ch
 - `-S /bin/bash` and `-cwd`: a queue whose shell is csh still runs the script with bash, in
   the allocation directory;
 - walltime `-l h_rt=HH:MM:SS`; several workers need a parallel environment (sites name their
-  own: `qconf -spl`), given as `parallel_environment` (`HQPY_SGE_PE` by default); the script
+  own: `qconf -spl`), given by the queue's `--pe NAME` (else `HQPY_SGE_PE`); the script
   starts one worker per granted slot of `$PE_HOSTFILE` with `qrsh -inherit -V` (a PE with
   `allocation_rule 1` makes that one per host);
 - the script exports `HQPY_ALLOCATION_ID=$JOB_ID`, which `hq worker --manager detect` reads.
@@ -87,7 +87,8 @@ class SgeScriptError(SubmitError, ValueError):
 
 
 def render_qsub_sge_script(request: AllocationRequest, parallel_environment: str | None) -> str:
-    """The `hq-submit.sh` of one allocation for `qsub -terse hq-submit.sh`.
+    """The `hq-submit.sh` of one allocation for `qsub -terse hq-submit.sh`; the queue's `--pe`
+    wins over `parallel_environment` (the backend's default).
 
     Raises:
         SgeScriptError: several workers and no parallel environment.
@@ -104,11 +105,12 @@ def render_qsub_sge_script(request: AllocationRequest, parallel_environment: str
         "#$ -cwd",
     ]
     command = request.worker_command
+    parallel_environment = request.parallel_environment or parallel_environment
     if n > 1:
         if not parallel_environment:
             raise SgeScriptError(
                 f"an allocation of {n} workers on Grid Engine needs a parallel environment: "
-                f"set {PE_ENV} to one of `qconf -spl`"
+                f"add `--pe NAME` (one of `qconf -spl`) or set {PE_ENV}"
             )
         lines.append(f"#$ -pe {parallel_environment} {n}")
         # One worker per granted slot (`host slots ...` lines of $PE_HOSTFILE): a PE with

@@ -262,11 +262,12 @@ class JsonOutput:
 
     def allocation_list(self, queue: m.QueueView, allocations: list[m.AllocationView]) -> None:
         # HyperQueue's shape (a list of allocations); each also carries its queue's parts and
-        # the environment its queue gave it (`worker_environment`, only when one is set).
+        # the environment, pool settings and filter tags its queue gave it (each only when set).
         parts = parts_json(queue.params)
         extra = {"parts": parts} if parts else {}
         env = _worker_environment(queue.params)
-        _dump([{**allocation_json(a), **extra, **env} for a in allocations])
+        pool = _pool(queue)
+        _dump([{**allocation_json(a), **extra, **env, **pool} for a in allocations])
 
     def alloc_events(self, events: list[m.AllocEventView], follow: bool) -> None:
         if follow:
@@ -344,6 +345,7 @@ def queue_json(queue: m.QueueView) -> JsonOutObject:
         else [descriptor_to_json(r) for r in queue.known_resources],
         **_worker_environment(p),
         **({"splits": list(p.splits)} if p.splits else {}),
+        **({"parallel_environment": p.parallel_environment} if p.parallel_environment else {}),
         **_pool(queue),
     }
 
