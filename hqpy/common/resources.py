@@ -50,11 +50,19 @@ class ResourceDescriptorItem:
             return tuple(v for g in self.groups for v in g)
         return ()
 
+    def count(self) -> int:
+        """How many indices (or, for a `sum` pool, units) it has, without listing them."""
+        if self.kind is ResourceKind.SUM:
+            return self.size
+        if self.kind is ResourceKind.RANGE:
+            return max(0, self.end - self.start + 1)
+        if self.kind is ResourceKind.LIST:
+            return len(self.values)
+        return sum(len(g) for g in self.groups)
+
     def capacity(self) -> int:
         """The size of the pool in 1/10,000 units."""
-        if self.kind is ResourceKind.SUM:
-            return self.size * FRACTIONS
-        return len(self.indices()) * FRACTIONS
+        return self.count() * FRACTIONS
 
 
 class AllocationPolicy(enum.StrEnum):

@@ -502,3 +502,15 @@ def test_pool_never_overcommits_and_release_restores(
     for alloc in held:
         pool.release(alloc)
     assert {name: pool.free(name) for name in POOL_DEFS} == capacity
+
+
+def test_capacity_counts_without_listing_the_indices() -> None:
+    from hqpy.common.resources import FRACTIONS, ResourceDescriptorItem, ResourceKind
+
+    huge = ResourceDescriptorItem("x", ResourceKind.RANGE, start=5, end=10**15)
+    assert huge.capacity() == (10**15 - 4) * FRACTIONS  # a list of them would not fit in memory
+    groups = ResourceDescriptorItem("g", ResourceKind.GROUPS, groups=(("a", "b"), ("c",)))
+    assert groups.count() == len(groups.indices()) == 3
+    listed = ResourceDescriptorItem("l", ResourceKind.LIST, values=("a", "b"))
+    assert listed.capacity() == 2 * FRACTIONS
+    assert ResourceDescriptorItem("s", ResourceKind.SUM, size=7).capacity() == 7 * FRACTIONS
