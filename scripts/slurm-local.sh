@@ -2,6 +2,7 @@
 # A real Slurm (munged + slurmctld + slurmd) on this machine, for the backend tests.
 #
 #   scripts/slurm-local.sh start|stop|status
+#   scripts/slurm-local.sh restart-node nX   # start node nX's slurmd again after it died
 #
 # Needs root and the Debian packages (it never installs them):
 #   apt-get install -y --no-install-recommends slurm-wlm slurmctld slurmd slurm-client munge
@@ -228,12 +229,69 @@ cmd_status() {
     [ "$down" -eq 0 ]
 }
 
+# One node's slurmd, started again as `start` starts it (after a test killed it): refuses while it
+# runs; waits until the node answers slurmctld, and resumes it if slurmctld had marked it down.
+cmd_restart_node() { # node
+    local n=${1:-} state log started
+    [ "$(id -u)" -eq 0 ] || die "must run as root"
+    [ -s "$pidfile" ] || die "not running (no $pidfile)"
+    # The nodes slurmctld knows (SLURM_LOCAL_NODES need not be given again).
+    sinfo -h -N -o %N | grep -qx -- "$n" \
+        || die "no node ${n:-(none given)}; nodes: $(sinfo -h -N -o %N | sort -u | paste -sd, -)"
+    if node_slurmd_pids "$n" | grep -q .; then die "the slurmd of $n is running"; fi
+    # Forget the dead slurmds' pids (a node's slurmd is found by its `-N nX` argument).
+    local pid name kept
+    kept=$(while read -r pid name; do
+        if [ "$name" != slurmd ] || alive "$pid" "$name"; then echo "$pid $name"; fi
+    done <"$pidfile")
+    echo "$kept" | grep . >"$pidfile" || true
+    mkdir -p "$dir/spool/$n"
+    log=$dir/log/slurmd-$n.log
+    started=$(grep -c 'slurmd started on' "$log" 2>/dev/null || true)
+    spawn slurmd "$dir/log/slurmd-$n.out" slurmd -D -N "$n" -f "$conf"
+    wait_for 60 "the slurmd of $n to start" \
+        sh -c "[ \"\$(grep -c 'slurmd started on' '$log')\" -gt ${started:-0} ]"
+    # `*` after the state: slurmctld has not heard from it yet.
+    wait_for 60 "$n to answer slurmctld" node_answers "$n"
+    state=$(sinfo -h -N -n "$n" -o %T | head -1)
+    case "$state" in
+        down* | drain* | fail*)
+            say "$n is $state; resuming it"
+            scontrol update nodename="$n" state=resume
+            ;;
+    esac
+    wait_for 60 "$n to be usable" node_usable "$n"
+    say "$n: slurmd restarted ($(sinfo -h -N -n "$n" -o %T | head -1))"
+}
+
+node_slurmd_pids() { # node
+    local f
+    for f in /proc/[0-9]*/cmdline; do
+        # argv `slurmd -D -N nX ...`, NUL-separated.
+        if tr '\0' ' ' 2>/dev/null <"$f" | grep -qE "^slurmd .*-N $1( |\$)"; then
+            f=${f#/proc/}
+            echo "${f%/cmdline}"
+        fi
+    done
+}
+
+node_answers() { # node
+    local s
+    s=$(sinfo -h -N -n "$1" -o %t | head -1)
+    [ -n "$s" ] && [ "${s%\*}" = "$s" ]
+}
+
+node_usable() { # node
+    sinfo -h -N -n "$1" -o %T | head -1 | grep -qE '^(idle|mixed|allocated|completing)$'
+}
+
 case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
+    restart-node) cmd_restart_node "${2:-}" ;;
     *)
-        echo "usage: $0 start|stop|status" >&2
+        echo "usage: $0 start|stop|status|restart-node NODE" >&2
         exit 2
         ;;
 esac

@@ -340,6 +340,30 @@ class AllocatorProcess:
     # -----------------------------------------------------------------------------------------
     # Cancelling
 
+    def cancel_lost(self, allocation_id: str) -> None:
+        """Cancel, in the batch system, an allocation that ended because its workers were lost
+        (connection broken, heartbeats missed). Its job may live on without them: on a dead
+        node Slurm keeps it RUNNING, or requeues it (`JobRequeue=1`) to run again later, and a
+        hung worker's job holds its nodes to the time limit. Nobody would use either."""
+        found = self.state.find_allocation(allocation_id)
+        if found is None or self._stopping or self._nursery is None:
+            return
+        log.info(
+            "Queue %d: allocation %s lost all its workers; cancelling it in the batch system",
+            found[0].id,
+            allocation_id,
+        )
+
+        async def step(queue_id: int) -> None:
+            await self.cancel_allocations(
+                queue_id,
+                [allocation_id],
+                "all its workers were lost",
+                trio.current_time() + self.cancel_bound,
+            )
+
+        self._start("cancel lost", step, found[0].id)
+
     async def cancel_allocations(
         self,
         queue_id: int,

@@ -175,7 +175,11 @@ class AutoAllocService:
         self.notify()
 
     def _on_worker_lost(self, event: WorkerLost) -> None:
-        self.state.on_worker_lost(event.worker_id, event.lifetime, event.failure, event.state)
+        lost = self.state.on_worker_lost(
+            event.worker_id, event.lifetime, event.failure, event.state
+        )
+        if lost is not None:
+            self.process.cancel_lost(lost)
         self.notify()
 
     def _on_end_reported(self, event: AllocationEndReported) -> None:

@@ -402,27 +402,33 @@ class AutoAllocState:
         self.start(queue, alloc, f"worker {worker_id} registered")
         return True
 
-    def on_worker_lost(self, worker_id: int, lifetime: float, failure: bool, reason: str) -> None:
+    def on_worker_lost(
+        self, worker_id: int, lifetime: float, failure: bool, reason: str
+    ) -> str | None:
+        """A worker of an allocation left. Returns the allocation's id when this ended it and
+        some worker of it was lost (not stopped): its batch job may live on without workers
+        (a dead node, a hung worker), so the caller cancels it."""
         allocation_id = self.worker_allocation.pop(worker_id, None)
         if allocation_id is None:
-            return
+            return None
         found = self.find_allocation(allocation_id)
         if found is None:
-            return
+            return None
         queue, alloc = found
         alloc.connected.discard(worker_id)
         alloc.disconnected.append((worker_id, lifetime, failure))
         if alloc.cancel_reason is not None:
             if not alloc.connected:
                 self.end(queue, alloc, False, f"canceled: {alloc.cancel_reason}")
-            return
-        if alloc.connected or len(alloc.disconnected) < alloc.worker_count:
-            return
+            return None
+        if alloc.connected or len(alloc.disconnected) < alloc.worker_count or not alloc.is_active:
+            return None
         crashed = all(f and life <= CRASH_LIFETIME for _, life, f in alloc.disconnected)
         if crashed:
             self.end(queue, alloc, True, f"all its workers crashed (last: {reason.lower()})")
         else:
             self.end(queue, alloc, False, f"all its workers ended (last: {reason.lower()})")
+        return alloc.id if any(f for _, _, f in alloc.disconnected) else None
 
     def pause(self, queue: AllocationQueue, reason: str) -> None:
         if queue.state is QueueState.PAUSED:

@@ -1,18 +1,26 @@
-"""`kill -9` of the server in the middle of an array on real Slurm allocations, restarted from
-its journal: every task finishes once, and no allocation is left in `squeue` at the end.
+"""Faults on real Slurm allocations: `kill -9` of the server in the middle of an array,
+restarted from its journal; the `slurmd` of an allocation's node killed under its running
+tasks; and a dead node (its slurmd and the allocation's processes on it killed). Every task
+finishes once, and no allocation is left in `squeue` at the end.
 
-Needs the local Slurm (`bash scripts/slurm-local.sh start`); skips without it. A `slurmd`
-killed under a running allocation is not tested here: the local Slurm is shared by everyone on
-the machine and its fake nodes all hang on one slurmd (see docs/reliability.md)."""
+Needs the local Slurm (`bash scripts/slurm-local.sh start`); skips without it. The slurmd tests
+need root and the fake nodes (`SLURM_LOCAL_NODES=3`, as CI starts it): they kill one node's
+`slurmd -D -N nX` and always start it again (`scripts/slurm-local.sh restart-node nX`), since
+the cluster is shared."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e.harness import HqEnv, _marked_processes, read_lines, wait_until
+from tests.e2e.harness import HqEnv, _marked_processes, process_alive, read_lines, wait_until
 from tests.e2e.test_slurm_real import (
     SKIP_REASON,
     WAIT,
@@ -20,8 +28,11 @@ from tests.e2e.test_slurm_real import (
     _slurm_answers,
     active_in_squeue,
     add_queue,
+    alloc_info,
+    job_states,
     queued_ids,
     setup_server,
+    slurm,
 )
 from tests.faults.common import append_line, assert_exactly_once
 
@@ -83,3 +94,306 @@ def setup_server_with(env: HqEnv, *args: str) -> None:
     setup_server(env)
     assert env.stop_server() == 0
     env.start_server(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# A slurmd that dies
+
+
+SLURM_LOCAL = Path(__file__).resolve().parents[2] / "scripts" / "slurm-local.sh"
+
+
+def _fake_nodes() -> list[str]:
+    if not _slurm_answers():
+        return []
+    return sorted(set(slurm("sinfo", "-h", "-N", "-o", "%N").stdout.split()))
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _pids() -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
+
+
+def slurmd_pids(node: str) -> list[int]:
+    """The live `slurmd -D -N <node>` of one fake node (found by its `-N` argument)."""
+    found = []
+    for pid in _pids():
+        argv = _argv(pid)
+        if argv and Path(argv[0]).name == "slurmd" and "-N" in argv:
+            i = argv.index("-N")
+            if argv[i + 1 : i + 2] == [node] and process_alive(pid):
+                found.append(pid)
+    return found
+
+
+def step_processes(job_id: str) -> set[int]:
+    """The allocation's `slurmstepd: [ID.*]` and all their descendants (its batch script, the
+    worker, the tasks): what a node's death takes with it."""
+    parents: dict[int, int] = {}
+    for pid in _pids():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+    found = {
+        pid
+        for pid in parents
+        if (argv := _argv(pid)) and argv[0].startswith(f"slurmstepd: [{job_id}.")
+    }
+    grown = True
+    while grown:
+        more = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= more
+        grown = bool(more)
+    return {pid for pid in found if process_alive(pid)}
+
+
+def _kill(pids: set[int] | list[int], sig: int) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+class SlurmNodes:
+    """Kills a node's slurmd (and what runs on it) for one test, and always starts it again."""
+
+    def __init__(self) -> None:
+        self.killed: list[str] = []
+
+    def kill_slurmd(self, node: str) -> None:
+        """`kill -9` the slurmd of `node` only (its slurmstepds live on)."""
+        pids = slurmd_pids(node)
+        assert len(pids) == 1, f"slurmd of {node}: {pids}"
+        self.killed.append(node)
+        _kill(pids, signal.SIGKILL)
+        wait_until(lambda: not slurmd_pids(node), timeout=10, what=f"the slurmd of {node} dies")
+
+    def kill_node(self, node: str, job_id: str) -> set[int]:
+        """A dead node: `kill -9` its slurmd, then the allocation's processes on it (frozen
+        first, so none forks past the kill). Returns the pids killed."""
+        self.kill_slurmd(node)
+        victims = step_processes(job_id)
+        assert victims, f"no processes of allocation {job_id}"
+        for _ in range(3):  # freeze, and catch what forked meanwhile
+            _kill(victims, signal.SIGSTOP)
+            victims |= step_processes(job_id)
+        _kill(victims, signal.SIGKILL)
+        wait_until(
+            lambda: not [p for p in victims if process_alive(p)],
+            timeout=10,
+            what=f"the processes of allocation {job_id} die",
+        )
+        return victims
+
+    def restart(self, node: str) -> None:
+        """Start the node's slurmd as `slurm-local.sh start` does, and resume the node if
+        slurmctld had marked it down."""
+        result = subprocess.run(
+            ["bash", str(SLURM_LOCAL), "restart-node", node],
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+            cwd="/",
+        )
+        assert result.returncode == 0, f"restart-node {node}: {result.stdout}{result.stderr}"
+        if node in self.killed:
+            self.killed.remove(node)
+
+    def restore(self) -> None:
+        for node in list(self.killed):
+            if slurmd_pids(node):
+                self.killed.remove(node)
+            else:
+                self.restart(node)
+
+
+@pytest.fixture
+def slurm_nodes(slurm_jobs: SlurmJobs) -> Iterator[SlurmNodes]:
+    """Needs root and fake nodes; teardown restarts every slurmd the test killed (before
+    `slurm_jobs` cancels what is left, which needs the nodes back)."""
+    if os.geteuid() != 0:
+        pytest.skip("killing and restarting a slurmd needs root")
+    nodes = _fake_nodes()
+    if len(nodes) < 2 or not all(slurmd_pids(n) for n in nodes):
+        pytest.skip(
+            "needs fake nodes, one slurmd each: SLURM_LOCAL_NODES=3 scripts/slurm-local.sh start"
+        )
+    killer = SlurmNodes()
+    try:
+        yield killer
+    finally:
+        killer.restore()
+
+
+GATE = "gate"
+
+
+def gated_task(hq_env: HqEnv, done: Path) -> str:
+    """Logs `id:instance:allocation` to `started`, waits for the gate file, then appends to
+    `done` (see `append_line`)."""
+    started = hq_env.path("started.txt")
+    gate = hq_env.path(GATE)
+    before = (
+        f'echo "$HQ_TASK_ID:$HQ_INSTANCE_ID:$SLURM_JOB_ID" >> {started}; '
+        f"while [ ! -e {gate} ]; do sleep 0.2; done; "
+    )
+    return append_line(done, before)
+
+
+def started(hq_env: HqEnv) -> list[tuple[str, str, str]]:
+    """(task, instance, allocation) of each task run that started."""
+    rows = [line.split(":") for line in read_lines(hq_env.path("started.txt"))]
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def node_of(allocation_id: str) -> str:
+    """The node Slurm runs (or ran) the allocation on (`squeue -j ID -o %N`)."""
+    node = slurm("squeue", "-h", "-t", "all", "-j", allocation_id, "-o", "%N").stdout.strip()
+    assert node and "," not in node and "[" not in node, node
+    return node
+
+
+SLURMD_TIMEOUT_BOUND = 150.0
+"""Bound of the wait for slurmctld to mark a node with a dead slurmd down (SlurmdTimeout=30
+in scripts/slurm-local.sh; it took about 40 s here)."""
+
+
+def node_state(node: str) -> str:
+    """`sinfo -N -n NODE -o %T`: `idle`, `mixed`, `allocated`, `down*`, ..."""
+    return slurm("sinfo", "-h", "-N", "-n", node, "-o", "%T").stdout.strip()
+
+
+def allocation_status(hq_env: HqEnv, allocation_id: str) -> str:
+    [allocation] = [a for a in alloc_info(hq_env) if a["id"] == allocation_id]
+    status: str = allocation["status"]
+    return status
+
+
+def allocation_events(hq_env: HqEnv, allocation_id: str) -> list[tuple[str, str]]:
+    rows: list[dict[str, Any]] = hq_env.command("alloc", "events", "1", json=True)
+    return [(e["event"], e["message"]) for e in rows if e["allocation_id"] == allocation_id]
+
+
+def wait_all_finished(hq_env: HqEnv, count: int) -> None:
+    wait_until(
+        lambda: hq_env.job_info()["info"]["task_stats"]["finished"] == count,
+        timeout=WAIT + 60,
+        what=f"all {count} tasks finished",
+    )
+
+
+def finish_cleanly(hq_env: HqEnv, slurm_jobs: SlurmJobs) -> list[str]:
+    """Stop the server; then nothing of the test is left in `squeue` and no worker lives.
+    Returns the ids of the test's Slurm jobs."""
+    ids = sorted(set(queued_ids(hq_env)) | {j["id"] for j in slurm_jobs.mine()})
+    assert hq_env.stop_server() == 0
+    wait_until(lambda: not active_in_squeue(ids), timeout=60, interval=0.5, what="squeue is empty")
+    wait_until(lambda: not workers_alive(hq_env), timeout=60, interval=0.5, what="workers gone")
+    return ids
+
+
+def test_slurmd_killed_under_a_running_allocation(
+    hq_env: HqEnv, slurm_jobs: SlurmJobs, slurm_nodes: SlurmNodes
+) -> None:
+    """The slurmd dies, its slurmstepd lives on: the worker and its tasks never notice."""
+    done = hq_env.path("done.txt")
+    setup_server(hq_env)
+    add_queue(
+        hq_env, "--time-limit", "10m", "--max-worker-count", "1", "--idle-timeout", "3s",
+        "--cpus", "2",
+    )  # fmt: skip
+    hq_env.command("submit", "--array", "1-6", "--", "bash", "-c", gated_task(hq_env, done))
+    wait_until(lambda: len(started(hq_env)) == 2, timeout=WAIT, what="two tasks running")
+    [allocation_id] = {row[2] for row in started(hq_env)}
+    node = node_of(allocation_id)
+
+    slurm_nodes.kill_slurmd(node)
+    hq_env.path(GATE).touch()
+    # The two running tasks end, and the other four run, on the slurmd-less node.
+    wait_all_finished(hq_env, 6)
+    instances = assert_exactly_once(hq_env, done, range(1, 7))
+    assert set(instances.values()) == {"0"}, instances  # none ran again
+    assert {row[2] for row in started(hq_env)} == {allocation_id}
+    assert hq_env.job_info()["info"]["task_stats"]["failed"] == 0
+
+    slurm_nodes.restart(node)
+    # The worker idles out, the batch script ends, Slurm completes the job.
+    wait_until(
+        lambda: allocation_status(hq_env, allocation_id) == "finished",
+        timeout=WAIT,
+        interval=0.5,
+        what=f"allocation {allocation_id} finishes",
+    )
+    wait_until(
+        lambda: not active_in_squeue([allocation_id]), timeout=WAIT, what="the job leaves squeue"
+    )
+    assert job_states([allocation_id]).get(allocation_id, "COMPLETED") == "COMPLETED"
+    assert finish_cleanly(hq_env, slurm_jobs) == [allocation_id]
+
+
+def test_dead_node_under_a_running_allocation(
+    hq_env: HqEnv, slurm_jobs: SlurmJobs, slurm_nodes: SlurmNodes
+) -> None:
+    """The node dies (its slurmd, and the allocation's processes on it): the tasks run again
+    in another allocation on another node."""
+    done = hq_env.path("done.txt")
+    setup_server(hq_env)
+    # --exclusive: a new allocation never lands beside the dead one on its node.
+    add_queue(
+        hq_env, "--time-limit", "10m", "--max-worker-count", "2", "--backlog", "1",
+        "--idle-timeout", "3s", "--cpus", "2", "--", "--exclusive",
+    )  # fmt: skip
+    hq_env.command("submit", "--array", "1-4", "--", "bash", "-c", gated_task(hq_env, done))
+    wait_until(lambda: len(started(hq_env)) >= 2, timeout=WAIT, what="two tasks running")
+    allocation_id = started(hq_env)[0][2]
+    node = node_of(allocation_id)
+
+    slurm_nodes.kill_node(node, allocation_id)
+    lost = {row[0] for row in started(hq_env) if row[2] == allocation_id}
+    assert len(lost) == 2, started(hq_env)
+    hq_env.path(GATE).touch()
+    wait_all_finished(hq_env, 4)
+    instances = assert_exactly_once(hq_env, done, range(1, 5))
+    # The dead node's tasks ran again (instance 1), elsewhere.
+    assert {instances[t] for t in lost} == {"1"}, instances
+    reruns = {row[2] for row in started(hq_env) if row[0] in lost and row[1] == "1"}
+    assert reruns and allocation_id not in reruns, started(hq_env)
+    assert node not in {node_of(a) for a in reruns}
+
+    wait_until(
+        lambda: allocation_status(hq_env, allocation_id) == "failed",
+        timeout=WAIT,
+        interval=0.5,
+        what=f"allocation {allocation_id} is failed ({allocation_events(hq_env, allocation_id)})",
+    )
+    print("events:", allocation_events(hq_env, allocation_id))
+    print("slurm:", job_states([allocation_id]))
+    # The node stays dead until Slurm notices (SlurmdTimeout): it marks it down.
+    wait_until(
+        lambda: node_state(node).startswith("down"),
+        timeout=SLURMD_TIMEOUT_BOUND,
+        interval=1,
+        what=f"Slurm marks {node} down",
+    )
+    print("slurm, node down:", job_states([allocation_id]))
+    slurm_nodes.restart(node)
+    print("slurm after restart:", job_states([allocation_id]))
+    # The other allocations idle out: none is left queued or running.
+    wait_until(
+        lambda: all(a["status"] in ("finished", "failed") for a in alloc_info(hq_env)),
+        timeout=WAIT,
+        interval=0.5,
+        what="every allocation ended",
+    )
+    ids = finish_cleanly(hq_env, slurm_jobs)
+    assert allocation_id in ids
+    print("slurm at the end:", job_states(ids))

@@ -652,6 +652,7 @@ async def test_worker_loss_ends_the_allocation(
         ("allocation-finished", "1.job"),
     ]
     assert world.queue().allocations["1.job"].finished_at == stopped_at
+    assert world.fake.cancelled == []  # it ends by itself
 
 
 async def test_worker_crash_fails_the_allocation(
@@ -666,6 +667,8 @@ async def test_worker_crash_fails_the_allocation(
     world.state.on_worker_lost(worker, WorkerState.CONNECTION_LOST)
     await settle()
     assert world.allocation_states()["1.job"] is AllocationState.FAILED
+    # Its batch job may live on without it (a dead node): it is cancelled.
+    assert world.fake.cancelled == ["1.job"]
     # Its task waits again, so a new allocation comes (after the back-off step).
     await settle(SUBMISSION_DELAYS[1] + 2 * TICK)
     assert world.fake.submitted == ["1.job", "2.job"]
