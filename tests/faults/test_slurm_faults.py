@@ -167,6 +167,7 @@ class SlurmNodes:
 
     def __init__(self) -> None:
         self.killed: list[str] = []
+        self.frozen: set[int] = set()
 
     def kill_slurmd(self, node: str) -> None:
         """`kill -9` the slurmd of `node` only (its slurmstepds live on)."""
@@ -176,22 +177,26 @@ class SlurmNodes:
         _kill(pids, signal.SIGKILL)
         wait_until(lambda: not slurmd_pids(node), timeout=10, what=f"the slurmd of {node} dies")
 
-    def kill_node(self, node: str, job_id: str) -> set[int]:
-        """A dead node: `kill -9` its slurmd, then the allocation's processes on it (frozen
-        first, so none forks past the kill). Returns the pids killed."""
-        self.kill_slurmd(node)
-        victims = step_processes(job_id)
-        assert victims, f"no processes of allocation {job_id}"
-        for _ in range(3):  # freeze, and catch what forked meanwhile
-            _kill(victims, signal.SIGSTOP)
-            victims |= step_processes(job_id)
+    def freeze_node(self, node: str, job_id: str) -> None:
+        """A node that stops answering (hangs, loses power): SIGSTOP its slurmd and the
+        allocation's processes on it, so that no socket closes and nothing forks on."""
+        [slurmd] = slurmd_pids(node)
+        self.killed.append(node)
+        self.frozen = {slurmd} | step_processes(job_id)
+        assert len(self.frozen) > 1, f"no processes of allocation {job_id}"
+        for _ in range(3):  # catch what forked meanwhile
+            _kill(self.frozen, signal.SIGSTOP)
+            self.frozen |= step_processes(job_id)
+
+    def kill_frozen(self) -> None:
+        """`kill -9` of what `freeze_node` froze: the node is dead."""
+        victims, self.frozen = self.frozen, set()
         _kill(victims, signal.SIGKILL)
         wait_until(
             lambda: not [p for p in victims if process_alive(p)],
             timeout=10,
-            what=f"the processes of allocation {job_id} die",
+            what="the frozen processes die",
         )
-        return victims
 
     def restart(self, node: str) -> None:
         """Start the node's slurmd as `slurm-local.sh start` does, and resume the node if
@@ -209,6 +214,7 @@ class SlurmNodes:
             self.killed.remove(node)
 
     def restore(self) -> None:
+        self.kill_frozen()
         for node in list(self.killed):
             if slurmd_pids(node):
                 self.killed.remove(node)
@@ -343,8 +349,9 @@ def test_slurmd_killed_under_a_running_allocation(
 def test_dead_node_under_a_running_allocation(
     hq_env: HqEnv, slurm_jobs: SlurmJobs, slurm_nodes: SlurmNodes
 ) -> None:
-    """The node dies (its slurmd, and the allocation's processes on it): the tasks run again
-    in another allocation on another node."""
+    """The node dies: its slurmd and the allocation's processes on it first stop answering
+    (frozen), then are killed. The worker is dropped for its missed heartbeats, its tasks run
+    again in another allocation on another node, and the dead allocation is cancelled."""
     done = hq_env.path("done.txt")
     setup_server(hq_env)
     # --exclusive: a new allocation never lands beside the dead one on its node.
@@ -357,9 +364,19 @@ def test_dead_node_under_a_running_allocation(
     allocation_id = started(hq_env)[0][2]
     node = node_of(allocation_id)
 
-    slurm_nodes.kill_node(node, allocation_id)
+    slurm_nodes.freeze_node(node, allocation_id)
     lost = {row[0] for row in started(hq_env) if row[2] == allocation_id}
     assert len(lost) == 2, started(hq_env)
+    # Its worker's connection stays open, but its heartbeats stop (every 8 s by default).
+    assert hq_env.server is not None
+    server = hq_env.server
+    wait_until(
+        lambda: "missed its heartbeats" in server.stderr(),
+        timeout=60,
+        interval=0.5,
+        what="the server drops the dead node's worker",
+    )
+    slurm_nodes.kill_frozen()
     hq_env.path(GATE).touch()
     wait_all_finished(hq_env, 4)
     instances = assert_exactly_once(hq_env, done, range(1, 5))
