@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -261,6 +262,12 @@ def started(hq_env: HqEnv) -> list[tuple[str, str, str]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
+def busy_allocation(hq_env: HqEnv) -> str:
+    """An allocation that runs two tasks (its worker has 2 cpus), or ""."""
+    counts = Counter(row[2] for row in started(hq_env))
+    return next((a for a, n in counts.items() if n == 2), "")
+
+
 def node_of(allocation_id: str) -> str:
     """The node Slurm runs (or ran) the allocation on (`squeue -j ID -o %N`)."""
     node = slurm("squeue", "-h", "-t", "all", "-j", allocation_id, "-o", "%N").stdout.strip()
@@ -360,8 +367,9 @@ def test_dead_node_under_a_running_allocation(
         "--idle-timeout", "3s", "--cpus", "2", "--", "--exclusive",
     )  # fmt: skip
     hq_env.command("submit", "--array", "1-4", "--", "bash", "-c", gated_task(hq_env, done))
-    wait_until(lambda: len(started(hq_env)) >= 2, timeout=WAIT, what="two tasks running")
-    allocation_id = started(hq_env)[0][2]
+    allocation_id = wait_until(
+        lambda: busy_allocation(hq_env), timeout=WAIT, what="an allocation runs two tasks"
+    )
     node = node_of(allocation_id)
 
     slurm_nodes.freeze_node(node, allocation_id)
@@ -386,24 +394,31 @@ def test_dead_node_under_a_running_allocation(
     assert reruns and allocation_id not in reruns, started(hq_env)
     assert node not in {node_of(a) for a in reruns}
 
+    # hqpy ends the allocation at once (Slurm still says RUNNING) and cancels it.
     wait_until(
         lambda: allocation_status(hq_env, allocation_id) == "failed",
         timeout=WAIT,
         interval=0.5,
         what=f"allocation {allocation_id} is failed ({allocation_events(hq_env, allocation_id)})",
     )
-    print("events:", allocation_events(hq_env, allocation_id))
-    print("slurm:", job_states([allocation_id]))
-    # The node stays dead until Slurm notices (SlurmdTimeout): it marks it down.
+    [(event, message)] = allocation_events(hq_env, allocation_id)[-1:]
+    assert event == "allocation-failed" and "heartbeat lost" in message, message
+    # The node stays dead until Slurm notices (SlurmdTimeout) and marks it down. Without the
+    # cancel, Slurm would now requeue the job (JobRequeue=1) to run again later.
     wait_until(
         lambda: node_state(node).startswith("down"),
         timeout=SLURMD_TIMEOUT_BOUND,
         interval=1,
         what=f"Slurm marks {node} down",
     )
-    print("slurm, node down:", job_states([allocation_id]))
     slurm_nodes.restart(node)
-    print("slurm after restart:", job_states([allocation_id]))
+    wait_until(
+        lambda: not active_in_squeue([allocation_id]),
+        timeout=60,
+        interval=0.5,
+        what=f"the dead allocation {allocation_id} leaves squeue",
+    )
+    assert job_states([allocation_id]).get(allocation_id, "CANCELLED") == "CANCELLED"
     # The other allocations idle out: none is left queued or running.
     wait_until(
         lambda: all(a["status"] in ("finished", "failed") for a in alloc_info(hq_env)),
@@ -412,5 +427,4 @@ def test_dead_node_under_a_running_allocation(
         what="every allocation ended",
     )
     ids = finish_cleanly(hq_env, slurm_jobs)
-    assert allocation_id in ids
-    print("slurm at the end:", job_states(ids))
+    assert allocation_id in ids and len(ids) >= 2
