@@ -428,3 +428,74 @@ def test_dead_node_under_a_running_allocation(
     )
     ids = finish_cleanly(hq_env, slurm_jobs)
     assert allocation_id in ids and len(ids) >= 2
+
+
+def test_slurmd_dead_past_its_timeout_under_a_running_allocation(
+    hq_env: HqEnv, slurm_jobs: SlurmJobs, slurm_nodes: SlurmNodes
+) -> None:
+    """The slurmd stays dead until Slurm marks its node down and requeues the job, while the
+    worker and its tasks live on. The slurmd, back, kills them: the tasks run again in the
+    other allocation, and hqpy cancels the requeued job before it runs again."""
+    done = hq_env.path("done.txt")
+    setup_server(hq_env)
+    add_queue(
+        hq_env, "--time-limit", "10m", "--max-worker-count", "2", "--backlog", "1",
+        "--idle-timeout", "3s", "--cpus", "2", "--", "--exclusive",
+    )  # fmt: skip
+    hq_env.command("submit", "--array", "1-4", "--", "bash", "-c", gated_task(hq_env, done))
+    wait_until(
+        lambda: len(started(hq_env)) == 4 and busy_allocation(hq_env),
+        timeout=WAIT,
+        what="two allocations run two tasks each",
+    )
+    allocation_id = busy_allocation(hq_env)
+    node = node_of(allocation_id)
+    lost = {row[0] for row in started(hq_env) if row[2] == allocation_id}
+
+    slurm_nodes.kill_slurmd(node)
+    wait_until(
+        lambda: node_state(node).startswith("down"),
+        timeout=SLURMD_TIMEOUT_BOUND,
+        interval=1,
+        what=f"Slurm marks {node} down",
+    )
+    wait_until(
+        lambda: job_states([allocation_id]).get(allocation_id) == "PENDING",
+        timeout=30,
+        what=f"Slurm requeues {allocation_id}",
+    )
+    # hqpy still has it running: its worker is connected, its tasks run.
+    assert allocation_status(hq_env, allocation_id) == "running"
+    assert step_processes(allocation_id)
+    assert hq_env.task_states() == {i: "running" for i in range(1, 5)}
+
+    slurm_nodes.restart(node)  # it kills what ran on the node
+    wait_until(
+        lambda: allocation_status(hq_env, allocation_id) in ("failed", "finished"),
+        timeout=WAIT,
+        interval=0.5,
+        what=f"allocation {allocation_id} ends",
+    )
+    [(event, message)] = allocation_events(hq_env, allocation_id)[-1:]
+    assert "connection lost" in message, (event, message)
+    # Cancelled in Slurm: the requeued job never runs again.
+    wait_until(
+        lambda: not active_in_squeue([allocation_id]),
+        timeout=60,
+        interval=0.5,
+        what=f"the requeued {allocation_id} leaves squeue",
+    )
+    assert job_states([allocation_id]).get(allocation_id, "CANCELLED") == "CANCELLED"
+
+    hq_env.path(GATE).touch()
+    wait_all_finished(hq_env, 4)
+    instances = assert_exactly_once(hq_env, done, range(1, 5))
+    assert {instances[t] for t in lost} == {"1"}, instances
+    assert {instances[t] for t in set(instances) - lost} == {"0"}, instances
+    wait_until(
+        lambda: all(a["status"] in ("finished", "failed") for a in alloc_info(hq_env)),
+        timeout=WAIT,
+        interval=0.5,
+        what="every allocation ended",
+    )
+    assert allocation_id in finish_cleanly(hq_env, slurm_jobs)
