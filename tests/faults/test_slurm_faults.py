@@ -1,7 +1,9 @@
 """Faults on real Slurm allocations: `kill -9` of the server in the middle of an array,
 restarted from its journal; the `slurmd` of an allocation's node killed under its running
-tasks; and a dead node (its slurmd and the allocation's processes on it killed). Every task
-finishes once, and no allocation is left in `squeue` at the end.
+tasks, and started again before or after Slurm marks the node down; and a dead node (its
+slurmd and the allocation's processes on it frozen, then killed). Every task finishes once, and
+no allocation is left in `squeue` at the end (docs/reliability.md, "A slurmd dies", says what
+each does).
 
 Needs the local Slurm (`bash scripts/slurm-local.sh start`); skips without it. The slurmd tests
 need root and the fake nodes (`SLURM_LOCAL_NODES=3`, as CI starts it): they kill one node's
