@@ -242,6 +242,13 @@ class Replay:
             state.next_job_id = max(state.next_job_id, record.next_job_id)
             state.next_group_id = max(state.next_group_id, record.next_group_id)
 
+    @property
+    def reconnect_window(self) -> float:
+        """How long workers of the server before may take to come back: the longest
+        `--server-lost-grace` of those registered when it went (0: none will). Restored running
+        tasks are held, and restored allocations kept without a worker, this long."""
+        return max(self.live_workers.values(), default=0.0)
+
     def _flush_job(self, job_id: int) -> None:
         ranges = self.finished.pop(job_id, None)
         if ranges:
@@ -255,7 +262,7 @@ class Replay:
         self._flush_all()
         done = {job_id: IdSet.from_ranges(ranges) for job_id, ranges in self.all_finished.items()}
         # Tasks running when the server went are held as long as a worker may come back.
-        self.state.hold_grace = max(self.live_workers.values(), default=0.0)
+        self.state.hold_grace = self.reconnect_window
         for (job_id, instance_id), ranges in sorted(self.started.items()):
             ids = IdSet.from_ranges(ranges)
             if job_id in done:
@@ -492,6 +499,14 @@ def resolve_unconfirmed(service: AutoAllocService, planned: list[r.AllocationPla
                 f"submission was never confirmed; if the batch system has an allocation named "
                 f"{name}, cancel it",
             )
+
+
+def expect_workers_back(service: AutoAllocService, reconnect_window: float) -> None:
+    """After `restore_allocator` and `resolve_unconfirmed`: the allocator cancels those of the
+    restored allocations that run but whose workers do not come back within the window."""
+    ids = [a.id for queue in service.state.queues.values() for a in queue.active()]
+    if ids:
+        service.process.expect_workers_back(ids, reconnect_window)
 
 
 def _apply_alloc_event(

@@ -136,6 +136,7 @@ class ServerProcess:
             self._journal_records = []
             core.handlers.extend(journaling.AllocJournal(allocator, journal).install(self.hub))
             journaling.resolve_unconfirmed(allocator, unconfirmed)
+            journaling.expect_workers_back(allocator, core.state.hold_grace)
         async with trio.open_nursery() as nursery:
             if journal is not None:
                 await nursery.start(journal.run)
