@@ -18,7 +18,9 @@ from pathlib import Path
 import attrs
 
 from hqpy import __version__
+from hqpy.autoalloc.backends.base import BatchBackend
 from hqpy.autoalloc.backends.common import JOBID_NAME, allocation_name
+from hqpy.autoalloc.backends.local import EarlierAllocation, LocalBackend
 from hqpy.autoalloc.requests import AllocRequests
 from hqpy.autoalloc.service import AutoAllocService
 from hqpy.autoalloc.state import Allocation, AllocEvent, AutoAllocState
@@ -554,11 +556,19 @@ def _apply_alloc_event(
 
 
 def continue_allocation_ids(service: AutoAllocService) -> None:
-    """Once the allocator runs: backends that number their allocations themselves (local) go
-    on after the restored ones."""
-    for queue in service.state.queues.values():
-        if queue.allocations:
-            backend = service.process.backend(queue.params.manager)
-            go_on = getattr(backend, "continue_after", None)
-            if callable(go_on):
-                go_on(list(queue.allocations))
+    """Before the allocator runs: the local backend numbers its allocations itself, so it goes
+    on after the restored ones, and follows those still active (their process groups); told
+    as the backend is made, before it is asked anything."""
+
+    def on_new_backend(manager: str, backend: BatchBackend) -> None:
+        if not isinstance(backend, LocalBackend):
+            return
+        for queue in service.state.queues.values():
+            if queue.params.manager == manager and queue.allocations:
+                active = [
+                    EarlierAllocation(a.id, a.workdir, a.state is AllocationState.RUNNING)
+                    for a in queue.active()
+                ]
+                backend.continue_after(list(queue.allocations), active)
+
+    service.process.on_new_backend = on_new_backend

@@ -137,13 +137,12 @@ class ServerProcess:
             core.handlers.extend(journaling.AllocJournal(allocator, journal).install(self.hub))
             journaling.resolve_unconfirmed(allocator, unconfirmed)
             journaling.expect_workers_back(allocator, core.state.hold_grace)
+            journaling.continue_allocation_ids(allocator)
         async with trio.open_nursery() as nursery:
             if journal is not None:
                 await nursery.start(journal.run)
                 await journal.durable()
             await nursery.start(allocator.run)
-            if journal is not None:
-                journaling.continue_allocation_ids(allocator)
             if self.startup is not None:
                 added = await apply_config(self.startup, allocator, core.state)
                 if journal is not None:

@@ -104,6 +104,9 @@ class AllocatorProcess:
         """After a restore: how long workers of restored allocations may take to come back (the
         longest `--server-lost-grace` of the workers registered when the server went; the
         server holds their tasks as long)."""
+        self.on_new_backend: Callable[[str, BatchBackend], None] | None = None
+        """Told of each backend when it is made, before it is used (a restore hands the local
+        backend the allocations of the server before)."""
         self._restored: dict[str, float] = {}
         """Restored allocations not yet seen with a worker, with when their window opened."""
 
@@ -146,6 +149,8 @@ class AllocatorProcess:
                     observer=self.hub.publish,
                 )
             self._backends[manager] = backend
+            if self.on_new_backend is not None:
+                self.on_new_backend(manager, backend)
         return backend
 
     def share(self, params: QueueParams) -> SharesHost | None:
