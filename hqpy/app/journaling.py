@@ -162,7 +162,12 @@ def watch_workers(state: ServerState, hub: EventHub, writer: JournalWriter) -> N
         writer.append(r.WorkerLeft(event.worker_id))
 
     def on_crashed(task: Task) -> None:
-        writer.task_crashed(task.group.body.job_id, task.id, task.crash_count, task.instance_id)
+        job_id = task.group.body.job_id
+        if task.history:
+            # The instance that just ended, and why (`hq task info` shows it after a restore).
+            instance, why = task.history[-1]
+            writer.task_instance_ended(job_id, task.id, instance, why)
+        writer.task_crashed(job_id, task.id, task.crash_count, task.instance_id)
 
     hub.subscribe(WorkerConnected, on_connected)
     hub.subscribe(WorkerLost, on_lost)
@@ -209,6 +214,8 @@ class Replay:
                 state.restore_failed(job_id, task_id, error)
             for job_id, task_id, crash_count, instance_id in record.crashed:
                 state.restore_crashed(job_id, task_id, crash_count, instance_id)
+            for job_id, task_id, instance_id, why in record.instances:
+                state.restore_instance_ended(job_id, task_id, instance_id, str(why))
         elif isinstance(record, r.WorkerJoined):
             self.live_workers[record.worker_id] = record.grace
             state.next_worker_id = max(state.next_worker_id, record.worker_id + 1)
@@ -312,14 +319,20 @@ def _compact(path: Path) -> tuple[int, int]:
     finished: list[m.Row] = []
     failed: list[m.Row] = []
     crashed: list[m.Row] = []
+    instances: list[m.Row] = []
 
     def close_updates() -> None:
-        if started or finished or failed or crashed:
-            kept.append(r.TasksUpdated(list(started), list(finished), list(failed), list(crashed)))
+        if started or finished or failed or crashed or instances:
+            kept.append(
+                r.TasksUpdated(
+                    list(started), list(finished), list(failed), list(crashed), list(instances)
+                )
+            )
             started.clear()
             finished.clear()
             failed.clear()
             crashed.clear()
+            instances.clear()
 
     def alive_ids(text: str) -> str | None:
         ids = IdSet.from_ids(i for i in parse_id_set(text) if i in alive)
@@ -330,7 +343,9 @@ def _compact(path: Path) -> tuple[int, int]:
             started.extend(row for row in record.started if row[0] in live)
             finished.extend(row for row in record.finished if row[0] in alive)
             failed.extend(row for row in record.failed if row[0] in alive)
-            crashed.extend(row for row in record.crashed if row[0] in live)
+            # Crash counts and earlier instances stay while the job does (`hq task info`).
+            crashed.extend(row for row in record.crashed if row[0] in alive)
+            instances.extend(row for row in record.instances if row[0] in alive)
             continue
         if isinstance(record, r.ServerStarted | r.IdsUsed | r.JobsForgotten):
             continue
@@ -339,6 +354,7 @@ def _compact(path: Path) -> tuple[int, int]:
             r.QueueAdded
             | r.AllocationPlanned
             | r.AllocEventLogged
+            | r.AllocationDraining
             | r.PoolChanged
             | r.WorkerJoined
             | r.WorkerLeft,
@@ -383,11 +399,25 @@ class AllocJournal:
     def install(self, hub: EventHub) -> HandlerTable:
         hub.subscribe(AllocEventRecorded, self._on_event)
         self.service.process.before_submit = self._before_submit
+        self.service.drains.on_start = self._on_drain
         return {
             m.AllocAddRequest: self.add,
             m.AllocQueueRequest: self.queue_action,
             m.AllocLoadRequest: self.load,
+            m.AllocDrainRequest: self.drain,
         }
+
+    def _on_drain(self, queue_id: int, allocation_id: str, grace: float) -> None:
+        self.writer.append(r.AllocationDraining(queue_id, allocation_id, grace, time.time()))
+
+    async def drain(self, req: m.AllocDrainRequest) -> m.OkResponse:
+        """`hq alloc drain` answers once the drain is durable (a restart goes on with it)."""
+        resp = await self.requests.drain(req)
+        try:
+            await self.writer.durable()
+        except JournalWriteError as e:
+            raise RequestError(f"{e}; the drain started but is not durable") from None
+        return resp
 
     def _on_event(self, event: AllocEventRecorded) -> None:
         self.writer.append(
@@ -501,6 +531,28 @@ def resolve_unconfirmed(service: AutoAllocService, planned: list[r.AllocationPla
                 f"submission was never confirmed; if the batch system has an allocation named "
                 f"{name}, cancel it",
             )
+
+
+def restored_drains(
+    records: list[r.Record], clock: Callable[[], float] = time.time
+) -> list[tuple[str, float]]:
+    """Drains journaled (`hq alloc drain`), with the grace each has left now (at least 0);
+    `resume_drains` goes on with those whose allocation is still active."""
+    out: dict[str, tuple[str, float]] = {}
+    now = clock()
+    for record in records:
+        if isinstance(record, r.AllocationDraining):
+            left = max(0.0, record.at + record.grace - now)
+            out[record.allocation_id] = (record.allocation_id, left)
+    return list(out.values())
+
+
+def resume_drains(
+    service: AutoAllocService, drains: list[tuple[str, float]], reconnect_window: float
+) -> None:
+    """Once the allocator runs: a draining allocation stays draining across a restart."""
+    for allocation_id, left in drains:
+        service.drains.resume(allocation_id, left, min(left, reconnect_window))
 
 
 def expect_workers_back(service: AutoAllocService, reconnect_window: float) -> None:

@@ -129,7 +129,9 @@ class ServerProcess:
         core.state.queue_offers = allocator
         allocator.retire_workers = partial(retire_workers, core.state)
         core.handlers.extend(AllocRequests(allocator).table())
+        drains: list[tuple[str, float]] = []
         if journal is not None:
+            drains = journaling.restored_drains(self._journal_records)
             unconfirmed = journaling.restore_allocator(
                 allocator, self._journal_records, self.autoalloc_config.max_allocation_fails
             )
@@ -143,6 +145,7 @@ class ServerProcess:
                 await nursery.start(journal.run)
                 await journal.durable()
             await nursery.start(allocator.run)
+            journaling.resume_drains(allocator, drains, core.state.hold_grace)
             if self.startup is not None:
                 added = await apply_config(self.startup, allocator, core.state)
                 if journal is not None:

@@ -32,7 +32,7 @@ from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server import fit, multinode
-from hqpy.server.drain import end_reason, record_instance
+from hqpy.server.drain import MAX_INSTANCE_HISTORY, end_reason, record_instance
 from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.pools import Pool, PoolTable
 from hqpy.server.scheduler import schedule
@@ -801,6 +801,28 @@ class ServerState:
                 task.crash_count = max(task.crash_count, crash_count)
                 task.instance_id = max(task.instance_id, instance)
                 if is_new and task.state is TaskState.WAITING:
+                    group.requeued.append(task)
+                    self.waiting_groups[group.group_id] = (job, group)
+                return
+
+    def restore_instance_ended(self, job_id: int, task_id: int, instance: int, why: str) -> None:
+        """An earlier instance of the task and why it ended (what `hq task info` shows)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        for group in job.groups:
+            if task_id in group.ids:
+                is_new = task_id not in job.tasks
+                task = group.materialise(job, task_id)
+                history = task.history
+                if history is None:
+                    history = task.history = []
+                if (instance, why) not in history:
+                    history.append((instance, why))
+                    history.sort()
+                    del history[:-MAX_INSTANCE_HISTORY]
+                if is_new and task.state is TaskState.WAITING:
+                    task.instance_id = max(task.instance_id, instance + 1)
                     group.requeued.append(task)
                     self.waiting_groups[group.group_id] = (job, group)
                 return

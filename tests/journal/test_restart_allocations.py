@@ -15,9 +15,11 @@ from hqpy.app import journaling
 from hqpy.autoalloc.backends.base import ExternalState, ExternalStatus
 from hqpy.autoalloc.process import RESTART_REASON
 from hqpy.autoalloc.service import AutoAllocService
+from hqpy.common.idset import IdSet
 from hqpy.common.states import AllocationState
 from hqpy.journal import records as r
 from hqpy.server.demand import ServerDemand
+from hqpy.server.drain import ServerDrain
 from hqpy.server.server import Server, ServerConfig
 from tests.server.test_autoalloc_service import (
     CONFIG,
@@ -26,6 +28,7 @@ from tests.server.test_autoalloc_service import (
     add_worker,
     queue_params,
     settle,
+    submit,
 )
 
 WINDOW = 300.0
@@ -45,8 +48,16 @@ def journal(tmp_path: Path) -> list[r.Record]:
     return records
 
 
-async def restart(nursery: trio.Nursery, tmp_path: Path, fake: FakeBackend) -> World:
-    """A server restored from `journal`, as the composition root wires it."""
+async def restart(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    fake: FakeBackend,
+    records: list[r.Record] | None = None,
+) -> World:
+    """A server restored from `records` (default: `journal`), as the composition root wires
+    it."""
+    if records is None:
+        records = journal(tmp_path)
     server = Server(ServerConfig(server_dir=tmp_path))
     server.state.clock = trio.current_time
     service = AutoAllocService(
@@ -56,11 +67,14 @@ async def restart(nursery: trio.Nursery, tmp_path: Path, fake: FakeBackend) -> W
         NO_WITHDRAW,
         make_backend=fake.make,
         clock=trio.current_time,
+        control=ServerDrain(server.state),
     )
-    unconfirmed = journaling.restore_allocator(service, journal(tmp_path), 3)
+    drains = journaling.restored_drains(records, trio.current_time)
+    unconfirmed = journaling.restore_allocator(service, records, 3)
     journaling.resolve_unconfirmed(service, unconfirmed)
     journaling.expect_workers_back(service, WINDOW)
     await nursery.start(service.run)
+    journaling.resume_drains(service, drains, WINDOW)
     return World(server, service, fake)
 
 
@@ -140,3 +154,46 @@ async def test_cancel_that_fails_has_its_event_and_the_allocation_stays(
     failed = [e for e in world.queue().events if e.event == "cancel-failed"]
     assert all("Invalid job id" in e.message for e in failed)
     assert world.allocation_states()["1.job"] is AllocationState.RUNNING
+
+
+async def test_a_draining_allocation_stays_draining_across_a_restart(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = FakeBackend()
+    fake.statuses = {"1.job": RUNNING, "2.job": RUNNING, "3.job": RUNNING}
+    restarted_at = trio.current_time()
+    # `hq alloc drain --grace 10m` of 1.job and 3.job 100 s before the server went: 500 s are
+    # left. 1.job's worker comes back with a task it runs; 3.job's comes back idle.
+    drains = [
+        r.AllocationDraining(1, allocation_id, 600.0, restarted_at - 100.0)
+        for allocation_id in ("1.job", "3.job")
+    ]
+    world = await restart(nursery, tmp_path, fake, [*journal(tmp_path), *drains])
+    assert world.service.drains.draining.keys() == {"1.job", "3.job"}
+    job_id = submit(world, 4)
+    world.state.hold_grace = WINDOW
+    world.state.restore_started(job_id, IdSet.from_ids([0]), 0)
+    await settle(10)
+    busy = add_worker(world, "1.job")
+    assert world.state.adopt(busy, [[job_id, 0, 0]]) == []
+    idle = add_worker(world, "3.job")
+    add_worker(world, "2.job")
+    await settle(1)
+    # Drained as they come back: they take no new task; the idle one stops.
+    assert busy.draining and idle.draining
+    assert [t.id for t in busy.tasks.values()] == [0]
+    assert idle.stop_reason == "drained" and not idle.tasks
+    # The idle one's drain ends once the window for workers to come back has passed.
+    await settle(WINDOW - 20)
+    assert fake.cancelled == []
+    await settle(20)
+    assert fake.cancelled == ["3.job"]
+    # The busy one's running task gets what was left of the grace.
+    await settle(500 - WINDOW - 20)
+    assert fake.cancelled == ["3.job"]
+    await settle(20)
+    assert fake.cancelled == ["3.job", "1.job"]
+    assert trio.current_time() - restarted_at >= 500
+    drained = [e.allocation_id for e in world.queue().events if e.event == "allocation-drained"]
+    assert drained == ["3.job", "1.job"]
+    assert not world.service.drains.draining
