@@ -251,6 +251,10 @@ class Replay:
             state.next_job_id = max(state.next_job_id, record.next_job_id)
             state.next_group_id = max(state.next_group_id, record.next_group_id)
 
+    def returning_workers(self) -> set[int]:
+        """Workers registered when the server went that keep reconnecting (a grace)."""
+        return {worker_id for worker_id, grace in self.live_workers.items() if grace > 0}
+
     @property
     def reconnect_window(self) -> float:
         """How long workers of the server before may take to come back: the longest
@@ -280,6 +284,12 @@ class Replay:
                 self.state.restore_started(job_id, ids, instance_id)
         self.started.clear()
         self.state.restore_done()
+
+
+RESTORE_SETTLE = 10.0
+"""After a restore, the longest wait for the workers of the server before to register again
+before tasks are handed out (`ServerState.expected_back`): twice their longest wait between two
+tries (5 s). Never longer than the reconnect window."""
 
 
 def replay(state: ServerState, records: list[r.Record]) -> Replay:

@@ -93,6 +93,7 @@ class ServerProcess:
         self._journal_records = loaded.records
         if loaded.records:
             rep = journaling.replay(core.state, loaded.records)
+            core.state.restore_expect_workers(rep.returning_workers())
             log.info(
                 "Restored %d job(s) from %d journal record(s) of `%s` in %.2f s",
                 len(core.state.jobs),
@@ -145,6 +146,12 @@ class ServerProcess:
                 await nursery.start(journal.run)
                 await journal.durable()
             await nursery.start(allocator.run)
+            if core.state.expected_back:
+                nursery.start_soon(
+                    end_restore_settle,
+                    core.state,
+                    min(journaling.RESTORE_SETTLE, core.state.hold_grace),
+                )
             journaling.resume_drains(allocator, drains, core.state.hold_grace)
             if self.startup is not None:
                 added = await apply_config(self.startup, allocator, core.state)
@@ -178,6 +185,12 @@ class ServerProcess:
                     await journal.flush()
                     journal.close()
             nursery.cancel_scope.cancel()
+
+
+async def end_restore_settle(state: ServerState, settle: float) -> None:
+    """Tasks are handed out once the workers of the server before are back, or after this."""
+    await trio.sleep(settle)
+    state.end_restore_settle()
 
 
 def retire_workers(state: ServerState, worker_ids: list[int]) -> None:

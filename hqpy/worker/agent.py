@@ -514,6 +514,11 @@ class WorkerAgent:
                 # Kept for the next connection (the server ignores what it already has).
                 self.updates = updates + self.updates
                 return
+            except trio.Cancelled:
+                # The session ends (the server went) in the middle of the send: kept too, or
+                # these ends are never presented and a restarted server runs them again.
+                self.updates = updates + self.updates
+                raise
             if self.options.server_lost_grace > 0:
                 self._remember_sent(updates)
             await trio.sleep(UPDATE_BATCH_DELAY)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import trio
 
 from hqpy.app import journaling
@@ -111,3 +112,43 @@ def test_export_shows_the_new_records(tmp_path: Path) -> None:
         "grace": 600.0,
         "at": 5.0,
     }
+
+
+async def test_no_task_is_handed_out_before_the_workers_of_the_server_before_are_back(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A task a returning worker ran, whose start the journal had not yet received, waits in
+    the restored server: given to another worker first, it would run twice."""
+    path = tmp_path / "j"
+    live = Live(path, nursery)
+    journaling.watch_workers(live.state, live.state.hub, live.writer)
+    await live.submit("0-3")
+    returning = attrs.evolve(worker_config(cpus=1), server_lost_grace=60.0)
+    live.state.add_worker(returning)
+    live.state.add_worker(returning)
+    await live.writer.flush()
+    state = ServerState("restored")
+    rep = journaling.replay(state, file.read(path).records)
+    assert rep.returning_workers() == {1, 2}
+    state.restore_expect_workers(rep.returning_workers())
+    other = state.add_worker(worker_config(cpus=4))  # a new worker
+    first = state.add_worker(worker_config(cpus=1), previous_id=1)
+    assert state.schedule() == 0
+    assert not other.tasks and not first.tasks
+    state.add_worker(worker_config(cpus=1), previous_id=2)
+    assert state.schedule() == 4
+
+
+async def test_tasks_are_handed_out_after_the_settle_time_whoever_is_back(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    state = ServerState("restored")
+    live = Live(tmp_path / "j", nursery)
+    await live.submit("0-1")
+    await live.writer.flush()
+    journaling.replay(state, file.read(tmp_path / "j").records)
+    state.restore_expect_workers({5})
+    state.add_worker(worker_config(cpus=2))
+    assert state.schedule() == 0
+    state.end_restore_settle()
+    assert state.schedule() == 2
