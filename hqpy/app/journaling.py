@@ -279,6 +279,11 @@ class Replay:
         for (job_id, instance_id), ranges in sorted(self.started.items()):
             ids = IdSet.from_ranges(ranges)
             if job_id in done:
+                if instance_id > 0:
+                    # A task that finished under a later instance shows it (`hq task info`).
+                    ended = ids.intersection(done[job_id])
+                    if ended:
+                        self.state.restore_finished_instance(job_id, ended, instance_id)
                 ids = ids.difference(done[job_id])
             if ids:
                 self.state.restore_started(job_id, ids, instance_id)
@@ -350,7 +355,10 @@ def _compact(path: Path) -> tuple[int, int]:
 
     for record in loaded.records:
         if isinstance(record, r.TasksUpdated):
-            started.extend(row for row in record.started if row[0] in live)
+            # Starts of complete jobs go, but those of later instances (`hq task info`).
+            started.extend(
+                row for row in record.started if row[0] in live or (row[0] in alive and row[1])
+            )
             finished.extend(row for row in record.finished if row[0] in alive)
             failed.extend(row for row in record.failed if row[0] in alive)
             # Crash counts and earlier instances stay while the job does (`hq task info`).

@@ -813,6 +813,18 @@ class ServerState:
                     self.waiting_groups[group.group_id] = (job, group)
                 return
 
+    def restore_finished_instance(self, job_id: int, task_ids: IdSet, instance_id: int) -> None:
+        """These finished tasks had started under this instance id (only ids above 0 are
+        restored: a task that never ran again keeps 0 without an object of its own)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        for group in job.groups:
+            for task_id in group.ids.intersection(task_ids):
+                task = group.materialise(job, task_id)
+                if task.state is TaskState.FINISHED:
+                    task.instance_id = max(task.instance_id, instance_id)
+
     def restore_instance_ended(self, job_id: int, task_id: int, instance: int, why: str) -> None:
         """An earlier instance of the task and why it ended (what `hq task info` shows)."""
         job = self.jobs.get(job_id)

@@ -14,6 +14,8 @@ from hqpy.common import drain as reasons
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.journal import file
 from hqpy.journal import records as r
+from hqpy.protocol import messages as m
+from hqpy.server.drain import ServerDrain
 from hqpy.server.state import ServerState
 from hqpy.server.views import task_views
 from tests.factories import worker_config
@@ -152,3 +154,29 @@ async def test_tasks_are_handed_out_after_the_settle_time_whoever_is_back(
     assert state.schedule() == 0
     state.end_restore_settle()
     assert state.schedule() == 2
+
+
+async def test_finished_tasks_keep_a_later_instance_id_also_after_compact(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A task given to a worker whose allocation was drained before it started runs under the
+    next instance id (no crash, no earlier instance): `hq task info` shows that id."""
+    path = tmp_path / "j"
+    live = Live(path, nursery)
+    journaling.watch_workers(live.state, live.state.hub, live.writer)
+    await live.submit("0-3")
+    drained = live.state.add_worker(
+        worker_config(cpus=2, manager=m.ManagerInfo("LOCAL", "local-1"))
+    )
+    live.state.schedule()
+    assert len(drained.tasks) == 2
+    ServerDrain(live.state).drain("local-1")
+    rows = live.run_all(worker_cpus=4)
+    assert sorted(i for _, _, i in rows) == [0, 0, 1, 1]
+    live.update([[j, t, i, TaskState.FINISHED, 1.0, 2.0, None] for j, t, i in rows])
+    await live.writer.flush()
+    before = shown(live.state)
+    assert shown(restored(path)) == before
+    live.writer.close()
+    journaling.compact(path)
+    assert shown(restored(path)) == before
