@@ -187,12 +187,6 @@ class ServerProcess:
             nursery.cancel_scope.cancel()
 
 
-async def end_restore_settle(state: ServerState, settle: float) -> None:
-    """Tasks are handed out once the workers of the server before are back, or after this."""
-    await trio.sleep(settle)
-    state.end_restore_settle()
-
-
 def retire_workers(state: ServerState, worker_ids: list[int]) -> None:
     """Stop these workers once they run no task: at once if idle, else through the idle
     reaper with a zero idle timeout (`hq alloc stop --preallocated` without `--now`)."""
@@ -217,3 +211,9 @@ async def apply_config(
     for name, size in config.pools:
         state.set_pool(name, size)
     return tuple(added)
+
+
+async def end_restore_settle(state: ServerState, settle: float) -> None:
+    """Tasks are handed out once the workers of the server before are back, or after this."""
+    await trio.sleep(settle)
+    state.end_restore_settle()
