@@ -191,13 +191,17 @@ class Replay:
     one id set when the job is next touched (or at the end), so an array that finished over
     many flushes is restored without making one object per task."""
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, clock: Callable[[], float] = time.time) -> None:
         self.state = state
+        self.clock = clock
         self.finished: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
         self.all_finished: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
         self.started: defaultdict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
         self.live_workers: dict[int, float] = {}
         """Workers registered and not gone when the journal ends, with their grace."""
+        self.earlier_workers: dict[int, float] = {}
+        """Workers of an earlier run (one killed before they came back) that may still come
+        back, with the latest time they may (the next run's start plus their grace)."""
         self.records = 0
 
     def apply(self, record: r.Record) -> None:
@@ -218,12 +222,21 @@ class Replay:
                 state.restore_instance_ended(job_id, task_id, instance_id, str(why))
         elif isinstance(record, r.WorkerJoined):
             self.live_workers[record.worker_id] = record.grace
+            self.earlier_workers.pop(record.worker_id, None)
             state.next_worker_id = max(state.next_worker_id, record.worker_id + 1)
         elif isinstance(record, r.WorkerLeft):
             self.live_workers.pop(record.worker_id, None)
+            self.earlier_workers.pop(record.worker_id, None)
         elif isinstance(record, r.ServerStarted):
-            # A worker of an earlier run registers again in the next one if it came back.
+            # A worker of an earlier run registers again in the next one if it came back;
+            # until then it may, for at most its grace from this start.
+            earlier = self.earlier_workers
+            for worker_id, grace in self.live_workers.items():
+                if grace > 0:
+                    earlier[worker_id] = max(earlier.get(worker_id, 0.0), record.at + grace)
             self.live_workers.clear()
+            for worker_id in [w for w, until in earlier.items() if until <= record.at]:
+                del earlier[worker_id]
         elif isinstance(record, r.JobSubmitted):
             if record.request.job_id is not None:
                 self._flush_job(record.request.job_id)
@@ -252,15 +265,22 @@ class Replay:
             state.next_group_id = max(state.next_group_id, record.next_group_id)
 
     def returning_workers(self) -> set[int]:
-        """Workers registered when the server went that keep reconnecting (a grace)."""
-        return {worker_id for worker_id, grace in self.live_workers.items() if grace > 0}
+        """Workers registered when the server went that keep reconnecting (a grace), and
+        those of an earlier run that still may."""
+        now = self.clock()
+        back = {worker_id for worker_id, grace in self.live_workers.items() if grace > 0}
+        back.update(w for w, until in self.earlier_workers.items() if until > now)
+        return back
 
     @property
     def reconnect_window(self) -> float:
         """How long workers of the server before may take to come back: the longest
-        `--server-lost-grace` of those registered when it went (0: none will). Restored running
-        tasks are held, and restored allocations kept without a worker, this long."""
-        return max(self.live_workers.values(), default=0.0)
+        `--server-lost-grace` of those registered when it went, or what is left of it for
+        those of an earlier run that never came back (0: none will). Restored running tasks
+        are held, and restored allocations kept without a worker, this long."""
+        now = self.clock()
+        earlier = (until - now for until in self.earlier_workers.values())
+        return max([0.0, *self.live_workers.values(), *earlier])
 
     def _flush_job(self, job_id: int) -> None:
         ranges = self.finished.pop(job_id, None)
@@ -297,8 +317,10 @@ before tasks are handed out (`ServerState.expected_back`): twice their longest w
 tries (5 s). Never longer than the reconnect window."""
 
 
-def replay(state: ServerState, records: list[r.Record]) -> Replay:
-    rep = Replay(state)
+def replay(
+    state: ServerState, records: list[r.Record], clock: Callable[[], float] = time.time
+) -> Replay:
+    rep = Replay(state, clock)
     for record in records:
         rep.apply(record)
     rep.finish()
@@ -365,11 +387,14 @@ def _compact(path: Path) -> tuple[int, int]:
             crashed.extend(row for row in record.crashed if row[0] in alive)
             instances.extend(row for row in record.instances if row[0] in alive)
             continue
-        if isinstance(record, r.ServerStarted | r.IdsUsed | r.JobsForgotten):
+        if isinstance(record, r.IdsUsed | r.JobsForgotten):
             continue
         if isinstance(
             record,
-            r.QueueAdded
+            # Each run's start stays: workers of an earlier run that never came back are not
+            # taken for workers that may come back (`Replay.live_workers`).
+            r.ServerStarted
+            | r.QueueAdded
             | r.AllocationPlanned
             | r.AllocEventLogged
             | r.AllocationDraining
