@@ -18,7 +18,9 @@ from pathlib import Path
 import attrs
 
 from hqpy import __version__
+from hqpy.autoalloc.backends.base import BatchBackend
 from hqpy.autoalloc.backends.common import JOBID_NAME, allocation_name
+from hqpy.autoalloc.backends.local import EarlierAllocation, LocalBackend
 from hqpy.autoalloc.requests import AllocRequests
 from hqpy.autoalloc.service import AutoAllocService
 from hqpy.autoalloc.state import Allocation, AllocEvent, AutoAllocState
@@ -160,7 +162,12 @@ def watch_workers(state: ServerState, hub: EventHub, writer: JournalWriter) -> N
         writer.append(r.WorkerLeft(event.worker_id))
 
     def on_crashed(task: Task) -> None:
-        writer.task_crashed(task.group.body.job_id, task.id, task.crash_count, task.instance_id)
+        job_id = task.group.body.job_id
+        if task.history:
+            # The instance that just ended, and why (`hq task info` shows it after a restore).
+            instance, why = task.history[-1]
+            writer.task_instance_ended(job_id, task.id, instance, why)
+        writer.task_crashed(job_id, task.id, task.crash_count, task.instance_id)
 
     hub.subscribe(WorkerConnected, on_connected)
     hub.subscribe(WorkerLost, on_lost)
@@ -184,13 +191,17 @@ class Replay:
     one id set when the job is next touched (or at the end), so an array that finished over
     many flushes is restored without making one object per task."""
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, clock: Callable[[], float] = time.time) -> None:
         self.state = state
+        self.clock = clock
         self.finished: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
         self.all_finished: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
         self.started: defaultdict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
         self.live_workers: dict[int, float] = {}
         """Workers registered and not gone when the journal ends, with their grace."""
+        self.earlier_workers: dict[int, float] = {}
+        """Workers of an earlier run (one killed before they came back) that may still come
+        back, with the latest time they may (the next run's start plus their grace)."""
         self.records = 0
 
     def apply(self, record: r.Record) -> None:
@@ -207,14 +218,25 @@ class Replay:
                 state.restore_failed(job_id, task_id, error)
             for job_id, task_id, crash_count, instance_id in record.crashed:
                 state.restore_crashed(job_id, task_id, crash_count, instance_id)
+            for job_id, task_id, instance_id, why in record.instances:
+                state.restore_instance_ended(job_id, task_id, instance_id, str(why))
         elif isinstance(record, r.WorkerJoined):
             self.live_workers[record.worker_id] = record.grace
+            self.earlier_workers.pop(record.worker_id, None)
             state.next_worker_id = max(state.next_worker_id, record.worker_id + 1)
         elif isinstance(record, r.WorkerLeft):
             self.live_workers.pop(record.worker_id, None)
+            self.earlier_workers.pop(record.worker_id, None)
         elif isinstance(record, r.ServerStarted):
-            # A worker of an earlier run registers again in the next one if it came back.
+            # A worker of an earlier run registers again in the next one if it came back;
+            # until then it may, for at most its grace from this start.
+            earlier = self.earlier_workers
+            for worker_id, grace in self.live_workers.items():
+                if grace > 0:
+                    earlier[worker_id] = max(earlier.get(worker_id, 0.0), record.at + grace)
             self.live_workers.clear()
+            for worker_id in [w for w, until in earlier.items() if until <= record.at]:
+                del earlier[worker_id]
         elif isinstance(record, r.JobSubmitted):
             if record.request.job_id is not None:
                 self._flush_job(record.request.job_id)
@@ -242,6 +264,24 @@ class Replay:
             state.next_job_id = max(state.next_job_id, record.next_job_id)
             state.next_group_id = max(state.next_group_id, record.next_group_id)
 
+    def returning_workers(self) -> set[int]:
+        """Workers registered when the server went that keep reconnecting (a grace), and
+        those of an earlier run that still may."""
+        now = self.clock()
+        back = {worker_id for worker_id, grace in self.live_workers.items() if grace > 0}
+        back.update(w for w, until in self.earlier_workers.items() if until > now)
+        return back
+
+    @property
+    def reconnect_window(self) -> float:
+        """How long workers of the server before may take to come back: the longest
+        `--server-lost-grace` of those registered when it went, or what is left of it for
+        those of an earlier run that never came back (0: none will). Restored running tasks
+        are held, and restored allocations kept without a worker, this long."""
+        now = self.clock()
+        earlier = (until - now for until in self.earlier_workers.values())
+        return max([0.0, *self.live_workers.values(), *earlier])
+
     def _flush_job(self, job_id: int) -> None:
         ranges = self.finished.pop(job_id, None)
         if ranges:
@@ -255,10 +295,15 @@ class Replay:
         self._flush_all()
         done = {job_id: IdSet.from_ranges(ranges) for job_id, ranges in self.all_finished.items()}
         # Tasks running when the server went are held as long as a worker may come back.
-        self.state.hold_grace = max(self.live_workers.values(), default=0.0)
+        self.state.hold_grace = self.reconnect_window
         for (job_id, instance_id), ranges in sorted(self.started.items()):
             ids = IdSet.from_ranges(ranges)
             if job_id in done:
+                if instance_id > 0:
+                    # A task that finished under a later instance shows it (`hq task info`).
+                    ended = ids.intersection(done[job_id])
+                    if ended:
+                        self.state.restore_finished_instance(job_id, ended, instance_id)
                 ids = ids.difference(done[job_id])
             if ids:
                 self.state.restore_started(job_id, ids, instance_id)
@@ -266,8 +311,16 @@ class Replay:
         self.state.restore_done()
 
 
-def replay(state: ServerState, records: list[r.Record]) -> Replay:
-    rep = Replay(state)
+RESTORE_SETTLE = 10.0
+"""After a restore, the longest wait for the workers of the server before to register again
+before tasks are handed out (`ServerState.expected_back`): twice their longest wait between two
+tries (5 s). Never longer than the reconnect window."""
+
+
+def replay(
+    state: ServerState, records: list[r.Record], clock: Callable[[], float] = time.time
+) -> Replay:
+    rep = Replay(state, clock)
     for record in records:
         rep.apply(record)
     rep.finish()
@@ -303,14 +356,20 @@ def _compact(path: Path) -> tuple[int, int]:
     finished: list[m.Row] = []
     failed: list[m.Row] = []
     crashed: list[m.Row] = []
+    instances: list[m.Row] = []
 
     def close_updates() -> None:
-        if started or finished or failed or crashed:
-            kept.append(r.TasksUpdated(list(started), list(finished), list(failed), list(crashed)))
+        if started or finished or failed or crashed or instances:
+            kept.append(
+                r.TasksUpdated(
+                    list(started), list(finished), list(failed), list(crashed), list(instances)
+                )
+            )
             started.clear()
             finished.clear()
             failed.clear()
             crashed.clear()
+            instances.clear()
 
     def alive_ids(text: str) -> str | None:
         ids = IdSet.from_ids(i for i in parse_id_set(text) if i in alive)
@@ -318,18 +377,27 @@ def _compact(path: Path) -> tuple[int, int]:
 
     for record in loaded.records:
         if isinstance(record, r.TasksUpdated):
-            started.extend(row for row in record.started if row[0] in live)
+            # Starts of complete jobs go, but those of later instances (`hq task info`).
+            started.extend(
+                row for row in record.started if row[0] in live or (row[0] in alive and row[1])
+            )
             finished.extend(row for row in record.finished if row[0] in alive)
             failed.extend(row for row in record.failed if row[0] in alive)
-            crashed.extend(row for row in record.crashed if row[0] in live)
+            # Crash counts and earlier instances stay while the job does (`hq task info`).
+            crashed.extend(row for row in record.crashed if row[0] in alive)
+            instances.extend(row for row in record.instances if row[0] in alive)
             continue
-        if isinstance(record, r.ServerStarted | r.IdsUsed | r.JobsForgotten):
+        if isinstance(record, r.IdsUsed | r.JobsForgotten):
             continue
         if isinstance(
             record,
-            r.QueueAdded
+            # Each run's start stays: workers of an earlier run that never came back are not
+            # taken for workers that may come back (`Replay.live_workers`).
+            r.ServerStarted
+            | r.QueueAdded
             | r.AllocationPlanned
             | r.AllocEventLogged
+            | r.AllocationDraining
             | r.PoolChanged
             | r.WorkerJoined
             | r.WorkerLeft,
@@ -374,11 +442,25 @@ class AllocJournal:
     def install(self, hub: EventHub) -> HandlerTable:
         hub.subscribe(AllocEventRecorded, self._on_event)
         self.service.process.before_submit = self._before_submit
+        self.service.drains.on_start = self._on_drain
         return {
             m.AllocAddRequest: self.add,
             m.AllocQueueRequest: self.queue_action,
             m.AllocLoadRequest: self.load,
+            m.AllocDrainRequest: self.drain,
         }
+
+    def _on_drain(self, queue_id: int, allocation_id: str, grace: float) -> None:
+        self.writer.append(r.AllocationDraining(queue_id, allocation_id, grace, time.time()))
+
+    async def drain(self, req: m.AllocDrainRequest) -> m.OkResponse:
+        """`hq alloc drain` answers once the drain is durable (a restart goes on with it)."""
+        resp = await self.requests.drain(req)
+        try:
+            await self.writer.durable()
+        except JournalWriteError as e:
+            raise RequestError(f"{e}; the drain started but is not durable") from None
+        return resp
 
     def _on_event(self, event: AllocEventRecorded) -> None:
         self.writer.append(
@@ -494,6 +576,36 @@ def resolve_unconfirmed(service: AutoAllocService, planned: list[r.AllocationPla
             )
 
 
+def restored_drains(
+    records: list[r.Record], clock: Callable[[], float] = time.time
+) -> list[tuple[str, float]]:
+    """Drains journaled (`hq alloc drain`), with the grace each has left now (at least 0);
+    `resume_drains` goes on with those whose allocation is still active."""
+    out: dict[str, tuple[str, float]] = {}
+    now = clock()
+    for record in records:
+        if isinstance(record, r.AllocationDraining):
+            left = max(0.0, record.at + record.grace - now)
+            out[record.allocation_id] = (record.allocation_id, left)
+    return list(out.values())
+
+
+def resume_drains(
+    service: AutoAllocService, drains: list[tuple[str, float]], reconnect_window: float
+) -> None:
+    """Once the allocator runs: a draining allocation stays draining across a restart."""
+    for allocation_id, left in drains:
+        service.drains.resume(allocation_id, left, min(left, reconnect_window))
+
+
+def expect_workers_back(service: AutoAllocService, reconnect_window: float) -> None:
+    """After `restore_allocator` and `resolve_unconfirmed`: the allocator cancels those of the
+    restored allocations that run but whose workers do not come back within the window."""
+    ids = [a.id for queue in service.state.queues.values() for a in queue.active()]
+    if ids:
+        service.process.expect_workers_back(ids, reconnect_window)
+
+
 def _apply_alloc_event(
     st: AutoAllocState, rec: r.AllocEventLogged, planned: dict[int, r.AllocationPlanned]
 ) -> None:
@@ -539,11 +651,19 @@ def _apply_alloc_event(
 
 
 def continue_allocation_ids(service: AutoAllocService) -> None:
-    """Once the allocator runs: backends that number their allocations themselves (local) go
-    on after the restored ones."""
-    for queue in service.state.queues.values():
-        if queue.allocations:
-            backend = service.process.backend(queue.params.manager)
-            go_on = getattr(backend, "continue_after", None)
-            if callable(go_on):
-                go_on(list(queue.allocations))
+    """Before the allocator runs: the local backend numbers its allocations itself, so it goes
+    on after the restored ones, and follows those still active (their process groups); told
+    as the backend is made, before it is asked anything."""
+
+    def on_new_backend(manager: str, backend: BatchBackend) -> None:
+        if not isinstance(backend, LocalBackend):
+            return
+        for queue in service.state.queues.values():
+            if queue.params.manager == manager and queue.allocations:
+                active = [
+                    EarlierAllocation(a.id, a.workdir, a.state is AllocationState.RUNNING)
+                    for a in queue.active()
+                ]
+                backend.continue_after(list(queue.allocations), active)
+
+    service.process.on_new_backend = on_new_backend

@@ -92,6 +92,7 @@ class ServerProcess:
         self._journal_records = loaded.records
         if loaded.records:
             rep = journaling.replay(core.state, loaded.records)
+            core.state.restore_expect_workers(rep.returning_workers())
             log.info(
                 "Restored %d job(s) from %d journal record(s) of `%s` in %.2f s",
                 len(core.state.jobs),
@@ -127,20 +128,29 @@ class ServerProcess:
         self.allocator = allocator
         core.state.queue_offers = allocator
         core.handlers.extend(AllocRequests(allocator).table())
+        drains: list[tuple[str, float]] = []
         if journal is not None:
+            drains = journaling.restored_drains(self._journal_records)
             unconfirmed = journaling.restore_allocator(
                 allocator, self._journal_records, self.autoalloc_config.max_allocation_fails
             )
             self._journal_records = []
             core.handlers.extend(journaling.AllocJournal(allocator, journal).install(self.hub))
             journaling.resolve_unconfirmed(allocator, unconfirmed)
+            journaling.expect_workers_back(allocator, core.state.hold_grace)
+            journaling.continue_allocation_ids(allocator)
         async with trio.open_nursery() as nursery:
             if journal is not None:
                 await nursery.start(journal.run)
                 await journal.durable()
             await nursery.start(allocator.run)
-            if journal is not None:
-                journaling.continue_allocation_ids(allocator)
+            if core.state.expected_back:
+                nursery.start_soon(
+                    end_restore_settle,
+                    core.state,
+                    min(journaling.RESTORE_SETTLE, core.state.hold_grace),
+                )
+            journaling.resume_drains(allocator, drains, core.state.hold_grace)
             if self.startup is not None:
                 added = await apply_config(self.startup, allocator, core.state)
                 if journal is not None:
@@ -186,3 +196,9 @@ async def apply_config(
     for name, size in config.pools:
         state.set_pool(name, size)
     return tuple(added)
+
+
+async def end_restore_settle(state: ServerState, settle: float) -> None:
+    """Tasks are handed out once the workers of the server before are back, or after this."""
+    await trio.sleep(settle)
+    state.end_restore_settle()

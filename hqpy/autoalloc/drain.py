@@ -6,11 +6,16 @@ waiting); running tasks get up to the grace time to finish; then what still runs
 (waiting again with a new instance id, not counted as a crash) and the allocation is cancelled
 in the batch system. Events: `allocation-draining` when it starts, `allocation-drained` when the
 allocation was cancelled (the cancel itself ends it as usual).
+
+A drain survives a server restart (the journal's `allocation-draining` record): the restored
+server goes on with what is left of the grace (`resume`). A worker of a draining allocation that
+registers (one that comes back after the restart, or starts late) is drained at once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -20,7 +25,7 @@ from hqpy.autoalloc.state import AutoAllocState
 from hqpy.common import drain as reasons
 from hqpy.common.drain import AllocationControl
 from hqpy.common.durations import format_duration
-from hqpy.common.events import EventHub, WorkerLost
+from hqpy.common.events import EventHub, WorkerConnected, WorkerLost
 from hqpy.common.states import AllocEventKind
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,27 @@ class Drains:
         self.draining: dict[str, trio.Event] = {}
         """Allocations being drained; each event is set when one of its workers goes (the
         server stops a draining worker once it holds no task)."""
+        self.on_start: Callable[[int, str, float], None] | None = None
+        """Told of each drain that starts (queue id, allocation id, grace): the journal."""
         hub.subscribe(WorkerLost, self._on_worker_lost)
+        hub.subscribe(WorkerConnected, self._on_worker_connected)
+
+    def _on_worker_connected(self, event: WorkerConnected) -> None:
+        allocation_id = event.allocation_id
+        if allocation_id is None or allocation_id not in self.draining or self.control is None:
+            return
+        found = self.state.find_allocation(allocation_id)
+        if found is None:
+            return
+        control = self.control
+
+        async def step(queue_id: int) -> None:
+            # After the registration is answered and every listener has seen the worker.
+            await trio.lowlevel.checkpoint()
+            if allocation_id in self.draining:
+                control.drain(allocation_id)
+
+        self.process._start("drain", step, found[0].id)
 
     def _on_worker_lost(self, event: WorkerLost) -> None:
         changed = self.draining.get(event.allocation_id or "")
@@ -72,18 +97,48 @@ class Drains:
         )
         if self.control is not None:
             self.control.drain(allocation_id)
+        if self.on_start is not None:
+            self.on_start(queue.id, allocation_id, grace)
 
         async def step(queue_id: int) -> None:
             await self._finish(queue_id, allocation_id, grace)
 
         self.process._start("drain", step, queue.id)  # one step of the queue, as the others
 
-    async def _finish(self, queue_id: int, allocation_id: str, grace: float) -> None:
+    def resume(self, allocation_id: str, grace_left: float, settle: float) -> bool:
+        """A drain of the server before a restart goes on (the allocator runs): its running
+        tasks get what is left of the grace, of which up to `settle` seconds (the reconnect
+        window) are given to its workers to come back before it may end early. False when
+        the allocation has ended or drains already."""
+        found = self.state.find_allocation(allocation_id)
+        if found is None or not found[1].is_active or allocation_id in self.draining:
+            return False
+        queue = found[0]
+        self.draining[allocation_id] = trio.Event()
+        log.info(
+            "Allocation %s was draining when the server stopped; %s left",
+            allocation_id,
+            format_duration(grace_left),
+        )
+        if self.control is not None:
+            self.control.drain(allocation_id)
+
+        async def step(queue_id: int) -> None:
+            await self._finish(queue_id, allocation_id, grace_left, settle)
+
+        self.process._start("drain", step, queue.id)
+        return True
+
+    async def _finish(
+        self, queue_id: int, allocation_id: str, grace: float, settle: float = 0.0
+    ) -> None:
         try:
             control = self.control
             handed = 0
             if control is not None:
                 with trio.move_on_after(grace):
+                    if settle > 0:
+                        await trio.sleep(settle)
                     while control.busy(allocation_id):
                         await self.draining[allocation_id].wait()
                         self.draining[allocation_id] = trio.Event()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -42,7 +43,7 @@ from hqpy.autoalloc.state import Allocation, AllocationQueue, AutoAllocState
 from hqpy.autoalloc.templates import render_allocation_script
 from hqpy.common.demand import DemandSource
 from hqpy.common.events import AllocationSubmitted, EventHub
-from hqpy.common.states import AllocEventKind, QueueState
+from hqpy.common.states import AllocationState, AllocEventKind, QueueState
 from hqpy.protocol.messages import QueueParams
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ BackendFactory = Callable[[str, trio.Nursery, float], BatchBackend]
 """`make_backend(manager, nursery, command_timeout)`: how tests put a fake batch system in."""
 
 WITHDRAW_REASON = "no waiting task needs it"
+RESTART_REASON = "no worker came back after the server restart"
+"""Why a restored allocation that runs without a worker is cancelled (`expect_workers_back`)."""
 
 
 def worker_cpus(backend: BatchBackend, params: QueueParams) -> str | None:
@@ -97,6 +100,15 @@ class AllocatorProcess:
         self._withdrawing: set[int] = set()
         self._submissions_done = trio.Event()
         self._submissions_done.set()
+        self.reconnect_window = 0.0
+        """After a restore: how long workers of restored allocations may take to come back (the
+        longest `--server-lost-grace` of the workers registered when the server went; the
+        server holds their tasks as long)."""
+        self.on_new_backend: Callable[[str, BatchBackend], None] | None = None
+        """Told of each backend when it is made, before it is used (a restore hands the local
+        backend the allocations of the server before)."""
+        self._restored: dict[str, float] = {}
+        """Restored allocations not yet seen with a worker, with when their window opened."""
 
     # -----------------------------------------------------------------------------------------
     # Life cycle
@@ -105,6 +117,8 @@ class AllocatorProcess:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._refresh_loop)
+            if self._restored:
+                nursery.start_soon(self._cancel_unreturned)
             task_status.started()
             while True:
                 with trio.move_on_after(self.config.tick_interval):
@@ -135,6 +149,8 @@ class AllocatorProcess:
                     observer=self.hub.publish,
                 )
             self._backends[manager] = backend
+            if self.on_new_backend is not None:
+                self.on_new_backend(manager, backend)
         return backend
 
     def share(self, params: QueueParams) -> SharesHost | None:
@@ -441,6 +457,61 @@ class AllocatorProcess:
                     ", ".join(left),
                     queue.id,
                 )
+
+    # -----------------------------------------------------------------------------------------
+    # Allocations restored from a journal
+
+    def expect_workers_back(self, allocation_ids: Sequence[str], window: float) -> None:
+        """Restored allocations whose workers may come back within `window` seconds (call
+        before `run`). One found running without a connected worker once the window has passed
+        (counted from the restore, or from when it started if it was still queued) is
+        cancelled: a batch job whose workers are gone only holds nodes. One still queued is
+        kept: its workers connect when it starts."""
+        now = self.clock()
+        self.reconnect_window = window
+        for allocation_id in allocation_ids:
+            self._restored[allocation_id] = now
+
+    def _restored_due(self, now: float) -> tuple[dict[int, list[str]], float]:
+        """Restored allocations due for cancelling (by queue), and when to look again; drops
+        those that ended, are being cancelled or have a worker back."""
+        due: dict[int, list[str]] = {}
+        next_at = now + self.config.tick_interval
+        for allocation_id, since in list(self._restored.items()):
+            found = self.state.find_allocation(allocation_id)
+            alloc = None if found is None else found[1]
+            if alloc is None or not alloc.is_active or alloc.connected or alloc.cancel_reason:
+                del self._restored[allocation_id]
+                continue
+            if alloc.state is AllocationState.QUEUED:
+                continue
+            deadline = max(since, alloc.started_at or since) + self.reconnect_window
+            if deadline <= now:
+                due.setdefault(alloc.queue_id, []).append(allocation_id)
+            else:
+                next_at = min(next_at, deadline)
+        return due, next_at
+
+    async def _cancel_unreturned(self) -> None:
+        """Cancel restored allocations that run but whose workers did not come back in time
+        (`expect_workers_back`); ends once every restored allocation has a worker or ended."""
+        while self._restored:
+            due, next_at = self._restored_due(self.clock())
+            if due:
+                # What the batch system says now: one that ended meanwhile needs no cancel.
+                await self.refresh(force=True)
+                due, next_at = self._restored_due(self.clock())
+            for queue_id, ids in due.items():
+                for allocation_id in ids:
+                    del self._restored[allocation_id]
+                log.info("Queue %d: cancelling %s: %s", queue_id, ", ".join(ids), RESTART_REASON)
+                self._start("restart cancel", partial(self._cancel_restored, ids), queue_id)
+            await trio.sleep(max(0.0, next_at - self.clock()))
+
+    async def _cancel_restored(self, ids: list[str], queue_id: int) -> None:
+        await self.cancel_allocations(
+            queue_id, ids, RESTART_REASON, trio.current_time() + self.cancel_bound
+        )
 
     # -----------------------------------------------------------------------------------------
     # Following allocations

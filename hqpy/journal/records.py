@@ -70,12 +70,16 @@ class TasksUpdated:
     `started`: rows `[job, instance, first, last]` of tasks that started (a restored task that
     had started and not ended gets a higher instance id). `finished`: rows `[job, first, last]`
     (inclusive id ranges). `failed`: rows `[job, task, error]`. `crashed`: rows
-    `[job, task, crash_count, instance]` of tasks handed back by a lost worker."""
+    `[job, task, crash_count, instance]` of tasks handed back by a lost worker (the next
+    instance id). `instances` (absent in journals of older hqpy: none): rows
+    `[job, task, instance, why]` of task instances that ended without the task ending (a lost,
+    drained or stopped worker), what `hq task info` shows as earlier instances."""
 
     started: list[m.Row] = attrs.Factory(list)
     finished: list[m.Row] = attrs.Factory(list)
     failed: list[m.Row] = attrs.Factory(list)
     crashed: list[m.Row] = attrs.Factory(list)
+    instances: list[m.Row] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -125,6 +129,17 @@ class AllocEventLogged:
 
 
 @attrs.frozen
+class AllocationDraining:
+    """`hq alloc drain` (journals of older hqpy have none): a restored server goes on draining
+    the allocation, with what is left of the grace (from `at`)."""
+
+    queue_id: int
+    allocation_id: str
+    grace: float
+    at: float
+
+
+@attrs.frozen
 class IdsUsed:
     """Ids handed out so far (a compacted journal keeps counting after jobs it dropped)."""
 
@@ -152,6 +167,7 @@ Record = (
     | QueueAdded
     | AllocationPlanned
     | AllocEventLogged
+    | AllocationDraining
     | PoolChanged
     | WorkerJoined
     | WorkerLeft
@@ -169,6 +185,7 @@ OPS: dict[type, str] = {
     QueueAdded: "queue-added",
     AllocationPlanned: "allocation-planned",
     AllocEventLogged: "alloc-event",
+    AllocationDraining: "allocation-draining",
     PoolChanged: "pool-changed",
     WorkerJoined: "worker-joined",
     WorkerLeft: "worker-left",

@@ -48,6 +48,7 @@ class JournalWriter:
         self._started: dict[tuple[int, int], list[int]] = {}
         self._failed: list[list[object]] = []
         self._crashed: list[list[object]] = []
+        self._instances: list[list[object]] = []
         self.error: str | None = None
         self.bytes_written = 0
         self.flushing = trio.Lock()
@@ -80,6 +81,11 @@ class JournalWriter:
         self._crashed.append([job_id, task_id, crash_count, instance_id])
         self._batch_touched()
 
+    def task_instance_ended(self, job_id: int, task_id: int, instance_id: int, why: str) -> None:
+        """An instance of the task ended without the task ending (its history)."""
+        self._instances.append([job_id, task_id, instance_id, why])
+        self._batch_touched()
+
     def _batch_touched(self) -> None:
         if self._batch_since is None:
             self._batch_since = trio.current_time()
@@ -98,13 +104,16 @@ class JournalWriter:
             for job_id, ids in self._finished.items()
             for first, last in _ranges(ids)
         ]
-        record = TasksUpdated(started, finished, list(self._failed), list(self._crashed))
+        record = TasksUpdated(
+            started, finished, list(self._failed), list(self._crashed), list(self._instances)
+        )
         self._frames.append(frame_record(record))
         self._appended += 1
         self._finished.clear()
         self._started.clear()
         self._failed.clear()
         self._crashed.clear()
+        self._instances.clear()
         self._batch_since = None
 
     async def durable(self, seq: int | None = None) -> None:

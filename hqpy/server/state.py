@@ -32,7 +32,7 @@ from hqpy.common.states import DONE_TASK_STATES as DONE_STATES
 from hqpy.common.states import TaskState, WorkerState
 from hqpy.protocol import messages as m
 from hqpy.server import fit, multinode
-from hqpy.server.drain import end_reason, record_instance
+from hqpy.server.drain import MAX_INSTANCE_HISTORY, end_reason, record_instance
 from hqpy.server.jobs import Job, Task, TaskGroup
 from hqpy.server.pools import Pool, PoolTable
 from hqpy.server.scheduler import schedule
@@ -79,6 +79,11 @@ class ServerState:
         for their worker to come back and present them, until this deadline (`expire_held`)."""
         self.hold_grace = 0.0
         """How long restored running tasks are held (0: re-run them at once)."""
+        self.expected_back: set[int] = set()
+        """After a restore: workers of the server before that may come back (they had a
+        grace). No task is handed out until all have, or the settle time passed
+        (`end_restore_settle`): a task one of them ran, whose start the journal had not yet
+        received, is waiting here and would else go to another worker and might run twice."""
         self.on_task_crashed: Callable[[Task], None] | None = None
         """Told of each task handed back by a lost worker (the journal keeps crash counts)."""
 
@@ -323,6 +328,7 @@ class ServerState:
         if previous_id is not None and previous_id > 0 and previous_id not in self.workers:
             worker_id = previous_id
         worker = Worker(worker_id, config, self.clock(), outbox)
+        self.expected_back.discard(worker_id)
         self.next_worker_id = max(self.next_worker_id, worker_id + 1)
         self.workers[worker.id] = worker
         if tasks:
@@ -558,6 +564,8 @@ class ServerState:
     def schedule(self) -> int:
         """Assign waiting tasks to workers and queue the messages; returns how many."""
         workers = [w for w in self.workers.values() if w.is_running and not w.draining]
+        if self.expected_back:
+            return 0  # just restored: the workers of the server before come back first
         if not workers or not self.waiting_groups:
             if self.reserved:
                 self._keep_reserved(set())
@@ -804,6 +812,55 @@ class ServerState:
                     group.requeued.append(task)
                     self.waiting_groups[group.group_id] = (job, group)
                 return
+
+    def restore_finished_instance(self, job_id: int, task_ids: IdSet, instance_id: int) -> None:
+        """These finished tasks had started under this instance id (only ids above 0 are
+        restored: a task that never ran again keeps 0 without an object of its own)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        for group in job.groups:
+            for task_id in group.ids.intersection(task_ids):
+                task = group.materialise(job, task_id)
+                if task.state is TaskState.FINISHED:
+                    task.instance_id = max(task.instance_id, instance_id)
+
+    def restore_instance_ended(self, job_id: int, task_id: int, instance: int, why: str) -> None:
+        """An earlier instance of the task and why it ended (what `hq task info` shows)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        for group in job.groups:
+            if task_id in group.ids:
+                is_new = task_id not in job.tasks
+                task = group.materialise(job, task_id)
+                history = task.history
+                if history is None:
+                    history = task.history = []
+                if (instance, why) not in history:
+                    history.append((instance, why))
+                    history.sort()
+                    del history[:-MAX_INSTANCE_HISTORY]
+                if is_new and task.state is TaskState.WAITING:
+                    task.instance_id = max(task.instance_id, instance + 1)
+                    group.requeued.append(task)
+                    self.waiting_groups[group.group_id] = (job, group)
+                return
+
+    def restore_expect_workers(self, worker_ids: set[int]) -> None:
+        """These workers of the server before may come back: hand out no task until they have
+        or `end_restore_settle` is called."""
+        self.expected_back = set(worker_ids)
+
+    def end_restore_settle(self) -> None:
+        """The settle time after a restore is over: tasks are handed out, whoever is back."""
+        if self.expected_back:
+            log.info(
+                "%d worker(s) of the server before not back yet; handing out tasks",
+                len(self.expected_back),
+            )
+            self.expected_back.clear()
+            self.on_schedule_needed()
 
     def restore_done(self) -> None:
         """After replay: job completion times and waiters as if it had all just happened."""

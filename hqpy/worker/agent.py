@@ -293,7 +293,7 @@ class WorkerAgent:
                 log.info("Reconnect try %d: %s", policy.attempts, e.reason)
                 continue
             if self.recent:
-                self.updates = [row for _, row in self.recent] + self.updates
+                self._requeue_updates([row for _, row in self.recent])
                 self.recent.clear()
             error = await self._register(framed, self._held_tasks())
             if error is None:
@@ -301,6 +301,17 @@ class WorkerAgent:
             log.info("Reconnect try %d: %s", policy.attempts, error)
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await framed.aclose()
+
+    def _requeue_updates(self, rows: list[m.TaskUpdateRow]) -> None:
+        """Put `rows` back before the unsent updates. The positions of unsent starts move
+        with them: an end that replaced the row at an old position would overwrite another
+        task's end, which would then never reach the server."""
+        if not rows:
+            return
+        self.updates = rows + self.updates
+        shift = len(rows)
+        for key in self.unsent_running:
+            self.unsent_running[key] += shift
 
     def _remember_sent(self, updates: list[m.TaskUpdateRow]) -> None:
         now = trio.current_time()
@@ -512,8 +523,13 @@ class WorkerAgent:
                 await framed.send(m.TaskUpdates(updates), codec.FROM_WORKER)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 # Kept for the next connection (the server ignores what it already has).
-                self.updates = updates + self.updates
+                self._requeue_updates(updates)
                 return
+            except trio.Cancelled:
+                # The session ends (the server went) in the middle of the send: kept too, or
+                # these ends are never presented and a restarted server runs them again.
+                self._requeue_updates(updates)
+                raise
             if self.options.server_lost_grace > 0:
                 self._remember_sent(updates)
             await trio.sleep(UPDATE_BATCH_DELAY)

@@ -14,6 +14,13 @@ States (answered from memory, no command is run):
 - FAILED on any other exit (`FAILED`) or after `cancel` (`CANCELLED`); an id this backend never
   handed out is FAILED too (`""`, as a purged Slurm job).
 A dry-run script is only checked with `bash -n` and stays QUEUED (`HELD`) until cancelled.
+
+Across a server restart: each allocation's dir holds `process-group` (its process group id and
+the start time of the group's leader, from `/proc`, so that a reused pid is not taken for it). A
+restarted server's backend adopts the allocations of the server before (`continue_after`): it
+reports them RUNNING (or STARTING, as before) while a process of the group lives, FINISHED
+(`EXITED`: it cannot know the exit status; the script's exit trap reports it) once none does,
+and cancels them by signalling the group, as its own.
 """
 
 from __future__ import annotations
@@ -143,6 +150,112 @@ class _LocalAllocation:
         return ExternalStatus(state, started_at=started, finished_at=self.finished_at, raw=raw)
 
 
+GROUP_NAME = "process-group"
+"""In an allocation's dir: `<process group id> <start time of its leader>` (see `read_group`)."""
+
+
+def process_start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, field 22 of `/proc/PID/stat`): with
+    the pid, it names one process for good. None when there is no such process."""
+    fields = _stat_fields(pid)
+    return None if fields is None or len(fields) < 20 else int(fields[19])
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """`/proc/PID/stat` after the command name (state, ppid, pgrp, ...), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read(4096)
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def write_group(workdir: Path, pgid: int) -> None:
+    """Record the allocation's process group, so a restarted server can follow it."""
+    started = process_start_time(pgid)
+    (workdir / GROUP_NAME).write_text(f"{pgid} {'' if started is None else started}\n")
+
+
+def read_group(workdir: Path) -> tuple[int, int | None] | None:
+    """`(pgid, leader start time)` from an allocation's dir; None when it has none (an older
+    server's allocation, or a dry run)."""
+    try:
+        with open(workdir / GROUP_NAME) as f:
+            parts = f.read(200).split()
+    except OSError:
+        return None
+    if not parts or not parts[0].isdigit() or int(parts[0]) <= 1:
+        return None
+    started = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    return int(parts[0]), started
+
+
+def group_identity(pgid: int, started: int | None) -> bool | None:
+    """Whether the group recorded as `(pgid, started)` may still have processes: True when its
+    leader lives (the same process: same start time); None when the leader is gone but the
+    group is not empty (its pid cannot be reused while the group exists: the members are the
+    group's, maybe only zombies, see `_group_alive`); False when it is gone for good."""
+    fields = _stat_fields(pgid)
+    if fields is not None and len(fields) >= 20:
+        if started is not None and int(fields[19]) != started:
+            return False  # the pid was reused: the group ended
+        if fields[0] not in ("Z", "X"):
+            return True
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return None
+
+
+@attrs.frozen
+class EarlierAllocation:
+    """An allocation of the server before a restore, still active in its journal."""
+
+    id: str
+    workdir: Path
+    running: bool
+    """A worker of it had registered (it was RUNNING, not STARTING)."""
+
+
+@attrs.define(eq=False)
+class _AdoptedAllocation:
+    """A process group started by the server before (`continue_after`)."""
+
+    id: str
+    workdir: Path
+    pgid: int
+    leader_started: int | None
+    registered: bool
+    gone: bool = False
+    cancelled: bool = False
+    finished_at: float | None = None
+
+    async def alive(self) -> bool:
+        """Whether a live process is left in the group (remembered once it is not)."""
+        if self.gone:
+            return False
+        found = group_identity(self.pgid, self.leader_started)
+        if found is None:
+            found = await trio.to_thread.run_sync(_group_alive, self.pgid)
+        if not found:
+            self.gone = True
+            self.finished_at = time.time()
+        return found
+
+    async def status(self) -> ExternalStatus:
+        if self.cancelled:
+            return ExternalStatus(
+                ExternalState.FAILED, finished_at=self.finished_at, raw="CANCELLED"
+            )
+        if await self.alive():
+            if self.registered:
+                return ExternalStatus(ExternalState.RUNNING, raw="RUNNING")
+            return ExternalStatus(ExternalState.QUEUED, raw="STARTING")
+        return ExternalStatus(ExternalState.FINISHED, finished_at=self.finished_at, raw="EXITED")
+
+
 def _open_output(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
@@ -260,7 +373,10 @@ class LocalBackend:
         self._counter = 0
         self._allocations: dict[str, _LocalAllocation] = {}
         self._earlier: set[str] = set()
-        """Allocations of an earlier server (restored from its journal); they ended with it."""
+        """Allocations of an earlier server (restored from its journal) that it cannot follow
+        (no `process-group` in their dir): reported finished."""
+        self._adopted: dict[str, _AdoptedAllocation] = {}
+        """Allocations of an earlier server whose process group it follows."""
 
     def render_script(self, request: AllocationRequest) -> str:
         return render_local_script(request)
@@ -310,6 +426,15 @@ class LocalBackend:
             started_at=time.time(),
         )
         self._allocations[allocation_id] = allocation
+        try:
+            write_group(workdir, process.pid)
+        except OSError as e:
+            logger.warning(
+                "local allocation %s: cannot record its process group: %s; a restarted server "
+                "will not follow it",
+                allocation_id,
+                e,
+            )
         write_jobid(workdir, allocation_id)
         logger.debug("local allocation %s is process group %d", allocation_id, process.pid)
         self._nursery.start_soon(self._watch, allocation, name=f"local allocation {allocation_id}")
@@ -341,21 +466,45 @@ class LocalBackend:
         allocation = self._allocations.get(allocation_id)
         if allocation is not None:
             allocation.registered = True
+        adopted = self._adopted.get(allocation_id)
+        if adopted is not None:
+            adopted.registered = True
 
-    def continue_after(self, allocation_ids: Sequence[str]) -> None:
+    def continue_after(
+        self, allocation_ids: Sequence[str], active: Sequence[EarlierAllocation] = ()
+    ) -> None:
         """Restore from a journal: these ids belong to the server before; new ids go on after
-        them, and they are reported finished (their workers stop with their server)."""
+        them. Those still `active` in the journal whose dir names their process group are
+        followed (reported running while the group lives, and cancelled by signalling it); the
+        others are reported finished."""
+        following = {a.id: a for a in active}
         for allocation_id in allocation_ids:
             prefix, _, number = allocation_id.rpartition("-")
-            if prefix == "local" and number.isdigit():
-                self._counter = max(self._counter, int(number))
+            if prefix != "local" or not number.isdigit():
+                continue
+            self._counter = max(self._counter, int(number))
+            earlier = following.get(allocation_id)
+            group = None if earlier is None else read_group(earlier.workdir)
+            if earlier is None or group is None or allocation_id in self._allocations:
                 self._earlier.add(allocation_id)
+                continue
+            self._adopted[allocation_id] = _AdoptedAllocation(
+                allocation_id, earlier.workdir, group[0], group[1], earlier.running
+            )
+            logger.info(
+                "local allocation %s of the server before is process group %d; following it",
+                allocation_id,
+                group[0],
+            )
 
     async def query(self, ids: Sequence[str]) -> dict[str, ExternalStatus]:
         statuses: dict[str, ExternalStatus] = {}
         for allocation_id in ids:
             allocation = self._allocations.get(allocation_id)
-            if allocation is None and allocation_id in self._earlier:
+            adopted = self._adopted.get(allocation_id)
+            if adopted is not None:
+                statuses[allocation_id] = await adopted.status()
+            elif allocation is None and allocation_id in self._earlier:
                 statuses[allocation_id] = ExternalStatus(ExternalState.FINISHED, raw="")
             elif allocation is None:
                 statuses[allocation_id] = ExternalStatus(ExternalState.FAILED, raw="")
@@ -367,6 +516,10 @@ class LocalBackend:
         return await cancel_each(self.cancel, targets, self._timeout)
 
     async def cancel(self, allocation_id: str, workdir: Path) -> None:
+        adopted = self._adopted.get(allocation_id)
+        if adopted is not None:
+            await self._cancel_adopted(adopted)
+            return
         allocation = self._allocations.get(allocation_id)
         if allocation is None or allocation.done.is_set():
             return
@@ -382,11 +535,33 @@ class LocalBackend:
         await allocation.done.wait()
 
     async def cancel_all(self) -> None:
-        """End every live allocation (server shutdown), all at once."""
+        """End every live allocation (server shutdown), all at once, also those adopted."""
         async with trio.open_nursery() as nursery:
             for allocation in list(self._allocations.values()):
                 if not allocation.done.is_set():
                     nursery.start_soon(self.cancel, allocation.id, allocation.workdir)
+            for adopted in list(self._adopted.values()):
+                if not adopted.gone:
+                    nursery.start_soon(self._cancel_adopted, adopted)
+
+    async def _cancel_adopted(self, adopted: _AdoptedAllocation) -> None:
+        """SIGTERM to the group of the server before, SIGKILL to what is left after `grace`;
+        returns once no process of it is left. A group that is gone (or whose leader's pid now
+        names another process) is not signalled."""
+        if not await adopted.alive():
+            return
+        adopted.cancelled = True
+        pgid = adopted.pgid
+        _signal_group(pgid, signal.SIGTERM)
+        with trio.move_on_after(self._grace) as graceful:
+            await _group_gone(pgid)
+        if graceful.cancelled_caught:
+            logger.info("allocation %s ignored SIGTERM; killing it", adopted.id)
+            _signal_group(pgid, signal.SIGKILL)
+            with trio.move_on_after(5):
+                await _group_gone(pgid)
+        adopted.gone = True
+        adopted.finished_at = time.time()
 
     async def _terminate(self, allocation: _LocalAllocation) -> None:
         """SIGTERM to the group, SIGKILL to what is left after `grace`; returns once no
