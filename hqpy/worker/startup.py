@@ -124,7 +124,7 @@ class Registration:
     """When the server answered (`time.monotonic`)."""
 
 
-class _Link:
+class BlockingLink:
     """One blocking connection during the handshake and the registration."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -166,7 +166,7 @@ class _Link:
         self.decoder.limit = FRAME_LIMIT + TAG_SIZE
 
 
-def connect(server_dir: Path, attempts: int | None = None) -> _Link:
+def connect(server_dir: Path, attempts: int | None = None) -> BlockingLink:
     """Connect and handshake: retried for `CONNECT_PATIENCE`, or `attempts` times (a reconnect).
     Raises `WorkerExit` with the reason when the server cannot be reached."""
     deadline = time.monotonic() + CONNECT_PATIENCE
@@ -185,7 +185,7 @@ def connect(server_dir: Path, attempts: int | None = None) -> _Link:
                 raise WorkerExit(EXIT_SERVER_LOST, f"Cannot connect to the server: {e}") from None
             time.sleep(CONNECT_RETRY)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    link = _Link(sock)
+    link = BlockingLink(sock)
     try:
         link.handshake(record.worker.secret_key)
     except (AuthError, ProtocolError, OSError) as e:
@@ -194,7 +194,7 @@ def connect(server_dir: Path, attempts: int | None = None) -> _Link:
     return link
 
 
-def register(link: _Link, message: m.RegisterWorker) -> Registration:
+def register(link: BlockingLink, message: m.RegisterWorker) -> Registration:
     """Register on a connected link (closed on failure); `RegistrationRefused` says why not."""
     try:
         try:
@@ -233,39 +233,45 @@ def connect_and_register(options: WorkerOptions) -> Registration:
 
 
 def run_worker(options: WorkerOptions) -> int:
-    """Register, then serve until stopped (SIGINT or SIGTERM: exit 0); the exit code."""
-    options = options.settled()
+    """Register, then serve until stopped (SIGINT or SIGTERM: exit 0); the exit code.
+
+    Until trio watches for them, both signals raise `KeyboardInterrupt`: a signal that arrives
+    while registering or importing is a clean stop as well."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        options = options.settled()
         registration = connect_and_register(options)
+        import trio
+
+        from hqpy.worker.agent import WorkerAgent, hq_executable
+
+        agent = WorkerAgent(options, hq_executable())
     except WorkerExit as e:
         log.error("%s", e.reason)
         return e.code
     except KeyboardInterrupt:
         log.info("Worker is stopping: %s", INTERRUPTED)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
-    import trio
-
-    from hqpy.worker.agent import WorkerAgent, hq_executable
-
-    agent = WorkerAgent(options, hq_executable())
+    async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for _ in signals:
+                agent.stop(0, INTERRUPTED)
+                return
 
     async def run() -> int:
+        result: list[int] = []
         async with trio.open_nursery() as nursery:
-            result: list[int] = []
 
             async def serve() -> None:
                 result.append(await agent.run(registration))
                 nursery.cancel_scope.cancel()
 
-            async def watch_signals() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        agent.stop(0, INTERRUPTED)
-                        return
-
+            await nursery.start(watch_signals)
             nursery.start_soon(serve)
-            nursery.start_soon(watch_signals)
         return result[0]
 
     return trio.run(run)
