@@ -61,3 +61,15 @@ def test_signal_while_waiting_for_the_server_is_a_clean_stop(hq_env: HqEnv, sig:
     assert worker.wait_exit(timeout=5) == 0, worker.describe()
     assert STOPPED_BY_SIGNAL in worker.stderr()
     assert "Cannot connect" not in worker.stderr()
+
+
+def test_worker_with_a_short_idle_timeout_runs_what_is_submitted_right_after(
+    hq_env: HqEnv,
+) -> None:
+    """The script of issue 14 item 11: start a worker with a 1 s idle timeout, submit at once."""
+    hq_env.start_server()
+    worker = hq_env.start_worker("--idle-timeout", "1s", wait=False)
+    hq_env.command("submit", "--wait", "--", "bash", "-c", "echo ran")
+    assert hq_env.path("job-1", "0.stdout").read_text() == "ran\n"
+    assert worker.wait_exit() == 0, worker.describe()
+    assert "Worker is stopping: the server asked it to stop (idle-timeout)" in worker.stderr()
