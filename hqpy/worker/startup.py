@@ -41,6 +41,7 @@ log = logging.getLogger("hqpy.worker.agent")
 
 EXIT_SERVER_LOST = 1
 INTERRUPTED = "interrupted by a signal"
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 CONNECT_PATIENCE = 10.0
 """Seconds a starting worker keeps trying to reach its server (read the access file, connect)."""
 CONNECT_RETRY = 0.2
@@ -235,8 +236,9 @@ def connect_and_register(options: WorkerOptions) -> Registration:
 def run_worker(options: WorkerOptions) -> int:
     """Register, then serve until stopped (SIGINT or SIGTERM: exit 0); the exit code.
 
-    Until trio watches for them, both signals raise `KeyboardInterrupt`: a signal that arrives
-    while registering or importing is a clean stop as well."""
+    A signal that arrives while registering or importing is a clean stop as well: until then
+    both raise `KeyboardInterrupt`, and from then until trio watches them they are held blocked
+    (and unblocked before any process is started, which would inherit the mask)."""
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         options = options.settled()
@@ -246,6 +248,7 @@ def run_worker(options: WorkerOptions) -> int:
         from hqpy.worker.agent import WorkerAgent, hq_executable
 
         agent = WorkerAgent(options, hq_executable())
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     except WorkerExit as e:
         log.error("%s", e.reason)
         return e.code
@@ -256,7 +259,8 @@ def run_worker(options: WorkerOptions) -> int:
         signal.signal(signal.SIGTERM, previous)
 
     async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             task_status.started()
             async for _ in signals:
                 agent.stop(0, INTERRUPTED)
