@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,13 +17,11 @@ from hqpy.cli.common import (
     positive_int,
     tag_arg,
 )
-from hqpy.cli.output import Output
-from hqpy.client.blocking import BlockingConnection
-from hqpy.common.states import WorkerFilter
-from hqpy.protocol import messages as m
 
 if TYPE_CHECKING:
     from hqpy.cli.main import CommandTree, Subparsers
+    from hqpy.cli.output import Output
+    from hqpy.client.blocking import BlockingConnection
 
 log = logging.getLogger("hqpy.cli")
 
@@ -115,16 +112,17 @@ def register(tree: CommandTree, nouns: Subparsers) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    """Detect and check the configuration, then `run_worker` (see `hqpy.worker.startup`): only
+    what registering needs is imported before the worker is registered."""
     import os
 
     from hqpy.autoalloc.partitions import SPLIT_ENV, worker_group
     from hqpy.common.resources import parse_descriptor, parse_resource_arg
     from hqpy.common.tags import parse_tags
-    from hqpy.worker.agent import WorkerAgent, WorkerOptions, hq_executable
     from hqpy.worker.hwdetect import detect_resources
     from hqpy.worker.manager import ManagerError, detect_manager
+    from hqpy.worker.startup import WorkerOptions, run_worker
 
-    out = output_of(args)
     try:
         items = []
         names: set[str] = set()
@@ -154,10 +152,10 @@ def cmd_start(args: argparse.Namespace) -> int:
             filter_tags += part_tags
         filter_tags = sorted(parse_tags(filter_tags))
     except ValueError as e:
-        out.error(f"Invalid worker configuration: {e}")
+        output_of(args).error(f"Invalid worker configuration: {e}")
         return 2
     except ManagerError as e:
-        out.error(str(e))
+        output_of(args).error(str(e))
         return 1
     options = WorkerOptions(
         server_dir=args.server_dir,
@@ -176,33 +174,14 @@ def cmd_start(args: argparse.Namespace) -> int:
         filter_tags=tuple(filter_tags),
         server_lost_grace=args.server_lost_grace,
     )
-    agent = WorkerAgent(options, hq_executable())
-
-    import trio
-
-    async def run() -> int:
-        async with trio.open_nursery() as nursery:
-            result: list[int] = []
-
-            async def serve() -> None:
-                result.append(await agent.run())
-                nursery.cancel_scope.cancel()
-
-            async def watch_signals() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        agent.stop(0, "interrupted by a signal")
-                        return
-
-            nursery.start_soon(serve)
-            nursery.start_soon(watch_signals)
-        return result[0]
-
-    return trio.run(run)
+    return run_worker(options)
 
 
 @client_command
 def cmd_list(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    from hqpy.common.states import WorkerFilter
+    from hqpy.protocol import messages as m
+
     flt = WorkerFilter.ALL if args.all else WorkerFilter(args.filter or "running")
     resp = conn.request(m.ListWorkersRequest(flt), m.WorkerListResponse)
     out.worker_list(resp.workers)
@@ -210,6 +189,8 @@ def cmd_list(args: argparse.Namespace, conn: BlockingConnection, out: Output) ->
 
 @client_command
 def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    from hqpy.protocol import messages as m
+
     resp = conn.request(m.WorkerInfoRequest(args.selector), m.WorkerListResponse)
     if not resp.workers:
         log.error("Worker %s not found", args.selector)
@@ -218,12 +199,16 @@ def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) ->
 
 @client_command
 def cmd_stop(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    from hqpy.protocol import messages as m
+
     resp = conn.request(m.StopWorkersRequest(args.selector), m.LogLinesResponse)
     emit_log_lines(resp.lines)
 
 
 @client_command
 def cmd_address(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> int:
+    from hqpy.protocol import messages as m
+
     resp = conn.request(m.WorkerInfoRequest(str(args.worker_id)), m.WorkerListResponse)
     if not resp.workers:
         out.error(f"Worker {args.worker_id} not found")
@@ -234,4 +219,6 @@ def cmd_address(args: argparse.Namespace, conn: BlockingConnection, out: Output)
 
 @client_command
 def cmd_wait(args: argparse.Namespace, conn: BlockingConnection, out: Output) -> None:
+    from hqpy.protocol import messages as m
+
     conn.request(m.WaitWorkersRequest(args.count), m.OkResponse)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
-import socket
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,12 +23,16 @@ import trio.lowlevel
 
 from hqpy.common import serverdir
 from hqpy.common.process import OrphanGuard, process_age
-from hqpy.common.resources import ResourceDescriptorItem, ResourceGrant, ResourcePool
+from hqpy.common.resources import ResourceGrant, ResourcePool
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
-from hqpy.protocol.auth import AuthError, peer_handshake
 from hqpy.protocol.framing import FramedStream, ProtocolError
 from hqpy.worker.launcher import Launcher, TaskOutcome
+from hqpy.worker.startup import EXIT_SERVER_LOST as EXIT_SERVER_LOST
+from hqpy.worker.startup import Registration, RegistrationRefused, connect, connect_and_register
+from hqpy.worker.startup import WorkerExit as WorkerExit
+from hqpy.worker.startup import WorkerOptions as WorkerOptions
+from hqpy.worker.startup import register as register_link
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,6 @@ task that starts and ends within it is reported once. An update never waits when
 in the last 5 ms. Measured (docs/benchmark.md): the server's CPU per `true` task fell from 80-189
 to 23-97 µs and the worker's from 208-419 to 159-327 µs."""
 EXIT_OK = 0
-EXIT_SERVER_LOST = 1
 RESEND_WINDOW = 60.0
 """Seconds a reported task end is kept to be sent again after reconnecting: the server may have
 got it and died before its journal flushed it (`--journal-flush-period`); a result it already
@@ -67,35 +68,6 @@ class Reconnect:
         delay: float = min(RECONNECT_FIRST * 2.0**self.attempts, RECONNECT_MAX)
         self.attempts += 1
         return min(delay, left)
-
-
-@attrs.frozen
-class WorkerOptions:
-    server_dir: Path
-    resources: tuple[ResourceDescriptorItem, ...]
-    hostname: str = attrs.field(factory=socket.gethostname)
-    heartbeat: float = 8.0
-    idle_timeout: float | None = None
-    time_limit: float | None = None
-    group: str = "default"
-    on_server_lost: str = "stop"
-    work_dir: Path | None = None
-    manager: m.ManagerInfo | None = None
-    min_utilization: float = 0.0
-    overview_interval: float | None = None
-    zero_worker: bool = False
-    """Bench-only: complete tasks at once without starting processes."""
-    filter_tags: tuple[str, ...] = ()
-    """`--filter-tag`: sent at registration; the server gives this worker only tasks with all."""
-    server_lost_grace: float = 0.0
-    """`--server-lost-grace`: keep tasks running and reconnect this long after losing the server."""
-
-
-class WorkerExit(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class _QueuedTask:
@@ -127,12 +99,10 @@ class WorkerAgent:
     def __init__(
         self, options: WorkerOptions, hq_path: str, clock: Callable[[], float] = time.time
     ) -> None:
-        # Absolute paths: the worker moves to each task's directory to start it.
-        self.options = options = attrs.evolve(options, server_dir=options.server_dir.absolute())
+        self.options = options = options.settled()
         self.clock = clock
-        work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="hq-worker")) / "work"
-        self.work_dir = work_dir.absolute()
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        assert options.work_dir is not None  # settled
+        self.work_dir = options.work_dir
         self.launcher = Launcher(self.work_dir, hq_path, clock=clock)
         self.pool = ResourcePool(list(options.resources))
         self.bodies: dict[int, m.TaskBody] = {}
@@ -156,77 +126,43 @@ class WorkerAgent:
         self.exit: tuple[int, str] | None = None
 
     def configuration(self) -> m.WorkerConfiguration:
-        o = self.options
-        time_limit = o.time_limit
-        if time_limit is None and o.manager is not None:
-            time_limit = o.manager.time_limit
-        return m.WorkerConfiguration(
-            hostname=o.hostname,
-            work_dir=str(self.work_dir),
-            listen_address=f"{o.hostname}:0",
-            heartbeat_interval=o.heartbeat,
-            idle_timeout=o.idle_timeout,
-            time_limit=time_limit,
-            resources=o.resources,
-            group=o.group,
-            on_server_lost=o.on_server_lost,
-            pid=os.getpid(),
-            manager=o.manager,
-            overview_interval=o.overview_interval,
-            min_utilization=o.min_utilization,
-            filter_tags=o.filter_tags,
-            server_lost_grace=o.server_lost_grace,
-        )
+        return self.options.configuration()
 
-    async def run(self) -> int:
-        """Serve until stopped; returns the process exit code."""
+    async def run(self, registration: Registration | None = None) -> int:
+        """Serve until stopped; returns the process exit code. `registration` is the connection
+        `worker start` registered before importing trio (`startup`); without one, the agent
+        registers itself."""
+        if registration is None:
+            try:
+                registration = await trio.to_thread.run_sync(
+                    connect_and_register, self.options, abandon_on_cancel=True
+                )
+            except WorkerExit as e:
+                log.error("%s", e.reason)
+                return e.code
         if self.options.zero_worker:
-            return await self._serve()
-        # Started before registering, so the first task does not wait for it.
+            return await self._serve(registration)
+        # Started before the first task (`Popen`: a fork and an exec), so no task waits for it.
         guard = self.launcher.guard = OrphanGuard()
         try:
-            return await self._serve()
+            return await self._serve(registration)
         finally:
             with trio.CancelScope(shield=True):
                 await guard.aclose()
 
-    async def _register(self, framed: FramedStream, tasks: list[list[int]]) -> str | None:
-        """Register (again, presenting `tasks`, when `worker_id` is known); an error or None."""
-        previous = self.worker_id or None
-        try:
-            await framed.send(
-                m.RegisterWorker(self.configuration(), previous, tasks), codec.FROM_WORKER
-            )
-            reply = await framed.receive(codec.TO_WORKER)
-        except (trio.BrokenResourceError, ProtocolError, ConnectionError) as e:
-            return f"Registration failed: {e}"
-        if not isinstance(reply, m.WorkerRegistered):
-            return "Registration failed: the server did not accept this worker"
-        if previous is None:
-            log.info("Worker %d registered with server %s", reply.worker_id, reply.server_uid)
-        else:
-            log.info(
-                "Worker %d registered again with server %s as worker %d, presenting %d task(s)",
-                previous,
-                reply.server_uid,
-                reply.worker_id,
-                len(tasks),
-            )
-        self.worker_id = reply.worker_id
-        return None
+    def _adopt(self, registration: Registration) -> FramedStream:
+        """Take over the sealed connection that `startup.register` made."""
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(registration.sock))
+        framed = FramedStream(stream)
+        framed.secure(registration.sealer, registration.opener)
+        self.worker_id = registration.reply.worker_id
+        return framed
 
-    async def _serve(self) -> int:
-        try:
-            framed = await self._connect()
-        except WorkerExit as e:
-            log.error("%s", e.reason)
-            return e.code
-        error = await self._register(framed, [])
-        if error is not None:
-            log.error("%s", error)
-            return EXIT_SERVER_LOST
+    async def _serve(self, registration: Registration) -> int:
+        framed = self._adopt(registration)
         age = process_age()
         if age is not None:
+            age -= time.monotonic() - registration.at
             log.debug("Registered %.0f ms after the worker process started", age * 1000)
         config = self.configuration()
         with self.main_scope:
@@ -287,20 +223,25 @@ class WorkerAgent:
                 log.warning("The server did not come back within %.0f s", grace)
                 return None
             await trio.sleep(delay)
-            try:
-                framed = await self._connect(attempts=1)
-            except WorkerExit as e:
-                log.info("Reconnect try %d: %s", policy.attempts, e.reason)
-                continue
             if self.recent:
                 self._requeue_updates([row for _, row in self.recent])
                 self.recent.clear()
-            error = await self._register(framed, self._held_tasks())
-            if error is None:
-                return framed
-            log.info("Reconnect try %d: %s", policy.attempts, error)
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await framed.aclose()
+            message = m.RegisterWorker(self.configuration(), self.worker_id, self._held_tasks())
+            try:
+                registration = await trio.to_thread.run_sync(
+                    self._register_again, message, abandon_on_cancel=True
+                )
+            except WorkerExit as e:
+                log.info("Reconnect try %d: %s", policy.attempts, e.reason)
+                continue
+            except RegistrationRefused as e:
+                log.info("Reconnect try %d: %s", policy.attempts, e)
+                continue
+            return self._adopt(registration)
+
+    def _register_again(self, message: m.RegisterWorker) -> Registration:
+        """One try to reach the server again and register (in a worker thread)."""
+        return register_link(connect(self._reconnect_dir(), attempts=1), message)
 
     def _requeue_updates(self, rows: list[m.TaskUpdateRow]) -> None:
         """Put `rows` back before the unsent updates. The positions of unsent starts move
@@ -342,32 +283,6 @@ class WorkerAgent:
         if given.name.isdigit() and (given.parent / serverdir.CURRENT).exists():
             return given.parent
         return given
-
-    async def _connect(self, attempts: int | None = None) -> FramedStream:
-        """Connect and handshake: retried for 10 s, or `attempts` times (a reconnect)."""
-        deadline = trio.current_time() + 10
-        server_dir = self.options.server_dir if attempts is None else self._reconnect_dir()
-        while True:
-            try:
-                record = serverdir.load_access(server_dir)
-                if record.worker is None or not record.worker.secret_key:
-                    raise WorkerExit(1, "The access file has no worker part")
-                stream = await trio.open_tcp_stream(record.worker.host, record.worker.port)
-                break
-            except (serverdir.AccessError, OSError) as e:
-                if attempts is not None:
-                    attempts -= 1
-                if trio.current_time() > deadline or attempts == 0:
-                    raise WorkerExit(
-                        EXIT_SERVER_LOST, f"Cannot connect to the server: {e}"
-                    ) from None
-                await trio.sleep(0.2)
-        framed = FramedStream(stream)
-        try:
-            await peer_handshake(framed, "worker", record.worker.secret_key)
-        except (AuthError, ProtocolError, trio.TooSlowError, trio.BrokenResourceError) as e:
-            raise WorkerExit(EXIT_SERVER_LOST, f"Cannot connect to the server: {e}") from None
-        return framed
 
     # -----------------------------------------------------------------------------------------
 
