@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import attrs
-
 from hqpy.cli.common import (
     add_selector,
     client_command,
@@ -664,6 +662,8 @@ def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) ->
     resp = conn.request(req, m.JobDetailsResponse)
     jobs, missing = resp.jobs, resp.missing
     while resp.next is not None:
+        import attrs  # only here: importing it costs every `hq` call ~10 ms
+
         # A job's tasks come in pages (`TASK_PAGE` a reply): join them.
         resp = conn.request(
             m.JobDetailsRequest(req.selector, True, resp.next), m.JobDetailsResponse

@@ -19,9 +19,12 @@ import itertools
 import math
 import re
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import attrs
+if TYPE_CHECKING:
+    import attrs
+else:  # the same classes, made without importing attrs (see lightattrs)
+    from hqpy.common import lightattrs as attrs
 
 Run = tuple[int, int, int]
 """`(start, stop, step)`: the ids of `range(start, stop, step)`; `stop` is always last + 1."""

@@ -11,8 +11,12 @@ import collections
 import enum
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import attrs
+if TYPE_CHECKING:
+    import attrs
+else:  # the same classes, made without importing attrs (see lightattrs)
+    from hqpy.common import lightattrs as attrs
 
 from hqpy.common.jsontypes import JsonOut, JsonOutObject
 
