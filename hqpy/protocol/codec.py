@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import enum
 import functools
 import json
 import operator
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -233,7 +235,7 @@ def _make_structure(t: object) -> Hook:
     if isinstance(t, type) and issubclass(t, enum.Enum):
         return t
     if isinstance(t, type) and lightattrs.is_light(t):
-        return _class_hooks(t)[0]
+        return _class_structure(t)
     raise TypeError(f"no codec for {t}")
 
 
@@ -267,7 +269,7 @@ def _make_unstructure(t: object) -> Hook:
     if isinstance(t, type) and issubclass(t, enum.Enum):
         return operator.attrgetter("value")
     if isinstance(t, type) and lightattrs.is_light(t):
-        return _class_hooks(t)[1]
+        return _class_unstructure(t)
     raise TypeError(f"no codec for {t}")
 
 
@@ -305,19 +307,54 @@ def _bytes_out(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _class_hooks(cls: type) -> tuple[Hook, Hook]:
-    """(structure, unstructure) of a message class, as straight-line code: plain fields are
-    checked inline, the others through their type's hook."""
-    hints = typing.get_type_hints(cls)
-    fields = lightattrs.fields_of(cls)
-    names = [f.name for f in fields]
+def _field_types(cls: type) -> list[tuple[lightattrs.Field, object]]:
+    """A class's fields with their annotations resolved (`typing.get_type_hints` compiles
+    each annotation text anew: this resolves each distinct text once)."""
+    namespace = vars(sys.modules[cls.__module__])
+    return [(f, _resolve(f.annotation, namespace)) for f in lightattrs.fields_of(cls)]
+
+
+_resolved: dict[tuple[int, object], object] = {}
+
+
+def _resolve(annotation: object, namespace: dict[str, Any]) -> object:
+    if not isinstance(annotation, str):
+        return annotation
+    key = (id(namespace), annotation)
+    found = _resolved.get(key, _resolved)
+    if found is _resolved:
+        if annotation.isidentifier():  # the most common: `int`, `TaskStats`
+            found = namespace.get(annotation) or getattr(builtins, annotation)
+        elif annotation.endswith(" | None") and annotation[:-7].isidentifier():
+            found = _resolve(annotation[:-7], namespace) | None  # type: ignore[operator]
+        else:
+            found = eval(annotation, namespace)
+        _resolved[key] = found
+    return found
+
+
+def _plain_field(t: object) -> tuple[object, object | None] | None:
+    """(type, inner type of `X | None`) of a field checked inline, else None."""
+    inner = _optional_of(t)
+    plain = inner if inner is not None else t
+    if plain in _CHECKS or plain in _INLINE_TUPLES or plain is TaskState:
+        return plain, inner
+    return None
+
+
+def _class_structure(cls: type) -> Hook:
+    """A message class's structure function, as straight-line code: plain fields are checked
+    inline, the others through their type's hook; a missing field takes its default, checked and
+    converted as if it was sent."""
+    fields = _field_types(cls)
+    names = [f.name for f, _ in fields]
     scope: dict[str, object] = {
         "cls": cls,
         "KEYS": frozenset(names),
         "LABELS": _TASK_STATE_LABELS,
         "MISSING": lightattrs.NOTHING,
     }
-    structure = [
+    source = [
         "def structure(d):",
         "    if d.__class__ is not dict:",
         "        raise TypeError(f'expected an object, got {type(d).__name__}')",
@@ -327,54 +364,73 @@ def _class_hooks(cls: type) -> tuple[Hook, Hook]:
         "        d = {**DEFAULTS, **d}",
     ]
     defaults: dict[str, object] = {}
-    out = []
-    for i, f in enumerate(fields):
-        t, v, attr = hints[f.name], f"v{i}", f"o.{f.name}"
-        inner = _optional_of(t)
-        plain = inner if inner is not None else t
-        if plain in _CHECKS or plain in _INLINE_TUPLES or plain is TaskState:
-            if plain in _INLINE_TUPLES:
-                item, convert = _INLINE_TUPLES[plain]
+    for i, (f, t) in enumerate(fields):
+        v = f"v{i}"
+        plain = _plain_field(t)
+        if plain is not None:
+            kind, inner = plain
+            if kind in _INLINE_TUPLES:
+                item, convert = _INLINE_TUPLES[kind]
                 check = f"{v}.__class__ is list and all([{item} for x in {v}])"
-                convert, dump = convert.format(v=v), f"list({attr})"
-            elif plain is TaskState:
-                check, convert, dump = (
-                    f"{v}.__class__ is str and {v} in LABELS",
-                    f"LABELS[{v}]",
-                    f"{attr}.label",
-                )
+                convert = convert.format(v=v)
+            elif kind is TaskState:
+                check, convert = f"{v}.__class__ is str and {v} in LABELS", f"LABELS[{v}]"
             else:
-                check, dump = _CHECKS[plain].format(v=v), attr
-                convert = f"float({v})" if plain is float else v
+                check = _CHECKS[kind].format(v=v)
+                convert = f"float({v})" if kind is float else v
             if inner is not None:
                 check = f"{v} is None or {check}"
                 convert = f"None if {v} is None else {convert}"
-                dump = attr if dump == attr else f"None if {attr} is None else {dump}"
-            name = getattr(plain, "__name__", str(plain))
+            name = getattr(kind, "__name__", str(kind))
             fail = f"raise TypeError(f'{f.name}: expected {name}, got {{type({v}).__name__}}')"
             lines = [f"    if not ({check}):", f"        {fail}", f"    {v} = {convert}"]
         else:
-            scope[f"S{i}"], scope[f"U{i}"] = structure_hook(t), unstructure_hook(t)
+            scope[f"S{i}"] = structure_hook(t)
             lines = [f"    {v} = S{i}({v})"]
-            dump = attr if scope[f"U{i}"] is _same else f"U{i}({attr})"
         if isinstance(f.default, lightattrs.Factory):
             scope[f"F{i}"] = f.default.factory
-            structure.append(f"    {v} = d.get({f.name!r}, MISSING)")
-            structure.append(f"    if {v} is MISSING:")
-            structure.append(f"        {v} = F{i}()")
-            structure.append("    else:")
-            structure += ["    " + line for line in lines]
+            source += [f"    {v} = d.get({f.name!r}, MISSING)", f"    if {v} is MISSING:"]
+            source += [f"        {v} = F{i}()", "    else:"]
+            source += ["    " + line for line in lines]
         else:
-            if f.default is not lightattrs.NOTHING:  # checked and converted as if it was sent
-                defaults[f.name] = unstructure_hook(t)(f.default)
-            structure.append(f"    {v} = d[{f.name!r}]")
-            structure += lines
-        out.append(f"{f.name!r}: {dump}")
+            if f.default is not lightattrs.NOTHING:
+                defaults[f.name] = None if f.default is None else unstructure_hook(t)(f.default)
+            source.append(f"    {v} = d[{f.name!r}]")
+            source += lines
     scope["DEFAULTS"] = defaults
-    structure.append(f"    return cls({', '.join(f'{n}=v{i}' for i, n in enumerate(names))})")
-    source = "\n".join(structure) + "\n\ndef unstructure(o):\n    return {" + ", ".join(out) + "}\n"
-    exec(compile(source, f"<hqpy hooks {cls.__name__}>", "exec"), scope)
-    return scope["structure"], scope["unstructure"]  # type: ignore[return-value]
+    source.append(f"    return cls({', '.join(f'{n}=v{i}' for i, n in enumerate(names))})")
+    return _compiled("structure", source, cls, scope)
+
+
+def _class_unstructure(cls: type) -> Hook:
+    """A message class's unstructure function: one dict display, fields in order."""
+    scope: dict[str, object] = {}
+    out = []
+    for i, (f, t) in enumerate(_field_types(cls)):
+        attr = f"o.{f.name}"
+        plain = _plain_field(t)
+        if plain is not None:
+            kind, inner = plain
+            dump = attr
+            if kind in _INLINE_TUPLES:
+                dump = f"list({attr})"
+            elif kind is TaskState:
+                dump = f"{attr}.label"
+            if inner is not None and dump != attr:
+                dump = f"None if {attr} is None else {dump}"
+        else:
+            hook = scope[f"U{i}"] = unstructure_hook(t)
+            dump = attr if hook is _same else f"U{i}({attr})"
+        out.append(f"{f.name!r}: {dump}")
+    return _compiled(
+        "unstructure", ["def unstructure(o):", f"    return {{{', '.join(out)}}}"], cls, scope
+    )
+
+
+def _compiled(name: str, source: list[str], cls: type, scope: dict[str, object]) -> Hook:
+    exec(compile("\n".join(source) + "\n", f"<hqpy {name} {cls.__name__}>", "exec"), scope)
+    hook: Hook = scope[name]  # type: ignore[assignment]
+    return hook
 
 
 class Wire(Generic[T]):
