@@ -124,7 +124,11 @@ def connect(server_dir: Path, wait: float = ACCESS_RETRY) -> BlockingConnection:
     if endpoint is None or not secret:
         raise ClientError(f"The access file in `{server_dir}` has no client part")
     try:
-        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=HANDSHAKE_TIMEOUT)
+        # An ASCII host goes as bytes (CPython's getaddrinfo takes them; typeshed says str): a
+        # str host is IDNA-encoded first, and importing that codec costs every call ~1 ms.
+        host = endpoint.host.encode() if endpoint.host.isascii() else endpoint.host
+        address = (host, endpoint.port)
+        sock = socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT)  # type: ignore[arg-type]
     except OSError as e:
         raise ClientError(
             f"Could not connect to server at `{server_dir}` "

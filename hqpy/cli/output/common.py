@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 
 from hqpy.common import states
 from hqpy.common.durations import format_makespan
@@ -29,6 +28,8 @@ def iso(t: float | None) -> str | None:
     """ISO 8601 in UTC, the JSON mode's timestamp format (None stays null)."""
     if t is None:
         return None
+    from datetime import UTC, datetime  # here: `job list` and others never need it
+
     return datetime.fromtimestamp(t, UTC).isoformat()
 
 
@@ -36,6 +37,8 @@ def local_time(t: float | None, fmt: str = DATE_FORMAT) -> str:
     """A timestamp in local time for tables; empty when there is none (e.g. not started)."""
     if t is None:
         return ""
+    from datetime import datetime
+
     return datetime.fromtimestamp(t).astimezone().strftime(fmt)
 
 
