@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import sys
@@ -25,6 +24,7 @@ from hqpy.cli.common import (
     tag_arg,
 )
 from hqpy.client.blocking import ClientError
+from hqpy.common.logs import get_logger
 from hqpy.common.states import TaskState, WorkerFilter
 from hqpy.protocol import messages as m
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from hqpy.common.jsontypes import JsonValue
     from hqpy.common.resources import ResourceAmountRequest
 
-log = logging.getLogger("hqpy.cli")
+log = get_logger("hqpy.cli")
 
 DEFAULT_STDOUT = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout"
 DEFAULT_STDERR = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr"

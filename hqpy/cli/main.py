@@ -326,9 +326,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args.server_dir = Path(os.path.abspath(args.server_dir))
     args.debug = args.debug or os.environ.get("HQ_DEBUG", "") not in ("", "0", "false")
 
-    from hqpy.common.logs import setup_logging
+    from hqpy.common import logs
 
-    setup_logging(args.debug)
+    if "logging" in sys.modules or getattr(args, "long_running", False):
+        logs.setup_logging(args.debug)  # the command's modules log through `logging` itself
+    else:
+        logs.setup_logging_on_first_use(args.debug)
     if not getattr(args, "long_running", False):
         # `hq job list | head` should end quietly.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
