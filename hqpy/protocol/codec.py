@@ -353,6 +353,8 @@ def _class_structure(cls: type) -> Hook:
         "KEYS": frozenset(names),
         "LABELS": _TASK_STATE_LABELS,
         "MISSING": lightattrs.NOTHING,
+        "NEW": object.__new__,
+        "SET": object.__setattr__,
     }
     source = [
         "def structure(d):",
@@ -398,7 +400,11 @@ def _class_structure(cls: type) -> Hook:
             source.append(f"    {v} = d[{f.name!r}]")
             source += lines
     scope["DEFAULTS"] = defaults
-    source.append(f"    return cls({', '.join(f'{n}=v{i}' for i, n in enumerate(names))})")
+    # The instance is filled in directly: checked values need no `__init__`, whose code a
+    # class would otherwise compile on its first decode.
+    source.append("    o = NEW(cls)")
+    source += [f"    SET(o, {n!r}, v{i})" for i, n in enumerate(names)]
+    source.append("    return o")
     return _compiled("structure", source, cls, scope)
 
 

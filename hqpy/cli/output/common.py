@@ -7,7 +7,6 @@ from collections.abc import Iterable, Mapping
 
 from hqpy.common import states
 from hqpy.common.durations import format_makespan
-from hqpy.common.idset import IdSet, format_id_set, parse_id_set
 from hqpy.protocol import messages as m
 
 DATE_FORMAT = "%d.%m.%Y %H:%M:%S"
@@ -86,6 +85,8 @@ def format_stdio(path: str | None) -> str:
 
 def job_task_ids(submits: Iterable[m.SubmitView]) -> str:
     """The id set of all submits of a job (`1-6,10-20`)."""
+    from hqpy.common.idset import IdSet, format_id_set, parse_id_set  # `job info` only
+
     ids = IdSet()
     for submit in submits:
         if submit.ids.strip():
