@@ -19,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` itself costs a few ms of `hq --version`'s start-up
     import argparse
     from collections.abc import Callable, Sequence
-    from typing import NoReturn, TypeAlias
+    from typing import Any, NoReturn, TypeAlias
 
     Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -46,6 +46,13 @@ def _parser_class() -> type[argparse.ArgumentParser]:
 
     class Parser(argparse.ArgumentParser):
         """argparse with clap-like errors: `error: <text>` and exit code 2."""
+
+        def __init__(self, *args: Any, unreached: bool = False, **kwargs: Any) -> None:
+            if unreached:
+                # A command argv does not name (see `CommandTree`): only its name and help
+                # line are shown, so its parser is never used; setting one up costs ~0.5 ms.
+                return
+            super().__init__(*args, **kwargs)
 
         def error(self, message: str) -> NoReturn:
             prefix = "the following arguments are required: "
@@ -151,7 +158,7 @@ class CommandTree:
             return subparsers  # type: ignore[return-value]
         path = (*self._paths[subparsers], name)
         if not self._reached(path):
-            subparsers.add_parser(name, help=help, add_help=False)
+            subparsers.add_parser(name, help=help, unreached=True)
             return _Unbuilt()  # type: ignore[return-value]
         parser = subparsers.add_parser(name, help=help, description=help, parents=[self.common])
         self._paths[parser] = path
