@@ -110,9 +110,12 @@ class DecodeError(Exception):
 # --- generated hooks ------------------------------------------------------------------------------
 #
 # Each message class gets a `structure` (JSON data -> instance) and an `unstructure` (instance ->
-# JSON data) function, generated from its annotations as straight-line code on the class's first
-# use: a client that sends one request pays for one or two classes, not a hundred, and neither
-# attrs nor cattrs is imported on the wire path. The rules are those the protocol always had:
+# JSON data) function, made from its annotations on the class's first use, one direction at a
+# time: its first `COMPILE_AFTER` objects go through a loop over its fields, later ones through
+# straight-line code generated for it. A client that sends one request pays for a few loops, not
+# for generating code for a hundred classes, and neither attrs nor cattrs is imported on the wire
+# path; a server that converts thousands of objects runs generated code. The rules are those the
+# protocol always had:
 # no silent conversions (`"12"` is not 12, `null` is not `"None"`), no extra keys, JSON arrays for
 # lists and tuples, enums by value, bytes as base64 text, rows of plain values checked for shape.
 
