@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from hqpy.common import logs
 
 if TYPE_CHECKING:
     from hqpy.cli.output import Output
     from hqpy.client.blocking import BlockingConnection
     from hqpy.protocol import messages as m
 
-log = logging.getLogger("hqpy.cli")
+log = logs.get_logger("hqpy.cli")
 
 MAX_COUNT = 2**32 - 1
 """Counts given on the command line are `u32` in HyperQueue."""
@@ -135,9 +136,9 @@ def client_command(call: ClientCall) -> Callable[[argparse.Namespace], int]:
 
 def emit_log_lines(lines: list[m.LogLine]) -> None:
     """Log what the server said, at the level it chose (HyperQueue logs these on stderr)."""
-    levels = {"INFO": logging.INFO, "WARN": logging.WARNING, "ERROR": logging.ERROR}
+    levels = {"INFO": logs.INFO, "WARN": logs.WARNING, "ERROR": logs.ERROR}
     for line in lines:
-        log.log(levels.get(line.level, logging.INFO), "%s", line.text)
+        log.log(levels.get(line.level, logs.INFO), "%s", line.text)
 
 
 def add_selector(p: argparse.ArgumentParser, what: str) -> None:

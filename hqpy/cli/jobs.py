@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import attrs
 
 from hqpy.cli.common import (
     add_selector,
@@ -27,6 +24,7 @@ from hqpy.cli.common import (
     tag_arg,
 )
 from hqpy.client.blocking import ClientError
+from hqpy.common.logs import get_logger
 from hqpy.common.states import TaskState, WorkerFilter
 from hqpy.protocol import messages as m
 
@@ -40,7 +38,7 @@ if TYPE_CHECKING:
     from hqpy.common.jsontypes import JsonValue
     from hqpy.common.resources import ResourceAmountRequest
 
-log = logging.getLogger("hqpy.cli")
+log = get_logger("hqpy.cli")
 
 DEFAULT_STDOUT = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout"
 DEFAULT_STDERR = "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr"
@@ -664,6 +662,8 @@ def cmd_info(args: argparse.Namespace, conn: BlockingConnection, out: Output) ->
     resp = conn.request(req, m.JobDetailsResponse)
     jobs, missing = resp.jobs, resp.missing
     while resp.next is not None:
+        import attrs  # only here: importing it costs every `hq` call ~10 ms
+
         # A job's tasks come in pages (`TASK_PAGE` a reply): join them.
         resp = conn.request(
             m.JobDetailsRequest(req.selector, True, resp.next), m.JobDetailsResponse

@@ -10,6 +10,7 @@ that argv names is built and only its module imported; `hq --version` imports no
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from hqpy import __version__
@@ -18,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` itself costs a few ms of `hq --version`'s start-up
     import argparse
     from collections.abc import Callable, Sequence
-    from typing import NoReturn, TypeAlias
+    from typing import Any, NoReturn, TypeAlias
 
     Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -46,6 +47,13 @@ def _parser_class() -> type[argparse.ArgumentParser]:
     class Parser(argparse.ArgumentParser):
         """argparse with clap-like errors: `error: <text>` and exit code 2."""
 
+        def __init__(self, *args: Any, unreached: bool = False, **kwargs: Any) -> None:
+            if unreached:
+                # A command argv does not name (see `CommandTree`): only its name and help
+                # line are shown, so its parser is never used; setting one up costs ~0.5 ms.
+                return
+            super().__init__(*args, **kwargs)
+
         def error(self, message: str) -> NoReturn:
             prefix = "the following arguments are required: "
             if message.startswith(prefix):
@@ -57,6 +65,12 @@ def _parser_class() -> type[argparse.ArgumentParser]:
             self.print_usage(sys.stderr)
             self.exit(EXIT_USAGE, f"error: {message}\n")
 
+        def _get_formatter(self) -> argparse.HelpFormatter:
+            # argparse's own asks `shutil` for the terminal width, importing it (and bz2, lzma,
+            # fnmatch) for the hundreds of formatters that building parsers makes.
+            width = _terminal_columns() - 2  # as argparse sets it
+            return self.formatter_class(prog=self.prog, width=width)  # type: ignore[call-arg]
+
         def _clap_name(self, shown: str) -> str:
             for action in self._actions:
                 if action.option_strings and "/".join(action.option_strings) == shown:
@@ -67,11 +81,30 @@ def _parser_class() -> type[argparse.ArgumentParser]:
     return Parser
 
 
-def _global_options(defaults: bool) -> argparse.ArgumentParser:
+def _terminal_columns() -> int:
+    """`shutil.get_terminal_size().columns`, without importing shutil."""
+    import os
+
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):  # no stdout (None), not a terminal
+        columns = 0
+    return columns or 80
+
+
+def _global_options(
+    defaults: bool, parser_class: type[argparse.ArgumentParser]
+) -> argparse.ArgumentParser:
     import argparse
     from pathlib import Path
 
-    p = argparse.ArgumentParser(add_help=False)
+    p = parser_class(add_help=False)
     d: Callable[[object], object] = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     p.add_argument(
         "--server-dir",
@@ -93,30 +126,74 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
 
 
 class CommandTree:
-    """Builds nested sub-parsers that all accept the global flags."""
+    """Builds nested sub-parsers that all accept the global flags.
 
-    def __init__(self) -> None:
+    Only the branch that argv names is built: a sub-command off that path is registered by name
+    and help (so choices, usage lines and `invalid choice` errors read as before) and its
+    module's `add_argument` calls go to an `_Unbuilt` stand-in, since argparse never parses with
+    it. `hq job list` thus builds the options of `job list`, not those of twenty commands."""
+
+    def __init__(self, words: Sequence[str] = ()) -> None:
+        self.words = tuple(words)
+        """The command's words in argv (`job`, `list`, ...); none: build everything."""
         self.parser_class = _parser_class()
-        self.common = _global_options(defaults=False)
+        self.common = _global_options(False, self.parser_class)
         self.root = self.parser_class(
             prog="hq",
             description="hqpy: a HyperQueue-compatible task server with automatic allocation",
-            parents=[_global_options(defaults=True)],
+            parents=[_global_options(True, self.parser_class)],
         )
         self.root.add_argument("--version", action="version", version=f"hq {__version__}")
+        self._paths: dict[object, tuple[str, ...]] = {self.root: ()}
 
     def group(self, parser: argparse.ArgumentParser, dest: str) -> Subparsers:
-        return parser.add_subparsers(dest=dest, required=True, parser_class=self.parser_class)
+        if _unbuilt(parser):
+            return parser  # type: ignore[return-value]
+        group = parser.add_subparsers(dest=dest, required=True, parser_class=self.parser_class)
+        self._paths[group] = self._paths[parser]
+        return group
 
     def command(self, subparsers: Subparsers, name: str, help: str) -> argparse.ArgumentParser:
-        return subparsers.add_parser(name, help=help, description=help, parents=[self.common])
+        if _unbuilt(subparsers):
+            return subparsers  # type: ignore[return-value]
+        path = (*self._paths[subparsers], name)
+        if not self._reached(path):
+            subparsers.add_parser(name, help=help, unreached=True)
+            return _Unbuilt()  # type: ignore[return-value]
+        parser = subparsers.add_parser(name, help=help, description=help, parents=[self.common])
+        self._paths[parser] = path
+        return parser
+
+    def _reached(self, path: tuple[str, ...]) -> bool:
+        """Whether argv may run `path` (a word argv does not give may be anything)."""
+        return all(want == word for want, word in zip(path, self.words, strict=False))
 
 
-def build_parser(noun: str | None = None) -> argparse.ArgumentParser:
-    """The whole command tree, or only the branch of `noun` (what one call needs)."""
+class _Unbuilt:
+    """A parser that argv does not reach: what a module adds to it is dropped."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unbuilt]:
+        return self._drop
+
+    def __setattr__(self, name: str, value: object) -> None:
+        pass
+
+    def _drop(self, *args: object, **kwargs: object) -> _Unbuilt:
+        return self
+
+
+def _unbuilt(parser: object) -> bool:
+    return isinstance(parser, _Unbuilt)
+
+
+def build_parser(branch: str | Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command tree, or the branch of a noun (`job`) or of argv's command words
+    (`job`, `list`): what one call needs."""
     import importlib
 
-    tree = CommandTree()
+    words = (branch,) if isinstance(branch, str) else tuple(branch or ())
+    noun = words[0] if words else None
+    tree = CommandTree(words)
     nouns = tree.group(tree.root, "noun")
     modules = (
         [NOUN_MODULES[noun]] if noun in NOUN_MODULES else list(dict.fromkeys(NOUN_MODULES.values()))
@@ -124,6 +201,25 @@ def build_parser(noun: str | None = None) -> argparse.ArgumentParser:
     for name in modules:
         importlib.import_module(f"hqpy.cli.{name}").register(tree, nouns)
     return tree.root
+
+
+def command_words(argv: Sequence[str]) -> list[str]:
+    """The words of argv before its first option other than a global flag (`job`, `info`,
+    `1`): they name the command to build."""
+    words = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in GLOBAL_VALUE_FLAGS:
+            i += 2
+        elif word == "--debug" or word.startswith(tuple(f"{f}=" for f in GLOBAL_VALUE_FLAGS)):
+            i += 1
+        elif word.startswith("-"):
+            break
+        else:
+            words.append(word)
+            i += 1
+    return words
 
 
 def find_noun(argv: Sequence[str]) -> str | None:
@@ -181,7 +277,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         print(f"hq {__version__}")
         sys.exit(0)
     _refuse_undecodable(argv)
-    parser = build_parser(noun)
+    parser = build_parser(command_words(argv) if noun is not None else None)
     args, extras = parser.parse_known_args(argv)
     if extras:
         tail = argv[argv.index("--") + 1 :] if "--" in argv else None
@@ -215,6 +311,13 @@ def _refuse_undecodable(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """`hq`; without `argv`, as the program itself (see `_end_process`)."""
+    program = argv is None
+    if program:
+        # Start-up (imports, parsers) makes many objects and no garbage cycles: collecting
+        # them as they pile up costs a call a few ms. Collection resumes when the command runs,
+        # with what start-up made frozen out of it.
+        gc.disable()
     argv = list(sys.argv[1:] if argv is None else argv)
     if _starts_server(argv):
         from hqpy.cli import early_signals
@@ -236,12 +339,18 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args.server_dir = Path(os.path.abspath(args.server_dir))
     args.debug = args.debug or os.environ.get("HQ_DEBUG", "") not in ("", "0", "false")
 
-    from hqpy.common.logs import setup_logging
+    from hqpy.common import logs
 
-    setup_logging(args.debug)
+    if "logging" in sys.modules or getattr(args, "long_running", False):
+        logs.setup_logging(args.debug)  # the command's modules log through `logging` itself
+    else:
+        logs.setup_logging_on_first_use(args.debug)
     if not getattr(args, "long_running", False):
         # `hq job list | head` should end quietly.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if program:
+        gc.freeze()
+        gc.enable()
     try:
         code = args.func(args)
     except KeyboardInterrupt:
@@ -254,4 +363,21 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         output_of(args).error(f"{type(e).__name__}: {e} (run with --debug for details)")
         code = 1
     sys.stdout.flush()
+    if program and not getattr(args, "long_running", False):
+        _end_process(code)
     sys.exit(code)
+
+
+def _end_process(code: int | None) -> NoReturn:
+    """End a client command's process without the interpreter's teardown, which frees every
+    module and object one by one (several ms of each short `hq` call). What of the teardown
+    matters is done first: the atexit callbacks (logging's flush), the standard streams."""
+    import atexit
+    import os
+
+    if "threading" in sys.modules and sys.modules["threading"].active_count() > 1:
+        sys.exit(code)  # a thread still runs: let the interpreter join it as usual
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)

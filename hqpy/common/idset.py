@@ -19,9 +19,12 @@ import itertools
 import math
 import re
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import attrs
+if TYPE_CHECKING:
+    import attrs
+else:  # the same classes, made without importing attrs (see lightattrs)
+    from hqpy.common import lightattrs as attrs
 
 Run = tuple[int, int, int]
 """`(start, stop, step)`: the ids of `range(start, stop, step)`; `stop` is always last + 1."""
@@ -506,12 +509,11 @@ class IdSet:
 
 
 _NUM = r"[0-9](?:_?[0-9])*"
-_ITEM_RE = re.compile(
-    rf"\s*(?P<a>{_NUM})(?:\s*-\s*(?P<b>{_NUM})(?:\s*:\s*(?P<step>{_NUM}))?)?\s*", re.ASCII
-)
+# Compiled by `re`'s cache on first use, not at import (every `hq` call imports this module).
+_ITEM_RE = rf"(?a)\s*(?P<a>{_NUM})(?:\s*-\s*(?P<b>{_NUM})(?:\s*:\s*(?P<step>{_NUM}))?)?\s*"
 
 
-_NEGATIVE_RE = re.compile(rf"(?:^|,|:)\s*-\s*({_NUM})", re.ASCII)
+_NEGATIVE_RE = rf"(?a)(?:^|,|:)\s*-\s*({_NUM})"
 _SHOWN_LIMIT = 60
 
 
@@ -604,9 +606,9 @@ def parse_id_set(text: str, *, allow_overlap: bool = True) -> IdSet:
     items = text.split(",")
     runs: list[Run] = []
     for item in items:
-        m = _ITEM_RE.fullmatch(item)
+        m = re.fullmatch(_ITEM_RE, item)
         if not m:
-            negative = _NEGATIVE_RE.search(item)
+            negative = re.search(_NEGATIVE_RE, item)
             if negative:
                 raise IdRangeError(
                     f"invalid id set {_shown(text)}: id -{_shown_number(negative[1])} is negative; "

@@ -10,39 +10,46 @@ start with `[` and carry milliseconds and the logger name, so they never look li
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import logging
+
+# `logging`'s level values: reading HQPY_LOG must not import logging (see `get_logger`).
+DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
 
 LEVEL_NAMES = {"WARNING": "WARN", "CRITICAL": "ERROR"}
 
 
-class _Formatter(logging.Formatter):
-    def __init__(self, debug: bool) -> None:
-        super().__init__()
-        self.debug = debug
+def _formatter(debug: bool) -> logging.Formatter:
+    import logging
 
-    def format(self, record: logging.LogRecord) -> str:
-        level = LEVEL_NAMES.get(record.levelname, record.levelname)
-        t = time.gmtime(record.created)
-        message = record.getMessage()
-        if record.exc_info:
-            message += "\n" + self.formatException(record.exc_info)
-        if self.debug:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03}Z"
-            return f"[{stamp} {level} {record.name}] {message}"
-        return f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', t)} {level} {message}"
+    class Formatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            level = LEVEL_NAMES.get(record.levelname, record.levelname)
+            t = time.gmtime(record.created)
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + self.formatException(record.exc_info)
+            if debug:
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03}Z"
+                return f"[{stamp} {level} {record.name}] {message}"
+            return f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', t)} {level} {message}"
+
+    return Formatter()
 
 
 LEVELS = {
-    "trace": logging.DEBUG,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "off": logging.CRITICAL + 10,
+    "trace": DEBUG,
+    "debug": DEBUG,
+    "info": INFO,
+    "warn": WARNING,
+    "warning": WARNING,
+    "error": ERROR,
+    "off": CRITICAL + 10,
 }
 """Level names of HQPY_LOG and of RUST_LOG (`trace` is hqpy's `debug`)."""
 
@@ -101,17 +108,58 @@ def log_levels(environ: dict[str, str] | os._Environ[str]) -> tuple[int | None, 
     return (own_root if own_root is not None else root), {**levels, **own}
 
 
-def setup_logging(debug: bool, default_level: int = logging.INFO) -> None:
+def setup_logging(debug: bool, default_level: int = INFO) -> None:
+    _configure(debug, default_level, _env_levels())
+
+
+def setup_logging_on_first_use(debug: bool) -> None:
+    """`setup_logging`, done when a `get_logger` logger is first used: a client command that
+    logs nothing never imports `logging` (~3 ms of each call). HQPY_LOG is read now, so a bad
+    value is reported as before. Only for processes whose modules log through `get_logger`."""
+    _pending.append((debug, INFO, _env_levels()))
+
+
+def get_logger(name: str) -> logging.Logger:
+    """`logging.getLogger(name)`, made (and the logging set up, if that was deferred) on the
+    first use of one of its methods."""
+    return _LazyLogger(name)  # type: ignore[return-value]
+
+
+class _LazyLogger:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import logging
+
+        if _pending:
+            _configure(*_pending.pop())
+        return getattr(logging.getLogger(self._name), attr)
+
+
+Levels = tuple[int | None, dict[str, int]]
+
+_pending: list[tuple[bool, int, Levels]] = []
+
+
+def _env_levels() -> Levels:
     try:
-        root_level, levels = log_levels(os.environ)
+        return log_levels(os.environ)
     except ValueError as e:
         print(e, file=sys.stderr)
-        root_level, levels = None, {}
-    debug_format = debug or any(
-        level <= logging.DEBUG for level in [*levels.values(), root_level or logging.INFO]
-    )
+        return None, {}
+
+
+def _configure(debug: bool, default_level: int, env: Levels) -> None:
+    import logging
+
+    _pending.clear()
+    root_level, levels = env
+    debug_format = debug or any(level <= DEBUG for level in [*levels.values(), root_level or INFO])
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(debug_format))
+    handler.setFormatter(_formatter(debug_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     hqpy_logger = logging.getLogger("hqpy")

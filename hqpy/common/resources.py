@@ -11,8 +11,12 @@ import collections
 import enum
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import attrs
+if TYPE_CHECKING:
+    import attrs
+else:  # the same classes, made without importing attrs (see lightattrs)
+    from hqpy.common import lightattrs as attrs
 
 from hqpy.common.jsontypes import JsonOut, JsonOutObject
 
@@ -93,16 +97,18 @@ class ResourceRequest:
 
 # --- parsing ----------------------------------------------------------------------------------
 
-_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9/]*", re.ASCII)
+# Patterns are kept as text and compiled by `re`'s own cache on first use: compiling them all at
+# import cost every `hq` call (which imports this module for the messages) about a millisecond.
+_NAME_RE = r"(?a)[A-Za-z][A-Za-z0-9/]*"
 _INT = r"[0-9](?:_?[0-9])*"
-_AMOUNT_RE = re.compile(rf"({_INT})(?:\.([0-9]+))?", re.ASCII)
-_REQUEST_RE = re.compile(rf"\s*({_INT}(?:\.[0-9]+)?)\s*([A-Za-z!]+)?\s*", re.ASCII)
-_PLAIN_INT_RE = re.compile(rf"\s*({_INT})\s*", re.ASCII)
-_X_RE = re.compile(rf"\s*({_INT})\s*x\s*({_INT})\s*", re.ASCII)
-_RANGE_RE = re.compile(rf"\s*range\s*\(\s*({_INT})\s*-\s*({_INT})\s*\)\s*", re.ASCII)
-_SUM_RE = re.compile(rf"\s*sum\s*\(\s*({_INT})\s*\)\s*", re.ASCII)
-_GROUP_RE = re.compile(r"\s*\[([^\[\]]*)\]\s*")
-_VALUE_RE = re.compile(r"[^\s,\[\]()\"']+")
+_AMOUNT_RE = rf"(?a)({_INT})(?:\.([0-9]+))?"
+_REQUEST_RE = rf"(?a)\s*({_INT}(?:\.[0-9]+)?)\s*([A-Za-z!]+)?\s*"
+_PLAIN_INT_RE = rf"(?a)\s*({_INT})\s*"
+_X_RE = rf"(?a)\s*({_INT})\s*x\s*({_INT})\s*"
+_RANGE_RE = rf"(?a)\s*range\s*\(\s*({_INT})\s*-\s*({_INT})\s*\)\s*"
+_SUM_RE = rf"(?a)\s*sum\s*\(\s*({_INT})\s*\)\s*"
+_GROUP_RE = r"\s*\[([^\[\]]*)\]\s*"
+_VALUE_RE = r"[^\s,\[\]()\"']+"
 
 _FORCED = (AllocationPolicy.FORCE_COMPACT, AllocationPolicy.FORCE_TIGHT)
 _POLICY_JSON = {
@@ -119,7 +125,7 @@ def parse_amount(text: str) -> int:
     stripped = text.strip()
     if stripped == "all":
         return ALL
-    m = _AMOUNT_RE.fullmatch(stripped)
+    m = re.fullmatch(_AMOUNT_RE, stripped)
     if not m:
         raise ValueError(
             f"invalid resource amount {text!r}: expected a non-negative number with at most "
@@ -135,7 +141,7 @@ def parse_request_entry(name: str, text: str) -> ResourceAmountRequest:
     """`2`, `4 compact!`, `2 scatter`, `0.25 tight` or `all` for resource `name`."""
     if text.strip() == "all":
         return ResourceAmountRequest(name, ALL)
-    m = _REQUEST_RE.fullmatch(text)
+    m = re.fullmatch(_REQUEST_RE, text)
     if not m:
         raise ValueError(
             f"invalid request {text!r} for resource {name!r}: expected an amount with an "
@@ -164,7 +170,7 @@ def parse_request_entry(name: str, text: str) -> ResourceAmountRequest:
 
 
 def _check_name(name: str, text: str) -> None:
-    if not _NAME_RE.fullmatch(name):
+    if not re.fullmatch(_NAME_RE, name):
         raise ValueError(
             f"invalid resource name {name!r} in {text!r}: expected ASCII letters, digits and "
             "'/', starting with a letter (e.g. gpus/nvidia)"
@@ -193,7 +199,7 @@ def _parse_values(name: str, text: str, inner: str) -> tuple[str, ...]:
         value = raw.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
-        if not _VALUE_RE.fullmatch(value):
+        if not re.fullmatch(_VALUE_RE, value):
             raise ValueError(
                 f"invalid resource {name!r} definition {text!r}: bad list item {raw.strip()!r}, "
                 "expected e.g. [0,1,2] or [[0,1],[2,3]] with non-empty items"
@@ -212,12 +218,12 @@ def _descriptor_error(name: str, text: str, reason: str) -> ValueError:
 def parse_descriptor(name: str, text: str) -> ResourceDescriptorItem:
     """A worker's pool from `--cpus`/`--resource`: `4`, `4x5`, `[1,2]`, `[[0,1],[2]]`,
     `range(1-4)`, `sum(100)`."""
-    if m := _PLAIN_INT_RE.fullmatch(text):
+    if m := re.fullmatch(_PLAIN_INT_RE, text):
         count = _int(m[1])
         if count < 1:
             raise _descriptor_error(name, text, "the count must be at least 1")
         return ResourceDescriptorItem(name, ResourceKind.RANGE, start=0, end=count - 1)
-    if m := _X_RE.fullmatch(text):
+    if m := re.fullmatch(_X_RE, text):
         n_groups, size = _int(m[1]), _int(m[2])
         if n_groups < 1 or size < 1:
             raise _descriptor_error(name, text, "group count and size must be at least 1")
@@ -227,12 +233,12 @@ def parse_descriptor(name: str, text: str) -> ResourceDescriptorItem:
             tuple(str(i) for i in range(g * size, (g + 1) * size)) for g in range(n_groups)
         )
         return ResourceDescriptorItem(name, ResourceKind.GROUPS, groups=groups)
-    if m := _RANGE_RE.fullmatch(text):
+    if m := re.fullmatch(_RANGE_RE, text):
         start, end = _int(m[1]), _int(m[2])
         if start > end:
             raise _descriptor_error(name, text, "the range start must not exceed its end")
         return ResourceDescriptorItem(name, ResourceKind.RANGE, start=start, end=end)
-    if m := _SUM_RE.fullmatch(text):
+    if m := re.fullmatch(_SUM_RE, text):
         if name == "cpus":
             raise ValueError(
                 f"invalid cpus definition {text!r}: cpus cannot be a sum resource, "
@@ -253,7 +259,7 @@ def parse_descriptor(name: str, text: str) -> ResourceDescriptorItem:
     groups_list: list[tuple[str, ...]] = []
     pos = 0
     while True:
-        gm = _GROUP_RE.match(inner, pos)
+        gm = re.compile(_GROUP_RE).match(inner, pos)
         if not gm:
             raise _descriptor_error(name, text, "malformed group list")
         if not gm[1].strip():

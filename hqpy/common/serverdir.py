@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-
-import attrs
-import cattrs
+from typing import TYPE_CHECKING
 
 from hqpy import __version__
 from hqpy.common import instancedir
@@ -22,6 +20,12 @@ from hqpy.common.instancedir import CURRENT as CURRENT
 from hqpy.common.instancedir import create_instance_dir as create_instance_dir
 from hqpy.common.instancedir import new_server_uid as new_server_uid
 from hqpy.common.jsontypes import JsonObject, JsonValue
+
+if TYPE_CHECKING:
+    import attrs
+    import cattrs
+else:  # the same classes, made without importing attrs (see lightattrs)
+    from hqpy.common import lightattrs as attrs
 
 
 @attrs.frozen
@@ -42,13 +46,23 @@ class AccessRecord:
 
     def to_json(self) -> JsonObject:
         """Absent parts (and the uid of a partial record) are left out, not written as null."""
-        data: JsonObject = _converter.unstructure(self)
+        data: JsonObject = {
+            "version": self.version,
+            "server_uid": self.server_uid,
+            "client": _endpoint_json(self.client),
+            "worker": _endpoint_json(self.worker),
+        }
         return {k: v for k, v in data.items() if v is not None and v != ""}
 
     @classmethod
     def from_json(cls, data: JsonValue, source: str) -> AccessRecord:
+        exact = _exact_record(data)
+        if exact is not None:
+            return exact
+        import cattrs
+
         try:
-            return _converter.structure(data, cls)
+            return _converter().structure(data, cls)
         except Exception as e:
             detail = (
                 "; ".join(cattrs.transform_error(e))
@@ -58,8 +72,46 @@ class AccessRecord:
             raise AccessError(f"Access file `{source}` is malformed: {detail}") from None
 
 
-_converter = cattrs.Converter()
-"""Access files are written by hand as often as by hq: lenient on types (`"port": "1234"`)."""
+def _endpoint_json(endpoint: Endpoint | None) -> JsonObject | None:
+    if endpoint is None:
+        return None
+    return {"host": endpoint.host, "port": endpoint.port, "secret_key": endpoint.secret_key}
+
+
+def _exact_record(data: JsonValue) -> AccessRecord | None:
+    """The record of a file as hq writes it (every value of its exact type), read without
+    cattrs; None for anything else, which the lenient converter reads or explains."""
+    if not isinstance(data, dict) or not {"version"} <= data.keys() <= _RECORD_KEYS:
+        return None
+    version, uid = data["version"], data.get("server_uid", "")
+    if not isinstance(version, str) or not isinstance(uid, str):
+        return None
+    parts: list[Endpoint | None] = []
+    for key in ("client", "worker"):
+        part = data.get(key)
+        if part is None:
+            parts.append(None)
+            continue
+        if not isinstance(part, dict) or not {"host", "port"} <= part.keys() <= _ENDPOINT_KEYS:
+            return None
+        host, port, secret = part["host"], part["port"], part.get("secret_key")
+        if not isinstance(host, str) or type(port) is not int:
+            return None
+        if secret is not None and not isinstance(secret, str):
+            return None
+        parts.append(Endpoint(host, port, secret))
+    return AccessRecord(version, uid, parts[0], parts[1])
+
+
+_RECORD_KEYS = {"version", "server_uid", "client", "worker"}
+_ENDPOINT_KEYS = {"host", "port", "secret_key"}
+
+
+def _converter() -> cattrs.Converter:
+    """Access files are written by hand as often as by hq: lenient on types (`"port": "1234"`)."""
+    import cattrs
+
+    return cattrs.Converter()
 
 
 class AccessError(Exception):

@@ -6,7 +6,6 @@ reader does not parse (colours) is only added when stdout is a terminal or `--co
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from hqpy.cli.output.common import (
     truncate_middle,
 )
 from hqpy.common.durations import format_duration, format_makespan
+from hqpy.common.logs import get_logger
 from hqpy.common.resources import (
     ResourceRequest,
     format_descriptor_long,
@@ -37,7 +37,7 @@ from hqpy.common.states import TaskState
 from hqpy.common.tables import horizontal_table, vertical_table
 from hqpy.protocol import messages as m
 
-log = logging.getLogger("hqpy.cli")
+log = get_logger("hqpy.cli")
 
 ERROR_TRUNCATE_LENGTH_LIST = 16
 ERROR_TRUNCATE_LENGTH_INFO = 237

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 
 from hqpy.common import states
 from hqpy.common.durations import format_makespan
-from hqpy.common.idset import IdSet, format_id_set, parse_id_set
 from hqpy.protocol import messages as m
 
 DATE_FORMAT = "%d.%m.%Y %H:%M:%S"
@@ -29,6 +27,8 @@ def iso(t: float | None) -> str | None:
     """ISO 8601 in UTC, the JSON mode's timestamp format (None stays null)."""
     if t is None:
         return None
+    from datetime import UTC, datetime  # here: `job list` and others never need it
+
     return datetime.fromtimestamp(t, UTC).isoformat()
 
 
@@ -36,6 +36,8 @@ def local_time(t: float | None, fmt: str = DATE_FORMAT) -> str:
     """A timestamp in local time for tables; empty when there is none (e.g. not started)."""
     if t is None:
         return ""
+    from datetime import datetime
+
     return datetime.fromtimestamp(t).astimezone().strftime(fmt)
 
 
@@ -83,6 +85,8 @@ def format_stdio(path: str | None) -> str:
 
 def job_task_ids(submits: Iterable[m.SubmitView]) -> str:
     """The id set of all submits of a job (`1-6,10-20`)."""
+    from hqpy.common.idset import IdSet, format_id_set, parse_id_set  # `job info` only
+
     ids = IdSet()
     for submit in submits:
         if submit.ids.strip():
