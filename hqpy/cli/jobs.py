@@ -508,15 +508,18 @@ def _log_missing(job_ids: str) -> None:
 
 def _task_pages(conn: BlockingConnection, req: m.TaskListRequest) -> Iterator[m.TaskListResponse]:
     """The pages of a task list as they come (the server sends `TASK_PAGE` tasks at a time);
-    a job's tasks may go on in the next page, and a job with no tasks is one empty entry."""
+    a job's tasks may go on in the next page, and a job with no tasks is one empty entry.
+
+    The next page is asked for before this one is handed on: the server builds it while the
+    client prints this one."""
     resp = conn.request(req, m.TaskListResponse)
-    yield resp
-    while resp.next is not None:
-        resp = conn.request(
-            m.TaskListRequest(req.selector, req.task_ids, req.states, resp.next),
-            m.TaskListResponse,
-        )
+    while True:
+        if resp.next is not None:
+            conn.send_request(m.TaskListRequest(req.selector, req.task_ids, req.states, resp.next))
         yield resp
+        if resp.next is None:
+            return
+        resp = conn.response(m.TaskListResponse)
 
 
 def _task_list(conn: BlockingConnection, req: m.TaskListRequest) -> m.TaskListResponse:

@@ -79,8 +79,20 @@ class BlockingConnection:
 
     def request(self, request: m.ClientRequest, expect: type[T]) -> T:
         """Send a request and return its response, raising `ClientError` for an error reply."""
+        self.send_request(request)
+        return self.response(expect)
+
+    def send_request(self, request: m.ClientRequest) -> None:
+        """Send a request whose response `response` reads later (the server works on it
+        meanwhile)."""
         try:
             self.send(request, codec.CLIENT_REQUEST)
+        except (ConnectionError, TimeoutError, OSError) as e:
+            raise ClientError(f"Connection to the server was lost: {e}") from None
+
+    def response(self, expect: type[T]) -> T:
+        """The response to the request sent last, raising `ClientError` for an error reply."""
+        try:
             response = self.receive(codec.CLIENT_RESPONSE)
         except (ConnectionError, TimeoutError, OSError) as e:
             raise ClientError(f"Connection to the server was lost: {e}") from None
