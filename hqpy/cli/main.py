@@ -18,7 +18,7 @@ from hqpy import __version__
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` itself costs a few ms of `hq --version`'s start-up
     import argparse
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from typing import Any, NoReturn, TypeAlias
 
     Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -206,20 +206,7 @@ def build_parser(branch: str | Sequence[str] | None = None) -> argparse.Argument
 def command_words(argv: Sequence[str]) -> list[str]:
     """The words of argv before its first option other than a global flag (`job`, `info`,
     `1`): they name the command to build."""
-    words = []
-    i = 0
-    while i < len(argv):
-        word = argv[i]
-        if word in GLOBAL_VALUE_FLAGS:
-            i += 2
-        elif word == "--debug" or word.startswith(tuple(f"{f}=" for f in GLOBAL_VALUE_FLAGS)):
-            i += 1
-        elif word.startswith("-"):
-            break
-        else:
-            words.append(word)
-            i += 1
-    return words
+    return [argv[i] for i in _word_indices(argv)]
 
 
 def find_noun(argv: Sequence[str]) -> str | None:
@@ -230,6 +217,12 @@ def find_noun(argv: Sequence[str]) -> str | None:
 
 
 def _noun_index(argv: Sequence[str]) -> int | None:
+    return next(_word_indices(argv), None)
+
+
+def _word_indices(argv: Sequence[str]) -> Iterator[int]:
+    """Where argv's words are, skipping global flags and their values, up to its first other
+    option."""
     i = 0
     while i < len(argv):
         word = argv[i]
@@ -238,10 +231,10 @@ def _noun_index(argv: Sequence[str]) -> int | None:
         elif word == "--debug" or word.startswith(tuple(f"{f}=" for f in GLOBAL_VALUE_FLAGS)):
             i += 1
         elif word.startswith("-"):
-            return None
+            return
         else:
-            return i
-    return None
+            yield i
+            i += 1
 
 
 def _starts_server(argv: Sequence[str]) -> bool:

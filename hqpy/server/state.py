@@ -799,19 +799,26 @@ class ServerState:
 
     def restore_crashed(self, job_id: int, task_id: int, crash_count: int, instance: int) -> None:
         """A task handed back by a lost worker: its crash count and next instance id."""
+        found = self._restored_task(job_id, task_id)
+        if found is None:
+            return
+        job, group, task, is_new = found
+        task.crash_count = max(task.crash_count, crash_count)
+        task.instance_id = max(task.instance_id, instance)
+        if is_new and task.state is TaskState.WAITING:
+            group.requeued.append(task)
+            self.waiting_groups[group.group_id] = (job, group)
+
+    def _restored_task(self, job_id: int, task_id: int) -> tuple[Job, TaskGroup, Task, bool] | None:
+        """The task as an object (made if it had none: then `True`), with its job and group."""
         job = self.jobs.get(job_id)
         if job is None:
-            return
+            return None
         for group in job.groups:
             if task_id in group.ids:
                 is_new = task_id not in job.tasks
-                task = group.materialise(job, task_id)
-                task.crash_count = max(task.crash_count, crash_count)
-                task.instance_id = max(task.instance_id, instance)
-                if is_new and task.state is TaskState.WAITING:
-                    group.requeued.append(task)
-                    self.waiting_groups[group.group_id] = (job, group)
-                return
+                return job, group, group.materialise(job, task_id), is_new
+        return None
 
     def restore_finished_instance(self, job_id: int, task_ids: IdSet, instance_id: int) -> None:
         """These finished tasks had started under this instance id (only ids above 0 are
@@ -827,25 +834,21 @@ class ServerState:
 
     def restore_instance_ended(self, job_id: int, task_id: int, instance: int, why: str) -> None:
         """An earlier instance of the task and why it ended (what `hq task info` shows)."""
-        job = self.jobs.get(job_id)
-        if job is None:
+        found = self._restored_task(job_id, task_id)
+        if found is None:
             return
-        for group in job.groups:
-            if task_id in group.ids:
-                is_new = task_id not in job.tasks
-                task = group.materialise(job, task_id)
-                history = task.history
-                if history is None:
-                    history = task.history = []
-                if (instance, why) not in history:
-                    history.append((instance, why))
-                    history.sort()
-                    del history[:-MAX_INSTANCE_HISTORY]
-                if is_new and task.state is TaskState.WAITING:
-                    task.instance_id = max(task.instance_id, instance + 1)
-                    group.requeued.append(task)
-                    self.waiting_groups[group.group_id] = (job, group)
-                return
+        job, group, task, is_new = found
+        history = task.history
+        if history is None:
+            history = task.history = []
+        if (instance, why) not in history:
+            history.append((instance, why))
+            history.sort()
+            del history[:-MAX_INSTANCE_HISTORY]
+        if is_new and task.state is TaskState.WAITING:
+            task.instance_id = max(task.instance_id, instance + 1)
+            group.requeued.append(task)
+            self.waiting_groups[group.group_id] = (job, group)
 
     def restore_expect_workers(self, worker_ids: set[int]) -> None:
         """These workers of the server before may come back: hand out no task until they have
