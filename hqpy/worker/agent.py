@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -42,6 +43,11 @@ task that starts and ends within it is reported once. An update never waits when
 in the last 5 ms. Measured (docs/benchmark.md): the server's CPU per `true` task fell from 80-189
 to 23-97 µs and the worker's from 208-419 to 159-327 µs."""
 EXIT_OK = 0
+KILL_SIGNALS = (signal.SIGKILL, signal.SIGTERM)
+KILLED_REPORT_DELAY = 0.5
+"""Seconds a task killed by SIGKILL or SIGTERM waits before it is reported failed: when the
+batch system ends an allocation (a node cleaned up, a job cancelled) it signals all its
+processes at once, and the task's exit can be seen before the worker's own end."""
 RESEND_WINDOW = 60.0
 """Seconds a reported task end is kept to be sent again after reconnecting: the server may have
 got it and died before its journal flushed it (`--journal-flush-period`); a result it already
@@ -394,6 +400,13 @@ class WorkerAgent:
             self.instances.pop((item.job_id, item.task_id), None)
             if not self.running:
                 self.all_done.set()
+        if outcome.killed_by in KILL_SIGNALS and not scope.cancel_called:
+            # The batch system may be killing every process of the allocation, this worker
+            # too: then the task was not at fault and must run again elsewhere, which the
+            # server does when this worker is gone without having reported it failed.
+            await trio.sleep(KILLED_REPORT_DELAY)
+            if self.exit is not None:
+                scope.cancel()  # the worker is stopping: reported as one of the tasks it ends
         start = started[0] if started else None
         now = self.clock()
         if scope.cancel_called:

@@ -33,12 +33,20 @@ ERROR_FILE_LIMIT = 2048
 
 
 class TaskOutcome:
-    __slots__ = ("ok", "error", "canceled")
+    __slots__ = ("ok", "error", "canceled", "killed_by")
 
-    def __init__(self, ok: bool, error: str | None = None, canceled: bool = False) -> None:
+    def __init__(
+        self,
+        ok: bool,
+        error: str | None = None,
+        canceled: bool = False,
+        killed_by: int | None = None,
+    ) -> None:
         self.ok = ok
         self.error = error
         self.canceled = canceled
+        self.killed_by = killed_by
+        """The signal that ended the process, if one did."""
 
 
 class TaskStartError(Exception):
@@ -263,7 +271,9 @@ class Launcher:
             except ValueError:
                 name = f"signal {sig}"
             return TaskOutcome(
-                False, f"Program terminated with exit code -1. Received signal {sig} ({name})."
+                False,
+                f"Program terminated with exit code -1. Received signal {sig} ({name}).",
+                killed_by=sig,
             )
         return TaskOutcome(False, f"Program terminated with exit code {code}.")
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from hqpy.common.states import TaskState
 from tests.e2e.harness import HqEnv, wait_until
 from tests.faults.common import (
     FAST_TIMERS,
@@ -105,3 +106,28 @@ def test_worker_frozen_past_its_heartbeat_is_refused_when_it_comes_back(hq_env: 
     assert_rerun_once(hq_env, assert_exactly_once(hq_env, done, range(1, 3)))
     workers = {w["id"]: w["state"] for w in hq_env.command("worker", "list", "--all", json=True)}
     assert workers[2] == "RUNNING"
+
+
+def test_a_task_killed_just_before_its_worker_runs_again(hq_env: HqEnv) -> None:
+    """The batch system ends an allocation by killing all its processes: a task's death can be
+    seen by its worker just before the worker's own. The task is run again, not failed."""
+    hq_env.start_server()
+    hq_env.start_worker(cpus="1")
+    # The first instance kills itself, and its worker 50 ms later.
+    script = (
+        'if [ "$HQ_INSTANCE_ID" = 0 ]; then (sleep 0.05; kill -9 $PPID) & kill -9 $$; fi; '
+        'echo "ran $HQ_INSTANCE_ID"'
+    )
+    hq_env.command("submit", "--", "bash", "-c", script)
+    wait_until(
+        lambda: (
+            tasks(hq_env)[0]["state"].upper() == "WAITING"
+            and hq_env.command("worker", "list", json=True) == []
+        ),
+        what="the worker is gone and its task waits again",
+    )
+    hq_env.start_worker(cpus="1")
+    hq_env.wait_job()
+    [view] = task_views(hq_env)
+    assert (view.state, view.instance_id, view.crash_count) == (TaskState.FINISHED, 1, 1)
+    assert hq_env.command("job", "cat", "1", "stdout") == "ran 1\n"
