@@ -15,9 +15,9 @@ from typing import TypeVar
 from hqpy.common import serverdir
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
-from hqpy.protocol.frames import FRAME_LIMIT, FrameDecoder, ProtocolError, encode_frame
-from hqpy.protocol.handshake import HANDSHAKE_TIMEOUT, AuthError, PeerHandshake
-from hqpy.protocol.seal import TAG_SIZE, Opener, Sealer
+from hqpy.protocol.blocking import BlockingLink
+from hqpy.protocol.frames import ProtocolError
+from hqpy.protocol.handshake import HANDSHAKE_TIMEOUT, AuthError
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -30,51 +30,17 @@ class ClientError(Exception):
     """Anything that stops a client command: the message is shown to the user as it is."""
 
 
-class BlockingConnection:
+class BlockingConnection(BlockingLink[_socket.socket]):
     def __init__(
         self, sock: _socket.socket, record: serverdir.AccessRecord, server_dir: Path
     ) -> None:
-        self.sock = sock
+        super().__init__(sock)
         self.record = record
         self.server_dir = server_dir
-        self._decoder = FrameDecoder()
-        self._sealer: Sealer | None = None
-        self._opener: Opener | None = None
 
-    def send(self, message: M, union: codec.Wire[M]) -> None:
-        payload = codec.encode(message, union)
-        sealer = self._sealer
-        self.sock.sendall(encode_frame(payload) if sealer is None else sealer.seal(payload))
-
-    def receive(self, union: codec.Wire[M]) -> M | None:
-        """The next message, or None when the server closed the connection."""
-        decoder = self._decoder
-        while True:
-            missing = decoder.missing()
-            if not missing:
-                payload = decoder.next_frame()
-                assert payload is not None
-                if self._opener is not None:
-                    payload = self._opener.open(payload)
-                try:
-                    return codec.decode(payload, union)
-                except codec.DecodeError as e:
-                    raise ProtocolError(str(e)) from None
-            chunk = self.sock.recv(min(max(65536, missing), 1 << 20))
-            if not chunk:
-                decoder.eof()
-                return None
-            decoder.feed(chunk)
-
-    def handshake(self, secret: str) -> None:
+    def handshake(self, role: str, secret: str) -> None:
         self.sock.settimeout(HANDSHAKE_TIMEOUT)
-        peer = PeerHandshake("client", secret)
-        hello = self.receive(codec.HANDSHAKE)
-        self.send(peer.answer(hello), codec.HANDSHAKE)
-        answer = self.receive(codec.HANDSHAKE)
-        peer.check(answer)
-        self._sealer, self._opener = peer.seal()
-        self._decoder.limit = FRAME_LIMIT + TAG_SIZE
+        super().handshake(role, secret)
         self.sock.settimeout(None)
 
     def request(self, request: m.ClientRequest, expect: type[T]) -> T:
@@ -164,7 +130,7 @@ def connect(server_dir: Path, wait: float = ACCESS_RETRY) -> BlockingConnection:
         ) from None
     conn = BlockingConnection(sock, record, server_dir)
     try:
-        conn.handshake(secret)
+        conn.handshake("client", secret)
     except (AuthError, ProtocolError, OSError) as e:
         conn.close()
         raise ClientError(f"Could not connect to server at `{server_dir}`: {e}") from None

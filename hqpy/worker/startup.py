@@ -32,9 +32,10 @@ from hqpy.common import serverdir
 from hqpy.common.resources import ResourceDescriptorItem
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
-from hqpy.protocol.frames import FRAME_LIMIT, FrameDecoder, ProtocolError, encode_frame
-from hqpy.protocol.handshake import HANDSHAKE_TIMEOUT, AuthError, PeerHandshake
-from hqpy.protocol.seal import TAG_SIZE, Opener, Sealer
+from hqpy.protocol.blocking import BlockingLink
+from hqpy.protocol.frames import ProtocolError
+from hqpy.protocol.handshake import HANDSHAKE_TIMEOUT, AuthError
+from hqpy.protocol.seal import Opener, Sealer
 
 log = logging.getLogger("hqpy.worker.agent")
 """The agent's logger: the worker's log reads as before this module was split from it."""
@@ -125,49 +126,7 @@ class Registration:
     """When the server answered (`time.monotonic`)."""
 
 
-class BlockingLink:
-    """One blocking connection during the handshake and the registration."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.decoder = FrameDecoder()
-        self.sealer: Sealer | None = None
-        self.opener: Opener | None = None
-
-    def send(self, message: T, union: codec.Wire[T]) -> None:
-        payload = codec.encode(message, union)
-        sealer = self.sealer
-        self.sock.sendall(encode_frame(payload) if sealer is None else sealer.seal(payload))
-
-    def receive(self, union: codec.Wire[T]) -> T | None:
-        """The next message, or None on a clean close; reads no byte past its frame."""
-        decoder = self.decoder
-        while missing := decoder.missing():
-            chunk = self.sock.recv(missing)
-            if not chunk:
-                decoder.eof()
-                return None
-            decoder.feed(chunk)
-        frame = decoder.next_frame()
-        assert frame is not None
-        if self.opener is not None:
-            frame = self.opener.open(frame)
-        try:
-            return codec.decode(frame, union)
-        except codec.DecodeError as e:
-            raise ProtocolError(str(e)) from None
-
-    def handshake(self, secret: str) -> None:
-        peer = PeerHandshake("worker", secret)
-        hello = self.receive(codec.HANDSHAKE)
-        self.send(peer.answer(hello), codec.HANDSHAKE)
-        answer = self.receive(codec.HANDSHAKE)
-        peer.check(answer)
-        self.sealer, self.opener = peer.seal()
-        self.decoder.limit = FRAME_LIMIT + TAG_SIZE
-
-
-def connect(server_dir: Path, attempts: int | None = None) -> BlockingLink:
+def connect(server_dir: Path, attempts: int | None = None) -> BlockingLink[socket.socket]:
     """Connect and handshake: retried for `CONNECT_PATIENCE`, or `attempts` times (a reconnect).
     Raises `WorkerExit` with the reason when the server cannot be reached."""
     deadline = time.monotonic() + CONNECT_PATIENCE
@@ -188,14 +147,14 @@ def connect(server_dir: Path, attempts: int | None = None) -> BlockingLink:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     link = BlockingLink(sock)
     try:
-        link.handshake(record.worker.secret_key)
+        link.handshake("worker", record.worker.secret_key)
     except (AuthError, ProtocolError, OSError) as e:
         sock.close()
         raise WorkerExit(EXIT_SERVER_LOST, f"Cannot connect to the server: {e}") from None
     return link
 
 
-def register(link: BlockingLink, message: m.RegisterWorker) -> Registration:
+def register(link: BlockingLink[socket.socket], message: m.RegisterWorker) -> Registration:
     """Register on a connected link (closed on failure); `RegistrationRefused` says why not."""
     try:
         try:

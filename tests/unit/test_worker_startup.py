@@ -7,10 +7,10 @@ import socket
 
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
+from hqpy.protocol.blocking import BlockingLink
 from hqpy.protocol.frames import encode_frame
 from hqpy.protocol.handshake import new_nonce, new_secret
 from hqpy.protocol.seal import peer_pair, server_pair
-from hqpy.worker.startup import BlockingLink
 
 
 def test_receive_reads_one_frame_and_leaves_the_next_in_the_socket() -> None:
