@@ -8,6 +8,13 @@ from typing import Any
 from tests.e2e.harness import HqEnv, wait_until
 
 
+def add_local_queue(env: HqEnv, *options: str) -> None:
+    """`hq alloc add local` with a 10 minute time limit and workers of one cpu, plus `options`."""
+    env.command(
+        "alloc", "add", "local", "--no-dry-run", "--time-limit", "10m", "--cpus", "1", *options
+    )
+
+
 def running_workers(env: HqEnv) -> list[int]:
     workers: list[dict[str, Any]] = env.command("worker", "list", json=True)
     return sorted(w["id"] for w in workers if w["state"] == "RUNNING")
@@ -22,15 +29,8 @@ def test_persistent_pool_is_up_without_a_job_survives_idle_timeout_and_stops(
     hq_env: HqEnv,
 ) -> None:
     hq_env.start_server()
-    hq_env.command(
-        "alloc",
-        "add",
-        "local",
-        "--no-dry-run",
-        "--time-limit",
-        "10m",
-        "--cpus",
-        "1",
+    add_local_queue(
+        hq_env,
         "--idle-timeout",
         "1s",
         "--preallocate",
@@ -165,15 +165,8 @@ def test_config_queues_are_journaled_once_across_restarts(hq_env: HqEnv) -> None
 
 def test_stop_preallocated_lets_running_tasks_finish(hq_env: HqEnv) -> None:
     hq_env.start_server()
-    hq_env.command(
-        "alloc",
-        "add",
-        "local",
-        "--no-dry-run",
-        "--time-limit",
-        "10m",
-        "--cpus",
-        "1",
+    add_local_queue(
+        hq_env,
         "--preallocate",
         "1",
         "--persist",
@@ -223,15 +216,8 @@ def test_tagged_job_starts_allocations_only_in_the_matching_queue(hq_env: HqEnv)
 
 def test_fit_check_sees_a_queues_memory(hq_env: HqEnv) -> None:
     hq_env.start_server()
-    hq_env.command(
-        "alloc",
-        "add",
-        "local",
-        "--no-dry-run",
-        "--time-limit",
-        "10m",
-        "--cpus",
-        "1",
+    add_local_queue(
+        hq_env,
         "--memory",
         "16g",
         "--name",
@@ -243,15 +229,8 @@ def test_fit_check_sees_a_queues_memory(hq_env: HqEnv) -> None:
 
 def test_preallocate_and_stop_in_every_output_mode(hq_env: HqEnv) -> None:
     hq_env.start_server()
-    hq_env.command(
-        "alloc",
-        "add",
-        "local",
-        "--no-dry-run",
-        "--time-limit",
-        "10m",
-        "--cpus",
-        "1",
+    add_local_queue(
+        hq_env,
         "--preallocate",
         "1",
         "--name",
