@@ -9,14 +9,16 @@ Python building its arguments) and awaited through a pidfd: one spawn, one epoll
 reap per task. Each task runs in its own session so its whole process group can be killed.
 
 A worker killed with SIGKILL cannot kill its tasks. `OrphanGuard` is a tiny helper process that
-learns each task's process group through a pipe; when the pipe closes (the worker is gone, however
-it ended) it kills the groups still listed. Changes are sent in batches with the worker's task
-updates, so a task that ends within one batch costs nothing; a parent-death signal would need
-`preexec_fn` and make every spawn several times slower.
+waits for a pipe from the worker to close (the worker is gone, however it ended) and then kills
+the process groups listed in a table the two share (a memfd the worker maps): a task's start and
+end are each one store into that table, with no system call and no wake-up of the guard (writing
+each change to the guard woke it, and cost the worker a context switch, once per batch of tasks).
+A parent-death signal would need `preexec_fn` and make every spawn several times slower.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import signal
@@ -227,55 +229,68 @@ class TaskProcess:
 
 _GUARD = """
 import os, signal, sys
-groups = set()
-for line in sys.stdin:
-    sign, pgid = line[0], int(line[1:])
-    (groups.add if sign == "+" else groups.discard)(pgid)
-for pgid in groups:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
+from array import array
+sys.stdin.buffer.read()  # returns at EOF: the worker closed the pipe or is gone
+fd = int(sys.argv[1])  # the table, shared with the worker
+table = array("i")
+table.frombytes(os.pread(fd, os.fstat(fd).st_size, 0))
+for pgid in table:
+    if pgid > 0:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
 """
+GUARD_TABLE_SLOTS = 1024
+"""Slots the shared table starts with (4 bytes each); it doubles when every slot is taken."""
 
 
 class OrphanGuard:
     """Kills the tasks of a worker that died without doing it itself (see the module doc)."""
 
     def __init__(self) -> None:
+        self._table_fd = os.memfd_create("hq-orphan-guard", os.MFD_CLOEXEC)
+        self._map: mmap.mmap | None = None
+        self._slots: memoryview | None = None
+        self._resize(GUARD_TABLE_SLOTS)
+        self._free = list(range(GUARD_TABLE_SLOTS - 1, -1, -1))
+        self._slot_of: dict[int, int] = {}
         read, self._write = os.pipe()
-        os.set_inheritable(self._write, False)
         self._proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", _GUARD],
+            [sys.executable, "-S", "-c", _GUARD, str(self._table_fd)],
             stdin=read,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            pass_fds=(self._table_fd,),
             start_new_session=True,
         )
         os.close(read)
-        self._added: set[int] = set()
-        self._removed: set[int] = set()
+
+    def _resize(self, slots: int) -> None:
+        os.ftruncate(self._table_fd, slots * 4)
+        if self._slots is not None:
+            self._slots.release()
+        if self._map is not None:
+            self._map.close()
+        self._map = mmap.mmap(self._table_fd, slots * 4)
+        self._slots = memoryview(self._map).cast("i")
 
     def add(self, pgid: int) -> None:
-        self._added.add(pgid)
+        if not self._free:
+            size = len(self._slots or ())
+            self._resize(size * 2)
+            self._free = list(range(size * 2 - 1, size - 1, -1))
+        slot = self._free.pop()
+        self._slot_of[pgid] = slot
+        assert self._slots is not None
+        self._slots[slot] = pgid
 
     def remove(self, pgid: int) -> None:
-        if pgid in self._added:
-            self._added.discard(pgid)
-        else:
-            self._removed.add(pgid)
-
-    def flush(self) -> None:
-        """Tell the guard what changed since the last flush, in one write."""
-        if not self._added and not self._removed:
-            return
-        lines = [f"+{pgid}\n" for pgid in self._added] + [f"-{pgid}\n" for pgid in self._removed]
-        self._added.clear()
-        self._removed.clear()
-        try:
-            os.write(self._write, "".join(lines).encode())
-        except OSError:
-            pass
+        slot = self._slot_of.pop(pgid, None)
+        if slot is not None:
+            assert self._slots is not None
+            self._slots[slot] = 0
+            self._free.append(slot)
 
     async def aclose(self) -> None:
         """Let the guard go: it kills whatever is still listed and exits. Awaited through a
@@ -294,6 +309,11 @@ class OrphanGuard:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
+        if self._slots is not None:
+            self._slots.release()
+        if self._map is not None:
+            self._map.close()
+        os.close(self._table_fd)
 
 
 def process_age() -> float | None:

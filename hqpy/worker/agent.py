@@ -443,8 +443,6 @@ class WorkerAgent:
             await self.updates_ready.wait()
             self.updates_ready = trio.Event()
             await trio.lowlevel.checkpoint()
-            if self.launcher.guard is not None:
-                self.launcher.guard.flush()
             updates, self.updates = self.updates, []
             self.unsent_running.clear()
             try:

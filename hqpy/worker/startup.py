@@ -196,9 +196,12 @@ def run_worker(options: WorkerOptions) -> int:
     """Register, then serve until stopped (SIGINT or SIGTERM: exit 0); the exit code.
 
     A signal that arrives while registering or importing is a clean stop as well: until then
-    both raise `KeyboardInterrupt`, and from then until trio watches them they are held blocked
-    (and unblocked before any process is started, which would inherit the mask)."""
+    both raise `KeyboardInterrupt`. From then until trio watches them they are recorded (never
+    blocked, so no process inherits a mask), and the watcher acts on what was recorded. trio
+    finds SIGINT handled already and leaves it alone, so no signal is ever turned into a
+    `KeyboardInterrupt` inside the event loop."""
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    early: list[int] = []
     try:
         options = options.settled()
         registration = connect_and_register(options)
@@ -207,23 +210,23 @@ def run_worker(options: WorkerOptions) -> int:
         from hqpy.worker.agent import WorkerAgent, hq_executable
 
         agent = WorkerAgent(options, hq_executable())
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda signum, _frame: early.append(signum))
     except WorkerExit as e:
+        signal.signal(signal.SIGTERM, previous)
         log.error("%s", e.reason)
         return e.code
     except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, previous)
         log.info("Worker is stopping: %s", INTERRUPTED)
         return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
     async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             task_status.started()
-            async for _ in signals:
-                agent.stop(0, INTERRUPTED)
-                return
+            if not early:  # checked once the receiver has the signals: none falls between
+                await signals.__anext__()
+            agent.stop(0, INTERRUPTED)
 
     async def run() -> int:
         result: list[int] = []

@@ -270,8 +270,12 @@ async def test_orphan_guard_kills_listed_groups_on_close(tmp_path: Path) -> None
         stderr=devnull(),
     )
     guard = OrphanGuard()
+    unreal = range(1 << 30, (1 << 30) + 1500)  # no process has these ids; the table grows
+    for pgid in unreal:
+        guard.add(pgid)
     guard.add(proc.pid)
-    guard.flush()
+    for pgid in unreal:
+        guard.remove(pgid)
     pid_file = tmp_path / "child.pid"
     with trio.fail_after(20):
         await _until(lambda: pid_file.exists() and bool(pid_file.read_text().strip()))
@@ -291,6 +295,25 @@ async def test_orphan_guard_kills_listed_groups_on_close(tmp_path: Path) -> None
         assert await proc.wait() == -9
         await _until(lambda: not process_alive(child))
     assert ticks > 0  # the loop ran while the guard was closing
+
+
+def test_tasks_of_a_worker_killed_with_sigkill_are_killed(hq_env: HqEnv) -> None:
+    """A worker that cannot kill its tasks (`kill -9`) leaves none running: its orphan guard
+    kills their process groups, children included."""
+    hq_env.start_server()
+    hq_env.start_worker(cpus="2")
+    script = "sleep 300 & echo $! > pid.$HQ_TASK_ID; wait"
+    hq_env.command("submit", "--array", "1-2", "--", "bash", "-c", script)
+    files = [hq_env.path(f"pid.{task}") for task in (1, 2)]
+    wait_until(
+        lambda: all(f.exists() and f.read_text().strip() for f in files), what="both tasks run"
+    )
+    children = [int(f.read_text()) for f in files]
+    assert all(process_alive(pid) for pid in children)
+    hq_env.kill_worker(1)
+    wait_until(
+        lambda: not any(process_alive(pid) for pid in children), what="the guard killed the tasks"
+    )
 
 
 def test_inherited_descriptors_do_not_leak_into_tasks(hq_env: HqEnv) -> None:

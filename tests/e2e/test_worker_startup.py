@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -39,12 +40,17 @@ def test_registration_needs_neither_trio_nor_the_task_machinery(hq_env: HqEnv) -
     assert done.stdout == "1 []\n"
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.03, 0.06])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_as_soon_as_registered_is_a_clean_stop(hq_env: HqEnv, sig: int) -> None:
-    """Registered means the worker may be stopped: the signal may come while trio imports."""
+def test_signal_as_soon_as_registered_is_a_clean_stop(
+    hq_env: HqEnv, sig: int, delay: float
+) -> None:
+    """Registered means the worker may be stopped: the signal may come while trio imports,
+    while the event loop starts or once it serves (the delays span those steps)."""
     hq_env.start_server()
     worker = hq_env.start_worker(wait=False)
     wait_until(lambda: "registered" in worker.stderr(), interval=0.002, what="registered")
+    time.sleep(delay)
     worker.signal(sig)
     assert worker.wait_exit() == 0, worker.describe()
     assert STOPPED_BY_SIGNAL in worker.stderr()
