@@ -237,13 +237,14 @@ def _word_indices(argv: Sequence[str]) -> Iterator[int]:
             i += 1
 
 
-def _starts_server(argv: Sequence[str]) -> bool:
-    """`hq server start ...`: its stop signals must be caught from the first instruction on."""
+def _starts(argv: Sequence[str]) -> str | None:
+    """`server` for `hq server start ...`, `worker` for `hq worker start ...`: their stop
+    signals must be caught from the first instruction on."""
     at = _noun_index(argv)
-    if at is None or argv[at] != "server":
-        return False
+    if at is None or argv[at] not in ("server", "worker"):
+        return None
     verbs = [w for w in argv[at + 1 :] if not w.startswith("-")]
-    return verbs[:1] == ["start"]
+    return argv[at] if verbs[:1] == ["start"] else None
 
 
 def _env_output_mode(args: argparse.Namespace) -> str:
@@ -312,14 +313,22 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         # with what start-up made frozen out of it.
         gc.disable()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if _starts_server(argv):
+    starts = _starts(argv)
+    if starts == "server":
         from hqpy.cli import early_signals
 
         early_signals.install()
+    elif starts == "worker":
+        import signal
+
+        # Both stop, whatever was inherited: a shell starts `hq worker start &` with SIGINT
+        # ignored, and until trio watches the signals (`worker.startup`) they raise here.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         args = parse(argv)
     except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(0 if starts == "worker" else EXIT_INTERRUPTED)
     import os
     import signal
     from pathlib import Path

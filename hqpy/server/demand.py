@@ -15,7 +15,12 @@ class ServerDemand:
 
     def waiting_work(self) -> list[WaitingWork]:
         """Tasks a pool holds back are no demand: a pool's groups count together at most as
-        many tasks as it has free slots (in scheduling order)."""
+        many tasks as it has free slots (in scheduling order). Nor is anything while a restored
+        server waits for its workers to come back (`expected_back`): it hands out no task
+        then, the returning workers may run them, and an allocation submitted meanwhile
+        would be one too many."""
+        if self.state.expected_back:
+            return []
         work = []
         free: dict[str, int] = {}
         groups: Iterable[tuple[Job, TaskGroup]] = self.state.waiting_groups.values()

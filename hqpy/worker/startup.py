@@ -24,7 +24,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -196,11 +196,12 @@ def run_worker(options: WorkerOptions) -> int:
     """Register, then serve until stopped (SIGINT or SIGTERM: exit 0); the exit code.
 
     A signal that arrives while registering or importing is a clean stop as well: until then
-    both raise `KeyboardInterrupt`. From then until trio watches them they are recorded (never
-    blocked, so no process inherits a mask), and the watcher acts on what was recorded. trio
-    finds SIGINT handled already and leaves it alone, so no signal is ever turned into a
+    both raise `KeyboardInterrupt`, whatever was inherited (a shell starts `hq worker start &`
+    with SIGINT ignored). From then until trio watches them they are recorded (never blocked,
+    so no process inherits a mask), and the watcher acts on what was recorded. trio finds
+    SIGINT handled already and leaves it alone, so no signal is ever turned into a
     `KeyboardInterrupt` inside the event loop."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in STOP_SIGNALS}
     early: list[int] = []
     try:
         options = options.settled()
@@ -213,11 +214,11 @@ def run_worker(options: WorkerOptions) -> int:
         for sig in STOP_SIGNALS:
             signal.signal(sig, lambda signum, _frame: early.append(signum))
     except WorkerExit as e:
-        signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
         log.error("%s", e.reason)
         return e.code
     except KeyboardInterrupt:
-        signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
         log.info("Worker is stopping: %s", INTERRUPTED)
         return 0
 
@@ -241,3 +242,8 @@ def run_worker(options: WorkerOptions) -> int:
         return result[0]
 
     return trio.run(run)
+
+
+def _restore(handlers: dict[signal.Signals, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)

@@ -56,6 +56,23 @@ def test_signal_as_soon_as_registered_is_a_clean_stop(
     assert STOPPED_BY_SIGNAL in worker.stderr()
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.03])
+def test_sigint_stops_a_worker_started_in_the_background(hq_env: HqEnv, delay: float) -> None:
+    """A shell starts `cmd &` with SIGINT ignored, and a worker inherits that; its start-up
+    still takes SIGINT as a stop, as the running worker does."""
+    hq_env.start_server()
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        worker = hq_env.start_worker(wait=False)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    wait_until(lambda: "registered" in worker.stderr(), interval=0.002, what="registered")
+    time.sleep(delay)
+    worker.signal(signal.SIGINT)
+    assert worker.wait_exit() == 0, worker.describe()
+    assert STOPPED_BY_SIGNAL in worker.stderr()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_waiting_for_the_server_is_a_clean_stop(hq_env: HqEnv, sig: int) -> None:
     """No server yet: the worker keeps trying to connect (10 s), and a signal ends that."""

@@ -209,6 +209,15 @@ def test_demand_counts_only_free_slots(state: ServerState) -> None:
     assert work.count == 2
 
 
+def test_no_demand_while_a_restored_server_waits_for_its_workers(state: ServerState) -> None:
+    submit(state, "0-4")
+    state.restore_expect_workers({3})
+    assert ServerDemand(state).waiting_work() == []
+    state.end_restore_settle()
+    (work,) = ServerDemand(state).waiting_work()
+    assert work.count == 5
+
+
 def test_demand_carries_the_tags(state: ServerState) -> None:
     submit(state, "0-2", tags=("system=H2O", "gpu"))
     (work,) = ServerDemand(state).waiting_work()
