@@ -297,25 +297,6 @@ async def test_orphan_guard_kills_listed_groups_on_close(tmp_path: Path) -> None
     assert ticks > 0  # the loop ran while the guard was closing
 
 
-def test_tasks_of_a_worker_killed_with_sigkill_are_killed(hq_env: HqEnv) -> None:
-    """A worker that cannot kill its tasks (`kill -9`) leaves none running: its orphan guard
-    kills their process groups, children included."""
-    hq_env.start_server()
-    hq_env.start_worker(cpus="2")
-    script = "sleep 300 & echo $! > pid.$HQ_TASK_ID; wait"
-    hq_env.command("submit", "--array", "1-2", "--", "bash", "-c", script)
-    files = [hq_env.path(f"pid.{task}") for task in (1, 2)]
-    wait_until(
-        lambda: all(f.exists() and f.read_text().strip() for f in files), what="both tasks run"
-    )
-    children = [int(f.read_text()) for f in files]
-    assert all(process_alive(pid) for pid in children)
-    hq_env.kill_worker(1)
-    wait_until(
-        lambda: not any(process_alive(pid) for pid in children), what="the guard killed the tasks"
-    )
-
-
 def test_inherited_descriptors_do_not_leak_into_tasks(hq_env: HqEnv) -> None:
     """`posix_spawn` closes nothing by itself: a pipe the worker inherited stays out of tasks."""
     hq_env.start_server()

@@ -124,15 +124,20 @@ def test_worker_killed_task_reruns_elsewhere(hq_env: HqEnv) -> None:
 
 
 def test_worker_killed_task_processes_die(hq_env: HqEnv) -> None:
-    """A task does not outlive its worker (HyperQueue gives tasks a parent-death signal)."""
+    """A task does not outlive its worker (HyperQueue gives tasks a parent-death signal), nor
+    do the processes it started: the worker's orphan guard kills the task's process group."""
     hq_env.start_server()
     hq_env.start_worker()
-    hq_env.command("submit", "--", "bash", "-c", "echo $$ > task.pid; exec sleep 100")
-    wait_until(lambda: hq_env.path("task.pid").exists() and hq_env.path("task.pid").read_text())
-    pid = int(hq_env.path("task.pid").read_text())
-    assert process_alive(pid)
+    script = "sleep 100 & echo $! > child.pid; echo $$ > task.pid; wait"
+    hq_env.command("submit", "--", "bash", "-c", script)
+    files = [hq_env.path("task.pid"), hq_env.path("child.pid")]
+    wait_until(lambda: all(f.exists() and f.read_text().strip() for f in files))
+    pids = [int(f.read_text()) for f in files]
+    assert all(process_alive(pid) for pid in pids)
     hq_env.kill_worker(1)
-    wait_until(lambda: not process_alive(pid), timeout=10, what="the task process ends")
+    wait_until(
+        lambda: not any(process_alive(pid) for pid in pids), timeout=10, what="the tasks end"
+    )
 
 
 def test_worker_heartbeat_lost(hq_env: HqEnv) -> None:
@@ -160,6 +165,11 @@ def test_crash_limit(hq_env: HqEnv) -> None:
     hq_env.start_worker()
     hq_env.command("submit", "--crash-limit", "1", "--", "bash", "-c", RERUN_SCRIPT)
     wait_until(lambda: read_lines(hq_env.path("instances-0")) == ["0"])
+    # A crash counts for a task the server knows was running: its worker reported the start
+    # (batched, so a loaded machine may write the file first).
+    hq_env.wait_task_states(
+        lambda states: states.get(0, "").upper() == "RUNNING", what="the start reported"
+    )
     hq_env.kill_worker(1)
     hq_env.wait_job()
     info = parse_table(hq_env.command("task", "info", "1", "0", "-v")).as_dict()

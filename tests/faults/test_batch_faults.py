@@ -52,7 +52,8 @@ def test_sbatch_printing_garbage(hq_env: HqEnv, tmp_path: Path) -> None:
         "alloc", "add", "slurm", "--no-dry-run", "--time-limit", "10m", "--cpus", "1"
     )  # fmt: skip
     hq_env.command("submit", "--", "true")
-    wait_until(lambda: len(submit_failures(hq_env)) >= 2, timeout=60, what="two submit failures")
+    # The second try comes after HyperQueue's first back-off step (60 s; SUBMISSION_DELAYS).
+    wait_until(lambda: len(submit_failures(hq_env)) >= 2, timeout=90, what="two submit failures")
     assert all("sbatch" in message for message in submit_failures(hq_env))
     check_server_survives(hq_env)
 
