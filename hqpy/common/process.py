@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 
@@ -245,11 +246,22 @@ GUARD_TABLE_SLOTS = 1024
 """Slots the shared table starts with (4 bytes each); it doubles when every slot is taken."""
 
 
+def _shared_table_fd() -> int:
+    """A file only this worker and its guard can reach: a memfd, or where the kernel has none
+    (before Linux 3.17) a temporary file removed at once."""
+    try:
+        return os.memfd_create("hq-orphan-guard", os.MFD_CLOEXEC)
+    except (OSError, AttributeError):
+        fd, path = tempfile.mkstemp(prefix="hq-orphan-guard-")
+        os.unlink(path)
+        return fd
+
+
 class OrphanGuard:
     """Kills the tasks of a worker that died without doing it itself (see the module doc)."""
 
     def __init__(self) -> None:
-        self._table_fd = os.memfd_create("hq-orphan-guard", os.MFD_CLOEXEC)
+        self._table_fd = _shared_table_fd()
         self._map: mmap.mmap | None = None
         self._slots: memoryview | None = None
         self._resize(GUARD_TABLE_SLOTS)
