@@ -138,12 +138,45 @@ def timed_rate(bench: str, tasks: int, seconds: float, **extra: Any) -> Result:
 # floor
 
 
+def _machine_times() -> tuple[int, int]:
+    """All CPU time of the machine so far and the idle part of it (`/proc/stat`, in ticks)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+def _busy_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """How busy the machine's cpus were between two `_machine_times`, in percent."""
+    total = after[0] - before[0]
+    return 100.0 * (1 - (after[1] - before[1]) / total) if total > 0 else None
+
+
+def _process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of a process and of the children it has reaped (`/proc`)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # fields[0] is the state, field 3
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def _self_cpu() -> tuple[float, float]:
+    """CPU seconds of this process and of the children it has reaped."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
 def bench_floor(tasks: int, timeout: float) -> Result:
-    """Spawn `true` `tasks` times from a 2-thread pool: the cost of the processes alone."""
+    """Spawn `true` `tasks` times from a 2-thread pool: the cost of the processes alone. Also
+    the CPU each task cost the spawning process and the task itself, and how busy the cpus
+    were: what bounds every engine's rate on the machine (see `bench_hqpy_throughput`)."""
 
     def spawn(_: int) -> int:
         return subprocess.run(["true"]).returncode
 
+    cpu_before, machine_before = _self_cpu(), _machine_times()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         start = time.perf_counter()
         futures = [pool.submit(spawn, i) for i in range(tasks)]
@@ -153,10 +186,18 @@ def bench_floor(tasks: int, timeout: float) -> Result:
             for fut in not_done:
                 fut.cancel()
             raise BenchError(f"timed out after {timeout:.0f} s ({len(done)} of {tasks} done)")
+    cpu_after, machine_after = _self_cpu(), _machine_times()
     failed = sum(1 for fut in futures if fut.result() != 0)
     if failed:
         raise BenchError(f"{failed} of {tasks} `true` processes failed")
-    return timed_rate("floor", tasks, seconds)
+    return timed_rate(
+        "floor",
+        tasks,
+        seconds,
+        parent_cpu_us=(cpu_after[0] - cpu_before[0]) / tasks * 1e6,
+        task_cpu_us=(cpu_after[1] - cpu_before[1]) / tasks * 1e6,
+        busy_pct=_busy_pct(machine_before, machine_after),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +317,7 @@ class HqpyCluster:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.server: subprocess.Popen[bytes] | None = None
         self.server_pid: int | None = None
+        self.worker_pid: int | None = None
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "hqpy", "--server-dir", str(self.server_dir), *args]
@@ -326,6 +368,7 @@ class HqpyCluster:
 
     def start_worker(self, cpus: int = 2, env: dict[str, str] | None = None) -> None:
         worker = self._spawn("worker", ["worker", "start", "--cpus", str(cpus)], env or {})
+        self.worker_pid = worker.pid
 
         def registered() -> bool:
             workers = json.loads(self.run("--output-mode", "json", "worker", "list").stdout)
@@ -407,19 +450,43 @@ def bench_hqpy_throughput(
     """`tasks` `true` tasks on one 2-cpu worker. When the worker spawns real processes, a short
     floor is measured right before and right after the row: on a shared machine the load
     changes within minutes, and `floor_ratio` (rate / mean of those floors) is the figure that
-    can be compared between runs."""
+    can be compared between runs.
+
+    The CPU each task cost the worker, the server and the task process itself, and how busy the
+    cpus were, show what bounds the row: the server, the worker and the tasks share the cores
+    the floor has for itself. `cpu_budget_ratio` (the floor's CPU per task over this row's) is
+    the `floor_ratio` the row would reach if it kept the cores as busy as the floor does."""
     spawns = worker_env.get("HQPY_ZERO_WORKER") != "1"
     with hqpy_cluster(workdir, f"{bench}-{tasks}") as cluster:
         cluster.start_server()
         cluster.start_worker(2, worker_env)
         floors = [bench_floor(FLOOR_BESIDE_TASKS, wait_timeout).rate] if spawns else []
+        assert cluster.server_pid is not None and cluster.worker_pid is not None
+        server_before = _process_cpu(cluster.server_pid)
+        worker_before = _process_cpu(cluster.worker_pid)
+        machine_before = _machine_times()
         start = time.perf_counter()
         cluster.run("submit", "--array", f"1-{tasks}", *NO_OUTPUT, "--", "true")
         submitted = time.perf_counter()
         cluster.run("job", "wait", "last", timeout=wait_timeout)
         end = time.perf_counter()
+        machine_after = _machine_times()
+        server_after = _process_cpu(cluster.server_pid)
+        worker_after = _process_cpu(cluster.worker_pid)
+        cpu: dict[str, Any] = {
+            "worker_cpu_us": (worker_after[0] - worker_before[0]) / tasks * 1e6,
+            "server_cpu_us": (server_after[0] - server_before[0]) / tasks * 1e6,
+            "busy_pct": _busy_pct(machine_before, machine_after),
+        }
         if spawns:
-            floors.append(bench_floor(FLOOR_BESIDE_TASKS, wait_timeout).rate)
+            cpu["task_cpu_us"] = (worker_after[1] - worker_before[1]) / tasks * 1e6
+            floor_after = bench_floor(FLOOR_BESIDE_TASKS, wait_timeout)
+            floors.append(floor_after.rate)
+            floor_cpu = floor_after.extra["parent_cpu_us"] + floor_after.extra["task_cpu_us"]
+            row_cpu = cpu["worker_cpu_us"] + cpu["server_cpu_us"] + cpu["task_cpu_us"]
+            cpu["floor_cpu_us"] = floor_cpu
+            cpu["floor_busy_pct"] = floor_after.extra["busy_pct"]
+            cpu["cpu_budget_ratio"] = floor_cpu / row_cpu if row_cpu > 0 else None
         # The server's own clock, from the submission it received to the last task's end:
         # what the scheduler, the protocol and the worker do, without client start-up.
         info = json.loads(cluster.run("--output-mode", "json", "job", "info", "last").stdout)[0]
@@ -439,6 +506,7 @@ def bench_hqpy_throughput(
             server_seconds=makespan,
             server_rate=tasks / makespan if makespan > 0 else None,
             **extra,
+            **cpu,
         )
 
 
