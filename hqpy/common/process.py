@@ -279,18 +279,25 @@ class OrphanGuard:
         os.close(read)
 
     def _resize(self, slots: int) -> None:
+        """Grow the table (its first size at start); the old mapping stays in use on failure."""
         os.ftruncate(self._table_fd, slots * 4)
+        new_map = mmap.mmap(self._table_fd, slots * 4)
         if self._slots is not None:
             self._slots.release()
         if self._map is not None:
             self._map.close()
-        self._map = mmap.mmap(self._table_fd, slots * 4)
-        self._slots = memoryview(self._map).cast("i")
+        self._map = new_map
+        self._slots = memoryview(new_map).cast("i")
 
     def add(self, pgid: int) -> None:
+        if pgid in self._slot_of:
+            return
         if not self._free:
             size = len(self._slots or ())
-            self._resize(size * 2)
+            try:
+                self._resize(size * 2)
+            except (OSError, ValueError):  # no room for a bigger table: this task goes unguarded
+                return
             self._free = list(range(size * 2 - 1, size - 1, -1))
         slot = self._free.pop()
         self._slot_of[pgid] = slot

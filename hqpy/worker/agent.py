@@ -23,7 +23,7 @@ import trio
 import trio.lowlevel
 
 from hqpy.common import serverdir
-from hqpy.common.process import OrphanGuard, process_age
+from hqpy.common.process import OrphanGuard, SpawnedProcess, process_age
 from hqpy.common.resources import ResourceGrant, ResourcePool
 from hqpy.protocol import codec
 from hqpy.protocol import messages as m
@@ -368,12 +368,32 @@ class WorkerAgent:
             self.running[(head.job_id, head.task_id)] = scope
             self.instances[(head.job_id, head.task_id)] = head.instance_id
             self.all_done = trio.Event() if self.all_done.is_set() else self.all_done
-            self.tasks_nursery.start_soon(self._run_task, head, allocation, scope)
+            begun: SpawnedProcess | TaskOutcome | None = None
+            at = None
+            if head.nodes is None:
+                try:
+                    begun = self.launcher.start_now(
+                        head.body, head.task_id, head.instance_id, head.entry, allocation
+                    )
+                except Exception as e:  # a task's failure, whatever it is, never ends the worker
+                    log.exception("Task %d@%d failed in the worker", head.task_id, head.job_id)
+                    begun = TaskOutcome(False, f"The worker could not run the task: {e!r}")
+                if isinstance(begun, SpawnedProcess):
+                    at = self.clock()
+                    self._report(head, m.TASK_RUNNING, at, None, None)
+            self.tasks_nursery.start_soon(self._run_task, head, allocation, scope, begun, at)
 
     async def _run_task(
-        self, item: _QueuedTask, allocation: ResourceGrant, scope: trio.CancelScope
+        self,
+        item: _QueuedTask,
+        allocation: ResourceGrant,
+        scope: trio.CancelScope,
+        begun: SpawnedProcess | TaskOutcome | None,
+        begun_at: float | None,
     ) -> None:
-        started: list[float] = []
+        """Run the task to its end and report it; `begun`: what `Launcher.start_now` did
+        (None: the launcher starts it here)."""
+        started: list[float] = [] if begun_at is None else [begun_at]
 
         def on_started(t: float) -> None:
             started.append(t)
@@ -382,15 +402,21 @@ class WorkerAgent:
         outcome = TaskOutcome(False, "the task was not run")
         try:
             with scope:
-                outcome = await self.launcher.run(
-                    item.body,
-                    item.task_id,
-                    item.instance_id,
-                    item.entry,
-                    allocation,
-                    on_started,
-                    item.nodes,
-                )
+                if isinstance(begun, TaskOutcome):
+                    outcome = begun
+                elif begun is not None:
+                    error_file = self.launcher.error_file(item.body, item.task_id, item.instance_id)
+                    outcome = await self.launcher.wait(begun, item.body.time_limit, error_file)
+                else:
+                    outcome = await self.launcher.run(
+                        item.body,
+                        item.task_id,
+                        item.instance_id,
+                        item.entry,
+                        allocation,
+                        on_started,
+                        item.nodes,
+                    )
         except Exception as e:  # a task's failure, whatever it is, never ends the worker
             log.exception("Task %d@%d failed in the worker", item.task_id, item.job_id)
             outcome = TaskOutcome(False, f"The worker could not run the task: {e!r}")

@@ -185,7 +185,32 @@ class Launcher:
         finally:
             for fd in fds:
                 os.close(fd)
+        if self.guard is not None:
+            self.guard.add(proc.pid)
         return proc
+
+    def start_now(
+        self,
+        body: TaskBody,
+        task_id: int,
+        instance_id: int,
+        entry: str | None,
+        allocation: ResourceGrant | None,
+    ) -> SpawnedProcess | TaskOutcome | None:
+        """Start a task that needs no task dir at once, on the caller's step (the worker
+        starts the next task in the same step that saw the last one end, so a core is not left
+        idle while the loop does other work first): the process to `wait` for, the outcome
+        when it could not start, or None when the task needs `run` (a task dir)."""
+        if body.task_dir:
+            return None
+        files = {"HQ_ERROR_FILENAME": self.error_file(body, task_id, instance_id)}
+        try:
+            return self._start(body, task_id, instance_id, entry, allocation, files)
+        except TaskStartError as e:
+            return TaskOutcome(False, str(e))
+
+    def error_file(self, body: TaskBody, task_id: int, instance_id: int) -> str:
+        return f"{self._work_prefix}/hq-error-{body.job_id}-{task_id}-{instance_id}"
 
     async def run(
         self,
@@ -220,7 +245,7 @@ class Launcher:
                 except OSError as e:
                     return TaskOutcome(False, f"Cannot write the task's host files: {e}")
         else:
-            error_file = f"{self._work_prefix}/hq-error-{body.job_id}-{task_id}-{instance_id}"
+            error_file = self.error_file(body, task_id, instance_id)
         files["HQ_ERROR_FILENAME"] = error_file
         try:
             try:
@@ -228,17 +253,16 @@ class Launcher:
             except TaskStartError as e:
                 return TaskOutcome(False, str(e))
             on_started(self.clock())
-            return await self._wait(proc, body.time_limit, error_file)
+            return await self.wait(proc, body.time_limit, error_file)
         finally:
             if task_dir is not None:
                 with trio.CancelScope(shield=True):
                     await _remove_tree(task_dir)
 
-    async def _wait(
+    async def wait(
         self, proc: SpawnedProcess, time_limit: float | None, error_file: str
     ) -> TaskOutcome:
-        if self.guard is not None:
-            self.guard.add(proc.pid)
+        """Wait for a started task to end (killing it past `time_limit` or when cancelled)."""
         timed_out = False
         try:
             if time_limit is not None:
@@ -261,7 +285,7 @@ class Launcher:
             return TaskOutcome(False, "Time limit reached")
         if code == 0:
             return TaskOutcome(True)
-        error = read_error_file(error_file)
+        error = readerror_file(error_file)
         if error is not None:
             return TaskOutcome(False, error)
         if code < 0:
@@ -312,7 +336,7 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-def read_error_file(path: str) -> str | None:
+def readerror_file(path: str) -> str | None:
     """The error a task wrote to `HQ_ERROR_FILENAME`, or None when it wrote none."""
     try:
         with open(path, "rb") as f:
