@@ -206,8 +206,8 @@ def bench_floor(tasks: int, timeout: float) -> Result:
 
 def hq_engine_child(tasks: int, server_dir: str) -> int:
     """Child mode: submit `tasks` `true` tasks to a LocalCluster, print JSON progress lines."""
-    from hyperqueue import Client, Job
-    from hyperqueue.cluster import LocalCluster, WorkerConfig
+    from hyperqueue import Client, Job  # type: ignore[import-untyped]
+    from hyperqueue.cluster import LocalCluster, WorkerConfig  # type: ignore[import-untyped]
 
     def emit(**data: Any) -> None:
         print(json.dumps(data), flush=True)
@@ -654,8 +654,8 @@ def sim_workers_child(count: int, cpus: int, server_dir: str, heartbeat: float =
             on_server_lost="stop",
             pid=os.getpid(),
         )
-        await framed.send(m.RegisterWorker(config), m.FromWorker)
-        await framed.receive(m.ToWorker)
+        await framed.send(m.RegisterWorker(config), codec.FROM_WORKER)
+        await framed.receive(codec.TO_WORKER)
         async with trio.open_nursery() as nursery:
             if heartbeat < 3600.0:
                 nursery.start_soon(beat, framed)
@@ -665,7 +665,7 @@ def sim_workers_child(count: int, cpus: int, server_dir: str, heartbeat: float =
     async def beat(framed: FramedStream) -> None:
         # Spread over the interval, so 1,000 workers do not beat in the same tick.
         await trio.sleep(heartbeat * (hash(id(framed)) % 1000) / 1000)
-        frame = codec.encode(m.Heartbeat(), m.FromWorker)
+        frame = codec.encode(m.Heartbeat(), codec.FROM_WORKER)
         while True:
             try:
                 await framed.send_frame(frame)
@@ -677,7 +677,7 @@ def sim_workers_child(count: int, cpus: int, server_dir: str, heartbeat: float =
         bodies: dict[int, m.TaskBody] = {}
         while True:
             try:
-                msg = await framed.receive(m.ToWorker)
+                msg = await framed.receive(codec.TO_WORKER)
             except (trio.BrokenResourceError, OSError):
                 msg = None
             if msg is None or isinstance(msg, m.StopWorker):
@@ -700,7 +700,7 @@ def sim_workers_child(count: int, cpus: int, server_dir: str, heartbeat: float =
                 updates.append([job_id, task_id, instance_id, finished, now, now, None])
             counts[index] += len(updates)
             try:
-                await framed.send_frame(codec.encode(m.TaskUpdates(updates), m.FromWorker))
+                await framed.send_frame(codec.encode(m.TaskUpdates(updates), codec.FROM_WORKER))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             sent = time.time()
@@ -947,7 +947,7 @@ def bench_seal(frames: int) -> Result:
 
     now = time.time()
     rows = [[1, i, 0, int(m.TASK_FINISHED), now, now, None] for i in range(4)]
-    update = codec.encode(m.TaskUpdates(rows), m.FromWorker)
+    update = codec.encode(m.TaskUpdates(rows), codec.FROM_WORKER)
     extra: dict[str, Any] = {"update_frame_bytes": len(update)}
     secret, server_nonce, peer_nonce = new_secret(), new_nonce(), new_nonce()
 
