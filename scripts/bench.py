@@ -206,8 +206,8 @@ def bench_floor(tasks: int, timeout: float) -> Result:
 
 def hq_engine_child(tasks: int, server_dir: str) -> int:
     """Child mode: submit `tasks` `true` tasks to a LocalCluster, print JSON progress lines."""
-    from hyperqueue import Client, Job  # type: ignore[import-untyped]
-    from hyperqueue.cluster import LocalCluster, WorkerConfig  # type: ignore[import-untyped]
+    from hyperqueue import Client, Job
+    from hyperqueue.cluster import LocalCluster, WorkerConfig
 
     def emit(**data: Any) -> None:
         print(json.dumps(data), flush=True)
