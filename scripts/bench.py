@@ -161,11 +161,8 @@ def _process_cpu(pid: int) -> tuple[float, float]:
 
 def _self_cpu() -> tuple[float, float]:
     """CPU seconds of this process and of the children it has reaped."""
-    own, children = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime, _children_cpu()
 
 
 def bench_floor(tasks: int, timeout: float) -> Result:

@@ -264,8 +264,9 @@ class OrphanGuard:
         self._table_fd = _shared_table_fd()
         self._map: mmap.mmap | None = None
         self._slots: memoryview | None = None
-        self._resize(GUARD_TABLE_SLOTS)
-        self._free = list(range(GUARD_TABLE_SLOTS - 1, -1, -1))
+        self._free: list[int] = []
+        """Slots not in use, the lowest last (taken first)."""
+        self._grow(GUARD_TABLE_SLOTS)
         self._slot_of: dict[int, int] = {}
         read, self._write = os.pipe()
         self._proc = subprocess.Popen(
@@ -278,8 +279,10 @@ class OrphanGuard:
         )
         os.close(read)
 
-    def _resize(self, slots: int) -> None:
-        """Grow the table (its first size at start); the old mapping stays in use on failure."""
+    def _grow(self, slots: int) -> None:
+        """Grow the table to `slots` (its first size at start), the new slots free; the old
+        mapping stays in use on failure."""
+        size = len(self._slots or ())
         os.ftruncate(self._table_fd, slots * 4)
         new_map = mmap.mmap(self._table_fd, slots * 4)
         if self._slots is not None:
@@ -288,17 +291,16 @@ class OrphanGuard:
             self._map.close()
         self._map = new_map
         self._slots = memoryview(new_map).cast("i")
+        self._free.extend(range(slots - 1, size - 1, -1))
 
     def add(self, pgid: int) -> None:
         if pgid in self._slot_of:
             return
         if not self._free:
-            size = len(self._slots or ())
             try:
-                self._resize(size * 2)
+                self._grow(2 * len(self._slots or ()))
             except (OSError, ValueError):  # no room for a bigger table: this task goes unguarded
                 return
-            self._free = list(range(size * 2 - 1, size - 1, -1))
         slot = self._free.pop()
         self._slot_of[pgid] = slot
         assert self._slots is not None

@@ -285,7 +285,7 @@ class Launcher:
             return TaskOutcome(False, "Time limit reached")
         if code == 0:
             return TaskOutcome(True)
-        error = readerror_file(error_file)
+        error = read_error_file(error_file)
         if error is not None:
             return TaskOutcome(False, error)
         if code < 0:
@@ -336,7 +336,7 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-def readerror_file(path: str) -> str | None:
+def read_error_file(path: str) -> str | None:
     """The error a task wrote to `HQ_ERROR_FILENAME`, or None when it wrote none."""
     try:
         with open(path, "rb") as f:

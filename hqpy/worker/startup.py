@@ -24,7 +24,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
@@ -46,8 +46,6 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 CONNECT_PATIENCE = 10.0
 """Seconds a starting worker keeps trying to reach its server (read the access file, connect)."""
 CONNECT_RETRY = 0.2
-
-T = TypeVar("T")
 
 
 @attrs.frozen
